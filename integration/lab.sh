@@ -1,0 +1,610 @@
+#!/usr/bin/env bash
+# lab.sh - a lab of REAL libvirtd + QEMU domains on this machine, for vmbridge
+# integration tests. See DESIGN.md section 6 "The lab".
+#
+# Usage: lab.sh <command> [args]
+#   install               apt packages (only if missing), libvirt-qemu user/group,
+#                         dirs, idempotent /etc/libvirt/qemu.conf edits
+#   up N [PREFIX]         install, start virtlogd/libvirtd if not running, create
+#                         domains PREFIX01..PREFIXNN (default prefix "vmblab-");
+#                         stdout: "uri qemu:///system" then one name per line
+#   add NAME              create one lab domain (NAME may contain '_', e.g. ns1_vm-a)
+#   destroy NAME          destroy one lab domain and remove its files
+#   pid NAME              print the QEMU pid of a domain
+#   stop-vm NAME          SIGSTOP its QEMU process (a hung VM)
+#   cont-vm NAME          SIGCONT its QEMU process
+#   list                  names of running domains the lab created
+#   down [PREFIX]         destroy lab domains (optionally only PREFIX*), then stop
+#                         libvirtd/virtlogd if the lab started them and no domain is left
+#   status                daemons and lab domains (diagnostic)
+#
+# Environment: VMB_LAB_DIR (default /var/lib/vmbridge-lab), VMB_LAB_BATCH (parallel
+# creates per batch, default 10), VMB_LAB_MEM_MIB (default 32).
+# Domains are transient, TCG (type='qemu', never kvm), q35, 1 vCPU, qcow2 virtio
+# disk, <interface type='ethernet'> (libvirt-created tap), virtio balloon with
+# stats period 5 s, a guest-agent channel LABDIR/NAME.qga (no agent answers: a hung
+# agent) and a second direct QMP monitor LABDIR/NAME.qmp.
+set -euo pipefail
+
+readonly URI="qemu:///system"
+LAB_DIR="${VMB_LAB_DIR:-/var/lib/vmbridge-lab}"
+readonly LAB_DIR
+readonly STATE_DIR="$LAB_DIR/state"
+readonly VMS_DIR="$LAB_DIR/vms"
+readonly DOMAINS_FILE="$STATE_DIR/domains"
+readonly DAEMONS_FILE="$STATE_DIR/daemons"
+readonly LOCK_FILE="$STATE_DIR/lock"
+readonly BATCH="${VMB_LAB_BATCH:-10}"
+readonly MEM_MIB="${VMB_LAB_MEM_MIB:-32}"
+readonly DEFAULT_PREFIX="vmblab-"
+readonly QEMU_CONF="/etc/libvirt/qemu.conf"
+readonly QEMU_RUN_DIR="/var/run/libvirt/qemu"
+readonly MARKER_NS="urn:vmbridge:lab"
+readonly PACKAGES=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev
+    pkg-config qemu-system-x86 qemu-utils qemu-guest-agent)
+
+log() { printf 'lab: %s\n' "$*" >&2; }
+die() { printf 'lab: ERROR: %s\n' "$*" >&2; exit 1; }
+virsh_() { virsh -q -c "$URI" "$@"; }
+
+usage() {
+    sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0" >&2
+    exit 2
+}
+
+need_root() { [[ $EUID -eq 0 ]] || die "must run as root"; }
+
+valid_name() {
+    [[ "$1" =~ ^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$ ]] ||
+        die "invalid domain name '$1' (allowed: [A-Za-z0-9][A-Za-z0-9_.-]{0,62})"
+}
+
+# ---------------------------------------------------------------- state ----
+
+init_state() {
+    mkdir -p "$STATE_DIR" "$VMS_DIR"
+    touch "$DOMAINS_FILE" "$DAEMONS_FILE" "$LOCK_FILE"
+}
+
+# with_lock CMD... : run CMD under an exclusive flock on the state lock file.
+# Only short state-file updates run under it, never slow virsh calls.
+with_lock() { with_lock_file "$LOCK_FILE" "$@"; }
+
+with_lock_file() { # LOCKFILE CMD...
+    local fd lockfile=$1
+    shift
+    exec {fd}>>"$lockfile"
+    flock -w 60 "$fd" || die "could not lock $lockfile within 60 s"
+    local rc=0
+    "$@" || rc=$?
+    flock -u "$fd"
+    exec {fd}>&-
+    return "$rc"
+}
+
+_file_add_line() { # FILE LINE
+    grep -qxF -- "$2" "$1" 2>/dev/null || printf '%s\n' "$2" >>"$1"
+}
+_file_del_line() { # FILE LINE
+    local tmp
+    tmp=$(mktemp "$1.XXXXXX")
+    grep -vxF -- "$2" "$1" >"$tmp" || true
+    mv -f "$tmp" "$1"
+}
+state_add_domain() { with_lock _file_add_line "$DOMAINS_FILE" "$1"; }
+state_del_domain() { with_lock _file_del_line "$DOMAINS_FILE" "$1"; }
+state_has_domain() { grep -qxF -- "$1" "$DOMAINS_FILE" 2>/dev/null; }
+state_domains() { cat "$DOMAINS_FILE" 2>/dev/null || true; }
+
+# ------------------------------------------------------------- install ----
+
+pkg_installed() {
+    [[ "$(dpkg-query -W -f='${db:Status-Abbrev}' "$1" 2>/dev/null)" == "ii " ]]
+}
+
+install_packages() {
+    local missing=() p
+    for p in "${PACKAGES[@]}"; do
+        pkg_installed "$p" || missing+=("$p")
+    done
+    if [[ ${#missing[@]} -eq 0 ]]; then
+        log "packages: all present"
+        return 0
+    fi
+    log "packages missing: ${missing[*]}"
+    local apt=(apt-get -o DPkg::Lock::Timeout=600 -y -q --no-install-recommends)
+    export DEBIAN_FRONTEND=noninteractive
+    local cand
+    cand=$(apt-cache policy qemu-system-x86 2>/dev/null | awk '/Candidate:/ {print $2}')
+    if [[ -z "$cand" || "$cand" == "(none)" ]]; then
+        log "apt-get update (no candidate for qemu-system-x86 yet)"
+        "${apt[@]}" update >&2 || die "apt-get update failed"
+    fi
+    local want=("${missing[@]}")
+    # A qemu-utils newer than the distribution's QEMU (e.g. a bookworm-backports
+    # 10.x) Breaks qemu-system-common < 8.0; pin qemu-utils to the QEMU candidate.
+    local qver uver
+    qver=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
+    uver=$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null || true)
+    if ! pkg_installed qemu-system-x86 && [[ -n "$uver" && -n "$qver" ]] &&
+        dpkg --compare-versions "$uver" gt "$qver"; then
+        log "qemu-utils $uver is newer than qemu-system-x86 $qver and breaks it: downgrading qemu-utils to $qver"
+        want=("${want[@]/#qemu-utils/}")
+        want+=("qemu-utils=$qver")
+    fi
+    local args=() w
+    for w in "${want[@]}"; do [[ -n "$w" ]] && args+=("$w"); done
+    log "apt-get install ${args[*]}"
+    if ! "${apt[@]}" --allow-downgrades install "${args[@]}" >&2; then
+        log "apt-get install failed; retrying after apt-get update"
+        "${apt[@]}" update >&2 || die "apt-get update failed"
+        "${apt[@]}" --allow-downgrades install "${args[@]}" >&2 ||
+            die "apt-get install ${args[*]} failed"
+    fi
+}
+
+ensure_user() {
+    if ! getent group libvirt-qemu >/dev/null; then
+        log "groupadd -r libvirt-qemu"
+        groupadd -r libvirt-qemu
+    fi
+    if ! getent passwd libvirt-qemu >/dev/null; then
+        log "useradd -r -g libvirt-qemu libvirt-qemu"
+        useradd -r -g libvirt-qemu -d /var/lib/libvirt -s /usr/sbin/nologin libvirt-qemu
+    fi
+}
+
+# Set 'key = value' in qemu.conf: comment out other active settings of the key,
+# keep exactly one active line. Returns 0 if the file changed.
+conf_set() { # KEY VALUE
+    local key=$1 value=$2 want
+    want="$key = $value"
+    if [[ "$(grep -cE "^[[:space:]]*${key}[[:space:]]*=" "$QEMU_CONF")" == 1 ]] &&
+        grep -qxF -- "$want" "$QEMU_CONF"; then
+        return 1
+    fi
+    log "qemu.conf: $want"
+    sed -i -E "s|^([[:space:]]*${key}[[:space:]]*=.*)$|#vmblab# \\1|" "$QEMU_CONF"
+    printf '%s\n' "$want" >>"$QEMU_CONF"
+    return 0
+}
+
+configure_qemu_conf() {
+    # Debian ships qemu.conf in libvirt-daemon-system, which the lab does not
+    # install; without the file libvirtd uses built-in defaults, so create it.
+    if [[ ! -f "$QEMU_CONF" ]]; then
+        log "creating $QEMU_CONF"
+        mkdir -p "$(dirname "$QEMU_CONF")"
+        printf '# created by vmbridge integration/lab.sh\n' >"$QEMU_CONF"
+    fi
+    local changed=0
+    conf_set user '"root"' && changed=1
+    conf_set group '"root"' && changed=1
+    conf_set dynamic_ownership 0 && changed=1
+    conf_set security_driver '"none"' && changed=1
+    conf_set cgroup_controllers '[ ]' && changed=1
+    if [[ $changed -eq 0 ]]; then
+        log "qemu.conf: already configured"
+    elif pgrep -x libvirtd >/dev/null; then
+        log "WARNING: libvirtd is already running; it reads qemu.conf only at start"
+    fi
+}
+
+cmd_install() {
+    need_root
+    local t0=$SECONDS
+    install_packages
+    ensure_user
+    mkdir -p /var/log/libvirt /var/run/libvirt "$LAB_DIR"
+    configure_qemu_conf
+    init_state
+    log "install done in $((SECONDS - t0)) s"
+}
+
+# ------------------------------------------------------------- daemons ----
+
+daemon_pid() { # NAME -> pid of a running daemon of that name, from its pidfile or pgrep
+    local name=$1 f pid
+    for f in "/run/$name.pid" "/var/run/$name.pid"; do
+        if [[ -r "$f" ]]; then
+            pid=$(<"$f")
+            if [[ -n "$pid" && "$(cat "/proc/$pid/comm" 2>/dev/null)" == "$name" ]]; then
+                echo "$pid"
+                return 0
+            fi
+        fi
+    done
+    pgrep -x -o "$name" 2>/dev/null
+}
+
+start_daemon() { # NAME
+    local name=$1 pid i
+    if pid=$(daemon_pid "$name"); then
+        log "$name already running (pid $pid), not started by this call"
+        return 0
+    fi
+    log "starting $name -d"
+    "$name" -d || die "$name -d failed"
+    for i in $(seq 50); do
+        pid=$(daemon_pid "$name") && break
+        sleep 0.1
+    done
+    [[ -n "${pid:-}" ]] || die "$name did not start"
+    with_lock _file_add_line "$DAEMONS_FILE" "$name $pid"
+    log "$name started (pid $pid), recorded in $DAEMONS_FILE"
+    : "$i"
+}
+
+wait_libvirt() {
+    local i
+    for i in $(seq 60); do
+        if virsh_ list >/dev/null 2>&1; then
+            return 0
+        fi
+        sleep 0.5
+    done
+    die "libvirtd does not answer 'virsh -c $URI list' after 30 s (see /var/log/libvirt)"
+}
+
+_ensure_daemons() {
+    start_daemon virtlogd
+    start_daemon libvirtd
+    wait_libvirt
+}
+
+# Serialised on its own lock so two concurrent 'add's do not both start libvirtd.
+ensure_daemons() {
+    init_state
+    with_lock_file "$STATE_DIR/daemons.lock" _ensure_daemons
+    log "libvirtd answers on $URI"
+}
+
+# Stop the daemons the lab started, if no domain at all is left.
+stop_daemons_if_ours() {
+    [[ -s "$DAEMONS_FILE" ]] || { log "no daemons started by the lab; leaving them"; return 0; }
+    if pgrep -x libvirtd >/dev/null; then
+        local left
+        left=$(virsh -c "$URI" list --all --name 2>/dev/null | sed '/^$/d' || true)
+        if [[ -n "$left" ]]; then
+            log "domains still present ($(echo "$left" | paste -sd' ')); not stopping daemons"
+            return 0
+        fi
+    fi
+    local name pid
+    for name in libvirtd virtlogd; do
+        pid=$(awk -v n="$name" '$1 == n {print $2}' "$DAEMONS_FILE" | tail -n1)
+        [[ -n "$pid" ]] || continue
+        if [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == "$name" ]]; then
+            log "stopping $name (pid $pid, started by the lab)"
+            kill -TERM "$pid" 2>/dev/null || true
+            local i
+            for i in $(seq 100); do
+                [[ -d "/proc/$pid" ]] || break
+                sleep 0.1
+            done
+            if [[ -d "/proc/$pid" ]]; then
+                log "$name (pid $pid) ignored SIGTERM for 10 s; SIGKILL"
+                kill -KILL "$pid" 2>/dev/null || true
+            fi
+        else
+            log "$name pid $pid recorded but gone"
+        fi
+        with_lock _file_del_line "$DAEMONS_FILE" "$name $pid"
+    done
+}
+
+# ------------------------------------------------------------- domains ----
+
+dom_dir() { echo "$VMS_DIR/$1"; }
+
+write_domain_xml() { # NAME -> path of xml
+    local name=$1 dir
+    dir=$(dom_dir "$name")
+    mkdir -p "$dir"
+    if [[ ! -f "$dir/disk.qcow2" ]]; then
+        qemu-img create -q -f qcow2 "$dir/disk.qcow2" 64M >&2 || die "qemu-img create failed for $name"
+    fi
+    rm -f "$LAB_DIR/$name.qga" "$LAB_DIR/$name.qmp"
+    cat >"$dir/domain.xml" <<EOF
+<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
+  <name>$name</name>
+  <metadata>
+    <lab:lab xmlns:lab='$MARKER_NS'><lab:dir>$LAB_DIR</lab:dir></lab:lab>
+  </metadata>
+  <memory unit='MiB'>$MEM_MIB</memory>
+  <currentMemory unit='MiB'>$MEM_MIB</currentMemory>
+  <vcpu placement='static'>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='q35'>hvm</type>
+    <boot dev='hd'/>
+    <bios useserial='yes' rebootTimeout='-1'/>
+  </os>
+  <features><acpi/></features>
+  <clock offset='utc'/>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='$dir/disk.qcow2'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <interface type='ethernet'>
+      <model type='virtio'/>
+    </interface>
+    <serial type='file'>
+      <source path='$dir/console.log'/>
+      <target port='0'/>
+    </serial>
+    <channel type='unix'>
+      <source mode='bind' path='$LAB_DIR/$name.qga'/>
+      <target type='virtio' name='org.qemu.guest_agent.0'/>
+    </channel>
+    <memballoon model='virtio'>
+      <stats period='5'/>
+    </memballoon>
+  </devices>
+  <qemu:commandline>
+    <qemu:arg value='-qmp'/>
+    <qemu:arg value='unix:$LAB_DIR/$name.qmp,server=on,wait=off'/>
+  </qemu:commandline>
+</domain>
+EOF
+    echo "$dir/domain.xml"
+}
+
+dom_exists() { virsh -c "$URI" domid "$1" >/dev/null 2>&1; }
+
+# Is the existing libvirt domain NAME one of ours (marker in its live XML)?
+dom_is_ours() {
+    local f="$QEMU_RUN_DIR/$1.xml"
+    if [[ -r "$f" ]]; then
+        grep -qF "$MARKER_NS" "$f"
+    else
+        virsh -c "$URI" dumpxml "$1" 2>/dev/null | grep -qF "$MARKER_NS"
+    fi
+}
+
+dom_state() { virsh -c "$URI" domstate "$1" 2>/dev/null | sed '/^$/d' | head -n1; }
+
+# Create one domain (no wait). Safe to run in parallel for different names.
+create_one() { # NAME
+    local name=$1 xml
+    if dom_exists "$name"; then
+        if dom_is_ours "$name"; then
+            state_add_domain "$name"
+            log "$name already exists (lab domain)"
+            return 0
+        fi
+        die "domain $name exists and was not created by the lab; refusing"
+    fi
+    xml=$(write_domain_xml "$name")
+    state_add_domain "$name" # record before creating: a crash leaves it tracked
+    log "virsh create $xml"
+    local out
+    if ! out=$(virsh -c "$URI" create "$xml" 2>&1); then
+        log "$out"
+        if dom_exists "$name" && dom_is_ours "$name"; then
+            return 0 # lost a race with another creator of the same name
+        fi
+        state_del_domain "$name"
+        die "virsh create failed for $name"
+    fi
+}
+
+wait_running() { # NAME...
+    local name i st
+    for name in "$@"; do
+        st=""
+        for i in $(seq 120); do
+            st=$(dom_state "$name" || true)
+            [[ "$st" == running ]] && break
+            sleep 0.25
+        done
+        [[ "$st" == running ]] || die "domain $name is not running after 30 s (state: '${st:-absent}'); see $(dom_dir "$name")/console.log and /var/log/libvirt/qemu/$name.log"
+    done
+    : "$i"
+}
+
+destroy_one() { # NAME [forget-foreign]
+    local name=$1 mode=${2:-} pid
+    if dom_exists "$name"; then
+        if ! dom_is_ours "$name"; then
+            if [[ "$mode" == forget-foreign ]]; then
+                log "WARNING: domain $name is tracked but was not created by the lab (no $MARKER_NS marker); not destroying it, forgetting the stale entry"
+                state_del_domain "$name"
+                return 0
+            fi
+            die "domain $name was not created by the lab; refusing to destroy it"
+        fi
+        if pid=$(qemu_pid "$name" 2>/dev/null); then
+            kill -CONT "$pid" 2>/dev/null || true
+        fi
+        log "virsh destroy $name"
+        local out
+        if ! out=$(virsh -c "$URI" destroy "$name" 2>&1); then
+            dom_exists "$name" && die "virsh destroy $name failed: $out"
+        fi
+    else
+        log "$name is not running"
+    fi
+    rm -rf "$(dom_dir "$name")"
+    rm -f "$LAB_DIR/$name.qga" "$LAB_DIR/$name.qmp"
+    state_del_domain "$name"
+}
+
+qemu_pid() { # NAME
+    local name=$1 f="$QEMU_RUN_DIR/$1.pid" pid
+    if [[ -r "$f" ]]; then
+        pid=$(tr -dc '0-9' <"$f")
+    fi
+    if [[ -z "${pid:-}" ]]; then
+        # fall back to the QEMU process carrying -name guest=NAME
+        pid=$(pgrep -f -o -- "-name guest=$name," 2>/dev/null || true)
+    fi
+    [[ -n "${pid:-}" && -d "/proc/$pid" ]] || { log "no QEMU process for domain $name"; return 1; }
+    echo "$pid"
+}
+
+# ------------------------------------------------------------ commands ----
+
+cmd_up() {
+    local n=${1:-} prefix=${2:-$DEFAULT_PREFIX}
+    [[ "$n" =~ ^[0-9]+$ && "$n" -ge 1 && "$n" -le 99 ]] || die "up: N must be 1..99"
+    local t0=$SECONDS
+    cmd_install
+    ensure_daemons
+    local names=() i
+    for i in $(seq 1 "$n"); do
+        names+=("$(printf '%s%02d' "$prefix" "$i")")
+    done
+    valid_name "${names[0]}"
+    local start=0 pids=() failed=0
+    while [[ $start -lt ${#names[@]} ]]; do
+        pids=()
+        for name in "${names[@]:start:BATCH}"; do
+            create_one "$name" &
+            pids+=($!)
+        done
+        for i in "${pids[@]}"; do
+            wait "$i" || failed=1
+        done
+        start=$((start + BATCH))
+    done
+    [[ $failed -eq 0 ]] || die "some domains failed to start"
+    wait_running "${names[@]}"
+    log "up: ${#names[@]} domains running in $((SECONDS - t0)) s"
+    echo "uri $URI"
+    printf '%s\n' "${names[@]}"
+}
+
+cmd_add() {
+    local name=${1:-}
+    [[ -n "$name" ]] || die "add: NAME required"
+    valid_name "$name"
+    need_root
+    init_state
+    ensure_daemons
+    create_one "$name"
+    wait_running "$name"
+    log "$name running"
+}
+
+cmd_destroy() {
+    local name=${1:-}
+    [[ -n "$name" ]] || die "destroy: NAME required"
+    valid_name "$name"
+    need_root
+    init_state
+    if ! pgrep -x libvirtd >/dev/null; then
+        state_has_domain "$name" && state_del_domain "$name"
+        log "libvirtd not running; $name is gone"
+        rm -rf "$(dom_dir "$name")"
+        return 0
+    fi
+    if ! state_has_domain "$name" && dom_exists "$name"; then
+        die "domain $name is not tracked by the lab ($DOMAINS_FILE); refusing"
+    fi
+    destroy_one "$name"
+}
+
+cmd_pid() {
+    local name=${1:-}
+    [[ -n "$name" ]] || die "pid: NAME required"
+    qemu_pid "$name" || exit 1
+}
+
+cmd_signal() { # SIG NAME
+    local sig=$1 name=${2:-} pid
+    [[ -n "$name" ]] || die "NAME required"
+    state_has_domain "$name" || die "$name is not a lab domain"
+    pid=$(qemu_pid "$name") || exit 1
+    log "kill -$sig $pid ($name)"
+    kill "-$sig" "$pid"
+}
+
+cmd_list() {
+    init_state
+    pgrep -x libvirtd >/dev/null || return 0
+    local running name
+    running=$(virsh -c "$URI" list --name 2>/dev/null || true)
+    while IFS= read -r name; do
+        [[ -n "$name" ]] || continue
+        grep -qxF -- "$name" <<<"$running" && echo "$name"
+    done < <(state_domains)
+    return 0
+}
+
+cmd_down() {
+    local prefix=${1:-} t0=$SECONDS
+    need_root
+    init_state
+    local names=() name
+    while IFS= read -r name; do
+        [[ -n "$name" ]] || continue
+        [[ -z "$prefix" || "$name" == "$prefix"* ]] && names+=("$name")
+    done < <(state_domains)
+    if ! pgrep -x libvirtd >/dev/null; then
+        log "libvirtd not running; forgetting ${#names[@]} tracked domains"
+        for name in "${names[@]}"; do
+            rm -rf "$(dom_dir "$name")"
+            rm -f "$LAB_DIR/$name.qga" "$LAB_DIR/$name.qmp"
+            state_del_domain "$name"
+        done
+    else
+        # SIGCONT everything first so no destroy waits on a stopped QEMU
+        local pid
+        for name in "${names[@]}"; do
+            if pid=$(qemu_pid "$name" 2>/dev/null); then kill -CONT "$pid" 2>/dev/null || true; fi
+        done
+        local pids=() failed=0 i
+        for name in "${names[@]}"; do
+            destroy_one "$name" forget-foreign &
+            pids+=($!)
+            if [[ ${#pids[@]} -ge $BATCH ]]; then
+                for i in "${pids[@]}"; do wait "$i" || failed=1; done
+                pids=()
+            fi
+        done
+        for i in "${pids[@]}"; do wait "$i" || failed=1; done
+        [[ $failed -eq 0 ]] || die "some domains could not be destroyed"
+    fi
+    log "down: ${#names[@]} tracked domains processed"
+    if [[ -z "$prefix" || ! -s "$DOMAINS_FILE" ]]; then
+        stop_daemons_if_ours
+    fi
+    log "down done in $((SECONDS - t0)) s"
+}
+
+cmd_status() {
+    init_state
+    local d pid
+    for d in virtlogd libvirtd; do
+        if pid=$(daemon_pid "$d"); then echo "$d running pid $pid"; else echo "$d not running"; fi
+    done
+    echo "started by lab: $(paste -sd' ' "$DAEMONS_FILE")"
+    echo "lab domains: $(state_domains | paste -sd' ')"
+}
+
+main() {
+    local cmd=${1:-}
+    [[ $# -gt 0 ]] && shift
+    case "$cmd" in
+        install) cmd_install ;;
+        up) need_root; cmd_up "$@" ;;
+        add) cmd_add "$@" ;;
+        destroy) cmd_destroy "$@" ;;
+        pid) cmd_pid "$@" ;;
+        stop-vm) cmd_signal STOP "$@" ;;
+        cont-vm) cmd_signal CONT "$@" ;;
+        list) cmd_list ;;
+        down) cmd_down "$@" ;;
+        status) cmd_status ;;
+        -h | --help | help | "") usage ;;
+        *) log "unknown command '$cmd'"; usage ;;
+    esac
+}
+
+main "$@"

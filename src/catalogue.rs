@@ -1,0 +1,920 @@
+//! The one catalogue of every metric family vmbridge exports. It drives the collector,
+//! `--list-metrics` and the generated `docs/METRICS.md` (a test fails when they drift, and
+//! another when a declared family is never emitted).
+//!
+//! Names follow KubeVirt where KubeVirt already has the metric (`kubevirt_vmi_*`, same type,
+//! unit and labels), so existing dashboards and alerts keep working. Names here are *base*
+//! names: `prometheus-client` appends the unit and `_total` (counters) or `_info` (info).
+
+use std::fmt::Write as _;
+
+/// Prometheus metric type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Monotonic counter (`_total`).
+    Counter,
+    /// Gauge.
+    Gauge,
+    /// Info: value 1, descriptive labels (`_info`).
+    Info,
+}
+
+/// Base unit appended to the name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    /// Seconds.
+    Seconds,
+    /// Bytes.
+    Bytes,
+}
+
+/// Which group a family belongs to (see the README).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    /// CPU, vCPU, NIC and block counters.
+    Core,
+    /// State, memory and balloon, device counts, block sizes.
+    Hypervisor,
+    /// vmbridge's own health.
+    Bridge,
+}
+
+/// Whether a family is per VM (labels `namespace`, `name`, `node` first) or per node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// One series (or several, by extra labels) per VM.
+    Vm,
+    /// Per node: label `node` only, plus extra labels.
+    Node,
+}
+
+/// One metric family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricDef {
+    /// Base name, without unit, `_total` or `_info`.
+    pub name: &'static str,
+    /// Type.
+    pub kind: Kind,
+    /// Unit suffix, if any.
+    pub unit: Option<Unit>,
+    /// Help text.
+    pub help: &'static str,
+    /// Labels beyond the scope's.
+    pub labels: &'static [&'static str],
+    /// Group.
+    pub group: Group,
+    /// Where the value comes from.
+    pub source: &'static str,
+    /// Scope.
+    pub scope: Scope,
+}
+
+impl MetricDef {
+    /// The name samples carry on the wire.
+    pub fn exposed_name(&self) -> String {
+        let mut n = self.name.to_owned();
+        match self.unit {
+            Some(Unit::Seconds) => n.push_str("_seconds"),
+            Some(Unit::Bytes) => n.push_str("_bytes"),
+            None => {}
+        }
+        match self.kind {
+            Kind::Counter => n.push_str("_total"),
+            Kind::Info => n.push_str("_info"),
+            Kind::Gauge => {}
+        }
+        n
+    }
+
+    /// Every label, scope labels first.
+    pub fn all_labels(&self) -> Vec<&'static str> {
+        let mut l = match self.scope {
+            Scope::Vm => vec!["namespace", "name", "node"],
+            Scope::Node => vec!["node"],
+        };
+        l.extend_from_slice(self.labels);
+        l
+    }
+}
+
+macro_rules! family {
+    ($id:ident, $name:literal, $kind:ident, $unit:expr, [$($l:literal),*], $group:ident, $src:literal, $scope:ident, $help:literal) => {
+        #[doc = $help]
+        pub const $id: MetricDef = MetricDef {
+            name: $name, kind: Kind::$kind, unit: $unit, help: $help, labels: &[$($l),*],
+            group: Group::$group, source: $src, scope: Scope::$scope,
+        };
+    };
+}
+
+const S: Option<Unit> = Some(Unit::Seconds);
+const B: Option<Unit> = Some(Unit::Bytes);
+const N: Option<Unit> = None;
+
+// Core group: libvirt bulk stats.
+family!(
+    CPU_USAGE,
+    "kubevirt_vmi_cpu_usage",
+    Counter,
+    S,
+    [],
+    Core,
+    "libvirt cpu.time",
+    Vm,
+    "Total CPU time spent in all modes (sum of both vcpu and hypervisor usage)."
+);
+family!(
+    CPU_USER,
+    "kubevirt_vmi_cpu_user_usage",
+    Counter,
+    S,
+    [],
+    Core,
+    "libvirt cpu.user",
+    Vm,
+    "Total CPU time spent in user mode."
+);
+family!(
+    CPU_SYSTEM,
+    "kubevirt_vmi_cpu_system_usage",
+    Counter,
+    S,
+    [],
+    Core,
+    "libvirt cpu.system",
+    Vm,
+    "Total CPU time spent in system mode."
+);
+family!(
+    VCPU_TIME,
+    "kubevirt_vmi_vcpu",
+    Counter,
+    S,
+    ["id", "state"],
+    Core,
+    "libvirt vcpu.N.time",
+    Vm,
+    "Total amount of time spent in each state by each vcpu (cpu_time excluding hypervisor time)."
+);
+family!(
+    VCPU_WAIT,
+    "kubevirt_vmi_vcpu_wait",
+    Counter,
+    S,
+    ["id"],
+    Core,
+    "libvirt vcpu.N.wait",
+    Vm,
+    "Amount of time spent by each vcpu while waiting on I/O."
+);
+family!(
+    VCPU_DELAY,
+    "kubevirt_vmi_vcpu_delay",
+    Counter,
+    S,
+    ["id"],
+    Core,
+    "libvirt vcpu.N.delay",
+    Vm,
+    "Amount of time spent by each vcpu waiting in the queue instead of running."
+);
+family!(
+    NET_RX_BYTES,
+    "kubevirt_vmi_network_receive",
+    Counter,
+    B,
+    ["interface"],
+    Core,
+    "libvirt net.N.rx.bytes",
+    Vm,
+    "Total network traffic received in bytes."
+);
+family!(
+    NET_TX_BYTES,
+    "kubevirt_vmi_network_transmit",
+    Counter,
+    B,
+    ["interface"],
+    Core,
+    "libvirt net.N.tx.bytes",
+    Vm,
+    "Total network traffic transmitted in bytes."
+);
+family!(
+    NET_RX_PACKETS,
+    "kubevirt_vmi_network_receive_packets",
+    Counter,
+    N,
+    ["interface"],
+    Core,
+    "libvirt net.N.rx.pkts",
+    Vm,
+    "Total network traffic received packets."
+);
+family!(
+    NET_TX_PACKETS,
+    "kubevirt_vmi_network_transmit_packets",
+    Counter,
+    N,
+    ["interface"],
+    Core,
+    "libvirt net.N.tx.pkts",
+    Vm,
+    "Total network traffic transmitted packets."
+);
+family!(
+    NET_RX_ERRORS,
+    "kubevirt_vmi_network_receive_errors",
+    Counter,
+    N,
+    ["interface"],
+    Core,
+    "libvirt net.N.rx.errs",
+    Vm,
+    "Total network received error packets."
+);
+family!(
+    NET_TX_ERRORS,
+    "kubevirt_vmi_network_transmit_errors",
+    Counter,
+    N,
+    ["interface"],
+    Core,
+    "libvirt net.N.tx.errs",
+    Vm,
+    "Total network transmitted error packets."
+);
+family!(
+    NET_RX_DROPPED,
+    "kubevirt_vmi_network_receive_packets_dropped",
+    Counter,
+    N,
+    ["interface"],
+    Core,
+    "libvirt net.N.rx.drop",
+    Vm,
+    "The total number of rx packets dropped on vNIC interfaces."
+);
+family!(
+    NET_TX_DROPPED,
+    "kubevirt_vmi_network_transmit_packets_dropped",
+    Counter,
+    N,
+    ["interface"],
+    Core,
+    "libvirt net.N.tx.drop",
+    Vm,
+    "The total number of tx packets dropped on vNIC interfaces."
+);
+family!(
+    STORAGE_IOPS_READ,
+    "kubevirt_vmi_storage_iops_read",
+    Counter,
+    N,
+    ["drive"],
+    Core,
+    "libvirt block.N.rd.reqs",
+    Vm,
+    "Total number of I/O read operations."
+);
+family!(
+    STORAGE_IOPS_WRITE,
+    "kubevirt_vmi_storage_iops_write",
+    Counter,
+    N,
+    ["drive"],
+    Core,
+    "libvirt block.N.wr.reqs",
+    Vm,
+    "Total number of I/O write operations."
+);
+family!(
+    STORAGE_READ_BYTES,
+    "kubevirt_vmi_storage_read_traffic",
+    Counter,
+    B,
+    ["drive"],
+    Core,
+    "libvirt block.N.rd.bytes",
+    Vm,
+    "Total number of bytes read from storage."
+);
+family!(
+    STORAGE_WRITE_BYTES,
+    "kubevirt_vmi_storage_write_traffic",
+    Counter,
+    B,
+    ["drive"],
+    Core,
+    "libvirt block.N.wr.bytes",
+    Vm,
+    "Total number of written bytes."
+);
+family!(
+    STORAGE_READ_TIMES,
+    "kubevirt_vmi_storage_read_times",
+    Counter,
+    S,
+    ["drive"],
+    Core,
+    "libvirt block.N.rd.times",
+    Vm,
+    "Total time spent on read operations."
+);
+family!(
+    STORAGE_WRITE_TIMES,
+    "kubevirt_vmi_storage_write_times",
+    Counter,
+    S,
+    ["drive"],
+    Core,
+    "libvirt block.N.wr.times",
+    Vm,
+    "Total time spent on write operations."
+);
+family!(
+    STORAGE_FLUSH_REQUESTS,
+    "kubevirt_vmi_storage_flush_requests",
+    Counter,
+    N,
+    ["drive"],
+    Core,
+    "libvirt block.N.fl.reqs",
+    Vm,
+    "Total storage flush requests."
+);
+family!(
+    STORAGE_FLUSH_TIMES,
+    "kubevirt_vmi_storage_flush_times",
+    Counter,
+    S,
+    ["drive"],
+    Core,
+    "libvirt block.N.fl.times",
+    Vm,
+    "Total time spent on cache flushing."
+);
+
+// Hypervisor group: state, memory, devices.
+family!(
+    DOMAIN_STATE,
+    "kubevirt_vmi_domain_state",
+    Gauge,
+    N,
+    ["state", "reason"],
+    Hypervisor,
+    "libvirt state.state, state.reason",
+    Vm,
+    "The domain's libvirt run state and reason as labels; the value is always 1."
+);
+family!(
+    MEMORY_RESIDENT,
+    "kubevirt_vmi_memory_resident",
+    Gauge,
+    B,
+    [],
+    Hypervisor,
+    "libvirt memory stat rss",
+    Vm,
+    "Resident set size of the process running the domain."
+);
+family!(
+    MEMORY_AVAILABLE,
+    "kubevirt_vmi_memory_available",
+    Gauge,
+    B,
+    [],
+    Hypervisor,
+    "libvirt memory stat available",
+    Vm,
+    "Amount of usable memory as seen by the domain. This value may not be accurate if a balloon driver is in use or if the guest OS does not initialize all assigned pages."
+);
+family!(
+    MEMORY_UNUSED,
+    "kubevirt_vmi_memory_unused",
+    Gauge,
+    B,
+    [],
+    Hypervisor,
+    "libvirt memory stat unused",
+    Vm,
+    "The amount of memory left completely unused by the system. Memory that is available but used for reclaimable caches should NOT be reported as free."
+);
+family!(
+    MEMORY_USABLE,
+    "kubevirt_vmi_memory_usable",
+    Gauge,
+    B,
+    [],
+    Hypervisor,
+    "libvirt memory stat usable",
+    Vm,
+    "The amount of memory which can be reclaimed by balloon without pushing the guest system to swap, corresponds to 'Available' in /proc/meminfo."
+);
+family!(
+    MEMORY_CACHED,
+    "kubevirt_vmi_memory_cached",
+    Gauge,
+    B,
+    [],
+    Hypervisor,
+    "libvirt memory stat disk_caches",
+    Vm,
+    "The amount of memory that is being used to cache I/O and is available to be reclaimed, corresponds to the sum of 'Buffers' + 'Cached' + 'SwapCached' in /proc/meminfo."
+);
+family!(
+    MEMORY_ACTUAL_BALLOON,
+    "kubevirt_vmi_memory_actual_balloon",
+    Gauge,
+    B,
+    [],
+    Hypervisor,
+    "libvirt memory stat actual",
+    Vm,
+    "Current balloon size in bytes."
+);
+family!(
+    MEMORY_DOMAIN,
+    "kubevirt_vmi_memory_domain",
+    Gauge,
+    B,
+    [],
+    Hypervisor,
+    "libvirt balloon.maximum",
+    Vm,
+    "The amount of memory in bytes allocated to the domain. The memory value in domain xml file."
+);
+family!(
+    MEMORY_SWAP_IN,
+    "kubevirt_vmi_memory_swap_in_traffic",
+    Gauge,
+    B,
+    [],
+    Hypervisor,
+    "libvirt memory stat swap_in",
+    Vm,
+    "The total amount of data read from swap space of the guest in bytes."
+);
+family!(
+    MEMORY_SWAP_OUT,
+    "kubevirt_vmi_memory_swap_out_traffic",
+    Gauge,
+    B,
+    [],
+    Hypervisor,
+    "libvirt memory stat swap_out",
+    Vm,
+    "The total amount of memory written out to swap space of the guest in bytes."
+);
+family!(
+    MEMORY_PGMAJFAULT,
+    "kubevirt_vmi_memory_pgmajfault",
+    Counter,
+    N,
+    [],
+    Hypervisor,
+    "libvirt memory stat major_fault",
+    Vm,
+    "The number of page faults when disk IO was required. Page faults occur when a process makes a valid access to virtual memory that is not available."
+);
+family!(
+    MEMORY_PGMINFAULT,
+    "kubevirt_vmi_memory_pgminfault",
+    Counter,
+    N,
+    [],
+    Hypervisor,
+    "libvirt memory stat minor_fault",
+    Vm,
+    "The number of other page faults, when disk IO was not required. Page faults occur when a process makes a valid access to virtual memory that is not available."
+);
+family!(
+    MEMORY_STATS_UPDATED,
+    "kubevirt_vmi_memory_stats_last_update_timestamp",
+    Gauge,
+    S,
+    [],
+    Hypervisor,
+    "libvirt memory stat last_update",
+    Vm,
+    "When the guest's balloon driver last updated its memory statistics, seconds since the Unix epoch."
+);
+family!(
+    VCPU_CURRENT,
+    "kubevirt_vmi_vcpu_current",
+    Gauge,
+    N,
+    [],
+    Hypervisor,
+    "libvirt vcpu.current",
+    Vm,
+    "Number of vCPUs currently plugged into the domain."
+);
+family!(
+    VCPU_MAXIMUM,
+    "kubevirt_vmi_vcpu_maximum",
+    Gauge,
+    N,
+    [],
+    Hypervisor,
+    "libvirt vcpu.maximum",
+    Vm,
+    "Maximum number of vCPUs the domain may have."
+);
+family!(
+    NET_INTERFACES,
+    "kubevirt_vmi_network_interfaces",
+    Gauge,
+    N,
+    [],
+    Hypervisor,
+    "libvirt net.count",
+    Vm,
+    "Number of network interfaces of the domain."
+);
+family!(
+    STORAGE_DEVICES,
+    "kubevirt_vmi_storage_devices",
+    Gauge,
+    N,
+    [],
+    Hypervisor,
+    "libvirt block.count",
+    Vm,
+    "Number of block devices of the domain."
+);
+family!(
+    STORAGE_ALLOCATION,
+    "kubevirt_vmi_storage_allocation",
+    Gauge,
+    B,
+    ["drive"],
+    Hypervisor,
+    "libvirt block.N.allocation",
+    Vm,
+    "Offset of the highest written sector of the block device (its allocation)."
+);
+family!(
+    STORAGE_CAPACITY,
+    "kubevirt_vmi_storage_capacity",
+    Gauge,
+    B,
+    ["drive"],
+    Hypervisor,
+    "libvirt block.N.capacity",
+    Vm,
+    "Logical size of the block device as the guest sees it."
+);
+family!(
+    STORAGE_PHYSICAL,
+    "kubevirt_vmi_storage_physical",
+    Gauge,
+    B,
+    ["drive"],
+    Hypervisor,
+    "libvirt block.N.physical",
+    Vm,
+    "Host storage used by the block device's image."
+);
+family!(
+    STORAGE_THRESHOLD,
+    "kubevirt_vmi_storage_threshold",
+    Gauge,
+    B,
+    ["drive"],
+    Hypervisor,
+    "libvirt block.N.threshold",
+    Vm,
+    "Write threshold of the block device; present only when one is set."
+);
+family!(
+    DIRTY_RATE,
+    "kubevirt_vmi_dirty_rate_bytes_per_second",
+    Gauge,
+    N,
+    [],
+    Hypervisor,
+    "libvirt dirtyrate.megabytes_per_second",
+    Vm,
+    "Last measured guest memory dirty rate, in bytes per second; present only after libvirt measured it."
+);
+
+// Bridge health.
+family!(
+    SOURCE_UP,
+    "vmbridge_source_up",
+    Gauge,
+    N,
+    ["source"],
+    Bridge,
+    "vmbridge",
+    Vm,
+    "1 when the last poll of this source succeeded, else 0."
+);
+family!(
+    BREAKER_STATE,
+    "vmbridge_breaker_state",
+    Gauge,
+    N,
+    ["source", "state"],
+    Bridge,
+    "vmbridge",
+    Vm,
+    "Circuit breaker state of this source: 1 for the current state (closed, open, half_open), 0 for the others."
+);
+family!(
+    SOURCE_LAST_SUCCESS,
+    "vmbridge_source_last_success_timestamp",
+    Gauge,
+    S,
+    ["source"],
+    Bridge,
+    "vmbridge",
+    Vm,
+    "When this source was last polled successfully, seconds since the Unix epoch."
+);
+family!(
+    SOURCE_POLL_DURATION,
+    "vmbridge_source_poll_duration",
+    Gauge,
+    S,
+    ["source"],
+    Bridge,
+    "vmbridge",
+    Vm,
+    "Duration of the last poll of this source."
+);
+family!(
+    SOURCE_POLLS,
+    "vmbridge_source_polls",
+    Counter,
+    N,
+    ["source"],
+    Bridge,
+    "vmbridge",
+    Vm,
+    "Polls of this source since the VM was discovered."
+);
+family!(
+    SOURCE_ERRORS,
+    "vmbridge_source_errors",
+    Counter,
+    N,
+    ["source", "kind"],
+    Bridge,
+    "vmbridge",
+    Vm,
+    "Failed polls of this source since the VM was discovered, by kind."
+);
+family!(
+    BREAKER_TRANSITIONS,
+    "vmbridge_breaker_transitions",
+    Counter,
+    N,
+    ["source", "reason"],
+    Bridge,
+    "vmbridge",
+    Vm,
+    "Circuit breaker state changes since the VM was discovered, by reason."
+);
+family!(
+    STUCK_CALLS,
+    "vmbridge_stuck_calls",
+    Gauge,
+    N,
+    ["source"],
+    Bridge,
+    "vmbridge",
+    Vm,
+    "Calls to this source abandoned at their deadline and still running (at most one per VM and source)."
+);
+family!(
+    VMS,
+    "vmbridge_vms",
+    Gauge,
+    N,
+    [],
+    Bridge,
+    "vmbridge",
+    Node,
+    "VMs vmbridge currently knows on this node."
+);
+family!(
+    ENDPOINT_UP,
+    "vmbridge_endpoint_up",
+    Gauge,
+    N,
+    ["uri"],
+    Bridge,
+    "vmbridge",
+    Node,
+    "1 when the last connect and listing of this libvirt endpoint succeeded, else 0."
+);
+family!(
+    ENDPOINT_DOMAINS,
+    "vmbridge_endpoint_domains",
+    Gauge,
+    N,
+    ["uri"],
+    Bridge,
+    "vmbridge",
+    Node,
+    "Running domains at the last listing of this libvirt endpoint."
+);
+family!(
+    BUILD_INFO,
+    "vmbridge_build",
+    Info,
+    N,
+    ["version", "revision", "rustc"],
+    Bridge,
+    "vmbridge",
+    Node,
+    "vmbridge build information; the value is always 1."
+);
+
+/// Every family, in exposition order.
+pub const ALL: &[MetricDef] = &[
+    CPU_USAGE,
+    CPU_USER,
+    CPU_SYSTEM,
+    VCPU_TIME,
+    VCPU_WAIT,
+    VCPU_DELAY,
+    NET_RX_BYTES,
+    NET_TX_BYTES,
+    NET_RX_PACKETS,
+    NET_TX_PACKETS,
+    NET_RX_ERRORS,
+    NET_TX_ERRORS,
+    NET_RX_DROPPED,
+    NET_TX_DROPPED,
+    STORAGE_IOPS_READ,
+    STORAGE_IOPS_WRITE,
+    STORAGE_READ_BYTES,
+    STORAGE_WRITE_BYTES,
+    STORAGE_READ_TIMES,
+    STORAGE_WRITE_TIMES,
+    STORAGE_FLUSH_REQUESTS,
+    STORAGE_FLUSH_TIMES,
+    DOMAIN_STATE,
+    MEMORY_RESIDENT,
+    MEMORY_AVAILABLE,
+    MEMORY_UNUSED,
+    MEMORY_USABLE,
+    MEMORY_CACHED,
+    MEMORY_ACTUAL_BALLOON,
+    MEMORY_DOMAIN,
+    MEMORY_SWAP_IN,
+    MEMORY_SWAP_OUT,
+    MEMORY_PGMAJFAULT,
+    MEMORY_PGMINFAULT,
+    MEMORY_STATS_UPDATED,
+    VCPU_CURRENT,
+    VCPU_MAXIMUM,
+    NET_INTERFACES,
+    STORAGE_DEVICES,
+    STORAGE_ALLOCATION,
+    STORAGE_CAPACITY,
+    STORAGE_PHYSICAL,
+    STORAGE_THRESHOLD,
+    DIRTY_RATE,
+    SOURCE_UP,
+    BREAKER_STATE,
+    SOURCE_LAST_SUCCESS,
+    SOURCE_POLL_DURATION,
+    SOURCE_POLLS,
+    SOURCE_ERRORS,
+    BREAKER_TRANSITIONS,
+    STUCK_CALLS,
+    VMS,
+    ENDPOINT_UP,
+    ENDPOINT_DOMAINS,
+    BUILD_INFO,
+];
+
+fn kind_str(k: Kind) -> &'static str {
+    match k {
+        Kind::Counter => "counter",
+        Kind::Gauge => "gauge",
+        Kind::Info => "info",
+    }
+}
+
+fn group_str(g: Group) -> &'static str {
+    match g {
+        Group::Core => "core",
+        Group::Hypervisor => "hypervisor",
+        Group::Bridge => "bridge",
+    }
+}
+
+/// The catalogue as plain text, one family per line (`--list-metrics`).
+pub fn list_text() -> String {
+    let mut out = String::new();
+    for d in ALL {
+        let _ = writeln!(
+            out,
+            "{:<58} {:<8} {:<10} {{{}}}  {}",
+            d.exposed_name(),
+            kind_str(d.kind),
+            group_str(d.group),
+            d.all_labels().join(","),
+            d.help
+        );
+    }
+    out
+}
+
+/// `docs/METRICS.md`, generated.
+pub fn markdown() -> String {
+    let mut out = String::from(
+        "# vmbridge metrics\n\n\
+         Generated from `src/catalogue.rs` (`vmbridge --list-metrics` prints the same list); \
+         do not edit by hand: run `VMBRIDGE_UPDATE_GENERATED=1 cargo test --lib generated` after changing the catalogue.\n\n\
+         Per-VM families carry `namespace`, `name` and `node`. Values are in base units \
+         (seconds, bytes); libvirt's nanoseconds and KiB are converted. A family whose data a \
+         VM does not have (no balloon driver, no measurement yet) has no sample for that VM: \
+         vmbridge never invents zeros. When a source's breaker is open, its last good values \
+         stay exported for the staleness window (`breaker.staleness`), then disappear, while \
+         `vmbridge_source_up` and `vmbridge_source_last_success_timestamp_seconds` say why.\n",
+    );
+    for (group, title) in [
+        (Group::Core, "Core"),
+        (Group::Hypervisor, "Hypervisor"),
+        (Group::Bridge, "Bridge health"),
+    ] {
+        let _ = write!(
+            out,
+            "\n## {title}\n\n| name | type | labels | source | help |\n|---|---|---|---|---|\n"
+        );
+        for d in ALL.iter().filter(|d| d.group == group) {
+            let _ = writeln!(
+                out,
+                "| `{}` | {} | {} | {} | {} |",
+                d.exposed_name(),
+                kind_str(d.kind),
+                d.all_labels().join(", "),
+                d.source,
+                d.help
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_valid() {
+        let mut seen = std::collections::BTreeSet::new();
+        for d in ALL {
+            let n = d.exposed_name();
+            assert!(seen.insert(n.clone()), "duplicate {n}");
+            assert!(
+                n.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                "{n}"
+            );
+            assert!(
+                !d.name.ends_with("_total")
+                    && !d.name.ends_with("_seconds")
+                    && !d.name.ends_with("_bytes")
+                    || d.unit.is_none(),
+                "{n} repeats its suffix"
+            );
+            assert!(d.help.ends_with('.'), "{n}: help should be a sentence");
+        }
+    }
+
+    #[test]
+    fn kubevirt_names_are_exact() {
+        let names: Vec<String> = ALL.iter().map(MetricDef::exposed_name).collect();
+        for expected in [
+            "kubevirt_vmi_cpu_usage_seconds_total",
+            "kubevirt_vmi_vcpu_seconds_total",
+            "kubevirt_vmi_vcpu_wait_seconds_total",
+            "kubevirt_vmi_vcpu_delay_seconds_total",
+            "kubevirt_vmi_network_receive_bytes_total",
+            "kubevirt_vmi_network_transmit_packets_dropped_total",
+            "kubevirt_vmi_storage_iops_read_total",
+            "kubevirt_vmi_storage_read_traffic_bytes_total",
+            "kubevirt_vmi_storage_write_times_seconds_total",
+            "kubevirt_vmi_storage_flush_requests_total",
+            "kubevirt_vmi_storage_flush_times_seconds_total",
+            "kubevirt_vmi_memory_resident_bytes",
+            "kubevirt_vmi_memory_actual_balloon_bytes",
+            "kubevirt_vmi_memory_swap_in_traffic_bytes",
+            "kubevirt_vmi_memory_pgmajfault_total",
+            "vmbridge_source_last_success_timestamp_seconds",
+            "vmbridge_source_poll_duration_seconds",
+            "vmbridge_source_errors_total",
+            "vmbridge_breaker_transitions_total",
+            "vmbridge_build_info",
+        ] {
+            assert!(names.iter().any(|n| n == expected), "missing {expected}");
+        }
+    }
+}

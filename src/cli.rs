@@ -1,0 +1,117 @@
+//! Command-line flags. Every flag also exists in the config file; a flag given on the command
+//! line wins over the file.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::config::FileConfig;
+use crate::vm::DomainNaming;
+
+/// vmbridge: libvirt, QEMU and guest-agent facts as Prometheus metrics, one breaker per VM
+/// and source, scrapes served from memory.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "vmbridge", version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("VMBRIDGE_GIT_REVISION"), ")"))]
+pub struct Cli {
+    /// Listen address for /metrics, /healthz, /readyz and /debug [default: 0.0.0.0:9977].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// libvirt URI to connect to (read-only); repeat for several daemons [default: qemu:///system].
+    #[arg(long = "libvirt-uri", value_name = "URI")]
+    pub libvirt_uris: Vec<String>,
+    /// TOML configuration file (schema: schemas/config.schema.json).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Time between polls of each VM, e.g. 5s [default: 5s].
+    #[arg(long, value_name = "DURATION")]
+    pub poll_interval: Option<String>,
+    /// Deadline of one poll, e.g. 4s [default: 4s].
+    #[arg(long, value_name = "DURATION")]
+    pub poll_timeout: Option<String>,
+    /// Value of the `node` label [default: $NODE_NAME, else the host name].
+    #[arg(long, env = "NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// Namespace for domains whose name carries none [default: default].
+    #[arg(long, value_name = "NAMESPACE")]
+    pub default_namespace: Option<String>,
+    /// How domain names map to namespace/name [default: auto].
+    #[arg(long, value_enum, value_name = "RULE")]
+    pub domain_naming: Option<NamingArg>,
+    /// Log filter (tracing env-filter syntax), e.g. info or vmbridge=debug.
+    #[arg(long, env = "VMBRIDGE_LOG", default_value = "info")]
+    pub log: String,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    pub log_json: bool,
+    /// Print the metric catalogue and exit, without connecting anywhere.
+    #[arg(long)]
+    pub list_metrics: bool,
+}
+
+/// `--domain-naming` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NamingArg {
+    /// Split `<namespace>_<name>` when the prefix is a valid namespace.
+    Auto,
+    /// Always split at the first `_`.
+    Kubevirt,
+    /// Never split.
+    Plain,
+}
+
+impl Cli {
+    /// Applies the flags given on the command line over the file configuration.
+    pub fn overlay(&self, mut file: FileConfig) -> FileConfig {
+        if let Some(v) = &self.listen {
+            file.listen = Some(v.clone());
+        }
+        if !self.libvirt_uris.is_empty() {
+            file.libvirt.uris = Some(self.libvirt_uris.clone());
+        }
+        if let Some(v) = &self.poll_interval {
+            file.poll.interval = Some(v.clone());
+        }
+        if let Some(v) = &self.poll_timeout {
+            file.poll.timeout = Some(v.clone());
+        }
+        if let Some(v) = &self.node_name {
+            file.node_name = Some(v.clone());
+        }
+        if let Some(v) = &self.default_namespace {
+            file.default_namespace = Some(v.clone());
+        }
+        if let Some(v) = self.domain_naming {
+            file.domain_naming = Some(match v {
+                NamingArg::Auto => DomainNaming::Auto,
+                NamingArg::Kubevirt => DomainNaming::Kubevirt,
+                NamingArg::Plain => DomainNaming::Plain,
+            });
+        }
+        file
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_file_and_absent_flags_keep_it() {
+        let file = FileConfig::parse("listen = \"127.0.0.1:1\"\nnode_name = \"from-file\"\n[libvirt]\nuris = [\"test:///default\"]\n[poll]\ninterval = \"9s\"\n")
+            .expect("parses");
+        let cli = Cli::parse_from([
+            "vmbridge",
+            "--listen",
+            "127.0.0.1:2",
+            "--libvirt-uri",
+            "qemu:///a",
+            "--libvirt-uri",
+            "qemu:///b",
+        ]);
+        let merged = cli.overlay(file);
+        let s = merged.validate("fallback").expect("valid");
+        assert_eq!(s.listen.port(), 2);
+        assert_eq!(s.uris, vec!["qemu:///a", "qemu:///b"]);
+        assert_eq!(s.poll.interval, std::time::Duration::from_secs(9));
+    }
+}

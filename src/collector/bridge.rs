@@ -1,0 +1,122 @@
+//! Bridge health: per VM and source (up, breaker, freshness, errors, stuck calls) and per node
+//! (endpoints, VM count, build info). Exported for every VM whatever its data's age, so a
+//! VM whose data went stale is still visible, and flagged.
+
+use prometheus_client::encoding::DescriptorEncoder;
+
+use super::{BuildInfo, VmView, family};
+use crate::breaker::{BreakerState, TransitionReason};
+use crate::catalogue as c;
+use crate::source::ErrorKind;
+use crate::store::{EndpointStatus, SourceSnapshot};
+
+fn sources<'a>(vm: &'a VmView<'_>) -> impl Iterator<Item = (&'static str, &'a SourceSnapshot)> {
+    vm.vm.sources.iter().map(|(k, s)| (k.as_str(), s.as_ref()))
+}
+
+/// Writes the bridge families.
+pub(super) fn encode(
+    enc: &mut DescriptorEncoder<'_>,
+    vms: &[VmView<'_>],
+    endpoints: &[EndpointStatus],
+    node: &str,
+    build: &BuildInfo,
+) -> std::fmt::Result {
+    let mut f = family(enc, &c::SOURCE_UP)?;
+    for vm in vms {
+        for (src, s) in sources(vm) {
+            let up = s.polls_total > 0
+                && s.breaker.consecutive_failures == 0
+                && s.last_success_at.is_some();
+            f.vm_sample(vm, &[("source", src)], Some(f64::from(u8::from(up))))?;
+        }
+    }
+    let mut f = family(enc, &c::BREAKER_STATE)?;
+    for vm in vms {
+        for (src, s) in sources(vm) {
+            for state in BreakerState::ALL {
+                let v = f64::from(u8::from(s.breaker.state == state));
+                f.vm_sample(vm, &[("source", src), ("state", state.as_str())], Some(v))?;
+            }
+        }
+    }
+    let mut f = family(enc, &c::SOURCE_LAST_SUCCESS)?;
+    for vm in vms {
+        for (src, s) in sources(vm) {
+            f.vm_sample(vm, &[("source", src)], s.last_success_at)?;
+        }
+    }
+    let mut f = family(enc, &c::SOURCE_POLL_DURATION)?;
+    for vm in vms {
+        for (src, s) in sources(vm) {
+            f.vm_sample(vm, &[("source", src)], s.last_poll_duration_seconds)?;
+        }
+    }
+    let mut f = family(enc, &c::SOURCE_POLLS)?;
+    for vm in vms {
+        for (src, s) in sources(vm) {
+            f.vm_sample(vm, &[("source", src)], Some(s.polls_total as f64))?;
+        }
+    }
+    let mut f = family(enc, &c::SOURCE_ERRORS)?;
+    for vm in vms {
+        for (src, s) in sources(vm) {
+            for kind in ErrorKind::ALL {
+                let n = s.errors_total.get(&kind).copied().unwrap_or(0);
+                f.vm_sample(
+                    vm,
+                    &[("source", src), ("kind", kind.as_str())],
+                    Some(n as f64),
+                )?;
+            }
+        }
+    }
+    let mut f = family(enc, &c::BREAKER_TRANSITIONS)?;
+    for vm in vms {
+        for (src, s) in sources(vm) {
+            for reason in TransitionReason::ALL {
+                let n = s
+                    .breaker
+                    .transitions_total
+                    .get(&reason)
+                    .copied()
+                    .unwrap_or(0);
+                f.vm_sample(
+                    vm,
+                    &[("source", src), ("reason", reason.as_str())],
+                    Some(n as f64),
+                )?;
+            }
+        }
+    }
+    let mut f = family(enc, &c::STUCK_CALLS)?;
+    for vm in vms {
+        for (src, s) in sources(vm) {
+            let n = s.stuck_calls.load(std::sync::atomic::Ordering::Acquire);
+            f.vm_sample(vm, &[("source", src)], Some(n as f64))?;
+        }
+    }
+    let mut f = family(enc, &c::VMS)?;
+    f.sample(&[("node", node)], vms.len() as f64)?;
+    let mut f = family(enc, &c::ENDPOINT_UP)?;
+    for e in endpoints {
+        f.sample(
+            &[("node", node), ("uri", &e.uri)],
+            f64::from(u8::from(e.up)),
+        )?;
+    }
+    let mut f = family(enc, &c::ENDPOINT_DOMAINS)?;
+    for e in endpoints.iter().filter(|e| e.listed_once) {
+        f.sample(&[("node", node), ("uri", &e.uri)], e.domains as f64)?;
+    }
+    let mut f = family(enc, &c::BUILD_INFO)?;
+    f.sample(
+        &[
+            ("node", node),
+            ("version", build.version),
+            ("revision", build.revision),
+            ("rustc", build.rustc),
+        ],
+        1.0,
+    )
+}

@@ -1,0 +1,75 @@
+//! Hypervisor group: run state, memory and balloon, vCPU and device counts, block sizes.
+
+use prometheus_client::encoding::DescriptorEncoder;
+
+use super::{VmView, family, kib, num};
+use crate::catalogue::{self as c, MetricDef};
+use crate::source::libvirt::DomainSample;
+use crate::source::libvirt::stats::BlockSample;
+
+type VmField = fn(&DomainSample) -> Option<f64>;
+
+const PER_VM: [(&MetricDef, VmField); 17] = [
+    (&c::MEMORY_RESIDENT, |s| kib(s.memory.rss_kib)),
+    (&c::MEMORY_AVAILABLE, |s| kib(s.memory.available_kib)),
+    (&c::MEMORY_UNUSED, |s| kib(s.memory.unused_kib)),
+    (&c::MEMORY_USABLE, |s| kib(s.memory.usable_kib)),
+    (&c::MEMORY_CACHED, |s| kib(s.memory.disk_caches_kib)),
+    (&c::MEMORY_ACTUAL_BALLOON, |s| {
+        kib(s.memory.actual_balloon_kib)
+    }),
+    (&c::MEMORY_DOMAIN, |s| kib(s.memory.maximum_kib)),
+    (&c::MEMORY_SWAP_IN, |s| kib(s.memory.swap_in_kib)),
+    (&c::MEMORY_SWAP_OUT, |s| kib(s.memory.swap_out_kib)),
+    (&c::MEMORY_PGMAJFAULT, |s| num(s.memory.major_fault)),
+    (&c::MEMORY_PGMINFAULT, |s| num(s.memory.minor_fault)),
+    (&c::MEMORY_STATS_UPDATED, |s| num(s.memory.last_update)),
+    (&c::VCPU_CURRENT, |s| num(s.vcpu_current)),
+    (&c::VCPU_MAXIMUM, |s| num(s.vcpu_maximum)),
+    (&c::NET_INTERFACES, |s| num(s.net_count)),
+    (&c::STORAGE_DEVICES, |s| num(s.block_count)),
+    // libvirt reports MiB/s (2^20 bytes).
+    (&c::DIRTY_RATE, |s| {
+        s.dirty_rate_mib_per_second.map(|v| v as f64 * 1_048_576.0)
+    }),
+];
+
+type BlockField = fn(&BlockSample) -> Option<u64>;
+
+const BLOCK: [(&MetricDef, BlockField); 4] = [
+    (&c::STORAGE_ALLOCATION, |b| b.allocation),
+    (&c::STORAGE_CAPACITY, |b| b.capacity),
+    (&c::STORAGE_PHYSICAL, |b| b.physical),
+    (&c::STORAGE_THRESHOLD, |b| b.threshold),
+];
+
+/// Writes the hypervisor families.
+pub(super) fn encode(enc: &mut DescriptorEncoder<'_>, vms: &[VmView<'_>]) -> std::fmt::Result {
+    let mut f = family(enc, &c::DOMAIN_STATE)?;
+    for vm in vms {
+        if let Some(st) = vm.libvirt.and_then(|s| s.state) {
+            f.vm_sample(
+                vm,
+                &[("state", st.state_name()), ("reason", st.reason_name())],
+                Some(1.0),
+            )?;
+        }
+    }
+    for (def, get) in PER_VM {
+        let mut f = family(enc, def)?;
+        for vm in vms {
+            if let Some(s) = vm.libvirt {
+                f.vm_sample(vm, &[], get(s))?;
+            }
+        }
+    }
+    for (def, get) in BLOCK {
+        let mut f = family(enc, def)?;
+        for vm in vms {
+            for b in vm.libvirt.map(|s| s.blocks.as_slice()).unwrap_or_default() {
+                f.vm_sample(vm, &[("drive", &b.name)], num(get(b)))?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,209 @@
+//! The scrape path: a `prometheus-client` [`Collector`] that encodes the snapshot store and
+//! nothing else. `encode` is synchronous and pure: no I/O, no locks held while encoding, no
+//! waiting on any VM. Families are grouped in one file per group (`core`, `hypervisor`,
+//! `bridge`), each writing the catalogue entries it owns.
+
+mod bridge;
+mod core;
+mod hypervisor;
+pub mod text;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::catalogue::{self, Kind, MetricDef};
+use crate::clock::now_unix;
+use crate::source::libvirt::DomainSample;
+use crate::source::{SourceKind, SourceSample};
+use crate::store::{SourceSnapshot, Store, VmSnapshot};
+
+/// What `vmbridge_build_info` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildInfo {
+    /// Crate version.
+    pub version: &'static str,
+    /// Git revision the binary was built from, or `unknown`.
+    pub revision: &'static str,
+    /// rustc version.
+    pub rustc: &'static str,
+}
+
+impl BuildInfo {
+    /// This binary's build information (captured by `build.rs`).
+    pub fn current() -> Self {
+        BuildInfo {
+            version: env!("CARGO_PKG_VERSION"),
+            revision: env!("VMBRIDGE_GIT_REVISION"),
+            rustc: env!("VMBRIDGE_RUSTC_VERSION"),
+        }
+    }
+}
+
+/// The collector.
+#[derive(Debug)]
+pub struct VmCollector {
+    store: Arc<Store>,
+    node: String,
+    staleness: Duration,
+    build: BuildInfo,
+}
+
+impl VmCollector {
+    /// A collector over `store`. Data older than `staleness` is no longer exported.
+    pub fn new(store: Arc<Store>, node: String, staleness: Duration) -> Self {
+        VmCollector {
+            store,
+            node,
+            staleness,
+            build: BuildInfo::current(),
+        }
+    }
+
+    /// A registry holding only this collector.
+    pub fn into_registry(self) -> Registry {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self));
+        registry
+    }
+}
+
+/// One VM as the encoders see it: its labels and its fresh samples.
+pub(crate) struct VmView<'a> {
+    pub(crate) vm: &'a VmSnapshot,
+    pub(crate) namespace: &'a str,
+    pub(crate) name: &'a str,
+    pub(crate) node: &'a str,
+    /// The libvirt sample, when one exists and is within the staleness window.
+    pub(crate) libvirt: Option<&'a DomainSample>,
+}
+
+impl<'a> VmView<'a> {
+    fn new(vm: &'a VmSnapshot, node: &'a str, now: f64, staleness: Duration) -> Self {
+        let fresh = |s: &'a SourceSnapshot| {
+            s.last_success_at
+                .is_some_and(|t| now - t <= staleness.as_secs_f64())
+                .then_some(s.sample.as_deref())
+                .flatten()
+        };
+        let libvirt = vm
+            .sources
+            .get(&SourceKind::Libvirt)
+            .and_then(|s| fresh(s))
+            .map(|s| match s {
+                SourceSample::Libvirt(l) => &l.parsed,
+            });
+        VmView {
+            vm,
+            namespace: &vm.id.namespace,
+            name: &vm.id.name,
+            node,
+            libvirt,
+        }
+    }
+}
+
+/// A family being written.
+pub(crate) struct Family<'s> {
+    me: MetricEncoder<'s>,
+    def: &'static MetricDef,
+}
+
+impl Family<'_> {
+    /// Writes one sample. `labels` must follow `def.all_labels()` (checked in debug builds).
+    pub(crate) fn sample(&mut self, labels: &[(&str, &str)], value: f64) -> std::fmt::Result {
+        debug_assert!(
+            labels.iter().map(|(k, _)| *k).eq(self.def.all_labels()),
+            "labels of {} do not match the catalogue",
+            self.def.name
+        );
+        match self.def.kind {
+            Kind::Counter => self
+                .me
+                .encode_family(&labels)?
+                .encode_counter::<NoLabelSet, f64, f64>(&value, None),
+            Kind::Gauge => self.me.encode_family(&labels)?.encode_gauge(&value),
+            Kind::Info => self.me.encode_info(&labels),
+        }
+    }
+
+    /// Writes one per-VM sample: the VM's labels, then `extra`, when `value` is present.
+    pub(crate) fn vm_sample(
+        &mut self,
+        vm: &VmView<'_>,
+        extra: &[(&str, &str)],
+        value: Option<f64>,
+    ) -> std::fmt::Result {
+        let Some(value) = value else { return Ok(()) };
+        let mut labels: Vec<(&str, &str)> = Vec::with_capacity(3 + extra.len());
+        labels.extend([
+            ("namespace", vm.namespace),
+            ("name", vm.name),
+            ("node", vm.node),
+        ]);
+        labels.extend_from_slice(extra);
+        self.sample(&labels, value)
+    }
+}
+
+/// Starts a family from its catalogue entry.
+pub(crate) fn family<'s>(
+    enc: &'s mut DescriptorEncoder<'_>,
+    def: &'static MetricDef,
+) -> Result<Family<'s>, std::fmt::Error> {
+    static SECONDS: Unit = Unit::Seconds;
+    static BYTES: Unit = Unit::Bytes;
+    let unit = def.unit.map(|u| match u {
+        catalogue::Unit::Seconds => &SECONDS,
+        catalogue::Unit::Bytes => &BYTES,
+    });
+    let ty = match def.kind {
+        Kind::Counter => MetricType::Counter,
+        Kind::Gauge => MetricType::Gauge,
+        Kind::Info => MetricType::Info,
+    };
+    let me = enc.encode_descriptor(def.name, def.help, unit, ty)?;
+    Ok(Family { me, def })
+}
+
+/// Nanoseconds to seconds.
+pub(crate) fn ns(v: Option<u64>) -> Option<f64> {
+    v.map(|v| v as f64 / 1e9)
+}
+
+/// KiB to bytes.
+pub(crate) fn kib(v: Option<u64>) -> Option<f64> {
+    v.map(|v| v as f64 * 1024.0)
+}
+
+/// A plain count or byte value.
+pub(crate) fn num(v: Option<u64>) -> Option<f64> {
+    v.map(|v| v as f64)
+}
+
+impl Collector for VmCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let vms = self.store.vms();
+        let now = now_unix();
+        let views: Vec<VmView<'_>> = vms
+            .iter()
+            .map(|vm| VmView::new(vm, &self.node, now, self.staleness))
+            .collect();
+        core::encode(&mut encoder, &views)?;
+        hypervisor::encode(&mut encoder, &views)?;
+        bridge::encode(
+            &mut encoder,
+            &views,
+            &self.store.endpoints(),
+            &self.node,
+            &self.build,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,226 @@
+//! The collector over a synthetic store: every catalogue family is emitted, values are
+//! converted to base units, stale data is dropped while health stays, labels are escaped.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use super::*;
+use crate::breaker::{Breaker, BreakerConfig};
+use crate::source::libvirt::{LibvirtSample, ParamValue};
+use crate::store::{SourceSnapshot, VmSnapshot};
+use crate::vm::VmId;
+
+fn rich_params() -> Vec<(String, ParamValue)> {
+    use ParamValue::*;
+    let p = |k: &str, v| (k.to_owned(), v);
+    vec![
+        p("state.state", Int(3)),
+        p("state.reason", Int(1)),
+        p("cpu.time", UInt(1_500_000_000)),
+        p("cpu.user", UInt(1_000_000_000)),
+        p("cpu.system", UInt(500_000_000)),
+        p("balloon.current", UInt(32768)),
+        p("balloon.maximum", UInt(65536)),
+        p("vcpu.current", UInt(1)),
+        p("vcpu.maximum", UInt(2)),
+        p("vcpu.0.state", Int(1)),
+        p("vcpu.0.time", UInt(2_000_000_000)),
+        p("vcpu.0.wait", UInt(0)),
+        p("vcpu.0.delay", UInt(1000)),
+        p("net.count", UInt(1)),
+        p("net.0.name", Str("vnet\"0\\\n".into())),
+        p("net.0.rx.bytes", UInt(10)),
+        p("net.0.rx.pkts", UInt(1)),
+        p("net.0.rx.errs", UInt(0)),
+        p("net.0.rx.drop", UInt(0)),
+        p("net.0.tx.bytes", UInt(20)),
+        p("net.0.tx.pkts", UInt(2)),
+        p("net.0.tx.errs", UInt(0)),
+        p("net.0.tx.drop", UInt(0)),
+        p("block.count", UInt(1)),
+        p("block.0.name", Str("vda".into())),
+        p("block.0.rd.reqs", UInt(3)),
+        p("block.0.rd.bytes", UInt(4096)),
+        p("block.0.rd.times", UInt(250_000_000)),
+        p("block.0.wr.reqs", UInt(1)),
+        p("block.0.wr.bytes", UInt(512)),
+        p("block.0.wr.times", UInt(1)),
+        p("block.0.fl.reqs", UInt(1)),
+        p("block.0.fl.times", UInt(1)),
+        p("block.0.allocation", UInt(1)),
+        p("block.0.capacity", UInt(1 << 30)),
+        p("block.0.physical", UInt(1)),
+        p("block.0.threshold", UInt(1)),
+        p("dirtyrate.megabytes_per_second", Int(2)),
+    ]
+}
+
+fn rich_memory() -> Vec<(u32, u64)> {
+    // Every VIR_DOMAIN_MEMORY_STAT_* tag from 0 (swap_in) to 10 (disk_caches).
+    (0..=10).map(|t| (t, 100 + u64::from(t))).collect()
+}
+
+fn source(sample: Option<LibvirtSample>, last_success_at: Option<f64>) -> Arc<SourceSnapshot> {
+    Arc::new(SourceSnapshot {
+        sample: sample.map(|s| Arc::new(SourceSample::Libvirt(s))),
+        last_success_at,
+        last_attempt_at: last_success_at,
+        last_poll_duration_seconds: Some(0.01),
+        polls_total: 1,
+        errors_total: BTreeMap::new(),
+        last_errors: VecDeque::new(),
+        breaker: Breaker::new(BreakerConfig::default()).view(tokio::time::Instant::now()),
+        stuck_calls: Arc::new(AtomicU64::new(0)),
+    })
+}
+
+fn store_with(vms: Vec<(&str, Arc<SourceSnapshot>)>) -> Arc<Store> {
+    let store = Arc::new(Store::new(["qemu:///system"]));
+    store.endpoint_listed("qemu:///system", vms.len());
+    for (name, src) in vms {
+        let mut sources = BTreeMap::new();
+        sources.insert(SourceKind::Libvirt, src);
+        store.insert_vm(VmSnapshot {
+            id: VmId {
+                namespace: "ns".into(),
+                name: name.into(),
+            },
+            domain: format!("ns_{name}"),
+            uuid: format!("uuid-{name}"),
+            endpoint: "qemu:///system".into(),
+            discovered_at: 0.0,
+            sources,
+        });
+    }
+    store
+}
+
+fn scrape(store: Arc<Store>) -> String {
+    let registry =
+        VmCollector::new(store, "node-1".into(), Duration::from_secs(60)).into_registry();
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry).expect("encodes");
+    out
+}
+
+fn value(text: &str, series_prefix: &str) -> f64 {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(series_prefix))
+        .unwrap_or_else(|| panic!("no series {series_prefix}"));
+    line.rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("numeric value")
+}
+
+#[test]
+fn every_declared_family_is_emitted() {
+    let sample = LibvirtSample::new(rich_params(), rich_memory());
+    let text = scrape(store_with(vec![(
+        "a",
+        source(Some(sample), Some(crate::clock::now_unix())),
+    )]));
+    for def in crate::catalogue::ALL {
+        let name = def.exposed_name();
+        assert!(
+            text.lines().any(|l| l.starts_with(&format!("{name}{{"))),
+            "family {name} declared but never emitted:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn values_are_in_base_units() {
+    let sample = LibvirtSample::new(rich_params(), rich_memory());
+    let text = scrape(store_with(vec![(
+        "a",
+        source(Some(sample), Some(crate::clock::now_unix())),
+    )]));
+    let vm = "{namespace=\"ns\",name=\"a\",node=\"node-1\"";
+    assert_eq!(
+        value(
+            &text,
+            &format!("kubevirt_vmi_cpu_usage_seconds_total{vm}}}")
+        ),
+        1.5
+    );
+    assert_eq!(
+        value(
+            &text,
+            &format!("kubevirt_vmi_storage_read_times_seconds_total{vm},drive=\"vda\"}}")
+        ),
+        0.25
+    );
+    // rss tag (7) = 107 KiB.
+    assert_eq!(
+        value(&text, &format!("kubevirt_vmi_memory_resident_bytes{vm}}}")),
+        107.0 * 1024.0
+    );
+    // balloon.maximum 65536 KiB.
+    assert_eq!(
+        value(&text, &format!("kubevirt_vmi_memory_domain_bytes{vm}}}")),
+        65536.0 * 1024.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            &format!("kubevirt_vmi_dirty_rate_bytes_per_second{vm}}}")
+        ),
+        2.0 * 1_048_576.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            &format!("kubevirt_vmi_domain_state{vm},state=\"paused\",reason=\"user\"}}")
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            &format!("kubevirt_vmi_vcpu_seconds_total{vm},id=\"0\",state=\"running\"}}")
+        ),
+        2.0
+    );
+}
+
+#[test]
+fn label_values_from_libvirt_are_escaped() {
+    let sample = LibvirtSample::new(rich_params(), vec![]);
+    let text = scrape(store_with(vec![(
+        "a",
+        source(Some(sample), Some(crate::clock::now_unix())),
+    )]));
+    assert!(text.contains("interface=\"vnet\\\"0\\\\\\n\""), "{text}");
+}
+
+#[test]
+fn stale_data_is_dropped_but_health_stays() {
+    let sample = LibvirtSample::new(rich_params(), rich_memory());
+    let old = crate::clock::now_unix() - 3600.0;
+    let text = scrape(store_with(vec![
+        ("old", source(Some(sample.clone()), Some(old))),
+        ("new", source(Some(sample), Some(crate::clock::now_unix()))),
+    ]));
+    assert!(!text.contains("kubevirt_vmi_cpu_usage_seconds_total{namespace=\"ns\",name=\"old\""));
+    assert!(text.contains("kubevirt_vmi_cpu_usage_seconds_total{namespace=\"ns\",name=\"new\""));
+    assert!(
+        text.contains(
+            "vmbridge_source_last_success_timestamp_seconds{namespace=\"ns\",name=\"old\""
+        )
+    );
+    assert!(text.contains("vmbridge_breaker_state{namespace=\"ns\",name=\"old\",node=\"node-1\",source=\"libvirt\",state=\"closed\"} 1"));
+}
+
+#[test]
+fn a_vm_without_data_gets_no_fake_zeros() {
+    let text = scrape(store_with(vec![("empty", source(None, None))]));
+    assert!(
+        !text.lines().any(|l| l.starts_with("kubevirt_vmi_")),
+        "{text}"
+    );
+    assert!(text.contains("vmbridge_source_up{namespace=\"ns\",name=\"empty\",node=\"node-1\",source=\"libvirt\"} 0"), "{text}");
+}

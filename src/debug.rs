@@ -1,0 +1,172 @@
+//! The debug endpoint's documents: `/debug/vms` (an index) and `/debug/vms/{namespace}/{name}`
+//! (everything about one VM: raw last sample per source, breaker state and history, last
+//! errors, ages). Their JSON Schemas are generated into `schemas/` from these types.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::breaker::BreakerState;
+use crate::clock::now_unix;
+use crate::source::SourceKind;
+use crate::store::{EndpointStatus, Store, VmSnapshot};
+use crate::vm::VmId;
+
+/// One source of one VM, summarised for the index.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct SourceSummary {
+    /// Breaker state.
+    pub breaker: BreakerState,
+    /// Whether the last poll succeeded.
+    pub up: bool,
+    /// Seconds since the last successful poll, if any.
+    pub data_age_seconds: Option<f64>,
+    /// The most recent error message, if any.
+    pub last_error: Option<String>,
+}
+
+/// One VM in the index.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct VmSummary {
+    /// Namespace and name.
+    #[serde(flatten)]
+    pub id: VmId,
+    /// libvirt domain name.
+    pub domain: String,
+    /// Endpoint URI.
+    pub endpoint: String,
+    /// Path of this VM's debug document.
+    pub href: String,
+    /// Per source.
+    pub sources: BTreeMap<SourceKind, SourceSummary>,
+}
+
+/// `/debug/vms`.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct DebugIndex {
+    /// `node` label value.
+    pub node: String,
+    /// When this document was made, seconds since the Unix epoch.
+    pub generated_at: f64,
+    /// Configured libvirt endpoints.
+    pub endpoints: Vec<EndpointStatus>,
+    /// Every VM.
+    pub vms: Vec<VmSummary>,
+}
+
+/// `/debug/vms/{namespace}/{name}`.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct DebugVm {
+    /// `node` label value.
+    pub node: String,
+    /// When this document was made, seconds since the Unix epoch.
+    pub generated_at: f64,
+    /// Seconds since each source's last successful poll.
+    pub data_age_seconds: BTreeMap<SourceKind, Option<f64>>,
+    /// The VM's full snapshot.
+    #[serde(flatten)]
+    pub vm: VmSnapshot,
+}
+
+/// Percent-encodes a path segment (warp does not decode path parameters; see `decode_segment`).
+fn encode_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Decodes `%XX` escapes in a path segment; `None` when the result is not UTF-8.
+pub fn decode_segment(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+            if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+fn ages(vm: &VmSnapshot, now: f64) -> BTreeMap<SourceKind, Option<f64>> {
+    vm.sources
+        .iter()
+        .map(|(k, s)| (*k, s.last_success_at.map(|t| (now - t).max(0.0))))
+        .collect()
+}
+
+/// Builds the index.
+pub fn index(store: &Store, node: &str) -> DebugIndex {
+    let now = now_unix();
+    let vms = store
+        .vms()
+        .iter()
+        .map(|vm| VmSummary {
+            id: vm.id.clone(),
+            domain: vm.domain.clone(),
+            endpoint: vm.endpoint.clone(),
+            href: format!(
+                "/debug/vms/{}/{}",
+                encode_segment(&vm.id.namespace),
+                encode_segment(&vm.id.name)
+            ),
+            sources: vm
+                .sources
+                .iter()
+                .map(|(k, s)| {
+                    let summary = SourceSummary {
+                        breaker: s.breaker.state,
+                        up: s.breaker.consecutive_failures == 0 && s.last_success_at.is_some(),
+                        data_age_seconds: s.last_success_at.map(|t| (now - t).max(0.0)),
+                        last_error: s.last_errors.back().map(|e| e.message.clone()),
+                    };
+                    (*k, summary)
+                })
+                .collect(),
+        })
+        .collect();
+    DebugIndex {
+        node: node.to_owned(),
+        generated_at: now,
+        endpoints: store.endpoints(),
+        vms,
+    }
+}
+
+/// Builds one VM's document.
+pub fn vm(store: &Store, node: &str, id: &VmId) -> Option<DebugVm> {
+    let now = now_unix();
+    store.vm(id).map(|vm| DebugVm {
+        node: node.to_owned(),
+        generated_at: now,
+        data_age_seconds: ages(&vm, now),
+        vm: (*vm).clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_segments_round_trip() {
+        for s in ["default", "vm 1", "a/b", "ünï", "100%", "%ü"] {
+            assert_eq!(decode_segment(&encode_segment(s)).as_deref(), Some(s));
+        }
+        assert_eq!(decode_segment("%zz").as_deref(), Some("%zz"));
+        assert_eq!(decode_segment("%").as_deref(), Some("%"));
+        assert_eq!(decode_segment("%ü").as_deref(), Some("%ü"));
+    }
+}

@@ -1,0 +1,122 @@
+//! vmbridge turns what each VM's libvirt daemon knows into Prometheus metrics, so that one
+//! hung VM never darkens the node.
+//!
+//! # Layout
+//!
+//! Data flows one way, and the modules follow it:
+//!
+//! ```text
+//! discovery ──VmEvent──▶ supervisor ──one task per (VM, source)──▶ source pollers
+//!   (source::libvirt::discovery)      each behind its own breaker      (source::libvirt::poller)
+//!                                                │
+//!                                                ▼
+//!                                    store (last good snapshot per VM and source)
+//!                                                │  read only
+//!                         ┌──────────────────────┴──────────────────────┐
+//!                  collector (pure, sync) → /metrics            debug → /debug/vms/…
+//! ```
+//!
+//! - [`source::libvirt`]: one read-only connection per daemon; per-domain bulk stats with
+//!   `NOWAIT` plus memory stats; blocking calls on a bounded pool, one in flight per VM.
+//! - [`breaker`]: Closed / Open / HalfOpen with `backon` back-off.
+//! - [`supervisor`]: starts and stops per-VM tasks; the only writer of [`store`].
+//! - [`collector`]: encodes the store with `prometheus-client`; [`catalogue`] declares every family.
+//! - [`http`]: the endpoints; [`config`] and [`cli`]: typed, validated settings.
+//!
+//! vmbridge is read-only: it opens libvirt read-only, never execs, never writes to a guest.
+
+pub mod breaker;
+pub mod catalogue;
+pub mod cli;
+pub mod clock;
+pub mod collector;
+pub mod config;
+pub mod debug;
+pub mod http;
+pub mod schema;
+pub mod source;
+pub mod store;
+pub mod supervisor;
+pub mod vm;
+
+use std::sync::Arc;
+
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::collector::VmCollector;
+use crate::config::Settings;
+use crate::source::libvirt::{discovery, endpoint::Endpoint};
+use crate::store::Store;
+use crate::supervisor::Naming;
+
+/// Why vmbridge could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs vmbridge until `stop` fires: discovery per endpoint, the supervisor, and the HTTP
+/// server.
+pub async fn run(settings: Settings, stop: CancellationToken) -> Result<(), RunError> {
+    discovery::init();
+    let store = Arc::new(Store::new(settings.uris.iter().map(String::as_str)));
+    let limiter = Arc::new(Semaphore::new(settings.max_concurrent_calls));
+    let (tx, rx) = mpsc::channel(1024);
+    let listener = http::bind(settings.listen)
+        .await
+        .map_err(|source| RunError::Bind {
+            addr: settings.listen,
+            source,
+        })?;
+    let local = listener.local_addr().unwrap_or(settings.listen);
+    tracing::info!(addr = %local, node = %settings.node_name, uris = ?settings.uris, "vmbridge listening");
+
+    for uri in &settings.uris {
+        tokio::spawn(discovery::run(
+            Endpoint::new(uri.clone()),
+            settings.poll.interval,
+            settings.poll.timeout,
+            limiter.clone(),
+            store.clone(),
+            tx.clone(),
+            stop.child_token(),
+        ));
+    }
+    drop(tx);
+    let naming = Naming {
+        naming: settings.domain_naming,
+        default_namespace: settings.default_namespace.clone(),
+    };
+    tokio::spawn(supervisor::run(
+        rx,
+        store.clone(),
+        naming,
+        settings.poll.clone(),
+        limiter,
+        stop.child_token(),
+    ));
+
+    let registry = VmCollector::new(
+        store.clone(),
+        settings.node_name.clone(),
+        settings.staleness,
+    )
+    .into_registry();
+    let app = Arc::new(http::App {
+        store,
+        registry,
+        node: settings.node_name.clone(),
+    });
+    http::serve(listener, app, stop).await;
+    tracing::info!("vmbridge stopped");
+    Ok(())
+}

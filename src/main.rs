@@ -1,0 +1,87 @@
+//! The `vmbridge` binary: parse flags, load and validate the configuration, run.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use vmbridge::cli::Cli;
+use vmbridge::config::FileConfig;
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.list_metrics {
+        print!("{}", vmbridge::catalogue::list_text());
+        return ExitCode::SUCCESS;
+    }
+    let file = match &cli.config {
+        Some(path) => match FileConfig::load(path) {
+            Ok(f) => f,
+            Err(e) => return fail(&e),
+        },
+        None => FileConfig::default(),
+    };
+    let settings = match cli.overlay(file).validate(&hostname()) {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cli.log_json {
+        builder.json().init()
+    } else {
+        builder.init()
+    }
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        // Each VM holds at most one blocking thread even when stuck; this caps the total.
+        .max_blocking_threads(512)
+        .thread_name("vmbridge")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e),
+    };
+    runtime.block_on(async {
+        let stop = CancellationToken::new();
+        let signal_stop = stop.clone();
+        tokio::spawn(async move {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot install the SIGTERM handler");
+                        return;
+                    }
+                };
+            tokio::select! { _ = term.recv() => {}, _ = tokio::signal::ctrl_c() => {} }
+            tracing::info!("shutting down");
+            signal_stop.cancel();
+        });
+        match vmbridge::run(settings, stop).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        }
+    })
+}
+
+/// Prints an error and its chain once, and maps it to a failing exit code.
+fn fail(e: &dyn std::error::Error) -> ExitCode {
+    let mut msg = format!("vmbridge: {e}");
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    eprintln!("{msg}");
+    ExitCode::from(2)
+}

@@ -1,0 +1,191 @@
+//! Domain discovery for one libvirt endpoint: (re)connect, list the running domains every
+//! interval, and tell the supervisor which appeared and which went away.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::Once;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::blocking::{BlockingSlot, SlotError};
+use super::endpoint::{self, Conn, Endpoint};
+use crate::store::Store;
+
+/// A domain found on an endpoint.
+#[derive(Debug, Clone)]
+pub struct FoundDomain {
+    /// The endpoint it lives on.
+    pub endpoint: Arc<Endpoint>,
+    /// libvirt domain name.
+    pub name: String,
+    /// libvirt domain UUID (stable across libvirtd restarts).
+    pub uuid: String,
+}
+
+/// What discovery tells the supervisor.
+#[derive(Debug, Clone)]
+pub enum VmEvent {
+    /// A running domain appeared.
+    Added(FoundDomain),
+    /// A domain is no longer running (or its endpoint is gone for good).
+    Removed {
+        /// Endpoint URI.
+        uri: String,
+        /// Domain UUID.
+        uuid: String,
+    },
+}
+
+/// Process-wide libvirt set-up: silence libvirt's own stderr error printing (errors are
+/// returned and logged by vmbridge) and run the default event loop that keep-alive needs.
+pub fn init() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        virt::error::clear_error_callback();
+        if virt::event::event_register_default_impl().is_ok() {
+            let spawned = std::thread::Builder::new().name("libvirt-events".into()).spawn(|| {
+                loop {
+                    if virt::event::event_run_default_impl().is_err() {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "could not start the libvirt event loop; keep-alive is off");
+            }
+        }
+    });
+}
+
+enum Call {
+    Opened(Result<virt::connect::Connect, virt::error::Error>),
+    Listed(Result<Vec<(String, String)>, virt::error::Error>),
+}
+
+fn list_running(conn: &Conn) -> Result<Vec<(String, String)>, virt::error::Error> {
+    let doms = conn
+        .connect
+        .list_all_domains(virt::sys::VIR_CONNECT_LIST_DOMAINS_ACTIVE)?;
+    let mut out = Vec::with_capacity(doms.len());
+    for d in doms {
+        // Name and UUID are cached in the client-side domain object: no RPC.
+        if let (Ok(name), Ok(uuid)) = (d.name(), d.uuid_string()) {
+            out.push((name, uuid));
+        }
+    }
+    Ok(out)
+}
+
+/// Runs discovery for one endpoint until cancelled.
+pub async fn run(
+    endpoint: Arc<Endpoint>,
+    interval: Duration,
+    timeout: Duration,
+    limiter: Arc<Semaphore>,
+    store: Arc<Store>,
+    events: mpsc::Sender<VmEvent>,
+    cancel: CancellationToken,
+) {
+    let mut known: BTreeMap<String, String> = BTreeMap::new(); // uuid → name
+    let mut slot: BlockingSlot<Call> = BlockingSlot::new(limiter);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = cancel.cancelled() => return,
+        }
+        let conn = match endpoint.current() {
+            Some(c) => c,
+            None => {
+                let uri = endpoint.uri.clone();
+                match slot
+                    .run(timeout, move || {
+                        Call::Opened(endpoint::open_read_only(&uri))
+                    })
+                    .await
+                {
+                    Ok(Call::Opened(Ok(c))) => {
+                        tracing::info!(uri = %endpoint.uri, "connected to libvirt (read-only)");
+                        endpoint.install(c)
+                    }
+                    Ok(Call::Opened(Err(e))) => {
+                        store.endpoint_failed(&endpoint.uri, format!("connect: {}", e.message()));
+                        continue;
+                    }
+                    Ok(Call::Listed(_)) => continue, // a late list from an old connection
+                    Err(e) => {
+                        store.endpoint_failed(&endpoint.uri, format!("connect: {e}"));
+                        continue;
+                    }
+                }
+            }
+        };
+        let c = conn.clone();
+        let listed = match slot
+            .run(timeout, move || Call::Listed(list_running(&c)))
+            .await
+        {
+            Ok(Call::Listed(Ok(list))) => list,
+            Ok(Call::Listed(Err(e))) => {
+                tracing::warn!(uri = %endpoint.uri, error = %e.message(), "listing domains failed; reconnecting");
+                store.endpoint_failed(&endpoint.uri, format!("list: {}", e.message()));
+                endpoint.report_broken(conn.generation);
+                continue;
+            }
+            Ok(Call::Opened(_)) => continue,
+            Err(SlotError::Timeout { running_for }) => {
+                store.endpoint_failed(
+                    &endpoint.uri,
+                    format!("list: no answer for {running_for:?}"),
+                );
+                continue;
+            }
+            Err(e) => {
+                store.endpoint_failed(&endpoint.uri, format!("list: {e}"));
+                continue;
+            }
+        };
+        let now: BTreeMap<String, String> = listed
+            .into_iter()
+            .map(|(name, uuid)| (uuid, name))
+            .collect();
+        for (uuid, name) in &now {
+            if known.get(uuid) != Some(name) {
+                if known.contains_key(uuid) {
+                    // Same UUID, new name (renamed): remove the old identity first.
+                    let _ = events
+                        .send(VmEvent::Removed {
+                            uri: endpoint.uri.clone(),
+                            uuid: uuid.clone(),
+                        })
+                        .await;
+                }
+                let found = FoundDomain {
+                    endpoint: endpoint.clone(),
+                    name: name.clone(),
+                    uuid: uuid.clone(),
+                };
+                if events.send(VmEvent::Added(found)).await.is_err() {
+                    return;
+                }
+            }
+        }
+        for uuid in known.keys().filter(|u| !now.contains_key(*u)) {
+            if events
+                .send(VmEvent::Removed {
+                    uri: endpoint.uri.clone(),
+                    uuid: uuid.clone(),
+                })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        store.endpoint_listed(&endpoint.uri, now.len());
+        known = now;
+    }
+}

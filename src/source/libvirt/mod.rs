@@ -1,0 +1,59 @@
+//! The libvirt source: one long-lived read-only connection per daemon (`endpoint`), domain
+//! discovery (`discovery`), and per-domain polling of bulk stats and memory stats (`poller`),
+//! all through bounded blocking slots (`blocking`). `ffi` holds the only `unsafe` code.
+
+pub mod blocking;
+pub mod discovery;
+pub mod endpoint;
+pub mod ffi;
+pub mod poller;
+pub mod stats;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+pub use ffi::ParamValue;
+pub use stats::DomainSample;
+
+/// What one successful libvirt poll returned: the parsed sample plus the raw data it came
+/// from, kept for the debug endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
+pub struct LibvirtSample {
+    /// Parsed values, in libvirt's units.
+    pub parsed: DomainSample,
+    /// Every bulk-stats typed parameter, as libvirt named it.
+    pub params: BTreeMap<String, ParamValue>,
+    /// `virDomainMemoryStats`, by `virsh dommemstat` tag name.
+    pub memory_stats: BTreeMap<String, u64>,
+}
+
+impl LibvirtSample {
+    /// Builds the sample from the raw call results.
+    pub fn new(params: Vec<(String, ParamValue)>, memory_stats: Vec<(u32, u64)>) -> Self {
+        let parsed = DomainSample::from_libvirt(&params, &memory_stats);
+        LibvirtSample {
+            parsed,
+            params: params.into_iter().collect(),
+            memory_stats: memory_stats
+                .into_iter()
+                .map(|(t, v)| (stats::memory_stat_name(t).to_owned(), v))
+                .collect(),
+        }
+    }
+}
+
+/// Maps a libvirt error to the bounded error kinds; `true` when the connection is unusable.
+pub fn classify(err: &virt::error::Error) -> (crate::source::ErrorKind, bool) {
+    use crate::source::ErrorKind;
+    use virt::enumutil::Enum;
+    use virt::error::ErrorNumber as N;
+    match err.code() {
+        Enum::Known(N::NoDomain) => (ErrorKind::NoDomain, false),
+        Enum::Known(N::OperationTimeout | N::AgentUnresponsive) => (ErrorKind::Timeout, false),
+        Enum::Known(N::SystemError | N::Rpc | N::NoConnect | N::InvalidConn | N::AuthFailed) => {
+            (ErrorKind::Connection, true)
+        }
+        _ => (ErrorKind::Remote, false),
+    }
+}

@@ -1,0 +1,152 @@
+//! Polls one domain: bulk stats (state, cpu-total, balloon, vcpu, interface, block, dirtyrate)
+//! with `NOWAIT`, then `virDomainMemoryStats`, in one blocking call per poll.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use virt::domain::Domain;
+use virt::sys;
+
+use super::blocking::{BlockingSlot, SlotError};
+use super::endpoint::{Conn, Endpoint};
+use super::{LibvirtSample, classify, ffi};
+use crate::source::{ErrorKind, PollError, Poller, SourceKind, SourceSample};
+
+/// The bulk-stats groups vmbridge asks for.
+pub const STATS_GROUPS: u32 = sys::VIR_DOMAIN_STATS_STATE
+    | sys::VIR_DOMAIN_STATS_CPU_TOTAL
+    | sys::VIR_DOMAIN_STATS_BALLOON
+    | sys::VIR_DOMAIN_STATS_VCPU
+    | sys::VIR_DOMAIN_STATS_INTERFACE
+    | sys::VIR_DOMAIN_STATS_BLOCK
+    | sys::VIR_DOMAIN_STATS_DIRTYRATE;
+
+/// `NOWAIT`: skip the stats that need a domain job another caller holds, instead of queueing.
+pub const STATS_FLAGS: u32 = sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT;
+
+type Raw = Result<(Vec<(String, ffi::ParamValue)>, Vec<(u32, u64)>), virt::error::Error>;
+
+/// Result of one blocking call: the data, plus the domain handle handed back for reuse.
+struct CallOutput {
+    raw: Raw,
+    generation: u64,
+    domain: Option<(u64, Domain)>,
+}
+
+/// The libvirt poller for one domain.
+pub struct LibvirtPoller {
+    endpoint: Arc<Endpoint>,
+    uuid: String,
+    domain: Option<(u64, Domain)>,
+    slot: BlockingSlot<CallOutput>,
+    timeout: Duration,
+    hard_timeout: Duration,
+}
+
+impl LibvirtPoller {
+    /// A poller for the domain `uuid` on `endpoint`.
+    pub fn new(
+        endpoint: Arc<Endpoint>,
+        uuid: String,
+        limiter: Arc<Semaphore>,
+        timeout: Duration,
+        hard_timeout: Duration,
+    ) -> Self {
+        LibvirtPoller {
+            endpoint,
+            uuid,
+            domain: None,
+            slot: BlockingSlot::new(limiter),
+            timeout,
+            hard_timeout,
+        }
+    }
+}
+
+fn call(conn: Conn, uuid: String, cached: Option<(u64, Domain)>) -> CallOutput {
+    let generation = conn.generation;
+    let dom = match cached {
+        Some((g, d)) if g == generation => d,
+        _ => match conn.connect.lookup_domain_by_uuid_string(&uuid) {
+            Ok(d) => d,
+            Err(e) => {
+                return CallOutput {
+                    raw: Err(e),
+                    generation,
+                    domain: None,
+                };
+            }
+        },
+    };
+    let raw = ffi::domain_stats(&dom, STATS_GROUPS, STATS_FLAGS).and_then(|params| {
+        let mem = dom.memory_stats(0)?;
+        Ok((params, mem.into_iter().map(|m| (m.tag, m.val)).collect()))
+    });
+    CallOutput {
+        raw,
+        generation,
+        domain: Some((generation, dom)),
+    }
+}
+
+impl Poller for LibvirtPoller {
+    fn kind(&self) -> SourceKind {
+        SourceKind::Libvirt
+    }
+
+    fn stuck_calls(&self) -> Arc<AtomicU64> {
+        self.slot.stuck_counter()
+    }
+
+    async fn poll(&mut self) -> Result<SourceSample, PollError> {
+        let conn = self.endpoint.current().ok_or_else(|| {
+            PollError::new(
+                ErrorKind::Connection,
+                format!("no connection to {}", self.endpoint.uri),
+            )
+        })?;
+        let (uuid, cached) = (self.uuid.clone(), self.domain.take());
+        let out = match self
+            .slot
+            .run(self.timeout, move || call(conn, uuid, cached))
+            .await
+        {
+            Ok(out) => out,
+            Err(SlotError::Timeout { running_for }) => {
+                return Err(PollError {
+                    kind: ErrorKind::Timeout,
+                    message: format!(
+                        "libvirt call still running after {:.1}s",
+                        running_for.as_secs_f64()
+                    ),
+                    hard: running_for >= self.hard_timeout,
+                });
+            }
+            Err(SlotError::Saturated) => {
+                return Err(PollError::new(
+                    ErrorKind::PoolSaturated,
+                    "no free libvirt call slot before the deadline",
+                ));
+            }
+            Err(SlotError::Panicked) => {
+                return Err(PollError::new(ErrorKind::Internal, "libvirt call panicked"));
+            }
+        };
+        self.domain = out.domain;
+        match out.raw {
+            Ok((params, mem)) => Ok(SourceSample::Libvirt(LibvirtSample::new(params, mem))),
+            Err(e) => {
+                let (kind, broken) = classify(&e);
+                if broken {
+                    self.endpoint.report_broken(out.generation);
+                }
+                if kind == ErrorKind::NoDomain {
+                    self.domain = None;
+                }
+                Err(PollError::new(kind, e.message().to_owned()))
+            }
+        }
+    }
+}

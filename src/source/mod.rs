@@ -1,0 +1,117 @@
+//! Sources: where a VM's facts come from. Each (VM, source) pair is polled by its own task
+//! behind its own breaker (see `supervisor`), so one slow source never delays another.
+
+pub mod libvirt;
+
+use serde::Serialize;
+
+/// The sources vmbridge polls. Adding one is a variant here plus its module; the compiler's
+/// exhaustive matches find the rest.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// libvirt bulk stats and memory stats.
+    Libvirt,
+}
+
+impl SourceKind {
+    /// The `source` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Libvirt => "libvirt",
+        }
+    }
+}
+
+/// Bounded classification of poll failures: the `kind` label of `vmbridge_source_errors_total`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The call did not finish within the poll timeout.
+    Timeout,
+    /// Too many calls were already running on the blocking pool.
+    PoolSaturated,
+    /// No usable connection to the endpoint.
+    Connection,
+    /// The domain no longer exists.
+    NoDomain,
+    /// The source answered with an error.
+    Remote,
+    /// The source's reply could not be understood.
+    Protocol,
+    /// The poll task itself failed (a panic in a blocking call).
+    Internal,
+}
+
+impl ErrorKind {
+    /// Every kind, so counters can be exported at zero.
+    pub const ALL: [ErrorKind; 7] = [
+        ErrorKind::Timeout,
+        ErrorKind::PoolSaturated,
+        ErrorKind::Connection,
+        ErrorKind::NoDomain,
+        ErrorKind::Remote,
+        ErrorKind::Protocol,
+        ErrorKind::Internal,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::PoolSaturated => "pool_saturated",
+            ErrorKind::Connection => "connection",
+            ErrorKind::NoDomain => "no_domain",
+            ErrorKind::Remote => "remote",
+            ErrorKind::Protocol => "protocol",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+/// A failed poll.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{kind:?}: {message}")]
+pub struct PollError {
+    /// Bounded classification.
+    pub kind: ErrorKind,
+    /// Human-readable detail (shown in the debug endpoint, never used as a label).
+    pub message: String,
+    /// A call outlived the hard timeout: the breaker opens at once.
+    pub hard: bool,
+}
+
+impl PollError {
+    /// A failure of `kind` with a message.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        PollError {
+            kind,
+            message: message.into(),
+            hard: false,
+        }
+    }
+}
+
+/// The last good data of one source for one VM.
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
+#[serde(tag = "source", rename_all = "snake_case")]
+pub enum SourceSample {
+    /// From libvirt.
+    Libvirt(libvirt::LibvirtSample),
+}
+
+/// One (VM, source) poller. `poll` must honour its own deadlines and be cancel-safe: the
+/// supervisor may drop the future when the VM goes away.
+pub trait Poller: Send + 'static {
+    /// Which source this is.
+    fn kind(&self) -> SourceKind;
+    /// One poll.
+    fn poll(&mut self)
+    -> impl std::future::Future<Output = Result<SourceSample, PollError>> + Send;
+    /// Calls abandoned at their deadline and still running, for `vmbridge_stuck_calls`.
+    fn stuck_calls(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64>;
+}

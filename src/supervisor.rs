@@ -1,0 +1,195 @@
+//! The supervisor: one task per (VM, source), each behind its own breaker, started and
+//! stopped as discovery reports domains appearing and going away. Only these tasks write
+//! the snapshot store.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::breaker::{Admission, Breaker, BreakerConfig, BreakerState};
+use crate::clock::now_unix;
+use crate::source::libvirt::discovery::VmEvent;
+use crate::source::libvirt::poller::LibvirtPoller;
+use crate::source::{Poller, SourceKind};
+use crate::store::{ErrorRecord, SourceSnapshot, Store, VmSnapshot};
+use crate::vm::{DomainNaming, VmId};
+
+/// How each (VM, source) task polls.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PollSettings {
+    /// Time between successful polls.
+    pub interval: Duration,
+    /// Deadline of one poll; missing it counts a failure.
+    pub timeout: Duration,
+    /// A call running this long opens the breaker at once.
+    pub hard_timeout: Duration,
+    /// Pause before re-polling after a failure while the breaker is still closed, so a
+    /// failing source is confirmed (and flagged) quickly instead of one interval per failure.
+    pub retry_delay: Duration,
+    /// Failures kept for the debug endpoint.
+    pub errors_kept: usize,
+    /// The breaker.
+    pub breaker: BreakerConfig,
+}
+
+/// Runs one source of one VM until `cancel` fires.
+pub async fn run_source<P: Poller>(
+    id: VmId,
+    uuid: String,
+    mut poller: P,
+    store: Arc<Store>,
+    settings: PollSettings,
+    cancel: CancellationToken,
+) {
+    let kind = poller.kind();
+    let mut breaker = Breaker::new(settings.breaker.clone());
+    let mut snap = SourceSnapshot {
+        sample: None,
+        last_success_at: None,
+        last_attempt_at: None,
+        last_poll_duration_seconds: None,
+        polls_total: 0,
+        errors_total: BTreeMap::new(),
+        last_errors: VecDeque::new(),
+        breaker: breaker.view(Instant::now()),
+        stuck_calls: poller.stuck_calls(),
+    };
+    store.publish(&id, &uuid, kind, Arc::new(snap.clone()));
+    loop {
+        if let Admission::WaitUntil(until) = breaker.admit(Instant::now()) {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => continue,
+                _ = cancel.cancelled() => return,
+            }
+        }
+        let started = Instant::now();
+        snap.last_attempt_at = Some(now_unix());
+        snap.polls_total += 1;
+        let result = tokio::select! {
+            r = poller.poll() => r,
+            _ = cancel.cancelled() => return,
+        };
+        snap.last_poll_duration_seconds = Some(started.elapsed().as_secs_f64());
+        let transition = match result {
+            Ok(sample) => {
+                snap.sample = Some(Arc::new(sample));
+                snap.last_success_at = Some(now_unix());
+                breaker.on_success()
+            }
+            Err(e) => {
+                tracing::debug!(namespace = %id.namespace, name = %id.name, source = kind.as_str(), error = %e, "poll failed");
+                *snap.errors_total.entry(e.kind).or_default() += 1;
+                if settings.errors_kept > 0 {
+                    if snap.last_errors.len() >= settings.errors_kept {
+                        snap.last_errors.pop_front();
+                    }
+                    snap.last_errors.push_back(ErrorRecord {
+                        at: now_unix(),
+                        kind: e.kind,
+                        message: e.message,
+                    });
+                }
+                breaker.on_failure(Instant::now(), e.hard)
+            }
+        };
+        if let Some(t) = &transition {
+            tracing::info!(
+                namespace = %id.namespace, name = %id.name, source = kind.as_str(),
+                from = t.from.as_str(), to = t.to.as_str(), reason = t.reason.as_str(),
+                "breaker changed state"
+            );
+        }
+        snap.breaker = breaker.view(Instant::now());
+        store.publish(&id, &uuid, kind, Arc::new(snap.clone()));
+        let failing_but_closed =
+            breaker.state() == BreakerState::Closed && snap.breaker.consecutive_failures > 0;
+        let next = if failing_but_closed {
+            Instant::now() + settings.retry_delay
+        } else {
+            started + settings.interval
+        };
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {}
+            _ = cancel.cancelled() => return,
+        }
+    }
+}
+
+/// How domains become VMs.
+#[derive(Debug, Clone)]
+pub struct Naming {
+    /// Name-splitting rule.
+    pub naming: DomainNaming,
+    /// Namespace for names that carry none.
+    pub default_namespace: String,
+}
+
+/// Starts and stops per-VM tasks as discovery reports domains.
+pub async fn run(
+    mut events: mpsc::Receiver<VmEvent>,
+    store: Arc<Store>,
+    naming: Naming,
+    settings: PollSettings,
+    limiter: Arc<Semaphore>,
+    cancel: CancellationToken,
+) {
+    // (endpoint uri, uuid) → the VM and its tasks' cancel token.
+    let mut running: BTreeMap<(String, String), (VmId, CancellationToken)> = BTreeMap::new();
+    loop {
+        let event = tokio::select! {
+            e = events.recv() => match e { Some(e) => e, None => break },
+            _ = cancel.cancelled() => break,
+        };
+        match event {
+            VmEvent::Added(found) => {
+                let id = VmId::from_domain(&found.name, naming.naming, &naming.default_namespace);
+                let key = (found.endpoint.uri.clone(), found.uuid.clone());
+                if let Some((old, token)) = running.remove(&key) {
+                    token.cancel();
+                    store.remove_vm(&old, &found.uuid);
+                }
+                tracing::info!(namespace = %id.namespace, name = %id.name, domain = %found.name, uri = %found.endpoint.uri, "VM added");
+                store.insert_vm(VmSnapshot {
+                    id: id.clone(),
+                    domain: found.name.clone(),
+                    uuid: found.uuid.clone(),
+                    endpoint: found.endpoint.uri.clone(),
+                    discovered_at: now_unix(),
+                    sources: BTreeMap::new(),
+                });
+                let token = cancel.child_token();
+                let poller = LibvirtPoller::new(
+                    found.endpoint.clone(),
+                    found.uuid.clone(),
+                    limiter.clone(),
+                    settings.timeout,
+                    settings.hard_timeout,
+                );
+                debug_assert_eq!(poller.kind(), SourceKind::Libvirt);
+                tokio::spawn(run_source(
+                    id.clone(),
+                    found.uuid.clone(),
+                    poller,
+                    store.clone(),
+                    settings.clone(),
+                    token.clone(),
+                ));
+                running.insert(key, (id, token));
+            }
+            VmEvent::Removed { uri, uuid } => {
+                if let Some((id, token)) = running.remove(&(uri, uuid.clone())) {
+                    tracing::info!(namespace = %id.namespace, name = %id.name, "VM removed");
+                    token.cancel();
+                    store.remove_vm(&id, &uuid);
+                }
+            }
+        }
+    }
+    for (_, (_, token)) in running {
+        token.cancel();
+    }
+}
