@@ -23,7 +23,10 @@ const PER_VM: [(&MetricDef, VmField); 17] = [
     (&c::MEMORY_SWAP_OUT, |s| kib(s.memory.swap_out_kib)),
     (&c::MEMORY_PGMAJFAULT, |s| num(s.memory.major_fault)),
     (&c::MEMORY_PGMINFAULT, |s| num(s.memory.minor_fault)),
-    (&c::MEMORY_STATS_UPDATED, |s| num(s.memory.last_update)),
+    // 0 means the guest never reported: no sample rather than a 1970 timestamp.
+    (&c::MEMORY_STATS_UPDATED, |s| {
+        num(s.memory.last_update.filter(|t| *t > 0))
+    }),
     (&c::VCPU_CURRENT, |s| num(s.vcpu_current)),
     (&c::VCPU_MAXIMUM, |s| num(s.vcpu_maximum)),
     (&c::NET_INTERFACES, |s| num(s.net_count)),

@@ -1,0 +1,393 @@
+//! Harness for the integration tests: the real lab (`integration/lab.sh`: libvirtd + QEMU
+//! domains), a real `vmbridge` process, a tiny HTTP client, and an exposition parser.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+pub const URI: &str = "qemu:///system";
+
+/// The lab's daemons are shared; tests that SIGSTOP a VM or count threads run one at a time.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs `integration/lab.sh ARGS`; panics with its stderr on failure.
+pub fn lab(args: &[&str]) -> String {
+    let out = Command::new("bash")
+        .arg(root().join("integration/lab.sh"))
+        .args(args)
+        .output()
+        .expect("run lab.sh");
+    assert!(
+        out.status.success(),
+        "lab.sh {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn virsh(args: &[&str]) -> String {
+    let out = Command::new("virsh")
+        .arg("-c")
+        .arg(URI)
+        .args(args)
+        .output()
+        .expect("run virsh");
+    assert!(
+        out.status.success(),
+        "virsh {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `virsh domstats --raw NAME` as key → value.
+pub fn domstats(name: &str) -> BTreeMap<String, String> {
+    virsh(&["domstats", "--raw", name])
+        .lines()
+        .filter_map(|l| l.trim().split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// `virsh dommemstat NAME` as tag → KiB (or count).
+pub fn dommemstat(name: &str) -> BTreeMap<String, f64> {
+    virsh(&["dommemstat", name])
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            Some((it.next()?.to_owned(), it.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// A lab domain owned by one test: created on `new`, destroyed on drop (even on panic).
+pub struct Domain {
+    pub name: String,
+}
+
+impl Domain {
+    pub fn new(name: &str) -> Domain {
+        // A leftover from an interrupted earlier run would make `add` a no-op with stale state.
+        let _ = Command::new("bash")
+            .arg(root().join("integration/lab.sh"))
+            .args(["destroy", name])
+            .output();
+        lab(&["add", name]);
+        Domain {
+            name: name.to_owned(),
+        }
+    }
+    pub fn pid(&self) -> u32 {
+        lab(&["pid", &self.name]).trim().parse().expect("pid")
+    }
+    pub fn stop(&self) {
+        lab(&["stop-vm", &self.name]);
+    }
+    pub fn cont(&self) {
+        lab(&["cont-vm", &self.name]);
+    }
+}
+
+impl Drop for Domain {
+    fn drop(&mut self) {
+        let lab = root().join("integration/lab.sh");
+        let _ = Command::new("bash")
+            .arg(&lab)
+            .args(["cont-vm", &self.name])
+            .output();
+        let _ = Command::new("bash")
+            .arg(&lab)
+            .args(["destroy", &self.name])
+            .output();
+    }
+}
+
+/// A running `vmbridge` process on a random loopback port.
+pub struct Bridge {
+    child: Child,
+    pub addr: SocketAddr,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Bridge {
+    pub fn start(args: &[&str]) -> Bridge {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_vmbridge"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--log-json",
+                "--node-name",
+                "it-node",
+                "--libvirt-uri",
+                URI,
+            ])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start vmbridge");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("vmbridge listening") {
+                    let _ = tx.send(line.clone());
+                }
+                sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("vmbridge did not report its address");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("json log line");
+        let addr = v["fields"]["addr"]
+            .as_str()
+            .expect("addr field")
+            .parse()
+            .expect("socket addr");
+        Bridge { child, addr, log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn get(&self, path: &str, accept: Option<&str>) -> Response {
+        http_get(self.addr, path, accept)
+    }
+
+    pub fn metrics(&self) -> Exposition {
+        let r = self.get("/metrics", None);
+        assert_eq!(r.status, 200, "{}", r.body);
+        Exposition::parse(&r.body)
+    }
+
+    /// Scrapes until `cond` holds; panics with the last exposition after `timeout`.
+    pub fn wait_for(
+        &self,
+        timeout: Duration,
+        what: &str,
+        mut cond: impl FnMut(&Exposition) -> bool,
+    ) -> (Exposition, Duration) {
+        let start = Instant::now();
+        loop {
+            let e = self.metrics();
+            if cond(&e) {
+                return (e, start.elapsed());
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "timed out after {timeout:?} waiting for {what}; last scrape:\n{}",
+                e.text
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Response {
+    pub status: u16,
+    pub content_type: String,
+    pub body: String,
+}
+
+/// A minimal HTTP/1.1 GET (Connection: close) so tests depend on nothing but std.
+pub fn http_get(addr: SocketAddr, path: &str, accept: Option<&str>) -> Response {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let accept = accept
+        .map(|a| format!("Accept: {a}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read");
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("http response");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Response {
+        status,
+        content_type,
+        body,
+    }
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((len, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n + 2..];
+    }
+    out
+}
+
+/// One sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// A parsed text exposition.
+pub struct Exposition {
+    pub text: String,
+    pub samples: Vec<Sample>,
+    pub types: BTreeMap<String, String>,
+}
+
+impl Exposition {
+    pub fn parse(text: &str) -> Exposition {
+        let mut samples = Vec::new();
+        let mut types = BTreeMap::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (n, t) = rest.split_once(' ').expect("type line");
+                types.insert(n.to_owned(), t.to_owned());
+                continue;
+            }
+            if line.starts_with('#') || line.is_empty() {
+                continue;
+            }
+            samples.push(parse_sample(line));
+        }
+        Exposition {
+            text: text.to_owned(),
+            samples,
+            types,
+        }
+    }
+
+    /// Samples of `name` whose labels include every pair in `labels`.
+    pub fn find(&self, name: &str, labels: &[(&str, &str)]) -> Vec<&Sample> {
+        self.samples
+            .iter()
+            .filter(|s| {
+                s.name == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+            })
+            .collect()
+    }
+
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        match self.find(name, labels).as_slice() {
+            [one] => Some(one.value),
+            [] => None,
+            many => panic!("{name} {labels:?} matches {} series", many.len()),
+        }
+    }
+
+    /// Samples of one VM.
+    pub fn of_vm(&self, name: &str) -> Vec<&Sample> {
+        self.samples
+            .iter()
+            .filter(|s| s.labels.get("name").map(String::as_str) == Some(name))
+            .collect()
+    }
+}
+
+fn parse_sample(line: &str) -> Sample {
+    let (series, value) = line.rsplit_once(' ').expect("sample line");
+    let value: f64 = value.parse().expect("sample value");
+    let Some((name, rest)) = series.split_once('{') else {
+        return Sample {
+            name: series.to_owned(),
+            labels: BTreeMap::new(),
+            value,
+        };
+    };
+    let mut labels = BTreeMap::new();
+    let mut chars = rest.trim_end_matches('}').chars().peekable();
+    loop {
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if key.is_empty() {
+            break;
+        }
+        assert_eq!(
+            chars.next(),
+            Some('"'),
+            "label value must be quoted in {line}"
+        );
+        let mut v = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some('n') => v.push('\n'),
+                    Some(o) => v.push(o),
+                    None => break,
+                },
+                '"' => break,
+                o => v.push(o),
+            }
+        }
+        labels.insert(key.trim_start_matches(',').to_owned(), v);
+        if chars.peek() == Some(&',') {
+            chars.next();
+        }
+    }
+    Sample {
+        name: name.to_owned(),
+        labels,
+        value,
+    }
+}
+
+/// Open file descriptors and threads of a process.
+pub fn fds_and_threads(pid: u32) -> (usize, usize) {
+    let count = |p: String| std::fs::read_dir(p).map(|d| d.count()).unwrap_or(0);
+    (
+        count(format!("/proc/{pid}/fd")),
+        count(format!("/proc/{pid}/task")),
+    )
+}
