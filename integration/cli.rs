@@ -1,4 +1,5 @@
 //! The binary's command line, without a lab: catalogue listing, version, config errors.
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a failed expectation is the report
 #![allow(clippy::disallowed_methods)] // tests drive real processes (vmbridge, virsh, lab.sh)
 
 use std::process::Command;

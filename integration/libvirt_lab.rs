@@ -1,5 +1,6 @@
 //! End-to-end tests against the real lab: libvirtd + QEMU domains started by
 //! `integration/lab.sh`, and a real `vmbridge` process scraped over HTTP.
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a failed expectation is the report
 #![allow(clippy::disallowed_methods)] // tests drive real processes (vmbridge, virsh, lab.sh)
 
 mod common;
