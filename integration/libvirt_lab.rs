@@ -240,6 +240,11 @@ const BLOCK_MAP: &[(&str, &str, &str, f64)] = &[
     ),
 ];
 
+/// A series: metric name and labels.
+type SeriesKey = (String, BTreeMap<String, String>);
+/// Expected type, virsh value before the poll, virsh value after the scrape.
+type Bracket = (String, f64, f64);
+
 /// The family name a `# TYPE` line names for a sample name in the classic text format.
 fn type_of<'a>(e: &'a Exposition, sample: &str) -> Option<&'a str> {
     e.types.get(sample).map(String::as_str)
@@ -282,8 +287,7 @@ fn values_equal_virsh_domstats_and_dommemstat() {
     );
     let (after, mem_after) = (domstats(&dom.name), dommemstat(&dom.name));
 
-    let mut expected: BTreeMap<(String, BTreeMap<String, String>), (String, f64, f64)> =
-        BTreeMap::new();
+    let mut expected: BTreeMap<SeriesKey, Bracket> = BTreeMap::new();
     let base: BTreeMap<String, String> = vm
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
