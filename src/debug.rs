@@ -128,7 +128,7 @@ pub fn index(store: &Store, node: &str) -> DebugIndex {
                 .map(|(k, s)| {
                     let summary = SourceSummary {
                         breaker: s.breaker.state,
-                        up: s.breaker.consecutive_failures == 0 && s.last_success_at.is_some(),
+                        up: s.is_up(),
                         data_age_seconds: s.last_success_at.map(|t| (now - t).max(0.0)),
                         last_error: s.last_errors.back().map(|e| e.message.clone()),
                     };

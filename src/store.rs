@@ -54,6 +54,13 @@ pub struct SourceSnapshot {
     pub stuck_calls: Arc<AtomicU64>,
 }
 
+impl SourceSnapshot {
+    /// True when the most recent poll succeeded (`vmbridge_source_up`).
+    pub fn is_up(&self) -> bool {
+        self.last_success_at.is_some() && self.breaker.consecutive_failures == 0
+    }
+}
+
 /// Everything known about one VM.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct VmSnapshot {

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The main job against a real local lab: installs what is missing (apt packages), starts
+# libvirtd and N QEMU domains (default 4), builds vmbridge and runs it in the foreground on
+# :9977. Ctrl-C stops vmbridge and destroys the lab domains this script created
+# (KEEP_LAB=1 keeps them).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+n=${1:-4}
+listen=${VMBRIDGE_LISTEN:-127.0.0.1:9977}
+lab=integration/lab.sh
+
+bash "$lab" install
+cargo build --release --locked
+bash "$lab" up "$n" vmblab- >/dev/null
+[ "${KEEP_LAB:-0}" = 1 ] || trap 'echo; bash "$lab" down vmblab- >&2' EXIT
+
+cat <<MSG
+
+vmbridge is starting on http://$listen with $n lab VMs (vmblab-01..). Try, in another shell:
+  curl -s http://$listen/metrics | grep '^kubevirt_vmi_cpu_usage'
+  curl -s http://$listen/debug/vms
+  curl -s http://$listen/debug/vms/default/vmblab-01
+  bash $lab stop-vm vmblab-02    # hang one VM: watch vmbridge_breaker_state{name="vmblab-02"}
+  bash $lab cont-vm vmblab-02
+Ctrl-C stops vmbridge and removes the lab VMs.
+
+MSG
+target/release/vmbridge --listen "$listen" --libvirt-uri qemu:///system "${@:2}"

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite: installs the lab's packages if missing (apt: libvirt, QEMU, libvirt-dev),
+# checks formatting and lints, then runs unit tests, CLI tests and the integration tests against
+# a real libvirtd + QEMU lab, and finally stops only the lab daemons it started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+lab=integration/lab.sh
+
+bash "$lab" install
+# Only the integration tests' domains (prefix "it"); the daemons stop only if no lab domain is left.
+trap 'bash "$lab" down it >/dev/null 2>&1 || true' EXIT
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --locked -- -D warnings
+echo "== cargo test (unit, CLI, real-lab integration)"
+cargo test --all-targets --locked
