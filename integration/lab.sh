@@ -9,6 +9,9 @@
 #                         domains PREFIX01..PREFIXNN (default prefix "vmblab-");
 #                         stdout: "uri qemu:///system" then one name per line
 #   add NAME              create one lab domain (NAME may contain '_', e.g. ns1_vm-a)
+#   add-guest NAME        create one lab domain running a real Linux guest with the real
+#                         qemu-guest-agent (guest/build.sh image, own ext4 data disk vda);
+#                         waits until guest-ping answers, boot-to-agent seconds on stderr
 #   destroy NAME          destroy one lab domain and remove its files
 #   pid NAME              print the QEMU pid of a domain
 #   stop-vm NAME          SIGSTOP its QEMU process (a hung VM)
@@ -24,6 +27,10 @@
 # disk, <interface type='ethernet'> (libvirt-created tap), virtio balloon with
 # stats period 5 s, a guest-agent channel LABDIR/NAME.qga (no agent answers: a hung
 # agent) and a second direct QMP monitor LABDIR/NAME.qmp.
+# add-guest domains: the same but VMB_GUEST_MEM_MIB (default 128), balloon stats period
+# 2 s, direct kernel boot of LABDIR/guest/{kernel,initramfs.cpio.gz}, vda = an ext4 data
+# disk, and a real agent on the channel; VMB_GUEST_BOOT_TIMEOUT (default 90 s) bounds
+# the wait for guest-ping.
 set -euo pipefail
 
 readonly URI="qemu:///system"
@@ -36,6 +43,10 @@ readonly DAEMONS_FILE="$STATE_DIR/daemons"
 readonly LOCK_FILE="$STATE_DIR/lock"
 readonly BATCH="${VMB_LAB_BATCH:-10}"
 readonly MEM_MIB="${VMB_LAB_MEM_MIB:-32}"
+readonly GUEST_MEM_MIB="${VMB_GUEST_MEM_MIB:-128}"
+readonly GUEST_BOOT_TIMEOUT="${VMB_GUEST_BOOT_TIMEOUT:-90}"
+GUEST_BUILD="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/guest/build.sh"
+readonly GUEST_BUILD
 readonly DEFAULT_PREFIX="vmblab-"
 readonly QEMU_CONF="/etc/libvirt/qemu.conf"
 readonly QEMU_RUN_DIR="/var/run/libvirt/qemu"
@@ -355,6 +366,69 @@ EOF
     echo "$dir/domain.xml"
 }
 
+# A lab domain running the real guest (guest/build.sh): kernel and initramfs from
+# GUEST_KERNEL / GUEST_INITRD, a fresh 32 MiB ext4 data disk as vda.
+write_guest_domain_xml() { # NAME -> path of xml
+    local name=$1 dir
+    dir=$(dom_dir "$name")
+    mkdir -p "$dir"
+    if [[ ! -f "$dir/data.raw" ]]; then
+        truncate -s 32M "$dir/data.raw.tmp"
+        mkfs.ext4 -q -F -L vmbdata "$dir/data.raw.tmp" >&2 || die "mkfs.ext4 failed for $name"
+        mv -f "$dir/data.raw.tmp" "$dir/data.raw"
+    fi
+    rm -f "$LAB_DIR/$name.qga" "$LAB_DIR/$name.qmp" "$dir/console.log"
+    cat >"$dir/domain.xml" <<EOF
+<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
+  <name>$name</name>
+  <metadata>
+    <lab:lab xmlns:lab='$MARKER_NS'><lab:dir>$LAB_DIR</lab:dir><lab:kind>guest</lab:kind></lab:lab>
+  </metadata>
+  <memory unit='MiB'>$GUEST_MEM_MIB</memory>
+  <currentMemory unit='MiB'>$GUEST_MEM_MIB</currentMemory>
+  <vcpu placement='static'>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='q35'>hvm</type>
+    <kernel>$GUEST_KERNEL</kernel>
+    <initrd>$GUEST_INITRD</initrd>
+    <cmdline>console=ttyS0 vmb.hostname=$name</cmdline>
+  </os>
+  <features><acpi/></features>
+  <clock offset='utc'/>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source file='$dir/data.raw'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <interface type='ethernet'>
+      <model type='virtio'/>
+    </interface>
+    <serial type='file'>
+      <source path='$dir/console.log'/>
+      <target port='0'/>
+    </serial>
+    <channel type='unix'>
+      <source mode='bind' path='$LAB_DIR/$name.qga'/>
+      <target type='virtio' name='org.qemu.guest_agent.0'/>
+    </channel>
+    <memballoon model='virtio'>
+      <stats period='2'/>
+    </memballoon>
+  </devices>
+  <qemu:commandline>
+    <qemu:arg value='-qmp'/>
+    <qemu:arg value='unix:$LAB_DIR/$name.qmp,server=on,wait=off'/>
+  </qemu:commandline>
+</domain>
+EOF
+    echo "$dir/domain.xml"
+}
+
 dom_exists() { virsh -c "$URI" domid "$1" >/dev/null 2>&1; }
 
 # Is the existing libvirt domain NAME one of ours (marker in its live XML)?
@@ -370,8 +444,8 @@ dom_is_ours() {
 dom_state() { virsh -c "$URI" domstate "$1" 2>/dev/null | sed '/^$/d' | head -n1; }
 
 # Create one domain (no wait). Safe to run in parallel for different names.
-create_one() { # NAME
-    local name=$1 xml
+create_one() { # NAME [XML-WRITER, default write_domain_xml]
+    local name=$1 writer=${2:-write_domain_xml} xml
     if dom_exists "$name"; then
         if dom_is_ours "$name"; then
             state_add_domain "$name"
@@ -380,7 +454,7 @@ create_one() { # NAME
         fi
         die "domain $name exists and was not created by the lab; refusing"
     fi
-    xml=$(write_domain_xml "$name")
+    xml=$("$writer" "$name")
     state_add_domain "$name" # record before creating: a crash leaves it tracked
     log "virsh create $xml"
     local out
@@ -492,6 +566,51 @@ cmd_add() {
     log "$name running"
 }
 
+now_s() { date +%s.%N; }
+
+# Wait until the guest agent of NAME answers guest-ping; T0 = creation time (now_s).
+wait_agent() { # NAME T0
+    local name=$1 t0=$2 deadline out
+    deadline=$((SECONDS + GUEST_BOOT_TIMEOUT))
+    while :; do
+        if out=$(virsh -c "$URI" qemu-agent-command --timeout 5 "$name" \
+            '{"execute":"guest-ping"}' 2>&1); then
+            break
+        fi
+        if [[ "$(dom_state "$name" || true)" != running ]]; then
+            die "$name is no longer running while waiting for its agent; see $(dom_dir "$name")/console.log"
+        fi
+        if [[ $SECONDS -ge $deadline ]]; then
+            log "last answer: $out"
+            tail -n 20 "$(dom_dir "$name")/console.log" >&2 2>/dev/null || true
+            die "agent of $name did not answer guest-ping within ${GUEST_BOOT_TIMEOUT} s (VMB_GUEST_BOOT_TIMEOUT); domain left running, remove it with: lab.sh destroy $name"
+        fi
+        sleep 0.5
+    done
+    awk -v a="$t0" -v b="$(now_s)" -v n="$name" \
+        'BEGIN {printf "lab: %s: boot-to-agent %.1f s (virsh create to first guest-ping answer)\n", n, b - a}' >&2
+}
+
+cmd_add_guest() {
+    local name=${1:-}
+    [[ -n "$name" ]] || die "add-guest: NAME required"
+    valid_name "$name"
+    need_root
+    init_state
+    [[ "$GUEST_BOOT_TIMEOUT" =~ ^[0-9]+$ ]] || die "VMB_GUEST_BOOT_TIMEOUT must be whole seconds"
+    local paths
+    paths=$(VMB_LAB_DIR="$LAB_DIR" bash "$GUEST_BUILD") || die "guest image build failed ($GUEST_BUILD)"
+    GUEST_KERNEL=$(sed -n 1p <<<"$paths")
+    GUEST_INITRD=$(sed -n 2p <<<"$paths")
+    [[ -s "$GUEST_KERNEL" && -s "$GUEST_INITRD" ]] || die "guest image missing: $paths"
+    ensure_daemons
+    local t0
+    t0=$(now_s)
+    create_one "$name" write_guest_domain_xml
+    wait_running "$name"
+    wait_agent "$name" "$t0"
+}
+
 cmd_destroy() {
     local name=${1:-}
     [[ -n "$name" ]] || die "destroy: NAME required"
@@ -595,6 +714,7 @@ main() {
         install) cmd_install ;;
         up) need_root; cmd_up "$@" ;;
         add) cmd_add "$@" ;;
+        add-guest) cmd_add_guest "$@" ;;
         destroy) cmd_destroy "$@" ;;
         pid) cmd_pid "$@" ;;
         stop-vm) cmd_signal STOP "$@" ;;

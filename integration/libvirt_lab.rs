@@ -14,30 +14,10 @@ use common::*;
 /// independently of vmbridge's own mapping: (metric, type, source key, scale).
 /// `{N}` is the device index; per-device label values come from `*.N.name`.
 const VM_MAP: &[(&str, &str, &str, f64)] = &[
-    (
-        "kubevirt_vmi_cpu_usage_seconds_total",
-        "counter",
-        "cpu.time",
-        1e-9,
-    ),
-    (
-        "kubevirt_vmi_cpu_user_usage_seconds_total",
-        "counter",
-        "cpu.user",
-        1e-9,
-    ),
-    (
-        "kubevirt_vmi_cpu_system_usage_seconds_total",
-        "counter",
-        "cpu.system",
-        1e-9,
-    ),
-    (
-        "kubevirt_vmi_memory_domain_bytes",
-        "gauge",
-        "balloon.maximum",
-        1024.0,
-    ),
+    ("kubevirt_vmi_cpu_usage_seconds_total", "counter", "cpu.time", 1e-9),
+    ("kubevirt_vmi_cpu_user_usage_seconds_total", "counter", "cpu.user", 1e-9),
+    ("kubevirt_vmi_cpu_system_usage_seconds_total", "counter", "cpu.system", 1e-9),
+    ("kubevirt_vmi_memory_domain_bytes", "gauge", "balloon.maximum", 1024.0),
     ("kubevirt_vmi_vcpu_current", "gauge", "vcpu.current", 1.0),
     ("kubevirt_vmi_vcpu_maximum", "gauge", "vcpu.maximum", 1.0),
     ("kubevirt_vmi_network_interfaces", "gauge", "net.count", 1.0),
@@ -45,199 +25,44 @@ const VM_MAP: &[(&str, &str, &str, f64)] = &[
 ];
 const MEM_MAP: &[(&str, &str, &str, f64)] = &[
     ("kubevirt_vmi_memory_resident_bytes", "gauge", "rss", 1024.0),
-    (
-        "kubevirt_vmi_memory_actual_balloon_bytes",
-        "gauge",
-        "actual",
-        1024.0,
-    ),
-    (
-        "kubevirt_vmi_memory_available_bytes",
-        "gauge",
-        "available",
-        1024.0,
-    ),
-    (
-        "kubevirt_vmi_memory_unused_bytes",
-        "gauge",
-        "unused",
-        1024.0,
-    ),
-    (
-        "kubevirt_vmi_memory_usable_bytes",
-        "gauge",
-        "usable",
-        1024.0,
-    ),
-    (
-        "kubevirt_vmi_memory_cached_bytes",
-        "gauge",
-        "disk_caches",
-        1024.0,
-    ),
-    (
-        "kubevirt_vmi_memory_swap_in_traffic_bytes",
-        "gauge",
-        "swap_in",
-        1024.0,
-    ),
-    (
-        "kubevirt_vmi_memory_swap_out_traffic_bytes",
-        "gauge",
-        "swap_out",
-        1024.0,
-    ),
-    (
-        "kubevirt_vmi_memory_pgmajfault_total",
-        "counter",
-        "major_fault",
-        1.0,
-    ),
-    (
-        "kubevirt_vmi_memory_pgminfault_total",
-        "counter",
-        "minor_fault",
-        1.0,
-    ),
+    ("kubevirt_vmi_memory_actual_balloon_bytes", "gauge", "actual", 1024.0),
+    ("kubevirt_vmi_memory_available_bytes", "gauge", "available", 1024.0),
+    ("kubevirt_vmi_memory_unused_bytes", "gauge", "unused", 1024.0),
+    ("kubevirt_vmi_memory_usable_bytes", "gauge", "usable", 1024.0),
+    ("kubevirt_vmi_memory_cached_bytes", "gauge", "disk_caches", 1024.0),
+    ("kubevirt_vmi_memory_swap_in_traffic_bytes", "gauge", "swap_in", 1024.0),
+    ("kubevirt_vmi_memory_swap_out_traffic_bytes", "gauge", "swap_out", 1024.0),
+    ("kubevirt_vmi_memory_pgmajfault_total", "counter", "major_fault", 1.0),
+    ("kubevirt_vmi_memory_pgminfault_total", "counter", "minor_fault", 1.0),
 ];
 const VCPU_MAP: &[(&str, &str, &str, f64)] = &[
     ("kubevirt_vmi_vcpu_seconds_total", "counter", "time", 1e-9),
-    (
-        "kubevirt_vmi_vcpu_wait_seconds_total",
-        "counter",
-        "wait",
-        1e-9,
-    ),
-    (
-        "kubevirt_vmi_vcpu_delay_seconds_total",
-        "counter",
-        "delay",
-        1e-9,
-    ),
+    ("kubevirt_vmi_vcpu_wait_seconds_total", "counter", "wait", 1e-9),
+    ("kubevirt_vmi_vcpu_delay_seconds_total", "counter", "delay", 1e-9),
 ];
 const NET_MAP: &[(&str, &str, &str, f64)] = &[
-    (
-        "kubevirt_vmi_network_receive_bytes_total",
-        "counter",
-        "rx.bytes",
-        1.0,
-    ),
-    (
-        "kubevirt_vmi_network_transmit_bytes_total",
-        "counter",
-        "tx.bytes",
-        1.0,
-    ),
-    (
-        "kubevirt_vmi_network_receive_packets_total",
-        "counter",
-        "rx.pkts",
-        1.0,
-    ),
-    (
-        "kubevirt_vmi_network_transmit_packets_total",
-        "counter",
-        "tx.pkts",
-        1.0,
-    ),
-    (
-        "kubevirt_vmi_network_receive_errors_total",
-        "counter",
-        "rx.errs",
-        1.0,
-    ),
-    (
-        "kubevirt_vmi_network_transmit_errors_total",
-        "counter",
-        "tx.errs",
-        1.0,
-    ),
-    (
-        "kubevirt_vmi_network_receive_packets_dropped_total",
-        "counter",
-        "rx.drop",
-        1.0,
-    ),
-    (
-        "kubevirt_vmi_network_transmit_packets_dropped_total",
-        "counter",
-        "tx.drop",
-        1.0,
-    ),
+    ("kubevirt_vmi_network_receive_bytes_total", "counter", "rx.bytes", 1.0),
+    ("kubevirt_vmi_network_transmit_bytes_total", "counter", "tx.bytes", 1.0),
+    ("kubevirt_vmi_network_receive_packets_total", "counter", "rx.pkts", 1.0),
+    ("kubevirt_vmi_network_transmit_packets_total", "counter", "tx.pkts", 1.0),
+    ("kubevirt_vmi_network_receive_errors_total", "counter", "rx.errs", 1.0),
+    ("kubevirt_vmi_network_transmit_errors_total", "counter", "tx.errs", 1.0),
+    ("kubevirt_vmi_network_receive_packets_dropped_total", "counter", "rx.drop", 1.0),
+    ("kubevirt_vmi_network_transmit_packets_dropped_total", "counter", "tx.drop", 1.0),
 ];
 const BLOCK_MAP: &[(&str, &str, &str, f64)] = &[
-    (
-        "kubevirt_vmi_storage_iops_read_total",
-        "counter",
-        "rd.reqs",
-        1.0,
-    ),
-    (
-        "kubevirt_vmi_storage_iops_write_total",
-        "counter",
-        "wr.reqs",
-        1.0,
-    ),
-    (
-        "kubevirt_vmi_storage_read_traffic_bytes_total",
-        "counter",
-        "rd.bytes",
-        1.0,
-    ),
-    (
-        "kubevirt_vmi_storage_write_traffic_bytes_total",
-        "counter",
-        "wr.bytes",
-        1.0,
-    ),
-    (
-        "kubevirt_vmi_storage_read_times_seconds_total",
-        "counter",
-        "rd.times",
-        1e-9,
-    ),
-    (
-        "kubevirt_vmi_storage_write_times_seconds_total",
-        "counter",
-        "wr.times",
-        1e-9,
-    ),
-    (
-        "kubevirt_vmi_storage_flush_requests_total",
-        "counter",
-        "fl.reqs",
-        1.0,
-    ),
-    (
-        "kubevirt_vmi_storage_flush_times_seconds_total",
-        "counter",
-        "fl.times",
-        1e-9,
-    ),
-    (
-        "kubevirt_vmi_storage_allocation_bytes",
-        "gauge",
-        "allocation",
-        1.0,
-    ),
-    (
-        "kubevirt_vmi_storage_capacity_bytes",
-        "gauge",
-        "capacity",
-        1.0,
-    ),
-    (
-        "kubevirt_vmi_storage_physical_bytes",
-        "gauge",
-        "physical",
-        1.0,
-    ),
-    (
-        "kubevirt_vmi_storage_threshold_bytes",
-        "gauge",
-        "threshold",
-        1.0,
-    ),
+    ("kubevirt_vmi_storage_iops_read_total", "counter", "rd.reqs", 1.0),
+    ("kubevirt_vmi_storage_iops_write_total", "counter", "wr.reqs", 1.0),
+    ("kubevirt_vmi_storage_read_traffic_bytes_total", "counter", "rd.bytes", 1.0),
+    ("kubevirt_vmi_storage_write_traffic_bytes_total", "counter", "wr.bytes", 1.0),
+    ("kubevirt_vmi_storage_read_times_seconds_total", "counter", "rd.times", 1e-9),
+    ("kubevirt_vmi_storage_write_times_seconds_total", "counter", "wr.times", 1e-9),
+    ("kubevirt_vmi_storage_flush_requests_total", "counter", "fl.reqs", 1.0),
+    ("kubevirt_vmi_storage_flush_times_seconds_total", "counter", "fl.times", 1e-9),
+    ("kubevirt_vmi_storage_allocation_bytes", "gauge", "allocation", 1.0),
+    ("kubevirt_vmi_storage_capacity_bytes", "gauge", "capacity", 1.0),
+    ("kubevirt_vmi_storage_physical_bytes", "gauge", "physical", 1.0),
+    ("kubevirt_vmi_storage_threshold_bytes", "gauge", "threshold", 1.0),
 ];
 
 /// A series: metric name and labels.
@@ -259,52 +84,26 @@ fn values_equal_virsh_domstats_and_dommemstat() {
     let _serial = serial();
     let dom = Domain::new("itv-values");
     let bridge = Bridge::start(&["--poll-interval", "1s", "--poll-timeout", "3s"]);
-    let vm = [
-        ("namespace", "default"),
-        ("name", dom.name.as_str()),
-        ("node", "it-node"),
-    ];
+    let vm = [("namespace", "default"), ("name", dom.name.as_str()), ("node", "it-node")];
     bridge.wait_for(Duration::from_secs(20), "first sample", |e| {
-        e.value("kubevirt_vmi_cpu_usage_seconds_total", &vm)
-            .is_some()
+        e.value("kubevirt_vmi_cpu_usage_seconds_total", &vm).is_some()
     });
     virsh(&["suspend", &dom.name]);
     let (before, mem_before) = (domstats(&dom.name), dommemstat(&dom.name));
-    let t0 = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs_f64();
-    let (e, _) = bridge.wait_for(
-        Duration::from_secs(20),
-        "a poll after the virsh reading",
-        |e| {
-            e.value(
-                "vmbridge_source_last_success_timestamp_seconds",
-                &[("name", dom.name.as_str())],
-            )
+    let t0 = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64();
+    let (e, _) = bridge.wait_for(Duration::from_secs(20), "a poll after the virsh reading", |e| {
+        e.value("vmbridge_source_last_success_timestamp_seconds", &[("name", dom.name.as_str())])
             .is_some_and(|t| t > t0)
-        },
-    );
+    });
     let (after, mem_after) = (domstats(&dom.name), dommemstat(&dom.name));
 
     let mut expected: BTreeMap<SeriesKey, Bracket> = BTreeMap::new();
-    let base: BTreeMap<String, String> = vm
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let mut expect = |metric: &str,
-                      ty: &str,
-                      extra: &[(&str, String)],
-                      b: Option<f64>,
-                      a: Option<f64>,
-                      scale: f64| {
+    let base: BTreeMap<String, String> = vm.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let mut expect = |metric: &str, ty: &str, extra: &[(&str, String)], b: Option<f64>, a: Option<f64>, scale: f64| {
         if let (Some(b), Some(a)) = (b, a) {
             let mut labels = base.clone();
             labels.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
-            expected.insert(
-                (metric.to_owned(), labels),
-                (ty.to_owned(), b * scale, a * scale),
-            );
+            expected.insert((metric.to_owned(), labels), (ty.to_owned(), b * scale, a * scale));
         }
     };
     let num = |m: &BTreeMap<String, String>, k: &str| m.get(k).and_then(|v| v.parse::<f64>().ok());
@@ -312,17 +111,9 @@ fn values_equal_virsh_domstats_and_dommemstat() {
         expect(metric, ty, &[], num(&before, key), num(&after, key), *scale);
     }
     for (metric, ty, key, scale) in MEM_MAP {
-        expect(
-            metric,
-            ty,
-            &[],
-            mem_before.get(*key).copied(),
-            mem_after.get(*key).copied(),
-            *scale,
-        );
+        expect(metric, ty, &[], mem_before.get(*key).copied(), mem_after.get(*key).copied(), *scale);
     }
-    let last_update =
-        |m: &BTreeMap<String, f64>| m.get("last_update").copied().filter(|v| *v > 0.0);
+    let last_update = |m: &BTreeMap<String, f64>| m.get("last_update").copied().filter(|v| *v > 0.0);
     expect(
         "kubevirt_vmi_memory_stats_last_update_timestamp_seconds",
         "gauge",
@@ -344,49 +135,24 @@ fn values_equal_virsh_domstats_and_dommemstat() {
             if *metric == "kubevirt_vmi_vcpu_seconds_total" {
                 extra.push(("state", state.to_owned()));
             }
-            expect(
-                metric,
-                ty,
-                &extra,
-                num(&before, &k),
-                num(&after, &k),
-                *scale,
-            );
+            expect(metric, ty, &extra, num(&before, &k), num(&after, &k), *scale);
         }
     }
     for i in 0..num(&after, "net.count").unwrap_or(0.0) as usize {
         let name = after[&format!("net.{i}.name")].clone();
         for (metric, ty, key, scale) in NET_MAP {
             let k = format!("net.{i}.{key}");
-            expect(
-                metric,
-                ty,
-                &[("interface", name.clone())],
-                num(&before, &k),
-                num(&after, &k),
-                *scale,
-            );
+            expect(metric, ty, &[("interface", name.clone())], num(&before, &k), num(&after, &k), *scale);
         }
     }
     for i in 0..num(&after, "block.count").unwrap_or(0.0) as usize {
         let name = after[&format!("block.{i}.name")].clone();
         for (metric, ty, key, scale) in BLOCK_MAP {
             let k = format!("block.{i}.{key}");
-            expect(
-                metric,
-                ty,
-                &[("drive", name.clone())],
-                num(&before, &k),
-                num(&after, &k),
-                *scale,
-            );
+            expect(metric, ty, &[("drive", name.clone())], num(&before, &k), num(&after, &k), *scale);
         }
     }
-    assert_eq!(
-        before.get("state.state").map(String::as_str),
-        Some("3"),
-        "virsh suspend pauses the domain"
-    );
+    assert_eq!(before.get("state.state").map(String::as_str), Some("3"), "virsh suspend pauses the domain");
     expect(
         "kubevirt_vmi_domain_state",
         "gauge",
@@ -399,28 +165,16 @@ fn values_equal_virsh_domstats_and_dommemstat() {
     // Every expected series is exported with a value inside the virsh bracket and the right type…
     let mut checked = 0;
     for ((metric, labels), (ty, b, a)) in &expected {
-        let pairs: Vec<(&str, &str)> = labels
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        let got = e
-            .value(metric, &pairs)
-            .unwrap_or_else(|| panic!("{metric} {labels:?} not exported"));
+        let pairs: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let got = e.value(metric, &pairs).unwrap_or_else(|| panic!("{metric} {labels:?} not exported"));
         let (lo, hi) = (b.min(*a), b.max(*a));
         let eps = 1e-9 * hi.abs().max(1.0);
-        assert!(
-            got >= lo - eps && got <= hi + eps,
-            "{metric} {labels:?} = {got}, virsh said {b} then {a}"
-        );
+        assert!(got >= lo - eps && got <= hi + eps, "{metric} {labels:?} = {got}, virsh said {b} then {a}");
         assert_eq!(type_of(&e, metric), Some(ty.as_str()), "{metric} type");
         checked += 1;
     }
     // …and vmbridge exports no kubevirt_vmi_* series for this VM that virsh cannot vouch for.
-    for s in e
-        .of_vm(&dom.name)
-        .iter()
-        .filter(|s| s.name.starts_with("kubevirt_vmi_"))
-    {
+    for s in e.of_vm(&dom.name).iter().filter(|s| s.name.starts_with("kubevirt_vmi_")) {
         assert!(
             expected.contains_key(&(s.name.clone(), s.labels.clone())),
             "unchecked series {} {:?}",
@@ -439,39 +193,20 @@ fn values_equal_virsh_domstats_and_dommemstat() {
 #[test]
 fn a_stopped_vm_is_isolated_flagged_and_recovers() {
     let _serial = serial();
-    let doms: Vec<Domain> = (1..=4)
-        .map(|i| Domain::new(&format!("its-{i:02}")))
-        .collect();
+    let doms: Vec<Domain> = (1..=4).map(|i| Domain::new(&format!("its-{i:02}"))).collect();
     let cfg = std::env::temp_dir().join("vmbridge-it-stuck.toml");
     std::fs::write(&cfg, "[poll]\ninterval = \"1s\"\ntimeout = \"1s\"\nretry_delay = \"100ms\"\n[breaker]\nfailure_threshold = 3\nbackoff_min = \"500ms\"\nbackoff_max = \"3s\"\n").expect("config");
     let bridge = Bridge::start(&["--config", cfg.to_str().expect("utf-8")]);
     let names: Vec<&str> = doms.iter().map(|d| d.name.as_str()).collect();
     let (e0, _) = bridge.wait_for(Duration::from_secs(20), "all four VMs", |e| {
-        names.iter().all(|n| {
-            e.value("kubevirt_vmi_cpu_usage_seconds_total", &[("name", n)])
-                .is_some()
-        })
+        names.iter().all(|n| e.value("kubevirt_vmi_cpu_usage_seconds_total", &[("name", n)]).is_some())
     });
-    let series_count = |e: &Exposition, n: &str| {
-        e.of_vm(n)
-            .iter()
-            .filter(|s| s.name.starts_with("kubevirt_vmi_"))
-            .count()
-    };
-    let healthy = &names[..1]
-        .iter()
-        .chain(&names[2..])
-        .copied()
-        .collect::<Vec<_>>();
+    let series_count =
+        |e: &Exposition, n: &str| e.of_vm(n).iter().filter(|s| s.name.starts_with("kubevirt_vmi_")).count();
+    let healthy = &names[..1].iter().chain(&names[2..]).copied().collect::<Vec<_>>();
     let baseline: Vec<(usize, f64)> = healthy
         .iter()
-        .map(|n| {
-            (
-                series_count(&e0, n),
-                e0.value("kubevirt_vmi_cpu_usage_seconds_total", &[("name", n)])
-                    .expect("cpu"),
-            )
-        })
+        .map(|n| (series_count(&e0, n), e0.value("kubevirt_vmi_cpu_usage_seconds_total", &[("name", n)]).expect("cpu")))
         .collect();
 
     doms[1].stop();
@@ -481,25 +216,13 @@ fn a_stopped_vm_is_isolated_flagged_and_recovers() {
     let open = [("name", names[1]), ("source", "libvirt"), ("state", "open")];
     // Watch for at least 10 s (so idle CPU counters visibly advance), and until flagged.
     while stopped_at.elapsed() < Duration::from_secs(10) || flagged_after.is_none() {
-        assert!(
-            stopped_at.elapsed() < Duration::from_secs(30),
-            "stuck VM never flagged"
-        );
+        assert!(stopped_at.elapsed() < Duration::from_secs(30), "stuck VM never flagged");
         let t = Instant::now();
         let e = bridge.metrics();
         worst_scrape = worst_scrape.max(t.elapsed());
         for (n, (count, _)) in healthy.iter().zip(&baseline) {
-            assert_eq!(
-                series_count(&e, n),
-                *count,
-                "healthy VM {n} lost series while {} is stopped",
-                names[1]
-            );
-            assert_eq!(
-                e.value("vmbridge_source_up", &[("name", n)]),
-                Some(1.0),
-                "{n} must stay up"
-            );
+            assert_eq!(series_count(&e, n), *count, "healthy VM {n} lost series while {} is stopped", names[1]);
+            assert_eq!(e.value("vmbridge_source_up", &[("name", n)]), Some(1.0), "{n} must stay up");
         }
         if flagged_after.is_none()
             && e.value("vmbridge_breaker_state", &open) == Some(1.0)
@@ -511,53 +234,25 @@ fn a_stopped_vm_is_isolated_flagged_and_recovers() {
     }
     let e = bridge.metrics();
     for (n, (_, cpu0)) in healthy.iter().zip(&baseline) {
-        let cpu = e
-            .value("kubevirt_vmi_cpu_usage_seconds_total", &[("name", n)])
-            .expect("cpu");
-        assert!(
-            cpu > *cpu0,
-            "{n}: CPU counter did not advance ({cpu0} → {cpu})"
-        );
-        let age = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_secs_f64()
-            - e.value(
-                "vmbridge_source_last_success_timestamp_seconds",
-                &[("name", n)],
-            )
-            .expect("timestamp");
+        let cpu = e.value("kubevirt_vmi_cpu_usage_seconds_total", &[("name", n)]).expect("cpu");
+        assert!(cpu > *cpu0, "{n}: CPU counter did not advance ({cpu0} → {cpu})");
+        let age = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64()
+            - e.value("vmbridge_source_last_success_timestamp_seconds", &[("name", n)]).expect("timestamp");
         assert!(age < 3.0, "{n}: data is {age:.1}s old");
     }
-    assert!(
-        e.value("vmbridge_stuck_calls", &[("name", names[1])]) >= Some(1.0),
-        "the abandoned call is counted"
-    );
+    assert!(e.value("vmbridge_stuck_calls", &[("name", names[1])]) >= Some(1.0), "the abandoned call is counted");
     let flagged_after = flagged_after.expect("flagged");
     // interval (a poll may just have succeeded) + threshold × (timeout + retry delay) + 1 s slack.
-    assert!(
-        flagged_after <= Duration::from_millis(1000 + 3 * 1100 + 1000),
-        "flagged after {flagged_after:?}"
-    );
-    assert!(
-        worst_scrape < Duration::from_millis(500),
-        "slowest scrape {worst_scrape:?}"
-    );
+    assert!(flagged_after <= Duration::from_millis(1000 + 3 * 1100 + 1000), "flagged after {flagged_after:?}");
+    assert!(worst_scrape < Duration::from_millis(500), "slowest scrape {worst_scrape:?}");
 
     doms[1].cont();
-    let (_, recovered_after) =
-        bridge.wait_for(Duration::from_secs(3 + 3), "recovery after SIGCONT", |e| {
-            e.value(
-                "vmbridge_breaker_state",
-                &[("name", names[1]), ("state", "closed")],
-            ) == Some(1.0)
-                && e.value("vmbridge_source_up", &[("name", names[1])]) == Some(1.0)
-        });
+    let (_, recovered_after) = bridge.wait_for(Duration::from_secs(3 + 3), "recovery after SIGCONT", |e| {
+        e.value("vmbridge_breaker_state", &[("name", names[1]), ("state", "closed")]) == Some(1.0)
+            && e.value("vmbridge_source_up", &[("name", names[1])]) == Some(1.0)
+    });
     // The back-off maximum is 3 s; add the probe itself and one poll.
-    assert!(
-        recovered_after <= Duration::from_secs(3 + 2),
-        "recovered after {recovered_after:?}"
-    );
+    assert!(recovered_after <= Duration::from_secs(3 + 2), "recovered after {recovered_after:?}");
     eprintln!(
         "flagged after {flagged_after:?}, recovered {recovered_after:?} after SIGCONT, slowest scrape {worst_scrape:?}"
     );
@@ -568,32 +263,20 @@ fn a_stopped_vm_is_isolated_flagged_and_recovers() {
 fn started_vm_appears_and_destroyed_vm_disappears_within_one_interval() {
     let _serial = serial();
     let bridge = Bridge::start(&["--poll-interval", "2s"]);
-    bridge.wait_for(Duration::from_secs(10), "readiness", |_| {
-        bridge.get("/readyz", None).status == 200
-    });
+    bridge.wait_for(Duration::from_secs(10), "readiness", |_| bridge.get("/readyz", None).status == 200);
     let started = Instant::now();
     let dom = Domain::new("itl-new");
     let created = started.elapsed();
     let (_, seen) = bridge.wait_for(Duration::from_secs(10), "the new VM", |e| {
-        e.value(
-            "kubevirt_vmi_cpu_usage_seconds_total",
-            &[("name", "itl-new")],
-        )
-        .is_some()
+        e.value("kubevirt_vmi_cpu_usage_seconds_total", &[("name", "itl-new")]).is_some()
     });
     // Discovery lists every interval (2 s); its first poll follows at once.
-    assert!(
-        seen <= Duration::from_millis(2000 + 1000),
-        "appeared {seen:?} after creation (creation took {created:?})"
-    );
+    assert!(seen <= Duration::from_millis(2000 + 1000), "appeared {seen:?} after creation (creation took {created:?})");
     let gone_start = Instant::now();
     drop(dom);
     let destroy_took = gone_start.elapsed();
-    let (_, gone) = bridge.wait_for(
-        Duration::from_secs(10),
-        "the destroyed VM to disappear",
-        |e| e.of_vm("itl-new").is_empty(),
-    );
+    let (_, gone) =
+        bridge.wait_for(Duration::from_secs(10), "the destroyed VM to disappear", |e| e.of_vm("itl-new").is_empty());
     assert!(
         gone <= Duration::from_millis(2000 + 500),
         "series stayed {gone:?} after destroy returned (destroy took {destroy_took:?})"
@@ -609,16 +292,9 @@ fn kubevirt_domain_names_become_namespace_and_name() {
     let dom = Domain::new("itk-ns_vm-a");
     let bridge = Bridge::start(&["--poll-interval", "1s"]);
     let (e, _) = bridge.wait_for(Duration::from_secs(15), "the VM", |e| {
-        e.value(
-            "kubevirt_vmi_cpu_usage_seconds_total",
-            &[("namespace", "itk-ns"), ("name", "vm-a")],
-        )
-        .is_some()
+        e.value("kubevirt_vmi_cpu_usage_seconds_total", &[("namespace", "itk-ns"), ("name", "vm-a")]).is_some()
     });
-    assert!(
-        e.of_vm(&dom.name).is_empty(),
-        "the raw domain name must not be used as the VM name"
-    );
+    assert!(e.of_vm(&dom.name).is_empty(), "the raw domain name must not be used as the VM name");
     let r = bridge.get("/debug/vms/itk-ns/vm-a", None);
     assert_eq!(r.status, 200, "{}", r.body);
     let v: serde_json::Value = serde_json::from_str(&r.body).expect("json");
@@ -634,42 +310,24 @@ fn debug_documents_match_their_json_schemas() {
     let ok = Domain::new("itd-ok");
     let stuck = Domain::new("itd-stuck");
     let cfg = std::env::temp_dir().join("vmbridge-it-debug.toml");
-    std::fs::write(
-        &cfg,
-        "[poll]\ninterval = \"1s\"\ntimeout = \"500ms\"\nretry_delay = \"50ms\"\n",
-    )
-    .expect("config");
+    std::fs::write(&cfg, "[poll]\ninterval = \"1s\"\ntimeout = \"500ms\"\nretry_delay = \"50ms\"\n").expect("config");
     let bridge = Bridge::start(&["--config", cfg.to_str().expect("utf-8")]);
     bridge.wait_for(Duration::from_secs(15), "both VMs", |e| {
-        ["itd-ok", "itd-stuck"]
-            .iter()
-            .all(|n| e.value("vmbridge_source_up", &[("name", n)]) == Some(1.0))
+        ["itd-ok", "itd-stuck"].iter().all(|n| e.value("vmbridge_source_up", &[("name", n)]) == Some(1.0))
     });
     stuck.stop();
     bridge.wait_for(Duration::from_secs(15), "the breaker to open", |e| {
-        e.value(
-            "vmbridge_breaker_state",
-            &[("name", "itd-stuck"), ("state", "open")],
-        ) == Some(1.0)
+        e.value("vmbridge_breaker_state", &[("name", "itd-stuck"), ("state", "open")]) == Some(1.0)
     });
     let load = |p: &str| -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(root().join(p)).expect("schema file"))
-            .expect("schema json")
+        serde_json::from_str(&std::fs::read_to_string(root().join(p)).expect("schema file")).expect("schema json")
     };
-    let index_schema =
-        jsonschema::validator_for(&load("schemas/debug-vms.schema.json")).expect("valid schema");
-    let vm_schema =
-        jsonschema::validator_for(&load("schemas/debug-vm.schema.json")).expect("valid schema");
+    let index_schema = jsonschema::validator_for(&load("schemas/debug-vms.schema.json")).expect("valid schema");
+    let vm_schema = jsonschema::validator_for(&load("schemas/debug-vm.schema.json")).expect("valid schema");
     let r = bridge.get("/debug/vms", None);
-    assert_eq!(
-        (r.status, r.content_type.as_str()),
-        (200, "application/json")
-    );
+    assert_eq!((r.status, r.content_type.as_str()), (200, "application/json"));
     let index: serde_json::Value = serde_json::from_str(&r.body).expect("json");
-    let errs: Vec<String> = index_schema
-        .iter_errors(&index)
-        .map(|e| e.to_string())
-        .collect();
+    let errs: Vec<String> = index_schema.iter_errors(&index).map(|e| e.to_string()).collect();
     assert!(errs.is_empty(), "index invalid: {errs:?}");
     for name in [&ok.name, &stuck.name] {
         let r = bridge.get(&format!("/debug/vms/default/{name}"), None);
@@ -681,16 +339,9 @@ fn debug_documents_match_their_json_schemas() {
         serde_json::from_str(&bridge.get("/debug/vms/default/itd-stuck", None).body).expect("json");
     let src = &doc["sources"]["libvirt"];
     assert_eq!(src["breaker"]["state"], "open");
-    assert!(
-        src["breaker"]["history"]
-            .as_array()
-            .is_some_and(|h| !h.is_empty())
-    );
+    assert!(src["breaker"]["history"].as_array().is_some_and(|h| !h.is_empty()));
     assert_eq!(src["last_errors"][0]["kind"], "timeout");
-    assert!(
-        src["sample"]["params"]["cpu.time"].is_number(),
-        "raw last sample kept: {src}"
-    );
+    assert!(src["sample"]["params"]["cpu.time"].is_number(), "raw last sample kept: {src}");
     // A bogus-but-valid-schema document would pass anything: prove the schema rejects a broken one.
     let mut broken = doc.clone();
     broken["sources"]["libvirt"]["breaker"]["state"] = serde_json::json!("exploded");
@@ -704,37 +355,17 @@ fn metrics_content_negotiation() {
     let _dom = Domain::new("itm-a");
     let bridge = Bridge::start(&["--poll-interval", "1s"]);
     bridge.wait_for(Duration::from_secs(15), "the VM", |e| {
-        e.value("kubevirt_vmi_cpu_usage_seconds_total", &[("name", "itm-a")])
-            .is_some()
+        e.value("kubevirt_vmi_cpu_usage_seconds_total", &[("name", "itm-a")]).is_some()
     });
     let text = bridge.get("/metrics", None);
-    assert!(
-        text.content_type.starts_with("text/plain; version=0.0.4"),
-        "{}",
-        text.content_type
-    );
-    assert!(
-        text.body
-            .contains("# TYPE kubevirt_vmi_cpu_usage_seconds_total counter")
-    );
+    assert!(text.content_type.starts_with("text/plain; version=0.0.4"), "{}", text.content_type);
+    assert!(text.body.contains("# TYPE kubevirt_vmi_cpu_usage_seconds_total counter"));
     assert!(!text.body.contains("# EOF"));
-    let om = bridge.get(
-        "/metrics",
-        Some("application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.2"),
-    );
-    assert!(
-        om.content_type.starts_with("application/openmetrics-text"),
-        "{}",
-        om.content_type
-    );
-    assert!(
-        om.body
-            .contains("# TYPE kubevirt_vmi_cpu_usage_seconds counter")
-    );
-    assert!(
-        om.body
-            .contains("# UNIT kubevirt_vmi_cpu_usage_seconds seconds")
-    );
+    let om =
+        bridge.get("/metrics", Some("application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.2"));
+    assert!(om.content_type.starts_with("application/openmetrics-text"), "{}", om.content_type);
+    assert!(om.body.contains("# TYPE kubevirt_vmi_cpu_usage_seconds counter"));
+    assert!(om.body.contains("# UNIT kubevirt_vmi_cpu_usage_seconds seconds"));
     assert!(om.body.ends_with("# EOF\n"));
     assert_eq!(bridge.get("/healthz", None).status, 200);
     assert_eq!(bridge.get("/nope", None).status, 404);
@@ -755,42 +386,24 @@ fn no_fd_or_thread_growth_with_a_stuck_vm() {
     .expect("config");
     let bridge = Bridge::start(&["--config", cfg.to_str().expect("utf-8")]);
     bridge.wait_for(Duration::from_secs(15), "both VMs", |e| {
-        [&ok.name, &stuck.name]
-            .iter()
-            .all(|n| e.value("vmbridge_source_up", &[("name", n)]) == Some(1.0))
+        [&ok.name, &stuck.name].iter().all(|n| e.value("vmbridge_source_up", &[("name", n)]) == Some(1.0))
     });
     stuck.stop();
     bridge.wait_for(Duration::from_secs(15), "the stuck call", |e| {
         e.value("vmbridge_stuck_calls", &[("name", "itf-stuck")]) == Some(1.0)
     });
     std::thread::sleep(Duration::from_secs(2));
-    let polls = |e: &Exposition| {
-        e.value("vmbridge_source_polls_total", &[("name", "itf-stuck")])
-            .unwrap_or(0.0)
-    };
+    let polls = |e: &Exposition| e.value("vmbridge_source_polls_total", &[("name", "itf-stuck")]).unwrap_or(0.0);
     let p0 = polls(&bridge.metrics());
     let (fds0, threads0) = fds_and_threads(bridge.pid());
-    let ok_polls0 = bridge
-        .metrics()
-        .value("vmbridge_source_polls_total", &[("name", "itf-ok")])
-        .unwrap_or(0.0);
+    let ok_polls0 = bridge.metrics().value("vmbridge_source_polls_total", &[("name", "itf-ok")]).unwrap_or(0.0);
     bridge.wait_for(Duration::from_secs(60), "50 poll cycles", |e| {
-        e.value("vmbridge_source_polls_total", &[("name", "itf-ok")])
-            .unwrap_or(0.0)
-            >= ok_polls0 + 50.0
+        e.value("vmbridge_source_polls_total", &[("name", "itf-ok")]).unwrap_or(0.0) >= ok_polls0 + 50.0
     });
     let (fds1, threads1) = fds_and_threads(bridge.pid());
     let e = bridge.metrics();
-    assert!(
-        polls(&e) > p0,
-        "the stuck VM kept being probed ({p0} → {})",
-        polls(&e)
-    );
-    assert_eq!(
-        e.value("vmbridge_stuck_calls", &[("name", "itf-stuck")]),
-        Some(1.0),
-        "one stuck call, never a second"
-    );
+    assert!(polls(&e) > p0, "the stuck VM kept being probed ({p0} → {})", polls(&e));
+    assert_eq!(e.value("vmbridge_stuck_calls", &[("name", "itf-stuck")]), Some(1.0), "one stuck call, never a second");
     assert!(fds1 <= fds0, "fds grew {fds0} → {fds1}");
     assert!(threads1 <= threads0, "threads grew {threads0} → {threads1}");
     eprintln!("fds {fds0} → {fds1}, threads {threads0} → {threads1}");

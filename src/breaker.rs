@@ -31,11 +31,7 @@ pub enum BreakerState {
 
 impl BreakerState {
     /// Every state, in the order `vmbridge_breaker_state` exports them.
-    pub const ALL: [BreakerState; 3] = [
-        BreakerState::Closed,
-        BreakerState::Open,
-        BreakerState::HalfOpen,
-    ];
+    pub const ALL: [BreakerState; 3] = [BreakerState::Closed, BreakerState::Open, BreakerState::HalfOpen];
 
     /// The label value.
     pub fn as_str(self) -> &'static str {
@@ -236,22 +232,13 @@ impl Breaker {
         };
         // The iterator is built without a retry limit, so it never ends; the fallback is the
         // longest delay anyway. Jitter may overshoot the maximum, hence the clamp.
-        let delay = self
-            .backoff
-            .next()
-            .unwrap_or(self.cfg.backoff_max)
-            .min(self.cfg.backoff_max);
+        let delay = self.backoff.next().unwrap_or(self.cfg.backoff_max).min(self.cfg.backoff_max);
         self.open_until = Some(now + delay);
         Some(self.transition(BreakerState::Open, reason))
     }
 
     fn transition(&mut self, to: BreakerState, reason: TransitionReason) -> Transition {
-        let t = Transition {
-            at: unix_seconds(SystemTime::now()),
-            from: self.state,
-            to,
-            reason,
-        };
+        let t = Transition { at: unix_seconds(SystemTime::now()), from: self.state, to, reason };
         self.state = to;
         self.since = SystemTime::now();
         if to == BreakerState::Closed {
@@ -307,28 +294,16 @@ mod tests {
         let t = b.on_failure(now, false).expect("third failure opens");
         assert_eq!(
             (t.from, t.to, t.reason),
-            (
-                BreakerState::Closed,
-                BreakerState::Open,
-                TransitionReason::ConsecutiveFailures
-            )
+            (BreakerState::Closed, BreakerState::Open, TransitionReason::ConsecutiveFailures)
         );
-        let Admission::WaitUntil(until) = b.admit(now) else {
-            panic!("open breaker must make the poller wait")
-        };
+        let Admission::WaitUntil(until) = b.admit(now) else { panic!("open breaker must make the poller wait") };
         let wait = until - now;
-        assert!(
-            wait >= Duration::from_secs(1) && wait <= Duration::from_secs(2),
-            "first back-off {wait:?}"
-        );
+        assert!(wait >= Duration::from_secs(1) && wait <= Duration::from_secs(2), "first back-off {wait:?}");
         tokio::time::advance(wait).await;
         assert_eq!(b.admit(Instant::now()), Admission::Probe);
         assert_eq!(b.state(), BreakerState::HalfOpen);
         let t = b.on_success().expect("probe success closes");
-        assert_eq!(
-            (t.to, t.reason),
-            (BreakerState::Closed, TransitionReason::ProbeSucceeded)
-        );
+        assert_eq!((t.to, t.reason), (BreakerState::Closed, TransitionReason::ProbeSucceeded));
         assert_eq!(b.admit(Instant::now()), Admission::Poll);
         let v = b.view(Instant::now());
         assert_eq!(v.transitions_total.values().sum::<u64>(), 3);
@@ -343,33 +318,19 @@ mod tests {
         assert_eq!(b.view(now).history[0].reason, TransitionReason::HardTimeout);
         let mut waits = Vec::new();
         for _ in 0..8 {
-            let Admission::WaitUntil(until) = b.admit(Instant::now()) else {
-                panic!("expected open")
-            };
+            let Admission::WaitUntil(until) = b.admit(Instant::now()) else { panic!("expected open") };
             let wait = until - Instant::now();
             waits.push(wait);
             tokio::time::advance(wait).await;
             assert_eq!(b.admit(Instant::now()), Admission::Probe);
-            let t = b
-                .on_failure(Instant::now(), false)
-                .expect("failed probe reopens");
+            let t = b.on_failure(Instant::now(), false).expect("failed probe reopens");
             assert_eq!(t.reason, TransitionReason::ProbeFailed);
         }
-        assert!(
-            waits.iter().all(|w| *w <= Duration::from_secs(8)),
-            "{waits:?}"
-        );
+        assert!(waits.iter().all(|w| *w <= Duration::from_secs(8)), "{waits:?}");
         // Without jitter the 2nd delay is 2 s; with jitter it is in [2 s, 4 s): always > 1st minimum.
         assert!(waits[1] >= Duration::from_secs(2), "{waits:?}");
-        assert!(
-            waits[7] >= Duration::from_secs(8),
-            "back-off reaches the maximum: {waits:?}"
-        );
-        assert_eq!(
-            b.view(Instant::now()).history.len(),
-            4,
-            "history is bounded"
-        );
+        assert!(waits[7] >= Duration::from_secs(8), "back-off reaches the maximum: {waits:?}");
+        assert_eq!(b.view(Instant::now()).history.len(), 4, "history is bounded");
     }
 
     #[tokio::test(start_paused = true)]

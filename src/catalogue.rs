@@ -35,6 +35,8 @@ pub enum Group {
     Core,
     /// State, memory and balloon, device counts, block sizes.
     Hypervisor,
+    /// What only the guest agent knows.
+    Guest,
     /// vmbridge's own health.
     Bridge,
 }
@@ -599,6 +601,370 @@ family!(
     "Last measured guest memory dirty rate, in bytes per second; present only after libvirt measured it."
 );
 
+// Guest group: the qemu-guest-agent.
+family!(
+    FS_CAPACITY,
+    "kubevirt_vmi_filesystem_capacity",
+    Gauge,
+    B,
+    ["disk_name", "mount_point", "file_system_type"],
+    Guest,
+    "qga guest-get-fsinfo total-bytes",
+    Vm,
+    "Total disk capacity of the file system."
+);
+family!(
+    FS_USED,
+    "kubevirt_vmi_filesystem_used",
+    Gauge,
+    B,
+    ["disk_name", "mount_point", "file_system_type"],
+    Guest,
+    "qga guest-get-fsinfo used-bytes",
+    Vm,
+    "Used disk space of the file system."
+);
+family!(
+    GUEST_LOAD_1M,
+    "kubevirt_vmi_guest_load_1m",
+    Gauge,
+    N,
+    [],
+    Guest,
+    "qga guest-get-load load1",
+    Vm,
+    "Guest load average over 1 minute."
+);
+family!(
+    GUEST_LOAD_5M,
+    "kubevirt_vmi_guest_load_5m",
+    Gauge,
+    N,
+    [],
+    Guest,
+    "qga guest-get-load load5",
+    Vm,
+    "Guest load average over 5 minutes."
+);
+family!(
+    GUEST_LOAD_15M,
+    "kubevirt_vmi_guest_load_15m",
+    Gauge,
+    N,
+    [],
+    Guest,
+    "qga guest-get-load load15",
+    Vm,
+    "Guest load average over 15 minutes."
+);
+family!(
+    GUEST_VCPUS,
+    "kubevirt_vmi_guest_vcpus",
+    Gauge,
+    N,
+    [],
+    Guest,
+    "qga guest-get-vcpus",
+    Vm,
+    "Logical CPUs the guest OS knows."
+);
+family!(
+    GUEST_VCPUS_ONLINE,
+    "kubevirt_vmi_guest_vcpus_online",
+    Gauge,
+    N,
+    [],
+    Guest,
+    "qga guest-get-vcpus online",
+    Vm,
+    "Logical CPUs the guest OS has online."
+);
+family!(
+    GUEST_NET_RX_BYTES,
+    "kubevirt_vmi_guest_network_receive",
+    Counter,
+    B,
+    ["interface"],
+    Guest,
+    "qga guest-network-get-interfaces rx-bytes",
+    Vm,
+    "Bytes received, as the guest counts them."
+);
+family!(
+    GUEST_NET_TX_BYTES,
+    "kubevirt_vmi_guest_network_transmit",
+    Counter,
+    B,
+    ["interface"],
+    Guest,
+    "qga guest-network-get-interfaces tx-bytes",
+    Vm,
+    "Bytes transmitted, as the guest counts them."
+);
+family!(
+    GUEST_NET_RX_PACKETS,
+    "kubevirt_vmi_guest_network_receive_packets",
+    Counter,
+    N,
+    ["interface"],
+    Guest,
+    "qga guest-network-get-interfaces rx-packets",
+    Vm,
+    "Packets received, as the guest counts them."
+);
+family!(
+    GUEST_NET_TX_PACKETS,
+    "kubevirt_vmi_guest_network_transmit_packets",
+    Counter,
+    N,
+    ["interface"],
+    Guest,
+    "qga guest-network-get-interfaces tx-packets",
+    Vm,
+    "Packets transmitted, as the guest counts them."
+);
+family!(
+    GUEST_NET_RX_ERRORS,
+    "kubevirt_vmi_guest_network_receive_errors",
+    Counter,
+    N,
+    ["interface"],
+    Guest,
+    "qga guest-network-get-interfaces rx-errs",
+    Vm,
+    "Receive errors, as the guest counts them."
+);
+family!(
+    GUEST_NET_TX_ERRORS,
+    "kubevirt_vmi_guest_network_transmit_errors",
+    Counter,
+    N,
+    ["interface"],
+    Guest,
+    "qga guest-network-get-interfaces tx-errs",
+    Vm,
+    "Transmit errors, as the guest counts them."
+);
+family!(
+    GUEST_NET_RX_DROPPED,
+    "kubevirt_vmi_guest_network_receive_packets_dropped",
+    Counter,
+    N,
+    ["interface"],
+    Guest,
+    "qga guest-network-get-interfaces rx-dropped",
+    Vm,
+    "Received packets dropped, as the guest counts them."
+);
+family!(
+    GUEST_NET_TX_DROPPED,
+    "kubevirt_vmi_guest_network_transmit_packets_dropped",
+    Counter,
+    N,
+    ["interface"],
+    Guest,
+    "qga guest-network-get-interfaces tx-dropped",
+    Vm,
+    "Transmitted packets dropped, as the guest counts them."
+);
+family!(
+    GUEST_DISK_READ_IOS,
+    "kubevirt_vmi_guest_disk_read_ios",
+    Counter,
+    N,
+    ["disk"],
+    Guest,
+    "qga guest-get-diskstats read-ios",
+    Vm,
+    "Reads completed by the guest disk."
+);
+family!(
+    GUEST_DISK_READ_BYTES,
+    "kubevirt_vmi_guest_disk_read",
+    Counter,
+    B,
+    ["disk"],
+    Guest,
+    "qga guest-get-diskstats read-sectors × 512",
+    Vm,
+    "Bytes read by the guest disk."
+);
+family!(
+    GUEST_DISK_READ_TIME,
+    "kubevirt_vmi_guest_disk_read_time",
+    Counter,
+    S,
+    ["disk"],
+    Guest,
+    "qga guest-get-diskstats read-ticks (ms)",
+    Vm,
+    "Time the guest disk spent reading."
+);
+family!(
+    GUEST_DISK_WRITE_IOS,
+    "kubevirt_vmi_guest_disk_write_ios",
+    Counter,
+    N,
+    ["disk"],
+    Guest,
+    "qga guest-get-diskstats write-ios",
+    Vm,
+    "Writes completed by the guest disk."
+);
+family!(
+    GUEST_DISK_WRITE_BYTES,
+    "kubevirt_vmi_guest_disk_write",
+    Counter,
+    B,
+    ["disk"],
+    Guest,
+    "qga guest-get-diskstats write-sectors × 512",
+    Vm,
+    "Bytes written by the guest disk."
+);
+family!(
+    GUEST_DISK_WRITE_TIME,
+    "kubevirt_vmi_guest_disk_write_time",
+    Counter,
+    S,
+    ["disk"],
+    Guest,
+    "qga guest-get-diskstats write-ticks (ms)",
+    Vm,
+    "Time the guest disk spent writing."
+);
+family!(
+    GUEST_DISK_FLUSH_IOS,
+    "kubevirt_vmi_guest_disk_flush_ios",
+    Counter,
+    N,
+    ["disk"],
+    Guest,
+    "qga guest-get-diskstats flush-ios",
+    Vm,
+    "Flushes completed by the guest disk."
+);
+family!(
+    GUEST_DISK_FLUSH_TIME,
+    "kubevirt_vmi_guest_disk_flush_time",
+    Counter,
+    S,
+    ["disk"],
+    Guest,
+    "qga guest-get-diskstats flush-ticks (ms)",
+    Vm,
+    "Time the guest disk spent flushing."
+);
+family!(
+    GUEST_DISK_IO_TIME,
+    "kubevirt_vmi_guest_disk_io_time",
+    Counter,
+    S,
+    ["disk"],
+    Guest,
+    "qga guest-get-diskstats total-ticks (ms)",
+    Vm,
+    "Time the guest disk spent doing I/O."
+);
+family!(
+    GUEST_DISK_IN_PROGRESS,
+    "kubevirt_vmi_guest_disk_ios_in_progress",
+    Gauge,
+    N,
+    ["disk"],
+    Guest,
+    "qga guest-get-diskstats ios-pgr",
+    Vm,
+    "I/Os in progress on the guest disk."
+);
+family!(
+    GUEST_CPU,
+    "kubevirt_vmi_guest_cpu",
+    Counter,
+    S,
+    ["cpu", "mode"],
+    Guest,
+    "qga guest-get-cpustats (ms)",
+    Vm,
+    "Time each guest CPU spent in each mode, as the guest counts it."
+);
+family!(
+    GUEST_MEMORY_BLOCK,
+    "kubevirt_vmi_guest_memory_block_size",
+    Gauge,
+    B,
+    [],
+    Guest,
+    "qga guest-get-memory-block-info",
+    Vm,
+    "Size of the guest's memory blocks (the hotplug granularity)."
+);
+family!(
+    GUEST_USERS,
+    "kubevirt_vmi_guest_users",
+    Gauge,
+    N,
+    [],
+    Guest,
+    "qga guest-get-users",
+    Vm,
+    "Users logged in to the guest (counted; names are not exported)."
+);
+family!(
+    GUEST_TIMEZONE,
+    "kubevirt_vmi_guest_timezone_offset",
+    Gauge,
+    S,
+    [],
+    Guest,
+    "qga guest-get-timezone offset",
+    Vm,
+    "The guest's offset from UTC."
+);
+family!(
+    GUEST_OS_INFO,
+    "kubevirt_vmi_guest_os",
+    Info,
+    N,
+    [
+        "guest_os_id",
+        "guest_os_name",
+        "guest_os_pretty_name",
+        "guest_os_version",
+        "guest_os_version_id",
+        "guest_os_kernel_release",
+        "guest_os_kernel_version",
+        "guest_os_machine",
+        "guest_hostname"
+    ],
+    Guest,
+    "qga guest-get-osinfo, guest-get-host-name",
+    Vm,
+    "The guest's operating system and host name; the value is always 1."
+);
+family!(
+    GUEST_AGENT_INFO,
+    "kubevirt_vmi_guest_agent",
+    Info,
+    N,
+    ["version"],
+    Guest,
+    "qga guest-info",
+    Vm,
+    "The guest agent's version; the value is always 1."
+);
+family!(
+    GUEST_ADDRESS_INFO,
+    "kubevirt_vmi_guest_interface_address",
+    Info,
+    N,
+    ["interface", "address", "family", "prefix", "mac"],
+    Guest,
+    "qga guest-network-get-interfaces",
+    Vm,
+    "One series per IP address the guest reports; the value is always 1."
+);
+
 // Bridge health.
 family!(
     SOURCE_UP,
@@ -678,6 +1044,17 @@ family!(
     "Circuit breaker state changes since the VM was discovered, by reason."
 );
 family!(
+    GUEST_DROPPED,
+    "vmbridge_guest_items_dropped",
+    Counter,
+    N,
+    ["kind"],
+    Bridge,
+    "vmbridge",
+    Vm,
+    "Guest items (filesystem, interface, address, disk, cpu) left out because a per-VM cap was reached since discovery."
+);
+family!(
     STUCK_CALLS,
     "vmbridge_stuck_calls",
     Gauge,
@@ -688,17 +1065,7 @@ family!(
     Vm,
     "Calls to this source abandoned at their deadline and still running (at most one per VM and source)."
 );
-family!(
-    VMS,
-    "vmbridge_vms",
-    Gauge,
-    N,
-    [],
-    Bridge,
-    "vmbridge",
-    Node,
-    "VMs vmbridge currently knows on this node."
-);
+family!(VMS, "vmbridge_vms", Gauge, N, [], Bridge, "vmbridge", Node, "VMs vmbridge currently knows on this node.");
 family!(
     ENDPOINT_UP,
     "vmbridge_endpoint_up",
@@ -779,6 +1146,38 @@ pub const ALL: &[MetricDef] = &[
     STORAGE_PHYSICAL,
     STORAGE_THRESHOLD,
     DIRTY_RATE,
+    FS_CAPACITY,
+    FS_USED,
+    GUEST_LOAD_1M,
+    GUEST_LOAD_5M,
+    GUEST_LOAD_15M,
+    GUEST_VCPUS,
+    GUEST_VCPUS_ONLINE,
+    GUEST_NET_RX_BYTES,
+    GUEST_NET_TX_BYTES,
+    GUEST_NET_RX_PACKETS,
+    GUEST_NET_TX_PACKETS,
+    GUEST_NET_RX_ERRORS,
+    GUEST_NET_TX_ERRORS,
+    GUEST_NET_RX_DROPPED,
+    GUEST_NET_TX_DROPPED,
+    GUEST_DISK_READ_IOS,
+    GUEST_DISK_READ_BYTES,
+    GUEST_DISK_READ_TIME,
+    GUEST_DISK_WRITE_IOS,
+    GUEST_DISK_WRITE_BYTES,
+    GUEST_DISK_WRITE_TIME,
+    GUEST_DISK_FLUSH_IOS,
+    GUEST_DISK_FLUSH_TIME,
+    GUEST_DISK_IO_TIME,
+    GUEST_DISK_IN_PROGRESS,
+    GUEST_CPU,
+    GUEST_MEMORY_BLOCK,
+    GUEST_USERS,
+    GUEST_TIMEZONE,
+    GUEST_OS_INFO,
+    GUEST_AGENT_INFO,
+    GUEST_ADDRESS_INFO,
     SOURCE_UP,
     BREAKER_STATE,
     SOURCE_LAST_SUCCESS,
@@ -787,6 +1186,7 @@ pub const ALL: &[MetricDef] = &[
     SOURCE_ERRORS,
     BREAKER_TRANSITIONS,
     STUCK_CALLS,
+    GUEST_DROPPED,
     VMS,
     ENDPOINT_UP,
     ENDPOINT_DOMAINS,
@@ -805,6 +1205,7 @@ fn group_str(g: Group) -> &'static str {
     match g {
         Group::Core => "core",
         Group::Hypervisor => "hypervisor",
+        Group::Guest => "guest",
         Group::Bridge => "bridge",
     }
 }
@@ -842,12 +1243,10 @@ pub fn markdown() -> String {
     for (group, title) in [
         (Group::Core, "Core"),
         (Group::Hypervisor, "Hypervisor"),
+        (Group::Guest, "Guest (qemu-guest-agent)"),
         (Group::Bridge, "Bridge health"),
     ] {
-        let _ = write!(
-            out,
-            "\n## {title}\n\n| name | type | labels | source | help |\n|---|---|---|---|---|\n"
-        );
+        let _ = write!(out, "\n## {title}\n\n| name | type | labels | source | help |\n|---|---|---|---|---|\n");
         for d in ALL.iter().filter(|d| d.group == group) {
             let _ = writeln!(
                 out,
@@ -873,15 +1272,9 @@ mod tests {
         for d in ALL {
             let n = d.exposed_name();
             assert!(seen.insert(n.clone()), "duplicate {n}");
+            assert!(n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'), "{n}");
             assert!(
-                n.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
-                "{n}"
-            );
-            assert!(
-                !d.name.ends_with("_total")
-                    && !d.name.ends_with("_seconds")
-                    && !d.name.ends_with("_bytes")
+                !d.name.ends_with("_total") && !d.name.ends_with("_seconds") && !d.name.ends_with("_bytes")
                     || d.unit.is_none(),
                 "{n} repeats its suffix"
             );

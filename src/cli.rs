@@ -28,6 +28,13 @@ pub struct Cli {
     /// Deadline of one poll, e.g. 4s [default: 4s].
     #[arg(long, value_name = "DURATION")]
     pub poll_timeout: Option<String>,
+    /// Reach each VM's guest agent through this socket instead of libvirt; `{domain}`,
+    /// `{namespace}` and `{name}` are replaced, e.g. '/run/vms/{domain}.qga'.
+    #[arg(long, value_name = "PATTERN")]
+    pub qga_socket: Option<String>,
+    /// Do not poll guest agents.
+    #[arg(long)]
+    pub no_qga: bool,
     /// Value of the `node` label [default: $NODE_NAME, else the host name].
     #[arg(long, env = "NODE_NAME", value_name = "NAME")]
     pub node_name: Option<String>,
@@ -73,6 +80,13 @@ impl Cli {
         }
         if let Some(v) = &self.poll_timeout {
             file.poll.timeout = Some(v.clone());
+        }
+        if let Some(v) = &self.qga_socket {
+            file.qga.socket_pattern = Some(v.clone());
+            file.qga.transport = Some(crate::config::QgaTransportKind::Socket);
+        }
+        if self.no_qga {
+            file.qga.enabled = Some(false);
         }
         if let Some(v) = &self.node_name {
             file.node_name = Some(v.clone());

@@ -41,6 +41,124 @@ pub struct FileConfig {
     /// Circuit breakers.
     #[serde(default)]
     pub breaker: BreakerFileConfig,
+    /// The guest-agent source.
+    #[serde(default)]
+    pub qga: QgaFileConfig,
+    /// VMs without libvirt (plain QEMU), reached through their sockets only.
+    #[serde(default)]
+    pub vms: Vec<StaticVmFile>,
+}
+
+/// How the guest agent is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum QgaTransportKind {
+    /// `virDomainQemuAgentCommand` on a read-write libvirt connection (libvirt owns the channel).
+    Libvirt,
+    /// A direct Unix socket per VM, from `qga.socket_pattern`.
+    Socket,
+}
+
+/// `[qga]`.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QgaFileConfig {
+    /// Poll guest agents at all. Default true.
+    pub enabled: Option<bool>,
+    /// Default `socket` when `socket_pattern` is set, else `libvirt`.
+    pub transport: Option<QgaTransportKind>,
+    /// Socket path per VM, with `{domain}`, `{namespace}` and `{name}` replaced, e.g.
+    /// `/run/vms/{domain}.qga`.
+    pub socket_pattern: Option<String>,
+    /// Deadline per agent command. Default `5s`.
+    pub timeout: Option<String>,
+    /// Largest agent reply accepted, in bytes; a larger one fails the poll. Default 1048576.
+    pub max_reply_bytes: Option<usize>,
+    /// Poll period per command.
+    #[serde(default)]
+    pub periods: QgaPeriodsFile,
+    /// Per-VM caps on what a guest can make vmbridge export.
+    #[serde(default)]
+    pub limits: QgaLimitsFile,
+}
+
+/// `[qga.periods]`: durations per command.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QgaPeriodsFile {
+    /// `guest-info` (capabilities). Default `5m`.
+    pub info: Option<String>,
+    /// `guest-get-fsinfo`. Default `30s`.
+    pub fsinfo: Option<String>,
+    /// `guest-network-get-interfaces`. Default `30s`.
+    pub network: Option<String>,
+    /// `guest-get-users`. Default `30s`.
+    pub users: Option<String>,
+    /// `guest-get-osinfo`. Default `5m`.
+    pub osinfo: Option<String>,
+    /// `guest-get-vcpus`. Default `30s`.
+    pub vcpus: Option<String>,
+    /// `guest-get-load`. Default `15s`.
+    pub load: Option<String>,
+    /// `guest-get-diskstats`. Default `15s`.
+    pub diskstats: Option<String>,
+    /// `guest-get-cpustats`. Default `15s`.
+    pub cpustats: Option<String>,
+    /// `guest-get-timezone`. Default `5m`.
+    pub timezone: Option<String>,
+    /// `guest-get-host-name`. Default `5m`.
+    pub hostname: Option<String>,
+    /// `guest-get-memory-block-info`. Default `5m`.
+    pub memory_block_info: Option<String>,
+}
+
+impl QgaPeriodsFile {
+    fn entries(&self) -> [(&'static str, &Option<String>); 12] {
+        [
+            ("info", &self.info),
+            ("fsinfo", &self.fsinfo),
+            ("network", &self.network),
+            ("users", &self.users),
+            ("osinfo", &self.osinfo),
+            ("vcpus", &self.vcpus),
+            ("load", &self.load),
+            ("diskstats", &self.diskstats),
+            ("cpustats", &self.cpustats),
+            ("timezone", &self.timezone),
+            ("hostname", &self.hostname),
+            ("memory_block_info", &self.memory_block_info),
+        ]
+    }
+}
+
+/// `[qga.limits]`.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QgaLimitsFile {
+    /// Filesystems per VM. Default 64.
+    pub filesystems: Option<usize>,
+    /// Network interfaces per VM. Default 32.
+    pub interfaces: Option<usize>,
+    /// IP addresses per VM. Default 64.
+    pub addresses: Option<usize>,
+    /// Disks per VM. Default 64.
+    pub disks: Option<usize>,
+    /// CPUs per VM. Default 512.
+    pub cpus: Option<usize>,
+    /// Longest label value from a guest, in bytes. Default 128.
+    pub label_bytes: Option<usize>,
+}
+
+/// `[[vms]]`: a VM without libvirt.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StaticVmFile {
+    /// Namespace label. Default: `default_namespace`.
+    pub namespace: Option<String>,
+    /// Name label.
+    pub name: String,
+    /// The guest agent's Unix socket.
+    pub qga_socket: Option<String>,
 }
 
 /// `[libvirt]`.
@@ -139,19 +257,49 @@ pub struct Settings {
     pub poll: PollSettings,
     /// Staleness window.
     pub staleness: Duration,
+    /// The guest-agent source.
+    pub qga: QgaRuntime,
+    /// VMs without libvirt.
+    pub static_vms: Vec<StaticVm>,
+}
+
+/// Validated guest-agent settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QgaRuntime {
+    /// Poll agents at all.
+    pub enabled: bool,
+    /// Transport for libvirt-discovered VMs.
+    pub transport: QgaTransportKind,
+    /// Socket pattern for the socket transport.
+    pub socket_pattern: Option<String>,
+    /// Per-command settings.
+    pub poll: crate::source::qga::poller::QgaSettings,
+}
+
+impl QgaRuntime {
+    /// The socket path of a VM, from the pattern.
+    pub fn socket_for(&self, domain: &str, id: &crate::vm::VmId) -> Option<std::path::PathBuf> {
+        self.socket_pattern.as_ref().map(|p| {
+            p.replace("{domain}", domain).replace("{namespace}", &id.namespace).replace("{name}", &id.name).into()
+        })
+    }
+}
+
+/// A validated static VM.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StaticVm {
+    /// Its identity.
+    pub id: crate::vm::VmId,
+    /// Its agent socket.
+    pub qga_socket: Option<std::path::PathBuf>,
 }
 
 impl FileConfig {
     /// Reads and parses a TOML file.
     pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::parse(&text).map_err(|message| ConfigError::Parse {
-            path: path.display().to_string(),
-            message,
-        })
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        Self::parse(&text).map_err(|message| ConfigError::Parse { path: path.display().to_string(), message })
     }
 
     /// Parses TOML text.
@@ -162,16 +310,8 @@ impl FileConfig {
     /// Validates and fills defaults; `fallback_node` is used when no node name is configured.
     pub fn validate(&self, fallback_node: &str) -> Result<Settings, ConfigError> {
         let mut errs = Vec::new();
-        let mut err = |field: &str, problem: String| {
-            errs.push(FieldError {
-                field: field.to_owned(),
-                problem,
-            })
-        };
-        let dur = |field: &str,
-                   v: &Option<String>,
-                   default: Duration,
-                   err: &mut dyn FnMut(&str, String)| match v {
+        let mut err = |field: &str, problem: String| errs.push(FieldError { field: field.to_owned(), problem });
+        let dur = |field: &str, v: &Option<String>, default: Duration, err: &mut dyn FnMut(&str, String)| match v {
             None => default,
             Some(s) => match humantime::parse_duration(s) {
                 Ok(d) if d.is_zero() => {
@@ -180,82 +320,32 @@ impl FileConfig {
                 }
                 Ok(d) => d,
                 Err(e) => {
-                    err(
-                        field,
-                        format!("{s:?} is not a duration like \"5s\" or \"250ms\" ({e})"),
-                    );
+                    err(field, format!("{s:?} is not a duration like \"5s\" or \"250ms\" ({e})"));
                     default
                 }
             },
         };
-        let interval = dur(
-            "poll.interval",
-            &self.poll.interval,
-            Duration::from_secs(5),
-            &mut err,
-        );
-        let timeout = dur(
-            "poll.timeout",
-            &self.poll.timeout,
-            Duration::from_secs(4),
-            &mut err,
-        );
-        let hard_timeout = dur(
-            "poll.hard_timeout",
-            &self.poll.hard_timeout,
-            Duration::from_secs(20),
-            &mut err,
-        );
-        let retry_delay = dur(
-            "poll.retry_delay",
-            &self.poll.retry_delay,
-            Duration::from_millis(200),
-            &mut err,
-        );
-        let backoff_min = dur(
-            "breaker.backoff_min",
-            &self.breaker.backoff_min,
-            Duration::from_secs(1),
-            &mut err,
-        );
-        let backoff_max = dur(
-            "breaker.backoff_max",
-            &self.breaker.backoff_max,
-            Duration::from_secs(60),
-            &mut err,
-        );
-        let staleness = dur(
-            "breaker.staleness",
-            &self.breaker.staleness,
-            Duration::from_secs(120),
-            &mut err,
-        );
+        let interval = dur("poll.interval", &self.poll.interval, Duration::from_secs(5), &mut err);
+        let timeout = dur("poll.timeout", &self.poll.timeout, Duration::from_secs(4), &mut err);
+        let hard_timeout = dur("poll.hard_timeout", &self.poll.hard_timeout, Duration::from_secs(20), &mut err);
+        let retry_delay = dur("poll.retry_delay", &self.poll.retry_delay, Duration::from_millis(200), &mut err);
+        let backoff_min = dur("breaker.backoff_min", &self.breaker.backoff_min, Duration::from_secs(1), &mut err);
+        let backoff_max = dur("breaker.backoff_max", &self.breaker.backoff_max, Duration::from_secs(60), &mut err);
+        let staleness = dur("breaker.staleness", &self.breaker.staleness, Duration::from_secs(120), &mut err);
 
         let listen_s = self.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
         let listen = listen_s.parse::<SocketAddr>().unwrap_or_else(|_| {
-            err(
-                "listen",
-                format!("{listen_s:?} is not an address like \"0.0.0.0:9977\" or \"[::1]:9977\""),
-            );
+            err("listen", format!("{listen_s:?} is not an address like \"0.0.0.0:9977\" or \"[::1]:9977\""));
             SocketAddr::from(([0, 0, 0, 0], 9977))
         });
         if hard_timeout < timeout {
-            err(
-                "poll.hard_timeout",
-                format!("must be at least poll.timeout ({timeout:?})"),
-            );
+            err("poll.hard_timeout", format!("must be at least poll.timeout ({timeout:?})"));
         }
         if backoff_max < backoff_min {
-            err(
-                "breaker.backoff_max",
-                format!("must be at least breaker.backoff_min ({backoff_min:?})"),
-            );
+            err("breaker.backoff_max", format!("must be at least breaker.backoff_min ({backoff_min:?})"));
         }
         if staleness < interval {
-            err(
-                "breaker.staleness",
-                format!("must be at least poll.interval ({interval:?})"),
-            );
+            err("breaker.staleness", format!("must be at least poll.interval ({interval:?})"));
         }
         let failure_threshold = self.breaker.failure_threshold.unwrap_or(3);
         if failure_threshold == 0 {
@@ -273,20 +363,13 @@ impl FileConfig {
         if max_concurrent_calls == 0 {
             err("libvirt.max_concurrent_calls", "must be at least 1".into());
         }
-        let uris = self
-            .libvirt
-            .uris
-            .clone()
-            .unwrap_or_else(|| vec![DEFAULT_URI.to_owned()]);
-        if uris.is_empty() {
-            err("libvirt.uris", "needs at least one URI".into());
+        let uris = self.libvirt.uris.clone().unwrap_or_else(|| vec![DEFAULT_URI.to_owned()]);
+        if uris.is_empty() && self.vms.is_empty() {
+            err("libvirt.uris", "needs at least one URI (or VMs under [[vms]])".into());
         }
         for (i, u) in uris.iter().enumerate() {
             if !u.contains(":/") {
-                err(
-                    &format!("libvirt.uris[{i}]"),
-                    format!("{u:?} is not a libvirt URI like \"qemu:///system\""),
-                );
+                err(&format!("libvirt.uris[{i}]"), format!("{u:?} is not a libvirt URI like \"qemu:///system\""));
             }
         }
         let mut seen = std::collections::BTreeSet::new();
@@ -295,27 +378,78 @@ impl FileConfig {
                 err("libvirt.uris", format!("{u:?} is listed twice"));
             }
         }
-        let default_namespace = self
-            .default_namespace
-            .clone()
-            .unwrap_or_else(|| "default".to_owned());
-        if crate::vm::VmId::from_domain(&format!("{default_namespace}_x"), DomainNaming::Auto, "")
-            .namespace
+        let default_namespace = self.default_namespace.clone().unwrap_or_else(|| "default".to_owned());
+        if crate::vm::VmId::from_domain(&format!("{default_namespace}_x"), DomainNaming::Auto, "").namespace
             != default_namespace
         {
             err(
                 "default_namespace",
-                format!(
-                    "{default_namespace:?} is not a valid Kubernetes namespace (lowercase letters, digits, '-')"
-                ),
+                format!("{default_namespace:?} is not a valid Kubernetes namespace (lowercase letters, digits, '-')"),
             );
         }
-        let node_name = self
-            .node_name
-            .clone()
-            .unwrap_or_else(|| fallback_node.to_owned());
+        let node_name = self.node_name.clone().unwrap_or_else(|| fallback_node.to_owned());
         if node_name.is_empty() {
             err("node_name", "must not be empty".into());
+        }
+        let q = &self.qga;
+        let qga_timeout = dur("qga.timeout", &q.timeout, Duration::from_secs(5), &mut err);
+        let mut periods = std::collections::BTreeMap::new();
+        for (key, v) in q.periods.entries() {
+            let d = dur(&format!("qga.periods.{key}"), v, crate::source::qga::poller::default_period(key), &mut err);
+            periods.insert(key.to_owned(), d);
+        }
+        let max_reply_bytes = q.max_reply_bytes.unwrap_or(1 << 20);
+        if !(4096..=64 << 20).contains(&max_reply_bytes) {
+            err("qga.max_reply_bytes", "must be between 4096 and 67108864".into());
+        }
+        let defaults = crate::source::qga::GuestLimits::default();
+        let mut limit = |field: &str, v: Option<usize>, default: usize, min: usize| {
+            let v = v.unwrap_or(default);
+            if v < min || v > 100_000 {
+                err(&format!("qga.limits.{field}"), format!("must be between {min} and 100000"));
+            }
+            v
+        };
+        let limits = crate::source::qga::GuestLimits {
+            filesystems: limit("filesystems", q.limits.filesystems, defaults.filesystems, 1),
+            interfaces: limit("interfaces", q.limits.interfaces, defaults.interfaces, 1),
+            addresses: limit("addresses", q.limits.addresses, defaults.addresses, 1),
+            disks: limit("disks", q.limits.disks, defaults.disks, 1),
+            cpus: limit("cpus", q.limits.cpus, defaults.cpus, 1),
+            label_bytes: limit("label_bytes", q.limits.label_bytes, defaults.label_bytes, 16),
+        };
+        let transport = q.transport.unwrap_or(if q.socket_pattern.is_some() {
+            QgaTransportKind::Socket
+        } else {
+            QgaTransportKind::Libvirt
+        });
+        if transport == QgaTransportKind::Socket && q.socket_pattern.is_none() {
+            err("qga.socket_pattern", "is required when qga.transport is \"socket\"".into());
+        }
+        if let Some(p) = &q.socket_pattern {
+            if !["{domain}", "{name}"].iter().any(|ph| p.contains(ph)) {
+                err(
+                    "qga.socket_pattern",
+                    format!("{p:?} must contain {{domain}} or {{name}} so each VM gets its own socket"),
+                );
+            }
+        }
+        let mut static_vms = Vec::new();
+        for (i, v) in self.vms.iter().enumerate() {
+            let namespace = v.namespace.clone().unwrap_or_else(|| default_namespace.clone());
+            if v.name.is_empty() {
+                err(&format!("vms[{i}].name"), "must not be empty".into());
+            }
+            if crate::vm::VmId::from_domain(&format!("{namespace}_x"), DomainNaming::Auto, "").namespace != namespace {
+                err(&format!("vms[{i}].namespace"), format!("{namespace:?} is not a valid Kubernetes namespace"));
+            }
+            if v.qga_socket.is_none() {
+                err(&format!("vms[{i}]"), "needs at least one socket (qga_socket)".into());
+            }
+            static_vms.push(StaticVm {
+                id: crate::vm::VmId { namespace, name: v.name.clone() },
+                qga_socket: v.qga_socket.clone().map(Into::into),
+            });
         }
         if !errs.is_empty() {
             return Err(ConfigError::Invalid(errs));
@@ -333,14 +467,21 @@ impl FileConfig {
                 hard_timeout,
                 retry_delay,
                 errors_kept,
-                breaker: BreakerConfig {
-                    failure_threshold,
-                    backoff_min,
-                    backoff_max,
-                    history,
-                },
+                breaker: BreakerConfig { failure_threshold, backoff_min, backoff_max, history },
             },
             staleness,
+            qga: QgaRuntime {
+                enabled: q.enabled.unwrap_or(true),
+                transport,
+                socket_pattern: q.socket_pattern.clone(),
+                poll: crate::source::qga::poller::QgaSettings {
+                    timeout: qga_timeout,
+                    max_reply_bytes,
+                    periods,
+                    limits,
+                },
+            },
+            static_vms,
         })
     }
 }
@@ -357,9 +498,7 @@ mod tests {
 
     #[test]
     fn defaults_are_valid() {
-        let s = FileConfig::default()
-            .validate("n1")
-            .expect("defaults validate");
+        let s = FileConfig::default().validate("n1").expect("defaults validate");
         assert_eq!(s.uris, vec!["qemu:///system"]);
         assert_eq!(s.listen.port(), 9977);
         assert_eq!(s.node_name, "n1");
@@ -370,8 +509,7 @@ mod tests {
     fn unknown_fields_are_rejected_with_their_name() {
         let e = FileConfig::parse("[poll]\nintervall = \"5s\"\n").expect_err("typo must fail");
         assert!(e.contains("intervall"), "{e}");
-        let e = FileConfig::parse("[breaker]\nfailure_threshold = \"x\"\n")
-            .expect_err("wrong type must fail");
+        let e = FileConfig::parse("[breaker]\nfailure_threshold = \"x\"\n").expect_err("wrong type must fail");
         assert!(e.contains("failure_threshold"), "{e}");
     }
 
@@ -382,9 +520,7 @@ mod tests {
              [poll]\ninterval = \"5 parsecs\"\ntimeout = \"10s\"\nhard_timeout = \"1s\"\n[breaker]\nfailure_threshold = 0\nbackoff_min = \"10s\"\nbackoff_max = \"1s\"\n",
         )
         .expect("parses");
-        let Err(ConfigError::Invalid(errs)) = cfg.validate("n") else {
-            panic!("must be invalid")
-        };
+        let Err(ConfigError::Invalid(errs)) = cfg.validate("n") else { panic!("must be invalid") };
         let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
         for f in [
             "listen",
@@ -399,9 +535,6 @@ mod tests {
             assert!(fields.contains(&f), "missing {f} in {fields:?}");
         }
         let text = ConfigError::Invalid(errs).to_string();
-        assert!(
-            text.contains("poll.interval: \"5 parsecs\" is not a duration"),
-            "{text}"
-        );
+        assert!(text.contains("poll.interval: \"5 parsecs\" is not a duration"), "{text}");
     }
 }

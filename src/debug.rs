@@ -72,9 +72,7 @@ pub struct DebugVm {
 fn encode_segment(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -101,10 +99,7 @@ pub fn decode_segment(s: &str) -> Option<String> {
 }
 
 fn ages(vm: &VmSnapshot, now: f64) -> BTreeMap<SourceKind, Option<f64>> {
-    vm.sources
-        .iter()
-        .map(|(k, s)| (*k, s.last_success_at.map(|t| (now - t).max(0.0))))
-        .collect()
+    vm.sources.iter().map(|(k, s)| (*k, s.last_success_at.map(|t| (now - t).max(0.0)))).collect()
 }
 
 /// Builds the index.
@@ -117,11 +112,7 @@ pub fn index(store: &Store, node: &str) -> DebugIndex {
             id: vm.id.clone(),
             domain: vm.domain.clone(),
             endpoint: vm.endpoint.clone(),
-            href: format!(
-                "/debug/vms/{}/{}",
-                encode_segment(&vm.id.namespace),
-                encode_segment(&vm.id.name)
-            ),
+            href: format!("/debug/vms/{}/{}", encode_segment(&vm.id.namespace), encode_segment(&vm.id.name)),
             sources: vm
                 .sources
                 .iter()
@@ -137,12 +128,7 @@ pub fn index(store: &Store, node: &str) -> DebugIndex {
                 .collect(),
         })
         .collect();
-    DebugIndex {
-        node: node.to_owned(),
-        generated_at: now,
-        endpoints: store.endpoints(),
-        vms,
-    }
+    DebugIndex { node: node.to_owned(), generated_at: now, endpoints: store.endpoints(), vms }
 }
 
 /// Builds one VM's document.

@@ -40,11 +40,7 @@ fn reply(status: StatusCode, content_type: &str, body: String) -> Reply {
 fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Reply {
     match serde_json::to_string_pretty(v) {
         Ok(body) => reply(status, "application/json", body),
-        Err(e) => reply(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "text/plain",
-            format!("cannot serialise: {e}\n"),
-        ),
+        Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("cannot serialise: {e}\n")),
     }
 }
 
@@ -53,11 +49,7 @@ pub fn metrics(app: &App, accept: Option<&str>) -> Reply {
     let format = Format::negotiate(accept);
     let mut body = String::with_capacity(64 * 1024);
     if prometheus_client::encoding::text::encode(&mut body, &app.registry).is_err() {
-        return reply(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "text/plain",
-            "encoding failed\n".into(),
-        );
+        return reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "encoding failed\n".into());
     }
     if format == Format::Prometheus {
         body = openmetrics_to_prometheus(&body);
@@ -72,31 +64,19 @@ pub fn readyz(app: &App) -> Reply {
         Err(missing) => reply(
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
-            format!(
-                "not ready: not yet listed or down: {}\n",
-                missing.join(", ")
-            ),
+            format!("not ready: not yet listed or down: {}\n", missing.join(", ")),
         ),
     }
 }
 
 /// `/debug/vms/{namespace}/{name}`.
 pub fn debug_vm(app: &App, namespace: &str, name: &str) -> Reply {
-    let (Some(namespace), Some(name)) = (
-        debug::decode_segment(namespace),
-        debug::decode_segment(name),
-    ) else {
-        return json(
-            StatusCode::BAD_REQUEST,
-            &serde_json::json!({"error": "path is not UTF-8"}),
-        );
+    let (Some(namespace), Some(name)) = (debug::decode_segment(namespace), debug::decode_segment(name)) else {
+        return json(StatusCode::BAD_REQUEST, &serde_json::json!({"error": "path is not UTF-8"}));
     };
     match debug::vm(&app.store, &app.node, &VmId { namespace, name }) {
         Some(doc) => json(StatusCode::OK, &doc),
-        None => json(
-            StatusCode::NOT_FOUND,
-            &serde_json::json!({"error": "no such VM"}),
-        ),
+        None => json(StatusCode::NOT_FOUND, &serde_json::json!({"error": "no such VM"})),
     }
 }
 
@@ -110,13 +90,8 @@ pub fn routes(
         .and(with_app.clone())
         .and(warp::header::optional::<String>("accept"))
         .map(|app: Arc<App>, accept: Option<String>| metrics(&app, accept.as_deref()));
-    let healthz = warp::path!("healthz")
-        .and(warp::get())
-        .map(|| reply(StatusCode::OK, "text/plain", "ok\n".into()));
-    let readyz = warp::path!("readyz")
-        .and(warp::get())
-        .and(with_app.clone())
-        .map(|app: Arc<App>| readyz(&app));
+    let healthz = warp::path!("healthz").and(warp::get()).map(|| reply(StatusCode::OK, "text/plain", "ok\n".into()));
+    let readyz = warp::path!("readyz").and(warp::get()).and(with_app.clone()).map(|app: Arc<App>| readyz(&app));
     let index = warp::path!("debug" / "vms")
         .and(warp::get())
         .and(with_app.clone())
@@ -125,24 +100,12 @@ pub fn routes(
         .and(warp::get())
         .and(with_app)
         .map(|ns: String, name: String, app: Arc<App>| debug_vm(&app, &ns, &name));
-    metrics
-        .or(healthz)
-        .unify()
-        .or(readyz)
-        .unify()
-        .or(index)
-        .unify()
-        .or(vm)
-        .unify()
+    metrics.or(healthz).unify().or(readyz).unify().or(index).unify().or(vm).unify()
 }
 
 /// Serves plain HTTP on `listener` until `stop` fires.
 pub async fn serve(listener: tokio::net::TcpListener, app: Arc<App>, stop: CancellationToken) {
-    warp::serve(routes(app))
-        .incoming(listener)
-        .graceful(async move { stop.cancelled().await })
-        .run()
-        .await;
+    warp::serve(routes(app)).incoming(listener).graceful(async move { stop.cancelled().await }).run().await;
 }
 
 /// Binds the listen address, with an error that names it (warp's own bind panics).

@@ -71,12 +71,8 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> Result<(), RunE
     let store = Arc::new(Store::new(settings.uris.iter().map(String::as_str)));
     let limiter = Arc::new(Semaphore::new(settings.max_concurrent_calls));
     let (tx, rx) = mpsc::channel(1024);
-    let listener = http::bind(settings.listen)
-        .await
-        .map_err(|source| RunError::Bind {
-            addr: settings.listen,
-            source,
-        })?;
+    let listener =
+        http::bind(settings.listen).await.map_err(|source| RunError::Bind { addr: settings.listen, source })?;
     let local = listener.local_addr().unwrap_or(settings.listen);
     tracing::info!(addr = %local, node = %settings.node_name, uris = ?settings.uris, "vmbridge listening");
 
@@ -92,30 +88,12 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> Result<(), RunE
         ));
     }
     drop(tx);
-    let naming = Naming {
-        naming: settings.domain_naming,
-        default_namespace: settings.default_namespace.clone(),
-    };
-    tokio::spawn(supervisor::run(
-        rx,
-        store.clone(),
-        naming,
-        settings.poll.clone(),
-        limiter,
-        stop.child_token(),
-    ));
+    let naming = Naming { naming: settings.domain_naming, default_namespace: settings.default_namespace.clone() };
+    let sources = supervisor::Sources { qga: settings.qga.clone(), static_vms: settings.static_vms.clone() };
+    tokio::spawn(supervisor::run(rx, store.clone(), naming, settings.poll.clone(), sources, limiter, stop.child_token()));
 
-    let registry = VmCollector::new(
-        store.clone(),
-        settings.node_name.clone(),
-        settings.staleness,
-    )
-    .into_registry();
-    let app = Arc::new(http::App {
-        store,
-        registry,
-        node: settings.node_name.clone(),
-    });
+    let registry = VmCollector::new(store.clone(), settings.node_name.clone(), settings.staleness).into_registry();
+    let app = Arc::new(http::App { store, registry, node: settings.node_name.clone() });
     http::serve(listener, app, stop).await;
     tracing::info!("vmbridge stopped");
     Ok(())

@@ -12,18 +12,9 @@ fn pretty(schema: schemars::Schema) -> String {
 /// Every generated file: (path relative to the crate root, content).
 pub fn generated() -> Vec<(&'static str, String)> {
     vec![
-        (
-            "schemas/config.schema.json",
-            pretty(schemars::schema_for!(FileConfig)),
-        ),
-        (
-            "schemas/debug-vms.schema.json",
-            pretty(schemars::schema_for!(DebugIndex)),
-        ),
-        (
-            "schemas/debug-vm.schema.json",
-            pretty(schemars::schema_for!(DebugVm)),
-        ),
+        ("schemas/config.schema.json", pretty(schemars::schema_for!(FileConfig))),
+        ("schemas/debug-vms.schema.json", pretty(schemars::schema_for!(DebugIndex))),
+        ("schemas/debug-vm.schema.json", pretty(schemars::schema_for!(DebugVm))),
         ("docs/METRICS.md", crate::catalogue::markdown()),
     ]
 }
@@ -39,8 +30,7 @@ mod tests {
         for (path, content) in generated() {
             let full = root.join(path);
             if update {
-                std::fs::create_dir_all(full.parent().expect("generated paths have a parent"))
-                    .expect("mkdir");
+                std::fs::create_dir_all(full.parent().expect("generated paths have a parent")).expect("mkdir");
                 std::fs::write(&full, &content).expect("write generated file");
             } else {
                 let on_disk = std::fs::read_to_string(&full).unwrap_or_default();

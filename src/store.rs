@@ -108,28 +108,14 @@ impl Store {
     pub fn new<'a>(endpoints: impl IntoIterator<Item = &'a str>) -> Self {
         let endpoints = endpoints
             .into_iter()
-            .map(|u| {
-                (
-                    u.to_owned(),
-                    EndpointStatus {
-                        uri: u.to_owned(),
-                        ..Default::default()
-                    },
-                )
-            })
+            .map(|u| (u.to_owned(), EndpointStatus { uri: u.to_owned(), ..Default::default() }))
             .collect();
-        Store {
-            vms: RwLock::new(BTreeMap::new()),
-            endpoints: RwLock::new(endpoints),
-        }
+        Store { vms: RwLock::new(BTreeMap::new()), endpoints: RwLock::new(endpoints) }
     }
 
     /// Adds (or replaces) a VM.
     pub fn insert_vm(&self, vm: VmSnapshot) {
-        self.vms
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(vm.id.clone(), Arc::new(vm));
+        self.vms.write().unwrap_or_else(PoisonError::into_inner).insert(vm.id.clone(), Arc::new(vm));
     }
 
     /// Removes a VM if it still is the domain `uuid` (two endpoints may reuse a name).
@@ -150,43 +136,24 @@ impl Store {
 
     /// Every VM, ordered by namespace and name.
     pub fn vms(&self) -> Vec<Arc<VmSnapshot>> {
-        self.vms
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect()
+        self.vms.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
     }
 
     /// One VM.
     pub fn vm(&self, id: &VmId) -> Option<Arc<VmSnapshot>> {
-        self.vms
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(id)
-            .cloned()
+        self.vms.read().unwrap_or_else(PoisonError::into_inner).get(id).cloned()
     }
 
     /// Every endpoint's status.
     pub fn endpoints(&self) -> Vec<EndpointStatus> {
-        self.endpoints
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect()
+        self.endpoints.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
     }
 
     /// Records a successful listing of `uri`.
     pub fn endpoint_listed(&self, uri: &str, domains: usize) {
-        let mut eps = self
-            .endpoints
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        let e = eps.entry(uri.to_owned()).or_insert_with(|| EndpointStatus {
-            uri: uri.to_owned(),
-            ..Default::default()
-        });
+        let mut eps = self.endpoints.write().unwrap_or_else(PoisonError::into_inner);
+        let e =
+            eps.entry(uri.to_owned()).or_insert_with(|| EndpointStatus { uri: uri.to_owned(), ..Default::default() });
         e.up = true;
         e.listed_once = true;
         e.last_listed_at = Some(now_unix());
@@ -196,14 +163,9 @@ impl Store {
 
     /// Records a failed connect or listing of `uri`.
     pub fn endpoint_failed(&self, uri: &str, error: String) {
-        let mut eps = self
-            .endpoints
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        let e = eps.entry(uri.to_owned()).or_insert_with(|| EndpointStatus {
-            uri: uri.to_owned(),
-            ..Default::default()
-        });
+        let mut eps = self.endpoints.write().unwrap_or_else(PoisonError::into_inner);
+        let e =
+            eps.entry(uri.to_owned()).or_insert_with(|| EndpointStatus { uri: uri.to_owned(), ..Default::default() });
         if e.up || e.last_error.as_deref() != Some(error.as_str()) {
             tracing::warn!(uri, %error, "libvirt endpoint unavailable");
         }
@@ -221,10 +183,6 @@ impl Store {
             .filter(|e| !(e.listed_once && e.up))
             .map(|e| e.uri.clone())
             .collect();
-        if not_ready.is_empty() {
-            Ok(())
-        } else {
-            Err(not_ready)
-        }
+        if not_ready.is_empty() { Ok(()) } else { Err(not_ready) }
     }
 }

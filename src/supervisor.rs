@@ -12,8 +12,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::breaker::{Admission, Breaker, BreakerConfig, BreakerState};
 use crate::clock::now_unix;
+use crate::config::{QgaRuntime, QgaTransportKind, StaticVm};
 use crate::source::libvirt::discovery::VmEvent;
 use crate::source::libvirt::poller::LibvirtPoller;
+use crate::source::qga::poller::QgaPoller;
+use crate::source::qga::transport::{LibvirtAgent, SocketAgent, Transport};
 use crate::source::{Poller, SourceKind};
 use crate::store::{ErrorRecord, SourceSnapshot, Store, VmSnapshot};
 use crate::vm::{DomainNaming, VmId};
@@ -87,11 +90,7 @@ pub async fn run_source<P: Poller>(
                     if snap.last_errors.len() >= settings.errors_kept {
                         snap.last_errors.pop_front();
                     }
-                    snap.last_errors.push_back(ErrorRecord {
-                        at: now_unix(),
-                        kind: e.kind,
-                        message: e.message,
-                    });
+                    snap.last_errors.push_back(ErrorRecord { at: now_unix(), kind: e.kind, message: e.message });
                 }
                 breaker.on_failure(Instant::now(), e.hard)
             }
@@ -105,13 +104,8 @@ pub async fn run_source<P: Poller>(
         }
         snap.breaker = breaker.view(Instant::now());
         store.publish(&id, &uuid, kind, Arc::new(snap.clone()));
-        let failing_but_closed =
-            breaker.state() == BreakerState::Closed && snap.breaker.consecutive_failures > 0;
-        let next = if failing_but_closed {
-            Instant::now() + settings.retry_delay
-        } else {
-            started + settings.interval
-        };
+        let failing_but_closed = breaker.state() == BreakerState::Closed && snap.breaker.consecutive_failures > 0;
+        let next = if failing_but_closed { Instant::now() + settings.retry_delay } else { started + settings.interval };
         tokio::select! {
             _ = tokio::time::sleep_until(next) => {}
             _ = cancel.cancelled() => return,
@@ -128,15 +122,65 @@ pub struct Naming {
     pub default_namespace: String,
 }
 
+/// Which sources run for each VM, besides libvirt's.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    /// The guest agent.
+    pub qga: QgaRuntime,
+    /// VMs without libvirt.
+    pub static_vms: Vec<StaticVm>,
+}
+
+/// Starts the guest-agent task of a VM, if one applies.
+fn spawn_qga(id: &VmId, uuid: &str, transport: Option<Transport>, ctx: &Ctx, token: &CancellationToken) {
+    if !ctx.sources.qga.enabled {
+        return;
+    }
+    if let Some(t) = transport {
+        let poller = QgaPoller::new(t, ctx.sources.qga.poll.clone());
+        tokio::spawn(run_source(
+            id.clone(),
+            uuid.to_owned(),
+            poller,
+            ctx.store.clone(),
+            ctx.settings.clone(),
+            token.clone(),
+        ));
+    }
+}
+
+struct Ctx {
+    store: Arc<Store>,
+    settings: PollSettings,
+    sources: Sources,
+}
+
 /// Starts and stops per-VM tasks as discovery reports domains.
 pub async fn run(
     mut events: mpsc::Receiver<VmEvent>,
     store: Arc<Store>,
     naming: Naming,
     settings: PollSettings,
+    sources: Sources,
     limiter: Arc<Semaphore>,
     cancel: CancellationToken,
 ) {
+    let ctx = Ctx { store: store.clone(), settings: settings.clone(), sources };
+    for vm in &ctx.sources.static_vms {
+        let uuid = format!("static:{}/{}", vm.id.namespace, vm.id.name);
+        tracing::info!(namespace = %vm.id.namespace, name = %vm.id.name, "static VM added");
+        store.insert_vm(VmSnapshot {
+            id: vm.id.clone(),
+            domain: vm.id.name.clone(),
+            uuid: uuid.clone(),
+            endpoint: "static".into(),
+            discovered_at: now_unix(),
+            sources: BTreeMap::new(),
+        });
+        let transport =
+            vm.qga_socket.clone().map(|p| Transport::Socket(SocketAgent::new(p, ctx.sources.qga.poll.max_reply_bytes)));
+        spawn_qga(&vm.id, &uuid, transport, &ctx, &cancel);
+    }
     // (endpoint uri, uuid) → the VM and its tasks' cancel token.
     let mut running: BTreeMap<(String, String), (VmId, CancellationToken)> = BTreeMap::new();
     loop {
@@ -178,6 +222,19 @@ pub async fn run(
                     settings.clone(),
                     token.clone(),
                 ));
+                let qga = &ctx.sources.qga;
+                let transport = match qga.transport {
+                    QgaTransportKind::Socket => qga
+                        .socket_for(&found.name, &id)
+                        .map(|p| Transport::Socket(SocketAgent::new(p, qga.poll.max_reply_bytes))),
+                    QgaTransportKind::Libvirt => Some(Transport::Libvirt(LibvirtAgent::new(
+                        found.endpoint.clone(),
+                        found.uuid.clone(),
+                        limiter.clone(),
+                        qga.poll.max_reply_bytes,
+                    ))),
+                };
+                spawn_qga(&id, &found.uuid, transport, &ctx, &token);
                 running.insert(key, (id, token));
             }
             VmEvent::Removed { uri, uuid } => {

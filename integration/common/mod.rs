@@ -24,31 +24,14 @@ pub fn root() -> PathBuf {
 
 /// Runs `integration/lab.sh ARGS`; panics with its stderr on failure.
 pub fn lab(args: &[&str]) -> String {
-    let out = Command::new("bash")
-        .arg(root().join("integration/lab.sh"))
-        .args(args)
-        .output()
-        .expect("run lab.sh");
-    assert!(
-        out.status.success(),
-        "lab.sh {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("bash").arg(root().join("integration/lab.sh")).args(args).output().expect("run lab.sh");
+    assert!(out.status.success(), "lab.sh {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 pub fn virsh(args: &[&str]) -> String {
-    let out = Command::new("virsh")
-        .arg("-c")
-        .arg(URI)
-        .args(args)
-        .output()
-        .expect("run virsh");
-    assert!(
-        out.status.success(),
-        "virsh {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("virsh").arg("-c").arg(URI).args(args).output().expect("run virsh");
+    assert!(out.status.success(), "virsh {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -80,14 +63,9 @@ pub struct Domain {
 impl Domain {
     pub fn new(name: &str) -> Domain {
         // A leftover from an interrupted earlier run would make `add` a no-op with stale state.
-        let _ = Command::new("bash")
-            .arg(root().join("integration/lab.sh"))
-            .args(["destroy", name])
-            .output();
+        let _ = Command::new("bash").arg(root().join("integration/lab.sh")).args(["destroy", name]).output();
         lab(&["add", name]);
-        Domain {
-            name: name.to_owned(),
-        }
+        Domain { name: name.to_owned() }
     }
     pub fn pid(&self) -> u32 {
         lab(&["pid", &self.name]).trim().parse().expect("pid")
@@ -103,14 +81,8 @@ impl Domain {
 impl Drop for Domain {
     fn drop(&mut self) {
         let lab = root().join("integration/lab.sh");
-        let _ = Command::new("bash")
-            .arg(&lab)
-            .args(["cont-vm", &self.name])
-            .output();
-        let _ = Command::new("bash")
-            .arg(&lab)
-            .args(["destroy", &self.name])
-            .output();
+        let _ = Command::new("bash").arg(&lab).args(["cont-vm", &self.name]).output();
+        let _ = Command::new("bash").arg(&lab).args(["destroy", &self.name]).output();
     }
 }
 
@@ -124,15 +96,7 @@ pub struct Bridge {
 impl Bridge {
     pub fn start(args: &[&str]) -> Bridge {
         let mut child = Command::new(env!("CARGO_BIN_EXE_vmbridge"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--log-json",
-                "--node-name",
-                "it-node",
-                "--libvirt-uri",
-                URI,
-            ])
+            .args(["--listen", "127.0.0.1:0", "--log-json", "--node-name", "it-node", "--libvirt-uri", URI])
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -150,15 +114,9 @@ impl Bridge {
                 sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
             }
         });
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("vmbridge did not report its address");
+        let line = rx.recv_timeout(Duration::from_secs(20)).expect("vmbridge did not report its address");
         let v: serde_json::Value = serde_json::from_str(&line).expect("json log line");
-        let addr = v["fields"]["addr"]
-            .as_str()
-            .expect("addr field")
-            .parse()
-            .expect("socket addr");
+        let addr = v["fields"]["addr"].as_str().expect("addr field").parse().expect("socket addr");
         Bridge { child, addr, log }
     }
 
@@ -215,46 +173,23 @@ pub struct Response {
 /// A minimal HTTP/1.1 GET (Connection: close) so tests depend on nothing but std.
 pub fn http_get(addr: SocketAddr, path: &str, accept: Option<&str>) -> Response {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    let accept = accept
-        .map(|a| format!("Accept: {a}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n"
-    )
-    .expect("write");
+    s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    let accept = accept.map(|a| format!("Accept: {a}\r\n")).unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n").expect("write");
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).expect("read");
     let raw = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = raw.split_once("\r\n\r\n").expect("http response");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status");
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status");
     let content_type = head
         .lines()
         .find_map(|l| {
-            l.split_once(':')
-                .filter(|(k, _)| k.eq_ignore_ascii_case("content-type"))
-                .map(|(_, v)| v.trim().to_owned())
+            l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-type")).map(|(_, v)| v.trim().to_owned())
         })
         .unwrap_or_default();
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    Response {
-        status,
-        content_type,
-        body,
-    }
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_owned() };
+    Response { status, content_type, body }
 }
 
 fn dechunk(mut s: &str) -> String {
@@ -300,23 +235,14 @@ impl Exposition {
             }
             samples.push(parse_sample(line));
         }
-        Exposition {
-            text: text.to_owned(),
-            samples,
-            types,
-        }
+        Exposition { text: text.to_owned(), samples, types }
     }
 
     /// Samples of `name` whose labels include every pair in `labels`.
     pub fn find(&self, name: &str, labels: &[(&str, &str)]) -> Vec<&Sample> {
         self.samples
             .iter()
-            .filter(|s| {
-                s.name == name
-                    && labels
-                        .iter()
-                        .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-            })
+            .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
             .collect()
     }
 
@@ -330,10 +256,7 @@ impl Exposition {
 
     /// Samples of one VM.
     pub fn of_vm(&self, name: &str) -> Vec<&Sample> {
-        self.samples
-            .iter()
-            .filter(|s| s.labels.get("name").map(String::as_str) == Some(name))
-            .collect()
+        self.samples.iter().filter(|s| s.labels.get("name").map(String::as_str) == Some(name)).collect()
     }
 }
 
@@ -341,11 +264,7 @@ fn parse_sample(line: &str) -> Sample {
     let (series, value) = line.rsplit_once(' ').expect("sample line");
     let value: f64 = value.parse().expect("sample value");
     let Some((name, rest)) = series.split_once('{') else {
-        return Sample {
-            name: series.to_owned(),
-            labels: BTreeMap::new(),
-            value,
-        };
+        return Sample { name: series.to_owned(), labels: BTreeMap::new(), value };
     };
     let mut labels = BTreeMap::new();
     let mut chars = rest.trim_end_matches('}').chars().peekable();
@@ -354,11 +273,7 @@ fn parse_sample(line: &str) -> Sample {
         if key.is_empty() {
             break;
         }
-        assert_eq!(
-            chars.next(),
-            Some('"'),
-            "label value must be quoted in {line}"
-        );
+        assert_eq!(chars.next(), Some('"'), "label value must be quoted in {line}");
         let mut v = String::new();
         while let Some(c) = chars.next() {
             match c {
@@ -376,18 +291,11 @@ fn parse_sample(line: &str) -> Sample {
             chars.next();
         }
     }
-    Sample {
-        name: name.to_owned(),
-        labels,
-        value,
-    }
+    Sample { name: name.to_owned(), labels, value }
 }
 
 /// Open file descriptors and threads of a process.
 pub fn fds_and_threads(pid: u32) -> (usize, usize) {
     let count = |p: String| std::fs::read_dir(p).map(|d| d.count()).unwrap_or(0);
-    (
-        count(format!("/proc/{pid}/fd")),
-        count(format!("/proc/{pid}/task")),
-    )
+    (count(format!("/proc/{pid}/fd")), count(format!("/proc/{pid}/task")))
 }

@@ -7,7 +7,7 @@ use prometheus_client::encoding::DescriptorEncoder;
 use super::{BuildInfo, VmView, family};
 use crate::breaker::{BreakerState, TransitionReason};
 use crate::catalogue as c;
-use crate::source::ErrorKind;
+use crate::source::{ErrorKind, SourceKind, SourceSample};
 use crate::store::{EndpointStatus, SourceSnapshot};
 
 fn sources<'a>(vm: &'a VmView<'_>) -> impl Iterator<Item = (&'static str, &'a SourceSnapshot)> {
@@ -25,9 +25,7 @@ pub(super) fn encode(
     let mut f = family(enc, &c::SOURCE_UP)?;
     for vm in vms {
         for (src, s) in sources(vm) {
-            let up = s.polls_total > 0
-                && s.breaker.consecutive_failures == 0
-                && s.last_success_at.is_some();
+            let up = s.polls_total > 0 && s.breaker.consecutive_failures == 0 && s.last_success_at.is_some();
             f.vm_sample(vm, &[("source", src)], Some(f64::from(u8::from(up))))?;
         }
     }
@@ -63,11 +61,7 @@ pub(super) fn encode(
         for (src, s) in sources(vm) {
             for kind in ErrorKind::ALL {
                 let n = s.errors_total.get(&kind).copied().unwrap_or(0);
-                f.vm_sample(
-                    vm,
-                    &[("source", src), ("kind", kind.as_str())],
-                    Some(n as f64),
-                )?;
+                f.vm_sample(vm, &[("source", src), ("kind", kind.as_str())], Some(n as f64))?;
             }
         }
     }
@@ -75,17 +69,8 @@ pub(super) fn encode(
     for vm in vms {
         for (src, s) in sources(vm) {
             for reason in TransitionReason::ALL {
-                let n = s
-                    .breaker
-                    .transitions_total
-                    .get(&reason)
-                    .copied()
-                    .unwrap_or(0);
-                f.vm_sample(
-                    vm,
-                    &[("source", src), ("reason", reason.as_str())],
-                    Some(n as f64),
-                )?;
+                let n = s.breaker.transitions_total.get(&reason).copied().unwrap_or(0);
+                f.vm_sample(vm, &[("source", src), ("reason", reason.as_str())], Some(n as f64))?;
             }
         }
     }
@@ -96,27 +81,26 @@ pub(super) fn encode(
             f.vm_sample(vm, &[("source", src)], Some(n as f64))?;
         }
     }
+    let mut f = family(enc, &c::GUEST_DROPPED)?;
+    for vm in vms {
+        let Some(SourceSample::Qga(q)) = vm.vm.sources.get(&SourceKind::Qga).and_then(|s| s.sample.as_deref()) else {
+            continue;
+        };
+        for kind in ["filesystem", "interface", "address", "disk", "cpu"] {
+            let n = q.dropped.get(kind).copied().unwrap_or(0);
+            f.vm_sample(vm, &[("kind", kind)], Some(n as f64))?;
+        }
+    }
     let mut f = family(enc, &c::VMS)?;
     f.sample(&[("node", node)], vms.len() as f64)?;
     let mut f = family(enc, &c::ENDPOINT_UP)?;
     for e in endpoints {
-        f.sample(
-            &[("node", node), ("uri", &e.uri)],
-            f64::from(u8::from(e.up)),
-        )?;
+        f.sample(&[("node", node), ("uri", &e.uri)], f64::from(u8::from(e.up)))?;
     }
     let mut f = family(enc, &c::ENDPOINT_DOMAINS)?;
     for e in endpoints.iter().filter(|e| e.listed_once) {
         f.sample(&[("node", node), ("uri", &e.uri)], e.domains as f64)?;
     }
     let mut f = family(enc, &c::BUILD_INFO)?;
-    f.sample(
-        &[
-            ("node", node),
-            ("version", build.version),
-            ("revision", build.revision),
-            ("rustc", build.rustc),
-        ],
-        1.0,
-    )
+    f.sample(&[("node", node), ("version", build.version), ("revision", build.revision), ("rustc", build.rustc)], 1.0)
 }

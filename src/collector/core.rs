@@ -12,16 +12,10 @@ type BlockField = fn(&BlockSample) -> Option<f64>;
 type CpuField = fn(&DomainSample) -> Option<u64>;
 type VcpuField = fn(&VcpuSample) -> Option<u64>;
 
-const CPU: [(&MetricDef, CpuField); 3] = [
-    (&c::CPU_USAGE, |s| s.cpu_time_ns),
-    (&c::CPU_USER, |s| s.cpu_user_ns),
-    (&c::CPU_SYSTEM, |s| s.cpu_system_ns),
-];
+const CPU: [(&MetricDef, CpuField); 3] =
+    [(&c::CPU_USAGE, |s| s.cpu_time_ns), (&c::CPU_USER, |s| s.cpu_user_ns), (&c::CPU_SYSTEM, |s| s.cpu_system_ns)];
 
-const VCPU: [(&MetricDef, VcpuField); 2] = [
-    (&c::VCPU_WAIT, |v| v.wait_ns),
-    (&c::VCPU_DELAY, |v| v.delay_ns),
-];
+const VCPU: [(&MetricDef, VcpuField); 2] = [(&c::VCPU_WAIT, |v| v.wait_ns), (&c::VCPU_DELAY, |v| v.delay_ns)];
 
 const NET: [(&MetricDef, NetField); 8] = [
     (&c::NET_RX_BYTES, |n| n.rx_bytes),
@@ -58,11 +52,7 @@ pub(super) fn encode(enc: &mut DescriptorEncoder<'_>, vms: &[VmView<'_>]) -> std
     let mut f = family(enc, &c::VCPU_TIME)?;
     for vm in vms {
         for v in vm.libvirt.map(|s| s.vcpus.as_slice()).unwrap_or_default() {
-            f.vm_sample(
-                vm,
-                &[("id", &v.id.to_string()), ("state", v.state_name())],
-                ns(v.time_ns),
-            )?;
+            f.vm_sample(vm, &[("id", &v.id.to_string()), ("state", v.state_name())], ns(v.time_ns))?;
         }
     }
     for (def, get) in VCPU {

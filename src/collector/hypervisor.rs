@@ -15,26 +15,20 @@ const PER_VM: [(&MetricDef, VmField); 17] = [
     (&c::MEMORY_UNUSED, |s| kib(s.memory.unused_kib)),
     (&c::MEMORY_USABLE, |s| kib(s.memory.usable_kib)),
     (&c::MEMORY_CACHED, |s| kib(s.memory.disk_caches_kib)),
-    (&c::MEMORY_ACTUAL_BALLOON, |s| {
-        kib(s.memory.actual_balloon_kib)
-    }),
+    (&c::MEMORY_ACTUAL_BALLOON, |s| kib(s.memory.actual_balloon_kib)),
     (&c::MEMORY_DOMAIN, |s| kib(s.memory.maximum_kib)),
     (&c::MEMORY_SWAP_IN, |s| kib(s.memory.swap_in_kib)),
     (&c::MEMORY_SWAP_OUT, |s| kib(s.memory.swap_out_kib)),
     (&c::MEMORY_PGMAJFAULT, |s| num(s.memory.major_fault)),
     (&c::MEMORY_PGMINFAULT, |s| num(s.memory.minor_fault)),
     // 0 means the guest never reported: no sample rather than a 1970 timestamp.
-    (&c::MEMORY_STATS_UPDATED, |s| {
-        num(s.memory.last_update.filter(|t| *t > 0))
-    }),
+    (&c::MEMORY_STATS_UPDATED, |s| num(s.memory.last_update.filter(|t| *t > 0))),
     (&c::VCPU_CURRENT, |s| num(s.vcpu_current)),
     (&c::VCPU_MAXIMUM, |s| num(s.vcpu_maximum)),
     (&c::NET_INTERFACES, |s| num(s.net_count)),
     (&c::STORAGE_DEVICES, |s| num(s.block_count)),
     // libvirt reports MiB/s (2^20 bytes).
-    (&c::DIRTY_RATE, |s| {
-        s.dirty_rate_mib_per_second.map(|v| v as f64 * 1_048_576.0)
-    }),
+    (&c::DIRTY_RATE, |s| s.dirty_rate_mib_per_second.map(|v| v as f64 * 1_048_576.0)),
 ];
 
 type BlockField = fn(&BlockSample) -> Option<u64>;
@@ -51,11 +45,7 @@ pub(super) fn encode(enc: &mut DescriptorEncoder<'_>, vms: &[VmView<'_>]) -> std
     let mut f = family(enc, &c::DOMAIN_STATE)?;
     for vm in vms {
         if let Some(st) = vm.libvirt.and_then(|s| s.state) {
-            f.vm_sample(
-                vm,
-                &[("state", st.state_name()), ("reason", st.reason_name())],
-                Some(1.0),
-            )?;
+            f.vm_sample(vm, &[("state", st.state_name()), ("reason", st.reason_name())], Some(1.0))?;
         }
     }
     for (def, get) in PER_VM {

@@ -5,6 +5,7 @@
 
 mod bridge;
 mod core;
+mod guest;
 mod hypervisor;
 pub mod text;
 
@@ -19,6 +20,7 @@ use prometheus_client::registry::{Registry, Unit};
 use crate::catalogue::{self, Kind, MetricDef};
 use crate::clock::now_unix;
 use crate::source::libvirt::DomainSample;
+use crate::source::qga::QgaSample;
 use crate::source::{SourceKind, SourceSample};
 use crate::store::{SourceSnapshot, Store, VmSnapshot};
 
@@ -56,12 +58,7 @@ pub struct VmCollector {
 impl VmCollector {
     /// A collector over `store`. Data older than `staleness` is no longer exported.
     pub fn new(store: Arc<Store>, node: String, staleness: Duration) -> Self {
-        VmCollector {
-            store,
-            node,
-            staleness,
-            build: BuildInfo::current(),
-        }
+        VmCollector { store, node, staleness, build: BuildInfo::current() }
     }
 
     /// A registry holding only this collector.
@@ -80,6 +77,8 @@ pub(crate) struct VmView<'a> {
     pub(crate) node: &'a str,
     /// The libvirt sample, when one exists and is within the staleness window.
     pub(crate) libvirt: Option<&'a DomainSample>,
+    /// The guest-agent sample, when fresh.
+    pub(crate) qga: Option<&'a QgaSample>,
 }
 
 impl<'a> VmView<'a> {
@@ -90,20 +89,16 @@ impl<'a> VmView<'a> {
                 .then_some(s.sample.as_deref())
                 .flatten()
         };
-        let libvirt = vm
-            .sources
-            .get(&SourceKind::Libvirt)
-            .and_then(|s| fresh(s))
-            .map(|s| match s {
-                SourceSample::Libvirt(l) => &l.parsed,
-            });
-        VmView {
-            vm,
-            namespace: &vm.id.namespace,
-            name: &vm.id.name,
-            node,
-            libvirt,
-        }
+        let source = |k: SourceKind| vm.sources.get(&k).and_then(|s| fresh(s));
+        let libvirt = source(SourceKind::Libvirt).and_then(|s| match s {
+            SourceSample::Libvirt(l) => Some(&l.parsed),
+            _ => None,
+        });
+        let qga = source(SourceKind::Qga).and_then(|s| match s {
+            SourceSample::Qga(q) => Some(q),
+            _ => None,
+        });
+        VmView { vm, namespace: &vm.id.namespace, name: &vm.id.name, node, libvirt, qga }
     }
 }
 
@@ -122,10 +117,7 @@ impl Family<'_> {
             self.def.name
         );
         match self.def.kind {
-            Kind::Counter => self
-                .me
-                .encode_family(&labels)?
-                .encode_counter::<NoLabelSet, f64, f64>(&value, None),
+            Kind::Counter => self.me.encode_family(&labels)?.encode_counter::<NoLabelSet, f64, f64>(&value, None),
             Kind::Gauge => self.me.encode_family(&labels)?.encode_gauge(&value),
             Kind::Info => self.me.encode_info(&labels),
         }
@@ -140,11 +132,7 @@ impl Family<'_> {
     ) -> std::fmt::Result {
         let Some(value) = value else { return Ok(()) };
         let mut labels: Vec<(&str, &str)> = Vec::with_capacity(3 + extra.len());
-        labels.extend([
-            ("namespace", vm.namespace),
-            ("name", vm.name),
-            ("node", vm.node),
-        ]);
+        labels.extend([("namespace", vm.namespace), ("name", vm.name), ("node", vm.node)]);
         labels.extend_from_slice(extra);
         self.sample(&labels, value)
     }
@@ -189,19 +177,11 @@ impl Collector for VmCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let vms = self.store.vms();
         let now = now_unix();
-        let views: Vec<VmView<'_>> = vms
-            .iter()
-            .map(|vm| VmView::new(vm, &self.node, now, self.staleness))
-            .collect();
+        let views: Vec<VmView<'_>> = vms.iter().map(|vm| VmView::new(vm, &self.node, now, self.staleness)).collect();
         core::encode(&mut encoder, &views)?;
         hypervisor::encode(&mut encoder, &views)?;
-        bridge::encode(
-            &mut encoder,
-            &views,
-            &self.store.endpoints(),
-            &self.node,
-            &self.build,
-        )
+        guest::encode(&mut encoder, &views)?;
+        bridge::encode(&mut encoder, &views, &self.store.endpoints(), &self.node, &self.build)
     }
 }
 

@@ -76,17 +76,54 @@ fn source(sample: Option<LibvirtSample>, last_success_at: Option<f64>) -> Arc<So
     })
 }
 
+fn rich_guest() -> crate::source::qga::QgaSample {
+    use serde_json::json;
+    let mut q = crate::source::qga::QgaSample { transport: "socket".into(), ..Default::default() };
+    let lim = crate::source::qga::GuestLimits::default();
+    let replies = [
+        ("guest-info", json!({"version": "9.1.0", "supported_commands": []})),
+        ("guest-get-fsinfo", json!([{"name": "vda1", "mountpoint": "/", "type": "ext4", "disk": [], "total-bytes": 1000, "used-bytes": 400}])),
+        ("guest-network-get-interfaces", json!([{"name": "eth0", "hardware-address": "52:54:00:12:34:56",
+            "ip-addresses": [{"ip-address": "10.0.2.15", "ip-address-type": "ipv4", "prefix": 24}],
+            "statistics": {"rx-bytes": 1, "rx-packets": 2, "rx-errs": 0, "rx-dropped": 0, "tx-bytes": 3, "tx-packets": 4, "tx-errs": 0, "tx-dropped": 0}}])),
+        ("guest-get-vcpus", json!([{"logical-id": 0, "online": true, "can-offline": false}, {"logical-id": 1, "online": false}])),
+        ("guest-get-osinfo", json!({"id": "debian", "name": "Debian GNU/Linux", "pretty-name": "Debian GNU/Linux 12 (bookworm)", "version-id": "12", "kernel-release": "6.1.0", "machine": "x86_64"})),
+        ("guest-get-host-name", json!({"host-name": "guest-1"})),
+        ("guest-get-users", json!([{"user": "root", "login-time": 1.5}])),
+        ("guest-get-timezone", json!({"zone": "CET", "offset": 3600})),
+        ("guest-get-load", json!({"load1": 0.5, "load5": 0.25, "load15": 0.125})),
+        ("guest-get-diskstats", json!([{"name": "vda", "major": 254, "minor": 0, "stats": {"read-ios": 10, "read-sectors": 20, "read-ticks": 1500,
+            "write-ios": 1, "write-sectors": 2, "write-ticks": 3, "flush-ios": 4, "flush-ticks": 5, "ios-pgr": 0, "total-ticks": 6}}])),
+        ("guest-get-cpustats", json!([{"type": "linux", "cpu": 0, "user": 2500, "nice": 0, "system": 100, "idle": 9000}])),
+        ("guest-get-memory-block-info", json!({"size": 134217728})),
+    ];
+    for (cmd, v) in replies {
+        q.data.apply(cmd, v, &lim, &mut q.dropped).expect("fixture parses");
+    }
+    q
+}
+
+fn guest_source(q: crate::source::qga::QgaSample) -> Arc<SourceSnapshot> {
+    let mut s = (*source(None, Some(crate::clock::now_unix()))).clone();
+    s.sample = Some(Arc::new(SourceSample::Qga(q)));
+    Arc::new(s)
+}
+
 fn store_with(vms: Vec<(&str, Arc<SourceSnapshot>)>) -> Arc<Store> {
+    store_with_guest(vms, None)
+}
+
+fn store_with_guest(vms: Vec<(&str, Arc<SourceSnapshot>)>, guest: Option<Arc<SourceSnapshot>>) -> Arc<Store> {
     let store = Arc::new(Store::new(["qemu:///system"]));
     store.endpoint_listed("qemu:///system", vms.len());
     for (name, src) in vms {
         let mut sources = BTreeMap::new();
         sources.insert(SourceKind::Libvirt, src);
+        if let Some(g) = &guest {
+            sources.insert(SourceKind::Qga, g.clone());
+        }
         store.insert_vm(VmSnapshot {
-            id: VmId {
-                namespace: "ns".into(),
-                name: name.into(),
-            },
+            id: VmId { namespace: "ns".into(), name: name.into() },
             domain: format!("ns_{name}"),
             uuid: format!("uuid-{name}"),
             endpoint: "qemu:///system".into(),
@@ -98,31 +135,25 @@ fn store_with(vms: Vec<(&str, Arc<SourceSnapshot>)>) -> Arc<Store> {
 }
 
 fn scrape(store: Arc<Store>) -> String {
-    let registry =
-        VmCollector::new(store, "node-1".into(), Duration::from_secs(60)).into_registry();
+    let registry = VmCollector::new(store, "node-1".into(), Duration::from_secs(60)).into_registry();
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry).expect("encodes");
     out
 }
 
 fn value(text: &str, series_prefix: &str) -> f64 {
-    let line = text
-        .lines()
-        .find(|l| l.starts_with(series_prefix))
-        .unwrap_or_else(|| panic!("no series {series_prefix}"));
-    line.rsplit(' ')
-        .next()
-        .and_then(|v| v.parse().ok())
-        .expect("numeric value")
+    let line =
+        text.lines().find(|l| l.starts_with(series_prefix)).unwrap_or_else(|| panic!("no series {series_prefix}"));
+    line.rsplit(' ').next().and_then(|v| v.parse().ok()).expect("numeric value")
 }
 
 #[test]
 fn every_declared_family_is_emitted() {
     let sample = LibvirtSample::new(rich_params(), rich_memory());
-    let text = scrape(store_with(vec![(
-        "a",
-        source(Some(sample), Some(crate::clock::now_unix())),
-    )]));
+    let text = scrape(store_with_guest(
+        vec![("a", source(Some(sample), Some(crate::clock::now_unix())))],
+        Some(guest_source(rich_guest())),
+    ));
     for def in crate::catalogue::ALL {
         let name = def.exposed_name();
         assert!(
@@ -135,65 +166,23 @@ fn every_declared_family_is_emitted() {
 #[test]
 fn values_are_in_base_units() {
     let sample = LibvirtSample::new(rich_params(), rich_memory());
-    let text = scrape(store_with(vec![(
-        "a",
-        source(Some(sample), Some(crate::clock::now_unix())),
-    )]));
+    let text = scrape(store_with(vec![("a", source(Some(sample), Some(crate::clock::now_unix())))]));
     let vm = "{namespace=\"ns\",name=\"a\",node=\"node-1\"";
-    assert_eq!(
-        value(
-            &text,
-            &format!("kubevirt_vmi_cpu_usage_seconds_total{vm}}}")
-        ),
-        1.5
-    );
-    assert_eq!(
-        value(
-            &text,
-            &format!("kubevirt_vmi_storage_read_times_seconds_total{vm},drive=\"vda\"}}")
-        ),
-        0.25
-    );
+    assert_eq!(value(&text, &format!("kubevirt_vmi_cpu_usage_seconds_total{vm}}}")), 1.5);
+    assert_eq!(value(&text, &format!("kubevirt_vmi_storage_read_times_seconds_total{vm},drive=\"vda\"}}")), 0.25);
     // rss tag (7) = 107 KiB.
-    assert_eq!(
-        value(&text, &format!("kubevirt_vmi_memory_resident_bytes{vm}}}")),
-        107.0 * 1024.0
-    );
+    assert_eq!(value(&text, &format!("kubevirt_vmi_memory_resident_bytes{vm}}}")), 107.0 * 1024.0);
     // balloon.maximum 65536 KiB.
-    assert_eq!(
-        value(&text, &format!("kubevirt_vmi_memory_domain_bytes{vm}}}")),
-        65536.0 * 1024.0
-    );
-    assert_eq!(
-        value(
-            &text,
-            &format!("kubevirt_vmi_dirty_rate_bytes_per_second{vm}}}")
-        ),
-        2.0 * 1_048_576.0
-    );
-    assert_eq!(
-        value(
-            &text,
-            &format!("kubevirt_vmi_domain_state{vm},state=\"paused\",reason=\"user\"}}")
-        ),
-        1.0
-    );
-    assert_eq!(
-        value(
-            &text,
-            &format!("kubevirt_vmi_vcpu_seconds_total{vm},id=\"0\",state=\"running\"}}")
-        ),
-        2.0
-    );
+    assert_eq!(value(&text, &format!("kubevirt_vmi_memory_domain_bytes{vm}}}")), 65536.0 * 1024.0);
+    assert_eq!(value(&text, &format!("kubevirt_vmi_dirty_rate_bytes_per_second{vm}}}")), 2.0 * 1_048_576.0);
+    assert_eq!(value(&text, &format!("kubevirt_vmi_domain_state{vm},state=\"paused\",reason=\"user\"}}")), 1.0);
+    assert_eq!(value(&text, &format!("kubevirt_vmi_vcpu_seconds_total{vm},id=\"0\",state=\"running\"}}")), 2.0);
 }
 
 #[test]
 fn label_values_from_libvirt_are_escaped() {
     let sample = LibvirtSample::new(rich_params(), vec![]);
-    let text = scrape(store_with(vec![(
-        "a",
-        source(Some(sample), Some(crate::clock::now_unix())),
-    )]));
+    let text = scrape(store_with(vec![("a", source(Some(sample), Some(crate::clock::now_unix())))]));
     assert!(text.contains("interface=\"vnet\\\"0\\\\\\n\""), "{text}");
 }
 
@@ -207,20 +196,39 @@ fn stale_data_is_dropped_but_health_stays() {
     ]));
     assert!(!text.contains("kubevirt_vmi_cpu_usage_seconds_total{namespace=\"ns\",name=\"old\""));
     assert!(text.contains("kubevirt_vmi_cpu_usage_seconds_total{namespace=\"ns\",name=\"new\""));
-    assert!(
-        text.contains(
-            "vmbridge_source_last_success_timestamp_seconds{namespace=\"ns\",name=\"old\""
-        )
-    );
-    assert!(text.contains("vmbridge_breaker_state{namespace=\"ns\",name=\"old\",node=\"node-1\",source=\"libvirt\",state=\"closed\"} 1"));
+    assert!(text.contains("vmbridge_source_last_success_timestamp_seconds{namespace=\"ns\",name=\"old\""));
+    assert!(text.contains(
+        "vmbridge_breaker_state{namespace=\"ns\",name=\"old\",node=\"node-1\",source=\"libvirt\",state=\"closed\"} 1"
+    ));
 }
 
 #[test]
 fn a_vm_without_data_gets_no_fake_zeros() {
     let text = scrape(store_with(vec![("empty", source(None, None))]));
+    assert!(!text.lines().any(|l| l.starts_with("kubevirt_vmi_")), "{text}");
     assert!(
-        !text.lines().any(|l| l.starts_with("kubevirt_vmi_")),
+        text.contains("vmbridge_source_up{namespace=\"ns\",name=\"empty\",node=\"node-1\",source=\"libvirt\"} 0"),
         "{text}"
     );
-    assert!(text.contains("vmbridge_source_up{namespace=\"ns\",name=\"empty\",node=\"node-1\",source=\"libvirt\"} 0"), "{text}");
+}
+
+#[test]
+fn guest_values_are_converted_and_described() {
+    let sample = LibvirtSample::new(rich_params(), vec![]);
+    let text = scrape(store_with_guest(
+        vec![("g", source(Some(sample), Some(crate::clock::now_unix())))],
+        Some(guest_source(rich_guest())),
+    ));
+    let vm = "{namespace=\"ns\",name=\"g\",node=\"node-1\"";
+    assert_eq!(value(&text, &format!("kubevirt_vmi_filesystem_used_bytes{vm},disk_name=\"vda1\",mount_point=\"/\",file_system_type=\"ext4\"}}")), 400.0);
+    assert_eq!(value(&text, &format!("kubevirt_vmi_guest_disk_read_bytes_total{vm},disk=\"vda\"}}")), 20.0 * 512.0);
+    assert_eq!(value(&text, &format!("kubevirt_vmi_guest_disk_read_time_seconds_total{vm},disk=\"vda\"}}")), 1.5);
+    assert_eq!(value(&text, &format!("kubevirt_vmi_guest_cpu_seconds_total{vm},cpu=\"0\",mode=\"user\"}}")), 2.5);
+    assert_eq!(value(&text, &format!("kubevirt_vmi_guest_vcpus_online{vm}}}")), 1.0);
+    assert_eq!(value(&text, &format!("kubevirt_vmi_guest_vcpus{vm}}}")), 2.0);
+    assert_eq!(value(&text, &format!("kubevirt_vmi_guest_users{vm}}}")), 1.0);
+    assert!(!text.contains("root"), "user names are never exported");
+    assert!(text.contains("kubevirt_vmi_guest_interface_address_info{namespace=\"ns\",name=\"g\",node=\"node-1\",interface=\"eth0\",address=\"10.0.2.15\",family=\"ipv4\",prefix=\"24\",mac=\"52:54:00:12:34:56\"} 1"), "{text}");
+    assert!(text.contains("guest_os_pretty_name=\"Debian GNU/Linux 12 (bookworm)\""), "{text}");
+    assert!(text.contains("guest_hostname=\"guest-1\""));
 }

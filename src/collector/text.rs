@@ -30,10 +30,7 @@ impl Format {
         for part in accept.split(',') {
             let mut params = part.split(';').map(str::trim);
             let media = params.next().unwrap_or_default().to_ascii_lowercase();
-            let q = params
-                .filter_map(|p| p.strip_prefix("q="))
-                .find_map(|q| q.parse::<f32>().ok())
-                .unwrap_or(1.0);
+            let q = params.filter_map(|p| p.strip_prefix("q=")).find_map(|q| q.parse::<f32>().ok()).unwrap_or(1.0);
             let slot = match media.as_str() {
                 "application/openmetrics-text" => &mut best_om,
                 "text/plain" | "text/*" | "*/*" => &mut best_text,
@@ -104,20 +101,11 @@ mod tests {
     fn negotiates_like_prometheus_scrapers() {
         let prom3 = "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.3,text/plain;version=0.0.4;q=0.2,*/*;q=0.1";
         assert_eq!(Format::negotiate(Some(prom3)), Format::OpenMetrics);
-        assert_eq!(
-            Format::negotiate(Some("text/plain;version=0.0.4")),
-            Format::Prometheus
-        );
+        assert_eq!(Format::negotiate(Some("text/plain;version=0.0.4")), Format::Prometheus);
         assert_eq!(Format::negotiate(Some("*/*")), Format::Prometheus);
         assert_eq!(Format::negotiate(None), Format::Prometheus);
-        assert_eq!(
-            Format::negotiate(Some("application/openmetrics-text; version=1.0.0")),
-            Format::OpenMetrics
-        );
-        assert_eq!(
-            Format::negotiate(Some("application/openmetrics-text;q=0")),
-            Format::Prometheus
-        );
+        assert_eq!(Format::negotiate(Some("application/openmetrics-text; version=1.0.0")), Format::OpenMetrics);
+        assert_eq!(Format::negotiate(Some("application/openmetrics-text;q=0")), Format::Prometheus);
     }
 
     #[test]

@@ -2,18 +2,20 @@
 //! behind its own breaker (see `supervisor`), so one slow source never delays another.
 
 pub mod libvirt;
+pub mod qga;
+pub mod wire;
 
 use serde::Serialize;
 
 /// The sources vmbridge polls. Adding one is a variant here plus its module; the compiler's
 /// exhaustive matches find the rest.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, schemars::JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SourceKind {
     /// libvirt bulk stats and memory stats.
     Libvirt,
+    /// The qemu-guest-agent.
+    Qga,
 }
 
 impl SourceKind {
@@ -21,14 +23,13 @@ impl SourceKind {
     pub fn as_str(self) -> &'static str {
         match self {
             SourceKind::Libvirt => "libvirt",
+            SourceKind::Qga => "qga",
         }
     }
 }
 
 /// Bounded classification of poll failures: the `kind` label of `vmbridge_source_errors_total`.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, schemars::JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     /// The call did not finish within the poll timeout.
@@ -88,11 +89,7 @@ pub struct PollError {
 impl PollError {
     /// A failure of `kind` with a message.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        PollError {
-            kind,
-            message: message.into(),
-            hard: false,
-        }
+        PollError { kind, message: message.into(), hard: false }
     }
 }
 
@@ -102,6 +99,8 @@ impl PollError {
 pub enum SourceSample {
     /// From libvirt.
     Libvirt(libvirt::LibvirtSample),
+    /// From the guest agent.
+    Qga(qga::QgaSample),
 }
 
 /// One (VM, source) poller. `poll` must honour its own deadlines and be cancel-safe: the
@@ -110,8 +109,7 @@ pub trait Poller: Send + 'static {
     /// Which source this is.
     fn kind(&self) -> SourceKind;
     /// One poll.
-    fn poll(&mut self)
-    -> impl std::future::Future<Output = Result<SourceSample, PollError>> + Send;
+    fn poll(&mut self) -> impl std::future::Future<Output = Result<SourceSample, PollError>> + Send;
     /// Calls abandoned at their deadline and still running, for `vmbridge_stuck_calls`.
     fn stuck_calls(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64>;
 }

@@ -53,11 +53,7 @@ pub struct BlockingSlot<T> {
 impl<T: Send + 'static> BlockingSlot<T> {
     /// A slot drawing permits from `limiter` (the pool-wide bound on running calls).
     pub fn new(limiter: Arc<Semaphore>) -> Self {
-        BlockingSlot {
-            in_flight: None,
-            limiter,
-            stuck: Arc::new(AtomicU64::new(0)),
-        }
+        BlockingSlot { in_flight: None, limiter, stuck: Arc::new(AtomicU64::new(0)) }
     }
 
     /// Calls abandoned at their deadline that have not returned yet (0 or 1).
@@ -95,12 +91,7 @@ impl<T: Send + 'static> BlockingSlot<T> {
                 }
                 out
             });
-            self.in_flight = Some(InFlight {
-                handle,
-                started: Instant::now(),
-                state,
-                permit: Some(permit),
-            });
+            self.in_flight = Some(InFlight { handle, started: Instant::now(), state, permit: Some(permit) });
         }
         // The option was filled just above when it was empty.
         let Some(call) = self.in_flight.as_mut() else {
@@ -115,17 +106,11 @@ impl<T: Send + 'static> BlockingSlot<T> {
                 if call.permit.take().is_some() {
                     // First deadline missed: count it stuck unless it finished meanwhile.
                     self.stuck.fetch_add(1, Ordering::AcqRel);
-                    if call
-                        .state
-                        .compare_exchange(RUNNING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
-                        .is_err()
-                    {
+                    if call.state.compare_exchange(RUNNING, ABANDONED, Ordering::AcqRel, Ordering::Acquire).is_err() {
                         self.stuck.fetch_sub(1, Ordering::AcqRel);
                     }
                 }
-                Err(SlotError::Timeout {
-                    running_for: call.started.elapsed(),
-                })
+                Err(SlotError::Timeout { running_for: call.started.elapsed() })
             }
         }
     }
@@ -152,11 +137,7 @@ mod tests {
             .await;
         assert!(matches!(r, Err(SlotError::Timeout { .. })), "{r:?}");
         assert_eq!(slot.stuck_counter().load(Ordering::SeqCst), 1);
-        assert_eq!(
-            limiter.available_permits(),
-            1,
-            "an abandoned call gives its permit back"
-        );
+        assert_eq!(limiter.available_permits(), 1, "an abandoned call gives its permit back");
         // A second poll must not start a second call while the first is stuck.
         let s = started.clone();
         let r = slot
@@ -179,9 +160,6 @@ mod tests {
     async fn saturated_pool_fails_fast_instead_of_queueing_forever() {
         let limiter = Arc::new(Semaphore::new(0));
         let mut slot: BlockingSlot<u32> = BlockingSlot::new(limiter);
-        assert_eq!(
-            slot.run(Duration::from_millis(20), || 1).await,
-            Err(SlotError::Saturated)
-        );
+        assert_eq!(slot.run(Duration::from_millis(20), || 1).await, Err(SlotError::Saturated));
     }
 }

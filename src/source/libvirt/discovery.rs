@@ -65,9 +65,7 @@ enum Call {
 }
 
 fn list_running(conn: &Conn) -> Result<Vec<(String, String)>, virt::error::Error> {
-    let doms = conn
-        .connect
-        .list_all_domains(virt::sys::VIR_CONNECT_LIST_DOMAINS_ACTIVE)?;
+    let doms = conn.connect.list_all_domains(virt::sys::VIR_CONNECT_LIST_DOMAINS_ACTIVE)?;
     let mut out = Vec::with_capacity(doms.len());
     for d in doms {
         // Name and UUID are cached in the client-side domain object: no RPC.
@@ -101,12 +99,7 @@ pub async fn run(
             Some(c) => c,
             None => {
                 let uri = endpoint.uri.clone();
-                match slot
-                    .run(timeout, move || {
-                        Call::Opened(endpoint::open_read_only(&uri))
-                    })
-                    .await
-                {
+                match slot.run(timeout, move || Call::Opened(endpoint::open_read_only(&uri))).await {
                     Ok(Call::Opened(Ok(c))) => {
                         tracing::info!(uri = %endpoint.uri, "connected to libvirt (read-only)");
                         endpoint.install(c)
@@ -124,10 +117,7 @@ pub async fn run(
             }
         };
         let c = conn.clone();
-        let listed = match slot
-            .run(timeout, move || Call::Listed(list_running(&c)))
-            .await
-        {
+        let listed = match slot.run(timeout, move || Call::Listed(list_running(&c))).await {
             Ok(Call::Listed(Ok(list))) => list,
             Ok(Call::Listed(Err(e))) => {
                 tracing::warn!(uri = %endpoint.uri, error = %e.message(), "listing domains failed; reconnecting");
@@ -137,10 +127,7 @@ pub async fn run(
             }
             Ok(Call::Opened(_)) => continue,
             Err(SlotError::Timeout { running_for }) => {
-                store.endpoint_failed(
-                    &endpoint.uri,
-                    format!("list: no answer for {running_for:?}"),
-                );
+                store.endpoint_failed(&endpoint.uri, format!("list: no answer for {running_for:?}"));
                 continue;
             }
             Err(e) => {
@@ -148,40 +135,21 @@ pub async fn run(
                 continue;
             }
         };
-        let now: BTreeMap<String, String> = listed
-            .into_iter()
-            .map(|(name, uuid)| (uuid, name))
-            .collect();
+        let now: BTreeMap<String, String> = listed.into_iter().map(|(name, uuid)| (uuid, name)).collect();
         for (uuid, name) in &now {
             if known.get(uuid) != Some(name) {
                 if known.contains_key(uuid) {
                     // Same UUID, new name (renamed): remove the old identity first.
-                    let _ = events
-                        .send(VmEvent::Removed {
-                            uri: endpoint.uri.clone(),
-                            uuid: uuid.clone(),
-                        })
-                        .await;
+                    let _ = events.send(VmEvent::Removed { uri: endpoint.uri.clone(), uuid: uuid.clone() }).await;
                 }
-                let found = FoundDomain {
-                    endpoint: endpoint.clone(),
-                    name: name.clone(),
-                    uuid: uuid.clone(),
-                };
+                let found = FoundDomain { endpoint: endpoint.clone(), name: name.clone(), uuid: uuid.clone() };
                 if events.send(VmEvent::Added(found)).await.is_err() {
                     return;
                 }
             }
         }
         for uuid in known.keys().filter(|u| !now.contains_key(*u)) {
-            if events
-                .send(VmEvent::Removed {
-                    uri: endpoint.uri.clone(),
-                    uuid: uuid.clone(),
-                })
-                .await
-                .is_err()
-            {
+            if events.send(VmEvent::Removed { uri: endpoint.uri.clone(), uuid: uuid.clone() }).await.is_err() {
                 return;
             }
         }

@@ -1,6 +1,8 @@
-//! One libvirt daemon and vmbridge's single, long-lived, read-only connection to it.
+//! One libvirt daemon and vmbridge's connections to it: a long-lived read-only one for stats
+//! and discovery, and — only when the guest-agent source goes through libvirt — a read-write
+//! one that `virDomainQemuAgentCommand` requires and that is used for nothing else.
 //!
-//! The connection is replaced (with a new generation number) when a call reports it broken,
+//! A connection is replaced (with a new generation number) when a call reports it broken,
 //! e.g. after libvirtd restarts; pollers notice the new generation and look their domain up again.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,14 +24,13 @@ pub struct Endpoint {
     /// The libvirt URI, e.g. `qemu:///system`.
     pub uri: String,
     current: Mutex<Option<Conn>>,
+    agent: Mutex<Option<Conn>>,
     generations: AtomicU64,
 }
 
 impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Endpoint")
-            .field("uri", &self.uri)
-            .finish_non_exhaustive()
+        f.debug_struct("Endpoint").field("uri", &self.uri).finish_non_exhaustive()
     }
 }
 
@@ -39,50 +40,61 @@ impl Endpoint {
         Arc::new(Endpoint {
             uri: uri.into(),
             current: Mutex::new(None),
+            agent: Mutex::new(None),
             generations: AtomicU64::new(0),
         })
     }
 
-    /// The current connection, if any.
+    /// The current read-only connection, if any.
     pub fn current(&self) -> Option<Conn> {
-        self.current
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.current.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    /// Installs a freshly opened connection and returns it.
+    /// Installs a freshly opened read-only connection and returns it.
     pub fn install(&self, connect: Connect) -> Conn {
-        let conn = Conn {
-            generation: self.generations.fetch_add(1, Ordering::AcqRel) + 1,
-            connect: Arc::new(connect),
-        };
-        let old = self
-            .current
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .replace(conn.clone());
+        self.install_in(&self.current, connect)
+    }
+
+    /// Marks read-only connection `generation` broken; the discovery loop reconnects.
+    pub fn report_broken(&self, generation: u64) {
+        Self::broken_in(&self.current, generation);
+    }
+
+    /// The agent (read-write) connection, if one is open.
+    pub fn agent_connection(&self) -> Option<Conn> {
+        self.agent.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Installs a freshly opened agent connection and returns it.
+    pub fn install_agent(&self, connect: Connect) -> Conn {
+        self.install_in(&self.agent, connect)
+    }
+
+    /// Marks agent connection `generation` broken; the next agent call reopens it.
+    pub fn report_agent_broken(&self, generation: u64) {
+        Self::broken_in(&self.agent, generation);
+    }
+
+    fn install_in(&self, slot: &Mutex<Option<Conn>>, connect: Connect) -> Conn {
+        let conn = Conn { generation: self.generations.fetch_add(1, Ordering::AcqRel) + 1, connect: Arc::new(connect) };
+        let old = slot.lock().unwrap_or_else(PoisonError::into_inner).replace(conn.clone());
         close_off_thread(old);
         conn
     }
 
-    /// Marks generation `generation` broken; the discovery loop reconnects.
-    pub fn report_broken(&self, generation: u64) {
-        let mut cur = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        if cur.as_ref().is_some_and(|c| c.generation == generation) {
-            let old = cur.take();
-            drop(cur);
-            close_off_thread(old);
-        }
+    fn broken_in(slot: &Mutex<Option<Conn>>, generation: u64) {
+        let old = {
+            let mut cur = slot.lock().unwrap_or_else(PoisonError::into_inner);
+            if cur.as_ref().is_some_and(|c| c.generation == generation) { cur.take() } else { None }
+        };
+        close_off_thread(old);
     }
 }
 
 /// Closing a connection is an RPC that can block on a hung daemon: do it on the blocking pool.
 fn close_off_thread(conn: Option<Conn>) {
-    if let Some(conn) = conn {
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn_blocking(move || drop(conn));
-        }
+    if let (Some(conn), Ok(rt)) = (conn, tokio::runtime::Handle::try_current()) {
+        rt.spawn_blocking(move || drop(conn));
     }
 }
 
@@ -90,8 +102,17 @@ fn close_off_thread(conn: Option<Conn>) {
 /// Blocking.
 pub fn open_read_only(uri: &str) -> Result<Connect, virt::error::Error> {
     let conn = Connect::open_read_only(Some(uri))?;
-    // Keep-alive needs the event loop started in `crate::source::libvirt::discovery::init`;
-    // drivers without it (the test driver) say "not supported", which is harmless.
+    // Keep-alive needs the event loop started in `discovery::init`; drivers without it (the
+    // test driver) say "not supported", which is harmless.
+    let _ = conn.set_keep_alive(5, 3);
+    Ok(conn)
+}
+
+/// Opens the read-write connection `virDomainQemuAgentCommand` requires. vmbridge uses it
+/// only for allow-listed, read-only `guest-*` queries (`crate::source::qga::allow`). Blocking.
+#[allow(clippy::disallowed_methods)] // the one sanctioned read-write open
+pub fn open_for_agent(uri: &str) -> Result<Connect, virt::error::Error> {
+    let conn = Connect::open(Some(uri))?;
     let _ = conn.set_keep_alive(5, 3);
     Ok(conn)
 }

@@ -65,10 +65,7 @@ impl ParamValue {
 /// # Safety
 /// `params` must point to `nparams` initialised `virTypedParameter`s that stay alive for the
 /// duration of the call (libvirt's stats record guarantees this until it is freed).
-unsafe fn copy_params(
-    params: sys::virTypedParameterPtr,
-    nparams: i32,
-) -> Vec<(String, ParamValue)> {
+unsafe fn copy_params(params: sys::virTypedParameterPtr, nparams: i32) -> Vec<(String, ParamValue)> {
     let n = usize::try_from(nparams).unwrap_or(0);
     let mut out = Vec::with_capacity(n);
     if params.is_null() {
@@ -78,9 +75,7 @@ unsafe fn copy_params(
         // SAFETY: i < nparams and the caller guarantees `params` holds nparams entries.
         let p = unsafe { &*params.add(i) };
         // SAFETY: `field` is a NUL-terminated fixed-size array filled by libvirt.
-        let field = unsafe { CStr::from_ptr(p.field.as_ptr()) }
-            .to_string_lossy()
-            .into_owned();
+        let field = unsafe { CStr::from_ptr(p.field.as_ptr()) }.to_string_lossy().into_owned();
         // SAFETY: `type_` tells which union member libvirt initialised; we read only that one,
         // and a STRING's pointer is checked for NULL before it is read as a C string.
         let value = unsafe {
@@ -104,11 +99,7 @@ unsafe fn copy_params(
 
 /// Bulk stats (`virDomainListGetStats`) for one domain: every typed parameter of the requested
 /// groups, owned. Blocking: call it from the blocking pool.
-pub fn domain_stats(
-    dom: &Domain,
-    stats: u32,
-    flags: u32,
-) -> Result<Vec<(String, ParamValue)>, virt::error::Error> {
+pub fn domain_stats(dom: &Domain, stats: u32, flags: u32) -> Result<Vec<(String, ParamValue)>, virt::error::Error> {
     let mut recs: *mut sys::virDomainStatsRecordPtr = std::ptr::null_mut();
     // SAFETY: `dom` is a live domain reference for the whole call; the list is NULL-terminated
     // as the API requires; `recs` is an out-pointer libvirt fills on success.

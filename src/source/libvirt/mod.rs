@@ -35,10 +35,7 @@ impl LibvirtSample {
         LibvirtSample {
             parsed,
             params: params.into_iter().collect(),
-            memory_stats: memory_stats
-                .into_iter()
-                .map(|(t, v)| (stats::memory_stat_name(t).to_owned(), v))
-                .collect(),
+            memory_stats: memory_stats.into_iter().map(|(t, v)| (stats::memory_stat_name(t).to_owned(), v)).collect(),
         }
     }
 }

@@ -54,14 +54,7 @@ impl LibvirtPoller {
         timeout: Duration,
         hard_timeout: Duration,
     ) -> Self {
-        LibvirtPoller {
-            endpoint,
-            uuid,
-            domain: None,
-            slot: BlockingSlot::new(limiter),
-            timeout,
-            hard_timeout,
-        }
+        LibvirtPoller { endpoint, uuid, domain: None, slot: BlockingSlot::new(limiter), timeout, hard_timeout }
     }
 }
 
@@ -72,11 +65,7 @@ fn call(conn: Conn, uuid: String, cached: Option<(u64, Domain)>) -> CallOutput {
         _ => match conn.connect.lookup_domain_by_uuid_string(&uuid) {
             Ok(d) => d,
             Err(e) => {
-                return CallOutput {
-                    raw: Err(e),
-                    generation,
-                    domain: None,
-                };
+                return CallOutput { raw: Err(e), generation, domain: None };
             }
         },
     };
@@ -84,11 +73,7 @@ fn call(conn: Conn, uuid: String, cached: Option<(u64, Domain)>) -> CallOutput {
         let mem = dom.memory_stats(0)?;
         Ok((params, mem.into_iter().map(|m| (m.tag, m.val)).collect()))
     });
-    CallOutput {
-        raw,
-        generation,
-        domain: Some((generation, dom)),
-    }
+    CallOutput { raw, generation, domain: Some((generation, dom)) }
 }
 
 impl Poller for LibvirtPoller {
@@ -101,34 +86,22 @@ impl Poller for LibvirtPoller {
     }
 
     async fn poll(&mut self) -> Result<SourceSample, PollError> {
-        let conn = self.endpoint.current().ok_or_else(|| {
-            PollError::new(
-                ErrorKind::Connection,
-                format!("no connection to {}", self.endpoint.uri),
-            )
-        })?;
+        let conn = self
+            .endpoint
+            .current()
+            .ok_or_else(|| PollError::new(ErrorKind::Connection, format!("no connection to {}", self.endpoint.uri)))?;
         let (uuid, cached) = (self.uuid.clone(), self.domain.take());
-        let out = match self
-            .slot
-            .run(self.timeout, move || call(conn, uuid, cached))
-            .await
-        {
+        let out = match self.slot.run(self.timeout, move || call(conn, uuid, cached)).await {
             Ok(out) => out,
             Err(SlotError::Timeout { running_for }) => {
                 return Err(PollError {
                     kind: ErrorKind::Timeout,
-                    message: format!(
-                        "libvirt call still running after {:.1}s",
-                        running_for.as_secs_f64()
-                    ),
+                    message: format!("libvirt call still running after {:.1}s", running_for.as_secs_f64()),
                     hard: running_for >= self.hard_timeout,
                 });
             }
             Err(SlotError::Saturated) => {
-                return Err(PollError::new(
-                    ErrorKind::PoolSaturated,
-                    "no free libvirt call slot before the deadline",
-                ));
+                return Err(PollError::new(ErrorKind::PoolSaturated, "no free libvirt call slot before the deadline"));
             }
             Err(SlotError::Panicked) => {
                 return Err(PollError::new(ErrorKind::Internal, "libvirt call panicked"));

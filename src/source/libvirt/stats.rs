@@ -71,17 +71,8 @@ impl DomainState {
             "api_error",
         ];
         const SHUTDOWN: &[&str] = &["unknown", "user"];
-        const SHUTOFF: &[&str] = &[
-            "unknown",
-            "shutdown",
-            "destroyed",
-            "crashed",
-            "migrated",
-            "saved",
-            "failed",
-            "from_snapshot",
-            "daemon",
-        ];
+        const SHUTOFF: &[&str] =
+            &["unknown", "shutdown", "destroyed", "crashed", "migrated", "saved", "failed", "from_snapshot", "daemon"];
         const CRASHED: &[&str] = &["unknown", "panicked"];
         let table: &[&str] = match self.state {
             1 => RUNNING,
@@ -91,11 +82,7 @@ impl DomainState {
             6 => CRASHED,
             _ => &["unknown"],
         };
-        usize::try_from(self.reason)
-            .ok()
-            .and_then(|i| table.get(i))
-            .copied()
-            .unwrap_or("unknown")
+        usize::try_from(self.reason).ok().and_then(|i| table.get(i)).copied().unwrap_or("unknown")
     }
 }
 
@@ -288,10 +275,7 @@ impl DomainSample {
                 "dirtyrate.megabytes_per_second" => s.dirty_rate_mib_per_second = u,
                 _ => {
                     if let Some((i, field)) = indexed(key, "vcpu") {
-                        let v = vcpus.entry(i).or_insert_with(|| VcpuSample {
-                            id: i,
-                            ..Default::default()
-                        });
+                        let v = vcpus.entry(i).or_insert_with(|| VcpuSample { id: i, ..Default::default() });
                         match field {
                             "state" => v.state = value.as_f64().map(|x| x as i64),
                             "time" => v.time_ns = u,
@@ -336,17 +320,11 @@ impl DomainSample {
                 }
             }
         }
-        s.state = state.map(|state| DomainState {
-            state,
-            reason: reason.unwrap_or(0),
-        });
+        s.state = state.map(|state| DomainState { state, reason: reason.unwrap_or(0) });
         s.vcpus = vcpus.into_values().collect();
         // A device whose name libvirt did not report cannot be labelled; leave it out.
         s.nets = nets.into_values().filter(|n| !n.name.is_empty()).collect();
-        s.blocks = blocks
-            .into_values()
-            .filter(|b| !b.name.is_empty())
-            .collect();
+        s.blocks = blocks.into_values().filter(|b| !b.name.is_empty()).collect();
         s.memory.merge_memory_stats(memory_stats);
         s
     }
@@ -432,31 +410,15 @@ mod tests {
             p("dirtyrate.megabytes_per_second", Int(3)),
             p("future.key", Double(1.5)),
         ];
-        let s =
-            DomainSample::from_libvirt(&params, &[(virt::sys::VIR_DOMAIN_MEMORY_STAT_RSS, 4242)]);
-        assert_eq!(
-            s.state,
-            Some(DomainState {
-                state: 1,
-                reason: 1
-            })
-        );
-        assert_eq!(
-            s.state.map(|x| (x.state_name(), x.reason_name())),
-            Some(("running", "booted"))
-        );
+        let s = DomainSample::from_libvirt(&params, &[(virt::sys::VIR_DOMAIN_MEMORY_STAT_RSS, 4242)]);
+        assert_eq!(s.state, Some(DomainState { state: 1, reason: 1 }));
+        assert_eq!(s.state.map(|x| (x.state_name(), x.reason_name())), Some(("running", "booted")));
         assert_eq!(s.cpu_time_ns, Some(2_500_000_000));
         assert_eq!(s.memory.maximum_kib, Some(65536));
         assert_eq!(s.memory.rss_kib, Some(4242));
         assert_eq!(
             s.vcpus,
-            vec![VcpuSample {
-                id: 0,
-                state: Some(1),
-                time_ns: Some(7),
-                wait_ns: Some(8),
-                delay_ns: Some(9)
-            }]
+            vec![VcpuSample { id: 0, state: Some(1), time_ns: Some(7), wait_ns: Some(8), delay_ns: Some(9) }]
         );
         assert_eq!(s.nets[0].name, "vnet3");
         assert_eq!(s.nets[0].rx_bytes, Some(100));
@@ -480,15 +442,9 @@ mod tests {
 
     #[test]
     fn unknown_state_and_reason_codes_map_to_fixed_words() {
-        let st = DomainState {
-            state: 99,
-            reason: 77,
-        };
+        let st = DomainState { state: 99, reason: 77 };
         assert_eq!((st.state_name(), st.reason_name()), ("nostate", "unknown"));
-        let paused = DomainState {
-            state: 3,
-            reason: 5,
-        };
+        let paused = DomainState { state: 3, reason: 5 };
         assert_eq!(paused.reason_name(), "ioerror");
     }
 }

@@ -1,0 +1,188 @@
+//! Polls one VM's guest agent: `guest-info` first (and again periodically or after a
+//! reconnect) to learn which commands exist and are enabled, then each supported command on
+//! its own period. A transport failure (no agent, timeout, garbage, oversized reply) fails the
+//! poll and feeds the breaker; an agent error for one command is recorded for that command only.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use qapi::qga;
+use tokio::time::Instant;
+
+use super::allow::{AgentRequest, GuestGetLoad};
+use super::guest::GuestLimits;
+use super::transport::{AgentError, Transport};
+use super::QgaSample;
+use crate::clock::{now_unix, unix_seconds};
+use crate::source::wire::truncate;
+use crate::source::{ErrorKind, PollError, Poller, SourceKind, SourceSample};
+
+/// Builds one allow-listed request.
+pub type RequestBuilder = fn() -> AgentRequest;
+
+/// Polled commands: config key, request builder.
+pub const COMMANDS: [(&str, RequestBuilder); 12] = [
+    ("fsinfo", || AgentRequest::new(qga::guest_get_fsinfo {})),
+    ("network", || AgentRequest::new(qga::guest_network_get_interfaces {})),
+    ("users", || AgentRequest::new(qga::guest_get_users {})),
+    ("osinfo", || AgentRequest::new(qga::guest_get_osinfo {})),
+    ("vcpus", || AgentRequest::new(qga::guest_get_vcpus {})),
+    ("load", || AgentRequest::new(GuestGetLoad {})),
+    ("diskstats", || AgentRequest::new(qga::guest_get_diskstats {})),
+    ("cpustats", || AgentRequest::new(qga::guest_get_cpustats {})),
+    ("timezone", || AgentRequest::new(qga::guest_get_timezone {})),
+    ("hostname", || AgentRequest::new(qga::guest_get_host_name {})),
+    ("memory_block_info", || AgentRequest::new(qga::guest_get_memory_block_info {})),
+    ("info", || AgentRequest::new(qga::guest_info {})),
+];
+
+/// Default period per config key (like oVirt vdsm and KubeVirt).
+pub fn default_period(key: &str) -> Duration {
+    Duration::from_secs(match key {
+        "load" | "diskstats" | "cpustats" => 15,
+        "osinfo" | "timezone" | "hostname" | "memory_block_info" | "info" => 300,
+        _ => 30,
+    })
+}
+
+/// How the guest source polls.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QgaSettings {
+    /// Deadline per agent command.
+    pub timeout: Duration,
+    /// Largest reply accepted, in bytes.
+    pub max_reply_bytes: usize,
+    /// Period per config key of [`COMMANDS`].
+    pub periods: BTreeMap<String, Duration>,
+    /// Per-VM caps.
+    pub limits: GuestLimits,
+}
+
+impl Default for QgaSettings {
+    fn default() -> Self {
+        QgaSettings {
+            timeout: Duration::from_secs(5),
+            max_reply_bytes: 1 << 20,
+            periods: COMMANDS.iter().map(|(k, _)| ((*k).to_owned(), default_period(k))).collect(),
+            limits: GuestLimits::default(),
+        }
+    }
+}
+
+/// The guest-agent poller for one VM.
+#[derive(Debug)]
+pub struct QgaPoller {
+    transport: Transport,
+    settings: QgaSettings,
+    /// Enabled commands per `guest-info`; `None` until it answered.
+    enabled: Option<Vec<String>>,
+    due: BTreeMap<&'static str, Instant>,
+    sample: QgaSample,
+}
+
+impl QgaPoller {
+    /// A poller over `transport`.
+    pub fn new(transport: Transport, settings: QgaSettings) -> Self {
+        let sample = QgaSample { transport: transport.name().to_owned(), ..Default::default() };
+        QgaPoller { transport, settings, enabled: None, due: BTreeMap::new(), sample }
+    }
+
+    fn period(&self, key: &str) -> Duration {
+        self.settings.periods.get(key).copied().unwrap_or_else(|| default_period(key))
+    }
+
+    /// Runs one command. `Ok(Some(reply))` when it succeeded, `Ok(None)` when the agent
+    /// refused it; `Err` for a transport failure or an unusable reply (fails the poll).
+    async fn run(&mut self, key: &'static str, req: AgentRequest) -> Result<Option<serde_json::Value>, PollError> {
+        let period = self.period(key);
+        self.due.insert(key, Instant::now() + period);
+        let name = req.name;
+        let result = self.transport.execute(&req, self.settings.timeout).await;
+        let state = self.sample.commands.entry(name.to_owned()).or_default();
+        state.period_seconds = period.as_secs_f64();
+        state.next_due_at = Some(unix_seconds(SystemTime::now() + period));
+        match result {
+            Ok(reply) => {
+                state.last_reply = Some(truncate(&reply.value.to_string(), 2048));
+                state.last_reply_bytes = Some(reply.bytes);
+                let applied =
+                    self.sample.data.apply(name, reply.value.clone(), &self.settings.limits, &mut self.sample.dropped);
+                let state = self.sample.commands.entry(name.to_owned()).or_default();
+                match applied {
+                    Ok(()) => {
+                        state.last_ok_at = Some(now_unix());
+                        state.last_error = None;
+                        Ok(Some(reply.value))
+                    }
+                    Err(e) => {
+                        let msg = truncate(&format!("{name}: unusable reply: {e}"), 300);
+                        state.last_error = Some(msg.clone());
+                        Err(PollError::new(ErrorKind::Protocol, msg))
+                    }
+                }
+            }
+            Err(AgentError::Command(msg)) => {
+                state.last_error = Some(msg);
+                Ok(None)
+            }
+            Err(AgentError::Transport(e)) => {
+                state.last_error = Some(e.message.clone());
+                Err(PollError { message: format!("{name}: {}", e.message), ..e })
+            }
+        }
+    }
+
+    /// Re-reads `guest-info`: the agent version and which commands are enabled.
+    async fn discover(&mut self) -> Result<(), PollError> {
+        let Some(reply) = self.run("info", AgentRequest::new(qga::guest_info {})).await? else {
+            return Err(PollError::new(ErrorKind::Remote, "the agent refused guest-info"));
+        };
+        let info: qga::GuestAgentInfo = serde_json::from_value(reply)
+            .map_err(|e| PollError::new(ErrorKind::Protocol, format!("guest-info: {e}")))?;
+        let enabled: Vec<String> = info.supported_commands.into_iter().filter(|c| c.enabled).map(|c| c.name).collect();
+        let polled: Vec<String> =
+            COMMANDS.iter().map(|(_, build)| build().name.to_owned()).filter(|n| enabled.contains(n)).collect();
+        for (_, build) in COMMANDS {
+            let name = build().name;
+            self.sample.commands.entry(name.to_owned()).or_default().supported = Some(polled.iter().any(|p| p == name));
+        }
+        self.sample.supported_commands = polled.clone();
+        self.enabled = Some(polled);
+        Ok(())
+    }
+}
+
+impl Poller for QgaPoller {
+    fn kind(&self) -> SourceKind {
+        SourceKind::Qga
+    }
+
+    fn stuck_calls(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+        self.transport.stuck_calls()
+    }
+
+    async fn poll(&mut self) -> Result<SourceSample, PollError> {
+        let info_due = self.due.get("info").is_none_or(|d| Instant::now() >= *d);
+        if self.enabled.is_none() || info_due || self.transport.take_reconnected() {
+            self.enabled = None;
+            self.discover().await?;
+        }
+        for (key, build) in COMMANDS {
+            if key == "info" {
+                continue;
+            }
+            let req = build();
+            let enabled = self.enabled.as_ref().is_some_and(|e| e.iter().any(|n| n == req.name));
+            let due = self.due.get(key).is_none_or(|d| Instant::now() >= *d);
+            if enabled && due {
+                self.run(key, req).await?;
+            }
+            // A reconnect in the middle (socket transport) means capabilities may have changed.
+            if self.transport.take_reconnected() {
+                self.enabled = None;
+                self.discover().await?;
+            }
+        }
+        Ok(SourceSample::Qga(self.sample.clone()))
+    }
+}
