@@ -318,7 +318,7 @@ def cmd_phase(a):
     check_alive(a.vmb_pid, "vmbridge")
     check_alive(a.exp_pid, "prometheus-libvirt-exporter")
 
-    t_flag = t_open = None
+    t_flag = t_open = t_stop = None
     if victim:
         log(f"SIGSTOP {victim}")
         t_stop = time.monotonic()
@@ -330,8 +330,9 @@ def cmd_phase(a):
     results = {"vmbridge": [None] * a.k, "exporter": [None] * a.k}
 
     def one(system, i):
+        t_send = time.monotonic()
         dt, status, body = http_get(targets[system], "/metrics", a.timeout)
-        results[system][i] = (dt, status, body)
+        results[system][i] = (dt, status, body, t_send)
 
     sampler = PoolSampler()
     sampler.start()
@@ -414,8 +415,8 @@ def cmd_phase(a):
         libvirt_up_vals = set()
         for r in results[system]:
             if r is None:  # thread did not finish (cannot happen with join timeout > timeout)
-                r = (a.timeout, "timeout", b"")
-            dt, status, body = r
+                r = (a.timeout, "timeout", b"", None)
+            dt, status, body, t_send = r
             lat.append(dt)
             key = str(status)
             statuses[key] = statuses.get(key, 0) + 1
@@ -432,6 +433,13 @@ def cmd_phase(a):
                     other_domains.add(int(p["endpoint_domains"]))
                 if p["revision"]:
                     extra["revision"] = p["revision"]
+                if victim and t_open is None and t_send is not None and re.search(
+                    r'vmbridge_breaker_state\{[^}]*name="%s"[^}]*source="libvirt"[^}]*state="open"\} 1'
+                    % re.escape(victim),
+                    text,
+                ):
+                    t_open = t_send - t_stop  # upper bound: first scrape that showed it open
+                    summary["time_to_breaker_open_s"] = t_open
             else:
                 p = parse_exporter(text, a.prefix)
                 if p["libvirt_up"] is not None:
@@ -655,10 +663,11 @@ def cmd_render(a):
         f"- **Operating point, not a normalisation**: the exporter does all its libvirt work inside each "
         f"scrape (a new libvirt connection, then per-domain calls), so its CPU grows with the scrape rate; "
         f"vmbridge polls every VM in the background every {a.poll_interval} and serves scrapes from memory, "
-        f"so its CPU is mostly the polling. The CPU columns are at 1 scrape/{interval:g} s against "
-        f"{a.poll_interval} polling — an aggressive scrape rate that favours vmbridge; at a typical "
-        "15–30 s scrape interval the exporter's CPU would be roughly 15–30× lower. The libvirt work itself "
-        "is done by `libvirtd`, whose CPU is shared by both and is shown separately below."
+        f"so its CPU is mostly the polling and hardly depends on the scrape rate. The CPU columns are what "
+        f"each process used at one scrape every {interval:g} s per exporter against vmbridge's "
+        f"{a.poll_interval} poll interval — a scrape rate far above the usual 15–60 s, which favours "
+        "vmbridge; they are not normalised per scrape or per poll. The libvirt work itself is done by "
+        "`libvirtd`, shared by both exporters and any other client, and is shown separately below."
     )
     L.append("")
     L.append("## Results")

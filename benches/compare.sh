@@ -146,7 +146,8 @@ python3 "$PY" facts --vmbridge "$VMB_BIN" >"$WORK/facts.json" || die "collecting
 # ------------------------------------------------------------------ lab ----
 
 # Leftover PREFIX* domains from an aborted run would skew the counts: remove them first.
-if "$LAB" list 2>/dev/null | grep -q "^${PREFIX}"; then
+lab_list=$("$LAB" list 2>/dev/null || true)
+if grep -q "^${PREFIX}" <<<"$lab_list"; then
     log "removing leftover ${PREFIX}* lab domains"
     "$LAB" down "$PREFIX" >"$WORK/lab-down-pre.log" 2>&1 || die "lab down $PREFIX failed, see $WORK/lab-down-pre.log"
 fi
@@ -158,8 +159,8 @@ wait_port() { # PID HOSTPORT NAME
         if (exec 3<>"/dev/tcp/${hp%:*}/${hp##*:}") 2>/dev/null; then return 0; fi
         sleep 0.1
     done
-    die "$name does not listen on $hp after 10 s"
     : "$i"
+    die "$name does not listen on $hp after 10 s"
 }
 
 LIBVIRTD_PID=""

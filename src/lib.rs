@@ -90,7 +90,15 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> Result<(), RunE
     drop(tx);
     let naming = Naming { naming: settings.domain_naming, default_namespace: settings.default_namespace.clone() };
     let sources = supervisor::Sources { qga: settings.qga.clone(), static_vms: settings.static_vms.clone() };
-    tokio::spawn(supervisor::run(rx, store.clone(), naming, settings.poll.clone(), sources, limiter, stop.child_token()));
+    tokio::spawn(supervisor::run(
+        rx,
+        store.clone(),
+        naming,
+        settings.poll.clone(),
+        sources,
+        limiter,
+        stop.child_token(),
+    ));
 
     let registry = VmCollector::new(store.clone(), settings.node_name.clone(), settings.staleness).into_registry();
     let app = Arc::new(http::App { store, registry, node: settings.node_name.clone() });

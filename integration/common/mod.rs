@@ -95,8 +95,15 @@ pub struct Bridge {
 
 impl Bridge {
     pub fn start(args: &[&str]) -> Bridge {
+        let mut all = vec!["--libvirt-uri", URI];
+        all.extend_from_slice(args);
+        Self::start_without_libvirt(&all)
+    }
+
+    /// Starts vmbridge with exactly `args` (plus listen address, log format and node name).
+    pub fn start_without_libvirt(args: &[&str]) -> Bridge {
         let mut child = Command::new(env!("CARGO_BIN_EXE_vmbridge"))
-            .args(["--listen", "127.0.0.1:0", "--log-json", "--node-name", "it-node", "--libvirt-uri", URI])
+            .args(["--listen", "127.0.0.1:0", "--log-json", "--node-name", "it-node"])
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -82,19 +82,37 @@ fn rich_guest() -> crate::source::qga::QgaSample {
     let lim = crate::source::qga::GuestLimits::default();
     let replies = [
         ("guest-info", json!({"version": "9.1.0", "supported_commands": []})),
-        ("guest-get-fsinfo", json!([{"name": "vda1", "mountpoint": "/", "type": "ext4", "disk": [], "total-bytes": 1000, "used-bytes": 400}])),
-        ("guest-network-get-interfaces", json!([{"name": "eth0", "hardware-address": "52:54:00:12:34:56",
+        (
+            "guest-get-fsinfo",
+            json!([{"name": "vda1", "mountpoint": "/", "type": "ext4", "disk": [], "total-bytes": 1000, "used-bytes": 400}]),
+        ),
+        (
+            "guest-network-get-interfaces",
+            json!([{"name": "eth0", "hardware-address": "52:54:00:12:34:56",
             "ip-addresses": [{"ip-address": "10.0.2.15", "ip-address-type": "ipv4", "prefix": 24}],
-            "statistics": {"rx-bytes": 1, "rx-packets": 2, "rx-errs": 0, "rx-dropped": 0, "tx-bytes": 3, "tx-packets": 4, "tx-errs": 0, "tx-dropped": 0}}])),
-        ("guest-get-vcpus", json!([{"logical-id": 0, "online": true, "can-offline": false}, {"logical-id": 1, "online": false}])),
-        ("guest-get-osinfo", json!({"id": "debian", "name": "Debian GNU/Linux", "pretty-name": "Debian GNU/Linux 12 (bookworm)", "version-id": "12", "kernel-release": "6.1.0", "machine": "x86_64"})),
+            "statistics": {"rx-bytes": 1, "rx-packets": 2, "rx-errs": 0, "rx-dropped": 0, "tx-bytes": 3, "tx-packets": 4, "tx-errs": 0, "tx-dropped": 0}}]),
+        ),
+        (
+            "guest-get-vcpus",
+            json!([{"logical-id": 0, "online": true, "can-offline": false}, {"logical-id": 1, "online": false}]),
+        ),
+        (
+            "guest-get-osinfo",
+            json!({"id": "debian", "name": "Debian GNU/Linux", "pretty-name": "Debian GNU/Linux 12 (bookworm)", "version-id": "12", "kernel-release": "6.1.0", "machine": "x86_64"}),
+        ),
         ("guest-get-host-name", json!({"host-name": "guest-1"})),
         ("guest-get-users", json!([{"user": "root", "login-time": 1.5}])),
         ("guest-get-timezone", json!({"zone": "CET", "offset": 3600})),
         ("guest-get-load", json!({"load1": 0.5, "load5": 0.25, "load15": 0.125})),
-        ("guest-get-diskstats", json!([{"name": "vda", "major": 254, "minor": 0, "stats": {"read-ios": 10, "read-sectors": 20, "read-ticks": 1500,
-            "write-ios": 1, "write-sectors": 2, "write-ticks": 3, "flush-ios": 4, "flush-ticks": 5, "ios-pgr": 0, "total-ticks": 6}}])),
-        ("guest-get-cpustats", json!([{"type": "linux", "cpu": 0, "user": 2500, "nice": 0, "system": 100, "idle": 9000}])),
+        (
+            "guest-get-diskstats",
+            json!([{"name": "vda", "major": 254, "minor": 0, "stats": {"read-ios": 10, "read-sectors": 20, "read-ticks": 1500,
+            "write-ios": 1, "write-sectors": 2, "write-ticks": 3, "flush-ios": 4, "flush-ticks": 5, "ios-pgr": 0, "total-ticks": 6}}]),
+        ),
+        (
+            "guest-get-cpustats",
+            json!([{"type": "linux", "cpu": 0, "user": 2500, "nice": 0, "system": 100, "idle": 9000}]),
+        ),
         ("guest-get-memory-block-info", json!({"size": 134217728})),
     ];
     for (cmd, v) in replies {
@@ -220,7 +238,15 @@ fn guest_values_are_converted_and_described() {
         Some(guest_source(rich_guest())),
     ));
     let vm = "{namespace=\"ns\",name=\"g\",node=\"node-1\"";
-    assert_eq!(value(&text, &format!("kubevirt_vmi_filesystem_used_bytes{vm},disk_name=\"vda1\",mount_point=\"/\",file_system_type=\"ext4\"}}")), 400.0);
+    assert_eq!(
+        value(
+            &text,
+            &format!(
+                "kubevirt_vmi_filesystem_used_bytes{vm},disk_name=\"vda1\",mount_point=\"/\",file_system_type=\"ext4\"}}"
+            )
+        ),
+        400.0
+    );
     assert_eq!(value(&text, &format!("kubevirt_vmi_guest_disk_read_bytes_total{vm},disk=\"vda\"}}")), 20.0 * 512.0);
     assert_eq!(value(&text, &format!("kubevirt_vmi_guest_disk_read_time_seconds_total{vm},disk=\"vda\"}}")), 1.5);
     assert_eq!(value(&text, &format!("kubevirt_vmi_guest_cpu_seconds_total{vm},cpu=\"0\",mode=\"user\"}}")), 2.5);

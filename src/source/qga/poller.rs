@@ -9,10 +9,10 @@ use std::time::{Duration, SystemTime};
 use qapi::qga;
 use tokio::time::Instant;
 
+use super::QgaSample;
 use super::allow::{AgentRequest, GuestGetLoad};
 use super::guest::GuestLimits;
 use super::transport::{AgentError, Transport};
-use super::QgaSample;
 use crate::clock::{now_unix, unix_seconds};
 use crate::source::wire::truncate;
 use crate::source::{ErrorKind, PollError, Poller, SourceKind, SourceSample};
@@ -95,9 +95,14 @@ impl QgaPoller {
     /// refused it; `Err` for a transport failure or an unusable reply (fails the poll).
     async fn run(&mut self, key: &'static str, req: AgentRequest) -> Result<Option<serde_json::Value>, PollError> {
         let period = self.period(key);
-        self.due.insert(key, Instant::now() + period);
         let name = req.name;
         let result = self.transport.execute(&req, self.settings.timeout).await;
+        // A command that got an answer (data or a refusal) is next due one period later; one
+        // that failed in transport stays due, so the next poll retries it and the breaker
+        // counts consecutive failures instead of seeing empty "successful" polls in between.
+        if !matches!(result, Err(AgentError::Transport(_))) {
+            self.due.insert(key, Instant::now() + period);
+        }
         let state = self.sample.commands.entry(name.to_owned()).or_default();
         state.period_seconds = period.as_secs_f64();
         state.next_due_at = Some(unix_seconds(SystemTime::now() + period));
@@ -163,9 +168,11 @@ impl Poller for QgaPoller {
 
     async fn poll(&mut self) -> Result<SourceSample, PollError> {
         let info_due = self.due.get("info").is_none_or(|d| Instant::now() >= *d);
+        let mut contacted = false;
         if self.enabled.is_none() || info_due || self.transport.take_reconnected() {
             self.enabled = None;
             self.discover().await?;
+            contacted = true;
         }
         for (key, build) in COMMANDS {
             if key == "info" {
@@ -176,11 +183,23 @@ impl Poller for QgaPoller {
             let due = self.due.get(key).is_none_or(|d| Instant::now() >= *d);
             if enabled && due {
                 self.run(key, req).await?;
+                contacted = true;
             }
             // A reconnect in the middle (socket transport) means capabilities may have changed.
             if self.transport.take_reconnected() {
                 self.enabled = None;
                 self.discover().await?;
+            }
+        }
+        if !contacted {
+            // Nothing was due: a ping keeps "last success" meaning "the agent answered then",
+            // and notices a hung agent within one poll interval rather than one period.
+            let ping = AgentRequest::new(qga::guest_ping {});
+            match self.transport.execute(&ping, self.settings.timeout).await {
+                Ok(_) | Err(AgentError::Command(_)) => {}
+                Err(AgentError::Transport(e)) => {
+                    return Err(PollError { message: format!("guest-ping: {}", e.message), ..e });
+                }
             }
         }
         Ok(SourceSample::Qga(self.sample.clone()))
