@@ -280,15 +280,19 @@ def wait_flagged(a, victim, t_stop):
     return t_flag, t_open
 
 
-def wait_recovered(a, want):
+def wait_recovered(a, want, victim):
     """After SIGCONT: wait until vmbridge has every lab VM up again and the exporter
-    returns every lab VM; at most a.recover_timeout seconds."""
+    returns every lab VM; at most a.recover_timeout seconds. Returns the seconds until
+    vmbridge had the victim up, had every lab VM up, and the exporter returned all."""
     t0 = time.monotonic()
-    t_vmb = t_exp = None
+    t_victim = t_vmb = t_exp = None
     while time.monotonic() - t0 < a.recover_timeout:
         if t_vmb is None:
             p = state_vmbridge(a.vmb, a.prefix, a.n)
-            if p is not None and want <= {v for v, x in p["up"].items() if x == 1.0}:
+            ups = {v for v, x in p["up"].items() if x == 1.0} if p is not None else set()
+            if t_victim is None and victim in ups:
+                t_victim = time.monotonic() - t0
+            if want <= ups:
                 t_vmb = time.monotonic() - t0
         if t_exp is None:
             _, st, body = http_get(a.exp, "/metrics", 10.0)
@@ -299,11 +303,12 @@ def wait_recovered(a, want):
         time.sleep(1.0)
     log(
         "recovery after SIGCONT: vmbridge "
-        + (f"{t_vmb:.1f} s" if t_vmb is not None else "NOT recovered")
+        + (f"{t_victim:.1f} s for {victim}, " if t_victim is not None else f"{victim} NOT recovered, ")
+        + (f"{t_vmb:.1f} s for all" if t_vmb is not None else "NOT all recovered")
         + ", exporter "
         + (f"{t_exp:.1f} s" if t_exp is not None else "NOT recovered")
     )
-    return t_vmb, t_exp
+    return t_victim, t_vmb, t_exp
 
 
 def pct_nearest_rank(values, p):
@@ -314,7 +319,9 @@ def pct_nearest_rank(values, p):
 
 def cmd_phase(a):
     want = set(lab_names(a.prefix, a.n))
-    victim = a.victim if a.phase == "stopped" else None
+    victim = a.victim if a.phase != "healthy" else None
+    # "stopped-alone" is the control: VM stopped, only vmbridge scraped, exporter idle
+    systems = ("vmbridge",) if a.phase == "stopped-alone" else ("vmbridge", "exporter")
     check_alive(a.vmb_pid, "vmbridge")
     check_alive(a.exp_pid, "prometheus-libvirt-exporter")
 
@@ -327,7 +334,7 @@ def cmd_phase(a):
 
     pids = {"vmbridge": a.vmb_pid, "exporter": a.exp_pid, "libvirtd": a.libvirtd_pid}
     targets = {"vmbridge": a.vmb, "exporter": a.exp}
-    results = {"vmbridge": [None] * a.k, "exporter": [None] * a.k}
+    results = {s: [None] * a.k for s in systems}
 
     def one(system, i):
         t_send = time.monotonic()
@@ -343,11 +350,11 @@ def cmd_phase(a):
                 ticks0[name] = cpu_ticks(pid)
             except OSError:
                 pass
-    log(f"phase {a.phase} N={a.n}: {a.k} scrapes of each exporter, 1 every {a.interval:g} s, interleaved")
+    log(f"phase {a.phase} N={a.n}: {a.k} scrapes of {' and '.join(systems)}, 1 every {a.interval:g} s each")
     t0 = time.monotonic()
     threads = []
     for i in range(a.k):
-        for j, system in enumerate(("vmbridge", "exporter")):
+        for j, system in enumerate(systems):
             due = t0 + i * a.interval + j * a.interval / 2.0
             delay = due - time.monotonic()
             if delay > 0:
@@ -375,11 +382,11 @@ def cmd_phase(a):
     check_alive(a.vmb_pid, "vmbridge")
     check_alive(a.exp_pid, "prometheus-libvirt-exporter")
 
-    t_rec_vmb = t_rec_exp = None
+    t_rec_victim = t_rec_vmb = t_rec_exp = None
     if victim:
         log(f"SIGCONT {victim}")
         run_lab(a.lab, "cont-vm", victim)
-        t_rec_vmb, t_rec_exp = wait_recovered(a, want)
+        t_rec_victim, t_rec_vmb, t_rec_exp = wait_recovered(a, want, victim)
 
     # ---- summarise (bodies are parsed only now, so parsing never delays a scrape)
     healthy_want = want - ({victim} if victim else set())
@@ -393,6 +400,7 @@ def cmd_phase(a):
         "wall_s": wall,
         "time_to_flag_s": t_flag,
         "time_to_breaker_open_s": t_open,
+        "recovery_vmbridge_victim_s": t_rec_victim,
         "recovery_vmbridge_s": t_rec_vmb,
         "recovery_exporter_s": t_rec_exp,
         "libvirtd_cpu_s_per_min": cpu.get("libvirtd"),
@@ -404,10 +412,11 @@ def cmd_phase(a):
         },
         "systems": {},
     }
-    for system in ("vmbridge", "exporter"):
+    for system in systems:
         lat, vms_per, samples_per, statuses = [], [], [], {}
         extra = {}
         up_min = None
+        first_drop = None
         healthy_missing_max = 0
         healthy_missing_scrapes = 0
         victim_data_scrapes = 0
@@ -429,6 +438,8 @@ def cmd_phase(a):
                 p = parse_vmbridge(text, a.prefix)
                 ups = {v for v, x in p["up"].items() if x == 1.0} & healthy_want
                 up_min = len(ups) if up_min is None else min(up_min, len(ups))
+                if first_drop is None and len(ups) < len(healthy_want) and t_send is not None:
+                    first_drop = t_send - t0
                 if p["endpoint_domains"] is not None:
                     other_domains.add(int(p["endpoint_domains"]))
                 if p["revision"]:
@@ -470,6 +481,7 @@ def cmd_phase(a):
             "healthy_missing_scrapes": healthy_missing_scrapes,
             "victim_data_scrapes": victim_data_scrapes,
             "healthy_up_min": up_min,
+            "healthy_up_first_drop_s": first_drop,
             "libvirt_up_values": sorted(libvirt_up_vals),
             "domains_seen": sorted(other_domains),
             "cpu_s_per_min": cpu.get(system),
@@ -550,7 +562,11 @@ def fmt_s(x):
 
 
 def phase_label(r):
-    return "healthy" if r["phase"] == "healthy" else f"one VM stopped ({r['victim']})"
+    if r["phase"] == "healthy":
+        return "healthy"
+    if r["phase"] == "stopped-alone":
+        return f"control: one VM stopped ({r['victim']}), exporter not scraped"
+    return f"one VM stopped ({r['victim']})"
 
 
 def cmd_render(a):
@@ -598,7 +614,10 @@ def cmd_render(a):
         f"run of that script on {facts['date_utc']} (total wall time {a.runtime})."
     )
     L.append("")
-    L.append("Regenerate (as root, on a machine where `integration/lab.sh` works; takes about 10 minutes):")
+    L.append(
+        "Regenerate (as root, on a machine where `integration/lab.sh` works; it creates and destroys "
+        "its own `bench-*` domains and leaves other domains alone):"
+    )
     L.append("")
     L.append("```sh")
     L.append(a.command)
@@ -657,7 +676,8 @@ def cmd_render(a):
         "- Phase *one VM stopped*: `lab.sh stop-vm` SIGSTOPs the QEMU process of the middle lab VM; "
         f"scraping starts once vmbridge reports that VM's `vmbridge_source_up{{source=\"libvirt\"}} 0` and at "
         f"least {a.stop_wait:g} s have passed. After the phase the VM gets SIGCONT and the script waits until "
-        "both exporters report every lab VM again before the next step."
+        "both exporters report every lab VM again before the next step. Order per N: healthy, control "
+        "(VM stopped, only vmbridge scraped; in the details table), one VM stopped (both scraped)."
     )
     L.append(
         f"- **Operating point, not a normalisation**: the exporter does all its libvirt work inside each "
@@ -679,6 +699,8 @@ def cmd_render(a):
     )
     L.append("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
+        if r["phase"] not in ("healthy", "stopped"):
+            continue
         v, e = r["systems"]["vmbridge"], r["systems"]["exporter"]
         L.append(
             f"| {r['n']} | {phase_label(r)} | {fmt_lat(v['p50_s'], timeout)} | {fmt_lat(v['p99_s'], timeout)} "
@@ -691,14 +713,17 @@ def cmd_render(a):
     L.append("### Details of the same run")
     L.append("")
     L.append(
-        "| N | phase | scrapes OK: vmbridge | scrapes OK: exporter | vmbridge: healthy VMs missing data "
-        "(worst scrape; scrapes affected) | vmbridge: healthy VMs with `source_up 1` (worst scrape) "
-        "| stopped VM flagged / breaker open after | recovery after SIGCONT: vmbridge / exporter "
+        "| N | phase | scrapes OK: vmbridge | scrapes OK: exporter | vmbridge p50 / p99 | vmbridge CPU s/min "
+        "| vmbridge: healthy VMs missing data (worst scrape; scrapes affected) "
+        "| vmbridge: healthy VMs with `source_up 1` (worst scrape; first scrape below all) "
+        "| stopped VM: `source_up 0` / breaker open after SIGSTOP "
+        "| after SIGCONT, vmbridge: stopped VM up / all VMs up; exporter: all VMs "
         "| libvirtd CPU s/min | libvirtd workers: max queue depth / min free | domains on libvirtd |"
     )
-    L.append("|---:|---|---|---|---|---|---|---|---:|---|---|")
+    L.append("|---:|---|---|---|---|---:|---|---|---|---|---:|---|---|")
     for r in rows:
-        v, e = r["systems"]["vmbridge"], r["systems"]["exporter"]
+        v = r["systems"]["vmbridge"]
+        e = r["systems"].get("exporter")
         healthy_n = r["n"] - (1 if r["victim"] else 0)
         pool = r["libvirtd_pool"]
         pool_cell = (
@@ -708,17 +733,24 @@ def cmd_render(a):
         )
         if r["victim"]:
             flag = f"{fmt_s(r['time_to_flag_s'])} / {fmt_s(r['time_to_breaker_open_s'])}"
-            rec = f"{fmt_s(r['recovery_vmbridge_s'])} / {fmt_s(r['recovery_exporter_s'])}"
+            rec = (
+                f"{fmt_s(r.get('recovery_vmbridge_victim_s'))} / {fmt_s(r['recovery_vmbridge_s'])}; "
+                f"{fmt_s(r['recovery_exporter_s'])}"
+            )
         else:
             flag = rec = "—"
-        doms = sorted(set(v["domains_seen"]) | set(e["domains_seen"]))
+        doms = sorted(set(v["domains_seen"]) | set(e["domains_seen"] if e else []))
         dom_cell = "–".join(str(x) for x in (doms[0], doms[-1])) if doms else "n/a"
         if doms and doms[0] == doms[-1]:
             dom_cell = str(doms[0])
+        up_cell = f"{v['healthy_up_min'] if v['healthy_up_min'] is not None else 'n/a'} of {healthy_n}"
+        if v.get("healthy_up_first_drop_s") is not None:
+            up_cell += f"; at +{v['healthy_up_first_drop_s']:.0f} s"
         L.append(
-            f"| {r['n']} | {phase_label(r)} | {ok_cell(v)} | {ok_cell(e)} "
+            f"| {r['n']} | {phase_label(r)} | {ok_cell(v)} | {ok_cell(e) if e else 'not scraped'} "
+            f"| {fmt_lat(v['p50_s'], timeout)} / {fmt_lat(v['p99_s'], timeout)} | {fmt_num(v['cpu_s_per_min'])} "
             f"| {v['healthy_missing_max']} of {healthy_n}; {v['healthy_missing_scrapes']} scrapes "
-            f"| {v['healthy_up_min'] if v['healthy_up_min'] is not None else 'n/a'} of {healthy_n} "
+            f"| {up_cell} "
             f"| {flag} | {rec} | {fmt_num(r['libvirtd_cpu_s_per_min'])} | {pool_cell} | {dom_cell} |"
         )
     L.append("")
@@ -726,7 +758,14 @@ def cmd_render(a):
         "- *healthy VMs*: the lab VMs other than the stopped one. *Missing data* means no "
         "`kubevirt_vmi_*` sample for that VM in a successful vmbridge scrape. vmbridge keeps a VM's last "
         "good values for the breaker staleness window (default 120 s, longer than a phase), so a healthy VM "
-        "whose polls fail still has data; `source_up 1` shows whether its last poll succeeded."
+        "whose polls fail still has data; `source_up 1` shows whether its last poll succeeded. "
+        "*first scrape below all*: seconds from the start of the phase's scraping to the first vmbridge "
+        "scrape in which some healthy VM had `source_up 0`."
+    )
+    L.append(
+        "- *control* row: the same SIGSTOP of the same VM, but only vmbridge is scraped, the exporter "
+        "process is idle (it does libvirt work only when scraped). It separates what the stopped VM does "
+        "to vmbridge from what the exporter's hung scrapes do to the shared libvirtd."
     )
     L.append(
         "- *libvirtd workers*: `virt-admin srv-threadpool-info libvirtd` sampled every 2 s during the phase "
@@ -740,7 +779,7 @@ def cmd_render(a):
     L.append("<details><summary>per phase and system</summary>")
     L.append("")
     for r in rows:
-        for system in ("vmbridge", "exporter"):
+        for system in r["systems"]:
             lat = " ".join(f"{x:.4f}" for x in r["systems"][system]["latencies_s"])
             L.append(f"- N={r['n']}, {phase_label(r)}, {system}: {lat}")
     L.append("")
@@ -776,7 +815,7 @@ def main():
 
     p = sub.add_parser("phase")
     common(p)
-    p.add_argument("--phase", choices=["healthy", "stopped"], required=True)
+    p.add_argument("--phase", choices=["healthy", "stopped-alone", "stopped"], required=True)
     p.add_argument("--victim", help="lab VM to SIGSTOP in phase 'stopped'")
     p.add_argument("--lab", required=True, help="path of integration/lab.sh")
     p.add_argument("--libvirtd-pid", type=int, default=0)
@@ -810,8 +849,8 @@ def main():
     elif a.cmd == "wait-ready":
         cmd_wait_ready(a)
     elif a.cmd == "phase":
-        if a.phase == "stopped" and not a.victim:
-            die("--victim is required for phase 'stopped'")
+        if a.phase != "healthy" and not a.victim:
+            die(f"--victim is required for phase '{a.phase}'")
         cmd_phase(a)
     elif a.cmd == "facts":
         cmd_facts(a)

@@ -17,10 +17,12 @@
 #   BENCH_SKIP_BUILD (0)    1: use the existing target/release/vmbridge
 #
 # For each N: start both exporters on free loopback ports, wait until both report
-# all N lab VMs, then phase "healthy" and phase "one VM stopped" (SIGSTOP the middle
-# lab VM, scrape, SIGCONT, wait for recovery). On exit (success, error or Ctrl-C)
-# both exporters are killed, the stopped VM gets SIGCONT and `lab.sh down PREFIX`
-# destroys the lab's PREFIX* domains (other domains are left alone).
+# all N lab VMs, then phase "healthy", a control phase (middle lab VM SIGSTOPped, only
+# vmbridge scraped) and phase "one VM stopped" (same VM SIGSTOPped, both scraped); after
+# each stopped phase: SIGCONT and wait until both report every lab VM again.
+# On exit (success, error or Ctrl-C) both exporters are killed, the stopped VM gets
+# SIGCONT and `lab.sh down PREFIX` destroys the lab's PREFIX* domains (other domains
+# are left alone).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -197,6 +199,9 @@ for N in "${SIZES[@]}"; do
     python3 "$PY" phase "${common[@]}" "${phase_args[@]}" --phase healthy
 
     VICTIM=$(printf '%s%02d' "$PREFIX" $(((N + 1) / 2)))
+    # control: the same stopped VM with only vmbridge scraped (separates vmbridge's own
+    # behaviour from the exporter's load on the shared libvirtd)
+    python3 "$PY" phase "${common[@]}" "${phase_args[@]}" --phase stopped-alone --victim "$VICTIM"
     python3 "$PY" phase "${common[@]}" "${phase_args[@]}" --phase stopped --victim "$VICTIM"
     "$LAB" cont-vm "$VICTIM" >/dev/null 2>&1 || true # idempotent; the phase already did it
     VICTIM=""

@@ -601,6 +601,371 @@ family!(
     "Last measured guest memory dirty rate, in bytes per second; present only after libvirt measured it."
 );
 
+// Hypervisor group, from a direct QMP monitor (and libvirt job stats for migrations).
+family!(
+    QEMU_STATUS,
+    "kubevirt_vmi_qemu_status",
+    Gauge,
+    N,
+    ["status"],
+    Hypervisor,
+    "qmp query-status",
+    Vm,
+    "QEMU's run state as a label (running, paused, guest-panicked, io-error, …); the value is always 1."
+);
+family!(
+    STORAGE_FAILED_READ,
+    "kubevirt_vmi_storage_failed_read_operations",
+    Counter,
+    N,
+    ["drive"],
+    Hypervisor,
+    "qmp query-blockstats failed_rd_operations",
+    Vm,
+    "Failed read operations (drive is QEMU's device id)."
+);
+family!(
+    STORAGE_FAILED_WRITE,
+    "kubevirt_vmi_storage_failed_write_operations",
+    Counter,
+    N,
+    ["drive"],
+    Hypervisor,
+    "qmp query-blockstats failed_wr_operations",
+    Vm,
+    "Failed write operations."
+);
+family!(
+    STORAGE_FAILED_FLUSH,
+    "kubevirt_vmi_storage_failed_flush_operations",
+    Counter,
+    N,
+    ["drive"],
+    Hypervisor,
+    "qmp query-blockstats failed_flush_operations",
+    Vm,
+    "Failed flush operations."
+);
+family!(
+    STORAGE_INVALID_READ,
+    "kubevirt_vmi_storage_invalid_read_operations",
+    Counter,
+    N,
+    ["drive"],
+    Hypervisor,
+    "qmp query-blockstats invalid_rd_operations",
+    Vm,
+    "Invalid read operations."
+);
+family!(
+    STORAGE_INVALID_WRITE,
+    "kubevirt_vmi_storage_invalid_write_operations",
+    Counter,
+    N,
+    ["drive"],
+    Hypervisor,
+    "qmp query-blockstats invalid_wr_operations",
+    Vm,
+    "Invalid write operations."
+);
+family!(
+    STORAGE_INVALID_FLUSH,
+    "kubevirt_vmi_storage_invalid_flush_operations",
+    Counter,
+    N,
+    ["drive"],
+    Hypervisor,
+    "qmp query-blockstats invalid_flush_operations",
+    Vm,
+    "Invalid flush operations."
+);
+family!(
+    STORAGE_UNMAP_OPS,
+    "kubevirt_vmi_storage_unmap_operations",
+    Counter,
+    N,
+    ["drive"],
+    Hypervisor,
+    "qmp query-blockstats unmap_operations",
+    Vm,
+    "Unmap (discard) operations."
+);
+family!(
+    STORAGE_UNMAP_BYTES,
+    "kubevirt_vmi_storage_unmap",
+    Counter,
+    B,
+    ["drive"],
+    Hypervisor,
+    "qmp query-blockstats unmap_bytes",
+    Vm,
+    "Bytes unmapped (discarded)."
+);
+family!(
+    STORAGE_MERGED_READ,
+    "kubevirt_vmi_storage_merged_read_operations",
+    Counter,
+    N,
+    ["drive"],
+    Hypervisor,
+    "qmp query-blockstats rd_merged",
+    Vm,
+    "Read operations merged into others."
+);
+family!(
+    STORAGE_MERGED_WRITE,
+    "kubevirt_vmi_storage_merged_write_operations",
+    Counter,
+    N,
+    ["drive"],
+    Hypervisor,
+    "qmp query-blockstats wr_merged",
+    Vm,
+    "Write operations merged into others."
+);
+family!(
+    STORAGE_IDLE,
+    "kubevirt_vmi_storage_idle_time",
+    Gauge,
+    S,
+    ["drive"],
+    Hypervisor,
+    "qmp query-blockstats idle_time_ns",
+    Vm,
+    "Time since the drive's last I/O."
+);
+family!(
+    QEMU_STAT,
+    "kubevirt_vmi_qemu_stat",
+    Gauge,
+    N,
+    ["stat"],
+    Hypervisor,
+    "qmp query-stats target vm",
+    Vm,
+    "Accelerator statistics QEMU reports for the VM (query-stats; KVM only), by provider/name."
+);
+family!(
+    MIG_DOWNTIME,
+    "kubevirt_vmi_migration_downtime",
+    Gauge,
+    S,
+    [],
+    Hypervisor,
+    "qmp query-migrate / libvirt job downtime",
+    Vm,
+    "Migration downtime: expected while running, actual once completed."
+);
+family!(
+    MIG_ELAPSED,
+    "kubevirt_vmi_migration_elapsed",
+    Gauge,
+    S,
+    [],
+    Hypervisor,
+    "qmp query-migrate total-time / libvirt job time_elapsed",
+    Vm,
+    "Time the migration has been running."
+);
+family!(
+    MIG_DATA_TOTAL,
+    "kubevirt_vmi_migration_data_total",
+    Gauge,
+    B,
+    [],
+    Hypervisor,
+    "libvirt job data_total / qmp ram+disk total",
+    Vm,
+    "Bytes the migration has to transfer (memory and disks)."
+);
+family!(
+    MIG_DATA_PROCESSED,
+    "kubevirt_vmi_migration_data_processed",
+    Gauge,
+    B,
+    [],
+    Hypervisor,
+    "libvirt job data_processed / qmp ram+disk transferred",
+    Vm,
+    "Bytes the migration transferred."
+);
+family!(
+    MIG_DATA_REMAINING,
+    "kubevirt_vmi_migration_data_remaining",
+    Gauge,
+    B,
+    [],
+    Hypervisor,
+    "libvirt job data_remaining / qmp ram+disk remaining",
+    Vm,
+    "Bytes the migration has left to transfer."
+);
+family!(
+    MIG_MEM_TOTAL,
+    "kubevirt_vmi_migration_memory_total",
+    Gauge,
+    B,
+    [],
+    Hypervisor,
+    "libvirt job memory_total / qmp ram.total",
+    Vm,
+    "Guest memory to migrate."
+);
+family!(
+    MIG_MEM_PROCESSED,
+    "kubevirt_vmi_migration_memory_processed",
+    Gauge,
+    B,
+    [],
+    Hypervisor,
+    "libvirt job memory_processed / qmp ram.transferred",
+    Vm,
+    "Guest memory transferred."
+);
+family!(
+    MIG_MEM_REMAINING,
+    "kubevirt_vmi_migration_memory_remaining",
+    Gauge,
+    B,
+    [],
+    Hypervisor,
+    "libvirt job memory_remaining / qmp ram.remaining",
+    Vm,
+    "Guest memory left to transfer."
+);
+family!(
+    MIG_MEM_BPS,
+    "kubevirt_vmi_migration_memory_bps",
+    Gauge,
+    N,
+    [],
+    Hypervisor,
+    "libvirt job memory_bps / qmp ram.mbps",
+    Vm,
+    "Memory transfer rate in bytes per second."
+);
+family!(
+    MIG_CONSTANT,
+    "kubevirt_vmi_migration_memory_constant_pages",
+    Gauge,
+    N,
+    [],
+    Hypervisor,
+    "libvirt job memory_constant / qmp ram.duplicate",
+    Vm,
+    "Pages found to be constant (zero) and not sent in full."
+);
+family!(
+    MIG_COMPRESSION,
+    "kubevirt_vmi_migration_compression",
+    Gauge,
+    B,
+    [],
+    Hypervisor,
+    "libvirt job compression_bytes / qmp compression.compressed-size",
+    Vm,
+    "Compressed bytes sent."
+);
+family!(
+    MIG_DIRTY_RATE,
+    "kubevirt_vmi_migration_dirty_rate_pages_per_second",
+    Gauge,
+    N,
+    [],
+    Hypervisor,
+    "libvirt job memory_dirty_rate / qmp ram.dirty-pages-rate",
+    Vm,
+    "Pages the guest dirties per second during migration."
+);
+family!(
+    MIG_ITERATION,
+    "kubevirt_vmi_migration_iteration",
+    Gauge,
+    N,
+    [],
+    Hypervisor,
+    "libvirt job memory_iteration / qmp ram.dirty-sync-count",
+    Vm,
+    "Memory copy iterations so far."
+);
+family!(
+    MIG_LAST_COMPLETED,
+    "kubevirt_vmi_migration_last_completed_timestamp",
+    Gauge,
+    S,
+    [],
+    Hypervisor,
+    "vmbridge (with --keep-ephemeral)",
+    Vm,
+    "When vmbridge first saw the last migration job completed, seconds since the Unix epoch."
+);
+family!(
+    GUEST_PANICS,
+    "kubevirt_vmi_guest_panics",
+    Counter,
+    N,
+    [],
+    Hypervisor,
+    "qmp event GUEST_PANICKED",
+    Vm,
+    "Guest panics vmbridge has seen since it discovered the VM."
+);
+family!(
+    BLOCK_IO_ERRORS,
+    "kubevirt_vmi_block_io_errors",
+    Counter,
+    N,
+    ["drive", "operation"],
+    Hypervisor,
+    "qmp event BLOCK_IO_ERROR",
+    Vm,
+    "Block I/O errors vmbridge has seen since it discovered the VM."
+);
+family!(
+    REBOOTS,
+    "kubevirt_vmi_reboots",
+    Counter,
+    N,
+    [],
+    Hypervisor,
+    "qmp event RESET",
+    Vm,
+    "Resets and reboots vmbridge has seen since it discovered the VM."
+);
+family!(
+    AGENT_CONNECTS,
+    "kubevirt_vmi_agent_connects",
+    Counter,
+    N,
+    [],
+    Hypervisor,
+    "qmp event VSERPORT_CHANGE (agent port)",
+    Vm,
+    "Times the guest agent connected its channel since vmbridge discovered the VM."
+);
+family!(
+    AGENT_CONNECTED,
+    "kubevirt_vmi_agent_connected",
+    Gauge,
+    N,
+    [],
+    Hypervisor,
+    "qmp event VSERPORT_CHANGE (agent port)",
+    Vm,
+    "1 while the guest agent's channel is open, 0 when closed; absent until a change was seen."
+);
+family!(
+    STATE_CHANGES,
+    "kubevirt_vmi_state_changes",
+    Counter,
+    N,
+    ["to"],
+    Hypervisor,
+    "qmp events STOP, RESUME, SUSPEND, WAKEUP, SHUTDOWN, GUEST_PANICKED",
+    Vm,
+    "Run-state changes vmbridge has seen since it discovered the VM, by the state entered."
+);
+
 // Guest group: the qemu-guest-agent.
 family!(
     FS_CAPACITY,
@@ -1146,6 +1511,39 @@ pub const ALL: &[MetricDef] = &[
     STORAGE_PHYSICAL,
     STORAGE_THRESHOLD,
     DIRTY_RATE,
+    QEMU_STATUS,
+    STORAGE_FAILED_READ,
+    STORAGE_FAILED_WRITE,
+    STORAGE_FAILED_FLUSH,
+    STORAGE_INVALID_READ,
+    STORAGE_INVALID_WRITE,
+    STORAGE_INVALID_FLUSH,
+    STORAGE_UNMAP_OPS,
+    STORAGE_UNMAP_BYTES,
+    STORAGE_MERGED_READ,
+    STORAGE_MERGED_WRITE,
+    STORAGE_IDLE,
+    QEMU_STAT,
+    MIG_DOWNTIME,
+    MIG_ELAPSED,
+    MIG_DATA_TOTAL,
+    MIG_DATA_PROCESSED,
+    MIG_DATA_REMAINING,
+    MIG_MEM_TOTAL,
+    MIG_MEM_PROCESSED,
+    MIG_MEM_REMAINING,
+    MIG_MEM_BPS,
+    MIG_CONSTANT,
+    MIG_COMPRESSION,
+    MIG_DIRTY_RATE,
+    MIG_ITERATION,
+    MIG_LAST_COMPLETED,
+    GUEST_PANICS,
+    BLOCK_IO_ERRORS,
+    REBOOTS,
+    AGENT_CONNECTS,
+    AGENT_CONNECTED,
+    STATE_CHANGES,
     FS_CAPACITY,
     FS_USED,
     GUEST_LOAD_1M,
@@ -1273,11 +1671,9 @@ mod tests {
             let n = d.exposed_name();
             assert!(seen.insert(n.clone()), "duplicate {n}");
             assert!(n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'), "{n}");
-            assert!(
-                !d.name.ends_with("_total") && !d.name.ends_with("_seconds") && !d.name.ends_with("_bytes")
-                    || d.unit.is_none(),
-                "{n} repeats its suffix"
-            );
+            for doubled in ["_total_total", "_bytes_bytes", "_seconds_seconds", "_info_info"] {
+                assert!(!n.contains(doubled), "{n} repeats a suffix");
+            }
             assert!(d.help.ends_with('.'), "{n}: help should be a sentence");
         }
     }

@@ -32,6 +32,16 @@ pub struct Cli {
     /// `{namespace}` and `{name}` are replaced, e.g. '/run/vms/{domain}.qga'.
     #[arg(long, value_name = "PATTERN")]
     pub qga_socket: Option<String>,
+    /// Poll each VM's extra QMP monitor at this socket; `{domain}`, `{namespace}` and `{name}`
+    /// are replaced, e.g. '/run/vms/{domain}.qmp'.
+    #[arg(long, value_name = "PATTERN")]
+    pub qmp_socket: Option<String>,
+    /// Export every known family for every VM before data exists (absent values are NaN).
+    #[arg(long)]
+    pub export_all_known: bool,
+    /// Keep the last migration values after the job ends.
+    #[arg(long)]
+    pub keep_ephemeral: bool,
     /// Do not poll guest agents.
     #[arg(long)]
     pub no_qga: bool,
@@ -84,6 +94,15 @@ impl Cli {
         if let Some(v) = &self.qga_socket {
             file.qga.socket_pattern = Some(v.clone());
             file.qga.transport = Some(crate::config::QgaTransportKind::Socket);
+        }
+        if let Some(v) = &self.qmp_socket {
+            file.qmp.socket_pattern = Some(v.clone());
+        }
+        if self.export_all_known {
+            file.export_all_known = Some(true);
+        }
+        if self.keep_ephemeral {
+            file.keep_ephemeral = Some(true);
         }
         if self.no_qga {
             file.qga.enabled = Some(false);

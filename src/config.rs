@@ -44,9 +44,31 @@ pub struct FileConfig {
     /// The guest-agent source.
     #[serde(default)]
     pub qga: QgaFileConfig,
+    /// The direct QMP source.
+    #[serde(default)]
+    pub qmp: QmpFileConfig,
+    /// Export every known family for every VM even before data exists; absent values are
+    /// exported as NaN, never as a fake zero (seed 003 normalisation). Default false.
+    pub export_all_known: Option<bool>,
+    /// Keep the last migration values after the job ends, with
+    /// `kubevirt_vmi_migration_last_completed_timestamp_seconds` (seed 003). Default false.
+    pub keep_ephemeral: Option<bool>,
     /// VMs without libvirt (plain QEMU), reached through their sockets only.
     #[serde(default)]
     pub vms: Vec<StaticVmFile>,
+}
+
+/// `[qmp]`.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QmpFileConfig {
+    /// A second monitor socket per VM, with `{domain}`, `{namespace}` and `{name}` replaced,
+    /// e.g. `/run/vms/{domain}.qmp`. Unset: no QMP source (libvirt supplies job stats).
+    pub socket_pattern: Option<String>,
+    /// Deadline per QMP command. Default `3s`.
+    pub timeout: Option<String>,
+    /// Largest QMP message accepted, in bytes. Default 1048576.
+    pub max_message_bytes: Option<usize>,
 }
 
 /// How the guest agent is reached.
@@ -159,6 +181,8 @@ pub struct StaticVmFile {
     pub name: String,
     /// The guest agent's Unix socket.
     pub qga_socket: Option<String>,
+    /// A QMP monitor Unix socket.
+    pub qmp_socket: Option<String>,
 }
 
 /// `[libvirt]`.
@@ -261,6 +285,32 @@ pub struct Settings {
     pub qga: QgaRuntime,
     /// VMs without libvirt.
     pub static_vms: Vec<StaticVm>,
+    /// The direct QMP source.
+    pub qmp: QmpRuntime,
+    /// Seed 003 normalisation: every family for every VM, NaN where absent.
+    pub export_all_known: bool,
+    /// Seed 003 normalisation: keep the last migration values.
+    pub keep_ephemeral: bool,
+}
+
+/// Validated QMP settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QmpRuntime {
+    /// Socket pattern; `None` disables the source for discovered VMs.
+    pub socket_pattern: Option<String>,
+    /// Deadline per command.
+    pub timeout: Duration,
+    /// Largest message.
+    pub max_message_bytes: usize,
+}
+
+impl QmpRuntime {
+    /// The monitor socket of a VM, from the pattern.
+    pub fn socket_for(&self, domain: &str, id: &crate::vm::VmId) -> Option<std::path::PathBuf> {
+        self.socket_pattern.as_ref().map(|p| {
+            p.replace("{domain}", domain).replace("{namespace}", &id.namespace).replace("{name}", &id.name).into()
+        })
+    }
 }
 
 /// Validated guest-agent settings.
@@ -292,6 +342,8 @@ pub struct StaticVm {
     pub id: crate::vm::VmId,
     /// Its agent socket.
     pub qga_socket: Option<std::path::PathBuf>,
+    /// Its QMP monitor socket.
+    pub qmp_socket: Option<std::path::PathBuf>,
 }
 
 impl FileConfig {
@@ -443,13 +495,27 @@ impl FileConfig {
             if crate::vm::VmId::from_domain(&format!("{namespace}_x"), DomainNaming::Auto, "").namespace != namespace {
                 err(&format!("vms[{i}].namespace"), format!("{namespace:?} is not a valid Kubernetes namespace"));
             }
-            if v.qga_socket.is_none() {
-                err(&format!("vms[{i}]"), "needs at least one socket (qga_socket)".into());
+            if v.qga_socket.is_none() && v.qmp_socket.is_none() {
+                err(&format!("vms[{i}]"), "needs at least one socket (qga_socket or qmp_socket)".into());
             }
             static_vms.push(StaticVm {
                 id: crate::vm::VmId { namespace, name: v.name.clone() },
                 qga_socket: v.qga_socket.clone().map(Into::into),
+                qmp_socket: v.qmp_socket.clone().map(Into::into),
             });
+        }
+        let qmp_timeout = dur("qmp.timeout", &self.qmp.timeout, Duration::from_secs(3), &mut err);
+        let max_message_bytes = self.qmp.max_message_bytes.unwrap_or(1 << 20);
+        if !(4096..=64 << 20).contains(&max_message_bytes) {
+            err("qmp.max_message_bytes", "must be between 4096 and 67108864".into());
+        }
+        if let Some(p) = &self.qmp.socket_pattern {
+            if !["{domain}", "{name}"].iter().any(|ph| p.contains(ph)) {
+                err(
+                    "qmp.socket_pattern",
+                    format!("{p:?} must contain {{domain}} or {{name}} so each VM gets its own socket"),
+                );
+            }
         }
         if !errs.is_empty() {
             return Err(ConfigError::Invalid(errs));
@@ -482,6 +548,13 @@ impl FileConfig {
                 },
             },
             static_vms,
+            qmp: QmpRuntime {
+                socket_pattern: self.qmp.socket_pattern.clone(),
+                timeout: qmp_timeout,
+                max_message_bytes,
+            },
+            export_all_known: self.export_all_known.unwrap_or(false),
+            keep_ephemeral: self.keep_ephemeral.unwrap_or(false),
         })
     }
 }

@@ -44,7 +44,7 @@ use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::collector::VmCollector;
+use crate::collector::{ExportOptions, VmCollector};
 use crate::config::Settings;
 use crate::source::libvirt::{discovery, endpoint::Endpoint};
 use crate::store::Store;
@@ -89,7 +89,11 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> Result<(), RunE
     }
     drop(tx);
     let naming = Naming { naming: settings.domain_naming, default_namespace: settings.default_namespace.clone() };
-    let sources = supervisor::Sources { qga: settings.qga.clone(), static_vms: settings.static_vms.clone() };
+    let sources = supervisor::Sources {
+        qga: settings.qga.clone(),
+        static_vms: settings.static_vms.clone(),
+        qmp: settings.qmp.clone(),
+    };
     tokio::spawn(supervisor::run(
         rx,
         store.clone(),
@@ -100,7 +104,11 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> Result<(), RunE
         stop.child_token(),
     ));
 
-    let registry = VmCollector::new(store.clone(), settings.node_name.clone(), settings.staleness).into_registry();
+    let options =
+        ExportOptions { export_all_known: settings.export_all_known, keep_ephemeral: settings.keep_ephemeral };
+    let registry = VmCollector::new(store.clone(), settings.node_name.clone(), settings.staleness)
+        .with_options(options)
+        .into_registry();
     let app = Arc::new(http::App { store, registry, node: settings.node_name.clone() });
     http::serve(listener, app, stop).await;
     tracing::info!("vmbridge stopped");

@@ -12,11 +12,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::breaker::{Admission, Breaker, BreakerConfig, BreakerState};
 use crate::clock::now_unix;
-use crate::config::{QgaRuntime, QgaTransportKind, StaticVm};
+use crate::config::{QgaRuntime, QgaTransportKind, QmpRuntime, StaticVm};
 use crate::source::libvirt::discovery::VmEvent;
 use crate::source::libvirt::poller::LibvirtPoller;
 use crate::source::qga::poller::QgaPoller;
 use crate::source::qga::transport::{LibvirtAgent, SocketAgent, Transport};
+use crate::source::qmp::poller::QmpPoller;
 use crate::source::{Poller, SourceKind};
 use crate::store::{ErrorRecord, SourceSnapshot, Store, VmSnapshot};
 use crate::vm::{DomainNaming, VmId};
@@ -129,6 +130,24 @@ pub struct Sources {
     pub qga: QgaRuntime,
     /// VMs without libvirt.
     pub static_vms: Vec<StaticVm>,
+    /// The direct QMP monitor.
+    pub qmp: QmpRuntime,
+}
+
+/// Starts the QMP task of a VM when it has a monitor socket.
+fn spawn_qmp(id: &VmId, uuid: &str, socket: Option<std::path::PathBuf>, ctx: &Ctx, token: &CancellationToken) {
+    if let Some(path) = socket {
+        let q = &ctx.sources.qmp;
+        let poller = QmpPoller::new(path, q.timeout, q.max_message_bytes);
+        tokio::spawn(run_source(
+            id.clone(),
+            uuid.to_owned(),
+            poller,
+            ctx.store.clone(),
+            ctx.settings.clone(),
+            token.clone(),
+        ));
+    }
 }
 
 /// Starts the guest-agent task of a VM, if one applies.
@@ -180,6 +199,7 @@ pub async fn run(
         let transport =
             vm.qga_socket.clone().map(|p| Transport::Socket(SocketAgent::new(p, ctx.sources.qga.poll.max_reply_bytes)));
         spawn_qga(&vm.id, &uuid, transport, &ctx, &cancel);
+        spawn_qmp(&vm.id, &uuid, vm.qmp_socket.clone(), &ctx, &cancel);
     }
     // (endpoint uri, uuid) → the VM and its tasks' cancel token.
     let mut running: BTreeMap<(String, String), (VmId, CancellationToken)> = BTreeMap::new();
@@ -235,6 +255,7 @@ pub async fn run(
                     ))),
                 };
                 spawn_qga(&id, &found.uuid, transport, &ctx, &token);
+                spawn_qmp(&id, &found.uuid, ctx.sources.qmp.socket_for(&found.name, &id), &ctx, &token);
                 running.insert(key, (id, token));
             }
             VmEvent::Removed { uri, uuid } => {

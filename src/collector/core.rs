@@ -44,9 +44,7 @@ pub(super) fn encode(enc: &mut DescriptorEncoder<'_>, vms: &[VmView<'_>]) -> std
     for (def, get) in CPU {
         let mut f = family(enc, def)?;
         for vm in vms {
-            if let Some(s) = vm.libvirt {
-                f.vm_sample(vm, &[], ns(get(s)))?;
-            }
+            f.vm_sample(vm, &[], ns(vm.libvirt.and_then(get)))?;
         }
     }
     let mut f = family(enc, &c::VCPU_TIME)?;

@@ -82,9 +82,7 @@ pub(super) fn encode(enc: &mut DescriptorEncoder<'_>, vms: &[VmView<'_>]) -> std
     for (def, get) in PER_VM {
         let mut f = family(enc, def)?;
         for vm in vms {
-            if let Some(g) = data(vm) {
-                f.vm_sample(vm, &[], get(g))?;
-            }
+            f.vm_sample(vm, &[], data(vm).and_then(get))?;
         }
     }
     for (def, get) in NET {

@@ -51,9 +51,7 @@ pub(super) fn encode(enc: &mut DescriptorEncoder<'_>, vms: &[VmView<'_>]) -> std
     for (def, get) in PER_VM {
         let mut f = family(enc, def)?;
         for vm in vms {
-            if let Some(s) = vm.libvirt {
-                f.vm_sample(vm, &[], get(s))?;
-            }
+            f.vm_sample(vm, &[], vm.libvirt.and_then(get))?;
         }
     }
     for (def, get) in BLOCK {

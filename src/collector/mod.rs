@@ -7,6 +7,7 @@ mod bridge;
 mod core;
 mod guest;
 mod hypervisor;
+mod qmp;
 pub mod text;
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use crate::catalogue::{self, Kind, MetricDef};
 use crate::clock::now_unix;
 use crate::source::libvirt::DomainSample;
 use crate::source::qga::QgaSample;
+use crate::source::qmp::{Migration, QmpSample};
 use crate::source::{SourceKind, SourceSample};
 use crate::store::{SourceSnapshot, Store, VmSnapshot};
 
@@ -46,6 +48,15 @@ impl BuildInfo {
     }
 }
 
+/// Seed 003's normalisation options.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExportOptions {
+    /// Every per-VM family for every VM, NaN where the value is absent.
+    pub export_all_known: bool,
+    /// Keep the last migration values after the job ends.
+    pub keep_ephemeral: bool,
+}
+
 /// The collector.
 #[derive(Debug)]
 pub struct VmCollector {
@@ -53,12 +64,19 @@ pub struct VmCollector {
     node: String,
     staleness: Duration,
     build: BuildInfo,
+    options: ExportOptions,
 }
 
 impl VmCollector {
     /// A collector over `store`. Data older than `staleness` is no longer exported.
     pub fn new(store: Arc<Store>, node: String, staleness: Duration) -> Self {
-        VmCollector { store, node, staleness, build: BuildInfo::current() }
+        VmCollector { store, node, staleness, build: BuildInfo::current(), options: ExportOptions::default() }
+    }
+
+    /// With seed 003's normalisation options.
+    pub fn with_options(mut self, options: ExportOptions) -> Self {
+        self.options = options;
+        self
     }
 
     /// A registry holding only this collector.
@@ -79,10 +97,17 @@ pub(crate) struct VmView<'a> {
     pub(crate) libvirt: Option<&'a DomainSample>,
     /// The guest-agent sample, when fresh.
     pub(crate) qga: Option<&'a QgaSample>,
+    /// The QMP sample, when fresh.
+    pub(crate) qmp: Option<&'a QmpSample>,
+    /// The migration to export (QMP's view first, else libvirt's job stats), honouring
+    /// `keep_ephemeral`, and when the last one completed.
+    pub(crate) migration: Option<(&'a Migration, Option<f64>)>,
+    /// `export_all_known`: absent per-VM values are written as NaN.
+    pub(crate) all_known: bool,
 }
 
 impl<'a> VmView<'a> {
-    fn new(vm: &'a VmSnapshot, node: &'a str, now: f64, staleness: Duration) -> Self {
+    fn new(vm: &'a VmSnapshot, node: &'a str, now: f64, staleness: Duration, opts: ExportOptions) -> Self {
         let fresh = |s: &'a SourceSnapshot| {
             s.last_success_at
                 .is_some_and(|t| now - t <= staleness.as_secs_f64())
@@ -98,7 +123,29 @@ impl<'a> VmView<'a> {
             SourceSample::Qga(q) => Some(q),
             _ => None,
         });
-        VmView { vm, namespace: &vm.id.namespace, name: &vm.id.name, node, libvirt, qga }
+        let qmp = source(SourceKind::Qmp).and_then(|s| match s {
+            SourceSample::Qmp(q) => Some(q),
+            _ => None,
+        });
+        let libvirt_job = source(SourceKind::Libvirt).and_then(|s| match s {
+            SourceSample::Libvirt(l) => l.job.as_ref().map(|j| (j, l.job_completed_at)),
+            _ => None,
+        });
+        let migration = qmp
+            .and_then(|q| q.migration.as_ref().map(|m| (m, q.migration_last_completed_at)))
+            .or(libvirt_job)
+            .filter(|(m, _)| m.active || opts.keep_ephemeral);
+        VmView {
+            vm,
+            namespace: &vm.id.namespace,
+            name: &vm.id.name,
+            node,
+            libvirt,
+            qga,
+            qmp,
+            migration,
+            all_known: opts.export_all_known,
+        }
     }
 }
 
@@ -130,7 +177,13 @@ impl Family<'_> {
         extra: &[(&str, &str)],
         value: Option<f64>,
     ) -> std::fmt::Result {
-        let Some(value) = value else { return Ok(()) };
+        // With `export_all_known`, an absent value of a family without extra labels is written
+        // as NaN ("no value"), never as zero.
+        let value = match value {
+            Some(v) => v,
+            None if vm.all_known && extra.is_empty() && self.def.kind != Kind::Info => f64::NAN,
+            None => return Ok(()),
+        };
         let mut labels: Vec<(&str, &str)> = Vec::with_capacity(3 + extra.len());
         labels.extend([("namespace", vm.namespace), ("name", vm.name), ("node", vm.node)]);
         labels.extend_from_slice(extra);
@@ -177,9 +230,11 @@ impl Collector for VmCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let vms = self.store.vms();
         let now = now_unix();
-        let views: Vec<VmView<'_>> = vms.iter().map(|vm| VmView::new(vm, &self.node, now, self.staleness)).collect();
+        let views: Vec<VmView<'_>> =
+            vms.iter().map(|vm| VmView::new(vm, &self.node, now, self.staleness, self.options)).collect();
         core::encode(&mut encoder, &views)?;
         hypervisor::encode(&mut encoder, &views)?;
+        qmp::encode(&mut encoder, &views)?;
         guest::encode(&mut encoder, &views)?;
         bridge::encode(&mut encoder, &views, &self.store.endpoints(), &self.node, &self.build)
     }

@@ -127,6 +127,34 @@ fn guest_source(q: crate::source::qga::QgaSample) -> Arc<SourceSnapshot> {
     Arc::new(s)
 }
 
+fn rich_qmp() -> crate::source::qmp::QmpSample {
+    use crate::source::qmp::{BlockExt, Migration, QmpSample};
+    use serde_json::json;
+    let mut q = QmpSample { status: Some("running".into()), ..Default::default() };
+    q.blocks = vec![BlockExt::from_blockstats(&json!({"device": "drive-virtio-disk0", "stats": {
+        "failed_rd_operations": 1, "failed_wr_operations": 2, "failed_flush_operations": 3, "invalid_rd_operations": 4,
+        "invalid_wr_operations": 5, "invalid_flush_operations": 6, "unmap_operations": 7, "unmap_bytes": 8,
+        "rd_merged": 9, "wr_merged": 10, "idle_time_ns": 2_000_000_000u64}}))
+    .expect("block")];
+    q.stats.insert("kvm/exits".into(), 42.0);
+    q.migration = Migration::from_query_migrate(&json!({"status": "active", "total-time": 1000, "expected-downtime": 300,
+        "ram": {"total": 100, "transferred": 50, "remaining": 50, "mbps": 8.0, "duplicate": 3, "dirty-pages-rate": 4, "dirty-sync-count": 1},
+        "compression": {"compressed-size": 5}}));
+    q.migration_last_completed_at = Some(1.0);
+    for ev in [json!({"event": "GUEST_PANICKED"}), json!({"event": "RESET"}), json!({"event": "STOP"}),
+        json!({"event": "BLOCK_IO_ERROR", "data": {"device": "drive-virtio-disk0", "operation": "read"}}),
+        json!({"event": "VSERPORT_CHANGE", "data": {"id": "channel0", "open": true}})] {
+        q.events.count(&ev, |_| true);
+    }
+    q
+}
+
+fn qmp_source(q: crate::source::qmp::QmpSample) -> Arc<SourceSnapshot> {
+    let mut s = (*source(None, Some(crate::clock::now_unix()))).clone();
+    s.sample = Some(Arc::new(SourceSample::Qmp(q)));
+    Arc::new(s)
+}
+
 fn store_with(vms: Vec<(&str, Arc<SourceSnapshot>)>) -> Arc<Store> {
     store_with_guest(vms, None)
 }
@@ -139,6 +167,7 @@ fn store_with_guest(vms: Vec<(&str, Arc<SourceSnapshot>)>, guest: Option<Arc<Sou
         sources.insert(SourceKind::Libvirt, src);
         if let Some(g) = &guest {
             sources.insert(SourceKind::Qga, g.clone());
+            sources.insert(SourceKind::Qmp, qmp_source(rich_qmp()));
         }
         store.insert_vm(VmSnapshot {
             id: VmId { namespace: "ns".into(), name: name.into() },
@@ -257,4 +286,39 @@ fn guest_values_are_converted_and_described() {
     assert!(text.contains("kubevirt_vmi_guest_interface_address_info{namespace=\"ns\",name=\"g\",node=\"node-1\",interface=\"eth0\",address=\"10.0.2.15\",family=\"ipv4\",prefix=\"24\",mac=\"52:54:00:12:34:56\"} 1"), "{text}");
     assert!(text.contains("guest_os_pretty_name=\"Debian GNU/Linux 12 (bookworm)\""), "{text}");
     assert!(text.contains("guest_hostname=\"guest-1\""));
+}
+
+#[test]
+fn export_all_known_writes_nan_not_zero_and_keep_ephemeral_keeps_completed_migrations() {
+    use crate::source::qmp::Migration;
+    let store = store_with(vec![("empty", source(None, None))]);
+    let registry = VmCollector::new(store, "node-1".into(), Duration::from_secs(60))
+        .with_options(ExportOptions { export_all_known: true, keep_ephemeral: false })
+        .into_registry();
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
+    let line = text.lines().find(|l| l.starts_with("kubevirt_vmi_cpu_usage_seconds_total{")).expect("exported before data");
+    assert!(line.ends_with(" NaN"), "{line}");
+    assert!(!text.lines().any(|l| l.starts_with("kubevirt_vmi_") && l.ends_with(" 0.0")), "no fake zeros:\n{text}");
+
+    let mut q = rich_qmp();
+    q.migration = Migration::from_query_migrate(&serde_json::json!({"status": "completed", "total-time": 10, "downtime": 5, "ram": {"total": 9, "transferred": 9, "remaining": 0}}));
+    let store_for = |q: &crate::source::qmp::QmpSample| {
+        let s = store_with(vec![("m", source(None, None))]);
+        let id = VmId { namespace: "ns".into(), name: "m".into() };
+        s.publish(&id, "uuid-m", SourceKind::Qmp, qmp_source(q.clone()));
+        s
+    };
+    let render = |keep: bool| {
+        let registry = VmCollector::new(store_for(&q), "node-1".into(), Duration::from_secs(60))
+            .with_options(ExportOptions { export_all_known: false, keep_ephemeral: keep })
+            .into_registry();
+        let mut t = String::new();
+        prometheus_client::encoding::text::encode(&mut t, &registry).expect("encodes");
+        t
+    };
+    assert!(!render(false).contains("kubevirt_vmi_migration_memory_processed_bytes{"), "ephemeral values go away");
+    let kept = render(true);
+    assert_eq!(value(&kept, "kubevirt_vmi_migration_memory_processed_bytes{namespace=\"ns\",name=\"m\",node=\"node-1\"}"), 9.0);
+    assert_eq!(value(&kept, "kubevirt_vmi_migration_last_completed_timestamp_seconds{namespace=\"ns\",name=\"m\",node=\"node-1\"}"), 1.0);
 }

@@ -3,6 +3,7 @@
 
 pub mod libvirt;
 pub mod qga;
+pub mod qmp;
 pub mod wire;
 
 use serde::Serialize;
@@ -16,6 +17,8 @@ pub enum SourceKind {
     Libvirt,
     /// The qemu-guest-agent.
     Qga,
+    /// A direct QMP monitor.
+    Qmp,
 }
 
 impl SourceKind {
@@ -24,6 +27,7 @@ impl SourceKind {
         match self {
             SourceKind::Libvirt => "libvirt",
             SourceKind::Qga => "qga",
+            SourceKind::Qmp => "qmp",
         }
     }
 }
@@ -101,6 +105,8 @@ pub enum SourceSample {
     Libvirt(libvirt::LibvirtSample),
     /// From the guest agent.
     Qga(qga::QgaSample),
+    /// From a direct QMP monitor.
+    Qmp(qmp::QmpSample),
 }
 
 /// One (VM, source) poller. `poll` must honour its own deadlines and be cancel-safe: the

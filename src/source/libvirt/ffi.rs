@@ -128,3 +128,22 @@ pub fn domain_stats(dom: &Domain, stats: u32, flags: u32) -> Result<Vec<(String,
     }
     Ok(out)
 }
+
+/// `virDomainGetJobStats`: the job type and its typed parameters, owned. Blocking.
+pub fn job_stats(dom: &Domain, flags: u32) -> Result<(i32, Vec<(String, ParamValue)>), virt::error::Error> {
+    let mut job_type: std::os::raw::c_int = 0;
+    let mut params: sys::virTypedParameterPtr = std::ptr::null_mut();
+    let mut nparams: std::os::raw::c_int = 0;
+    // SAFETY: `dom` is a live domain reference; the out-pointers are valid for writes.
+    let r = unsafe { sys::virDomainGetJobStats(dom.as_ptr(), &mut job_type, &mut params, &mut nparams, flags) };
+    if r < 0 {
+        return Err(virt::error::Error::last_error());
+    }
+    // SAFETY: on success libvirt filled `params` with `nparams` entries.
+    let out = unsafe { copy_params(params, nparams) };
+    if !params.is_null() {
+        // SAFETY: allocated by libvirt for this call, freed exactly once, here.
+        unsafe { sys::virTypedParamsFree(params, nparams) };
+    }
+    Ok((job_type, out))
+}

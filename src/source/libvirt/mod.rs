@@ -26,6 +26,12 @@ pub struct LibvirtSample {
     pub params: BTreeMap<String, ParamValue>,
     /// `virDomainMemoryStats`, by `virsh dommemstat` tag name.
     pub memory_stats: BTreeMap<String, u64>,
+    /// The current or last completed job (migration, save, dump), from `virDomainGetJobStats`.
+    pub job: Option<crate::source::qmp::Migration>,
+    /// That job's raw typed parameters.
+    pub job_params: BTreeMap<String, ParamValue>,
+    /// When vmbridge first saw the last job completed, seconds since the Unix epoch.
+    pub job_completed_at: Option<f64>,
 }
 
 impl LibvirtSample {
@@ -36,6 +42,9 @@ impl LibvirtSample {
             parsed,
             params: params.into_iter().collect(),
             memory_stats: memory_stats.into_iter().map(|(t, v)| (stats::memory_stat_name(t).to_owned(), v)).collect(),
+            job: None,
+            job_params: BTreeMap::new(),
+            job_completed_at: None,
         }
     }
 }

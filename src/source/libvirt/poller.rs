@@ -26,7 +26,23 @@ pub const STATS_GROUPS: u32 = sys::VIR_DOMAIN_STATS_STATE
 /// `NOWAIT`: skip the stats that need a domain job another caller holds, instead of queueing.
 pub const STATS_FLAGS: u32 = sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT;
 
-type Raw = Result<(Vec<(String, ffi::ParamValue)>, Vec<(u32, u64)>), virt::error::Error>;
+/// Bulk-stats parameters, memory stats, and job stats (type and parameters) when available.
+type Raw = Result<
+    (Vec<(String, ffi::ParamValue)>, Vec<(u32, u64)>, Option<(i32, Vec<(String, ffi::ParamValue)>)>),
+    virt::error::Error,
+>;
+
+/// The current job, or else the last completed one (kept for other readers).
+fn job(dom: &Domain) -> Option<(i32, Vec<(String, ffi::ParamValue)>)> {
+    match ffi::job_stats(dom, 0) {
+        Ok((0, _)) => {
+            ffi::job_stats(dom, sys::VIR_DOMAIN_JOB_STATS_COMPLETED | sys::VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED).ok()
+        }
+        Ok(active) => Some(active),
+        // Drivers without job stats: no migration metrics, not a failed poll.
+        Err(_) => None,
+    }
+}
 
 /// Result of one blocking call: the data, plus the domain handle handed back for reuse.
 struct CallOutput {
@@ -43,6 +59,8 @@ pub struct LibvirtPoller {
     slot: BlockingSlot<CallOutput>,
     timeout: Duration,
     hard_timeout: Duration,
+    /// The last completed job seen (a key identifying it, when first seen).
+    last_completed: Option<(String, f64)>,
 }
 
 impl LibvirtPoller {
@@ -54,7 +72,15 @@ impl LibvirtPoller {
         timeout: Duration,
         hard_timeout: Duration,
     ) -> Self {
-        LibvirtPoller { endpoint, uuid, domain: None, slot: BlockingSlot::new(limiter), timeout, hard_timeout }
+        LibvirtPoller {
+            endpoint,
+            uuid,
+            domain: None,
+            slot: BlockingSlot::new(limiter),
+            timeout,
+            hard_timeout,
+            last_completed: None,
+        }
     }
 }
 
@@ -71,7 +97,7 @@ fn call(conn: Conn, uuid: String, cached: Option<(u64, Domain)>) -> CallOutput {
     };
     let raw = ffi::domain_stats(&dom, STATS_GROUPS, STATS_FLAGS).and_then(|params| {
         let mem = dom.memory_stats(0)?;
-        Ok((params, mem.into_iter().map(|m| (m.tag, m.val)).collect()))
+        Ok((params, mem.into_iter().map(|m| (m.tag, m.val)).collect(), job(&dom)))
     });
     CallOutput { raw, generation, domain: Some((generation, dom)) }
 }
@@ -109,7 +135,22 @@ impl Poller for LibvirtPoller {
         };
         self.domain = out.domain;
         match out.raw {
-            Ok((params, mem)) => Ok(SourceSample::Libvirt(LibvirtSample::new(params, mem))),
+            Ok((params, mem, job)) => {
+                let mut sample = LibvirtSample::new(params, mem);
+                if let Some((job_type, job_params)) = job {
+                    sample.job = crate::source::qmp::Migration::from_libvirt_job(job_type, &job_params);
+                    sample.job_params = job_params.into_iter().collect();
+                }
+                // Note each completed job once, when first seen.
+                if let Some(done) = sample.job.as_ref().filter(|j| j.status == "completed") {
+                    let key = format!("{:?}/{:?}", done.elapsed_seconds, done.memory_processed_bytes);
+                    if self.last_completed.as_ref().is_none_or(|(k, _)| *k != key) {
+                        self.last_completed = Some((key, crate::clock::now_unix()));
+                    }
+                }
+                sample.job_completed_at = self.last_completed.as_ref().map(|(_, t)| *t);
+                Ok(SourceSample::Libvirt(sample))
+            }
             Err(e) => {
                 let (kind, broken) = classify(&e);
                 if broken {

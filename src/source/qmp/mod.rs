@@ -1,0 +1,315 @@
+//! The QMP source: a second, direct monitor per VM (QEMU serves several `-qmp` monitors at
+//! once), so vmbridge reads run state, extended block statistics, balloon, migration and
+//! `query-stats`, and counts events, without disturbing libvirt's own monitor.
+//!
+//! - [`allow`]: the read-only allow-list, enforced by type.
+//! - [`conn`]: greeting, capabilities, one command in flight over [`crate::source::wire`].
+//! - [`poller`]: the per-VM poll and event counting.
+
+pub mod allow;
+pub mod conn;
+pub mod poller;
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// Extended per-drive block statistics that libvirt's bulk stats do not carry.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, schemars::JsonSchema)]
+pub struct BlockExt {
+    /// Drive id (`device`, else the qdev path).
+    pub drive: String,
+    /// Failed reads.
+    pub failed_rd_operations: Option<u64>,
+    /// Failed writes.
+    pub failed_wr_operations: Option<u64>,
+    /// Failed flushes.
+    pub failed_flush_operations: Option<u64>,
+    /// Invalid reads.
+    pub invalid_rd_operations: Option<u64>,
+    /// Invalid writes.
+    pub invalid_wr_operations: Option<u64>,
+    /// Invalid flushes.
+    pub invalid_flush_operations: Option<u64>,
+    /// Unmap (discard) operations.
+    pub unmap_operations: Option<u64>,
+    /// Bytes unmapped.
+    pub unmap_bytes: Option<u64>,
+    /// Reads merged into others.
+    pub rd_merged: Option<u64>,
+    /// Writes merged into others.
+    pub wr_merged: Option<u64>,
+    /// Time since the last I/O, ns (absent before the first I/O).
+    pub idle_time_ns: Option<u64>,
+}
+
+/// Migration statistics (seed 003's "ephemeral" rows), from `query-migrate` or libvirt's job stats.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, schemars::JsonSchema)]
+pub struct Migration {
+    /// Status (`active`, `completed`, `failed`, …).
+    pub status: String,
+    /// True while the migration runs.
+    pub active: bool,
+    /// Downtime, seconds (expected while active, actual once completed).
+    pub downtime_seconds: Option<f64>,
+    /// Time elapsed, seconds.
+    pub elapsed_seconds: Option<f64>,
+    /// Total bytes to transfer (memory and disks).
+    pub data_total_bytes: Option<u64>,
+    /// Bytes transferred.
+    pub data_processed_bytes: Option<u64>,
+    /// Bytes left.
+    pub data_remaining_bytes: Option<u64>,
+    /// Guest memory in bytes.
+    pub memory_total_bytes: Option<u64>,
+    /// Memory transferred, bytes.
+    pub memory_processed_bytes: Option<u64>,
+    /// Memory left, bytes.
+    pub memory_remaining_bytes: Option<u64>,
+    /// Memory transfer rate, bytes per second.
+    pub memory_bps: Option<f64>,
+    /// Pages that were all zero (constant), not sent in full.
+    pub memory_constant_pages: Option<u64>,
+    /// Compressed bytes sent.
+    pub compression_bytes: Option<u64>,
+    /// Pages dirtied per second.
+    pub dirty_rate_pages_per_second: Option<u64>,
+    /// Memory iterations (dirty-sync count).
+    pub iteration: Option<u64>,
+}
+
+impl Migration {
+    /// From a `query-migrate` reply; `None` when no migration ever ran.
+    pub fn from_query_migrate(v: &Value) -> Option<Migration> {
+        let status = v.get("status")?.as_str()?.to_owned();
+        if status == "none" {
+            return None;
+        }
+        let ram = &v["ram"];
+        let disk = &v["disk"];
+        let u = |x: &Value, k: &str| x.get(k).and_then(Value::as_u64);
+        let ms = |k: &str| v.get(k).and_then(Value::as_f64).map(|x| x / 1000.0);
+        let sum = |k: &str| match (u(ram, k), u(disk, k)) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+        };
+        let active = !matches!(status.as_str(), "completed" | "failed" | "cancelled");
+        Some(Migration {
+            downtime_seconds: if active { ms("expected-downtime") } else { ms("downtime") },
+            elapsed_seconds: ms("total-time"),
+            data_total_bytes: sum("total"),
+            data_processed_bytes: sum("transferred"),
+            data_remaining_bytes: sum("remaining"),
+            memory_total_bytes: u(ram, "total"),
+            memory_processed_bytes: u(ram, "transferred"),
+            memory_remaining_bytes: u(ram, "remaining"),
+            // QEMU reports megabits per second.
+            memory_bps: ram.get("mbps").and_then(Value::as_f64).map(|m| m * 1e6 / 8.0),
+            memory_constant_pages: u(ram, "duplicate"),
+            compression_bytes: v.get("compression").and_then(|c| u(c, "compressed-size")),
+            dirty_rate_pages_per_second: u(ram, "dirty-pages-rate"),
+            iteration: u(ram, "dirty-sync-count"),
+            status,
+            active,
+        })
+    }
+}
+
+impl Migration {
+    /// From `virDomainGetJobStats`: the job type and its typed parameters; `None` when no job
+    /// ran (type NONE).
+    pub fn from_libvirt_job(
+        job_type: i32,
+        params: &[(String, crate::source::libvirt::ParamValue)],
+    ) -> Option<Migration> {
+        let status = match job_type {
+            1 | 2 => "active",
+            3 => "completed",
+            4 => "failed",
+            5 => "cancelled",
+            _ => return None,
+        };
+        let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v);
+        let u = |k: &str| get(k).and_then(|v| v.as_u64());
+        let ms = |k: &str| get(k).and_then(|v| v.as_f64()).map(|x| x / 1000.0);
+        Some(Migration {
+            status: status.to_owned(),
+            active: status == "active",
+            downtime_seconds: ms("downtime"),
+            elapsed_seconds: ms("time_elapsed"),
+            data_total_bytes: u("data_total"),
+            data_processed_bytes: u("data_processed"),
+            data_remaining_bytes: u("data_remaining"),
+            memory_total_bytes: u("memory_total"),
+            memory_processed_bytes: u("memory_processed"),
+            memory_remaining_bytes: u("memory_remaining"),
+            memory_bps: get("memory_bps").and_then(|v| v.as_f64()),
+            memory_constant_pages: u("memory_constant"),
+            compression_bytes: u("compression_bytes"),
+            dirty_rate_pages_per_second: u("memory_dirty_rate"),
+            iteration: u("memory_iteration"),
+        })
+    }
+}
+
+/// Event counts since vmbridge discovered the VM (they survive reconnects).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, schemars::JsonSchema)]
+pub struct EventCounts {
+    /// `GUEST_PANICKED`.
+    pub guest_panics: u64,
+    /// `RESET`.
+    pub reboots: u64,
+    /// Run-state changes by the state entered.
+    pub state_changes: BTreeMap<String, u64>,
+    /// `BLOCK_IO_ERROR` by drive, then operation.
+    pub block_io_errors: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Guest-agent channel opened (`VSERPORT_CHANGE` on the agent's port).
+    pub agent_connects: u64,
+    /// Whether the agent's channel is open now, when known.
+    pub agent_connected: Option<bool>,
+}
+
+/// Most distinct drives counted per VM; QEMU names drives, but keep the label set bounded.
+const MAX_DRIVES: usize = 64;
+
+impl EventCounts {
+    /// Counts one QMP event. `agent_port` says whether a virtio-serial port id is the agent's.
+    pub fn count(&mut self, ev: &Value, agent_port: impl Fn(&str) -> bool) {
+        let name = ev.get("event").and_then(Value::as_str).unwrap_or_default();
+        let data = &ev["data"];
+        let to = match name {
+            "STOP" => Some("paused"),
+            "RESUME" | "WAKEUP" => Some("running"),
+            "SUSPEND" | "SUSPEND_DISK" => Some("pmsuspended"),
+            "SHUTDOWN" | "POWERDOWN" => Some("shutdown"),
+            "GUEST_PANICKED" => Some("crashed"),
+            _ => None,
+        };
+        if let Some(to) = to {
+            *self.state_changes.entry(to.to_owned()).or_default() += 1;
+        }
+        match name {
+            "GUEST_PANICKED" => self.guest_panics += 1,
+            "RESET" => self.reboots += 1,
+            "BLOCK_IO_ERROR" => {
+                let drive = data.get("device").and_then(Value::as_str).filter(|d| !d.is_empty());
+                let drive = drive.or_else(|| data.get("node-name").and_then(Value::as_str)).unwrap_or("unknown");
+                let op = match data.get("operation").and_then(Value::as_str) {
+                    Some("read") => "read",
+                    Some("write") => "write",
+                    _ => "other",
+                };
+                if self.block_io_errors.len() < MAX_DRIVES || self.block_io_errors.contains_key(drive) {
+                    *self.block_io_errors.entry(drive.to_owned()).or_default().entry(op.to_owned()).or_default() += 1;
+                }
+            }
+            "VSERPORT_CHANGE" => {
+                let id = data.get("id").and_then(Value::as_str).unwrap_or_default();
+                if agent_port(id) {
+                    let open = data.get("open").and_then(Value::as_bool).unwrap_or(false);
+                    if open {
+                        self.agent_connects += 1;
+                    }
+                    self.agent_connected = Some(open);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// What the QMP source knows about one VM.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, schemars::JsonSchema)]
+pub struct QmpSample {
+    /// QEMU version from the greeting.
+    pub qemu_version: Option<String>,
+    /// Capabilities QEMU offered in its greeting (none are enabled: vmbridge needs none).
+    pub capabilities: Vec<String>,
+    /// Run state (`running`, `paused`, `guest-panicked`, `io-error`, …).
+    pub status: Option<String>,
+    /// Extended block statistics.
+    pub blocks: Vec<BlockExt>,
+    /// Current balloon size, bytes (`query-balloon`).
+    pub balloon_actual_bytes: Option<u64>,
+    /// The current or last migration.
+    pub migration: Option<Migration>,
+    /// When the last migration completed, seconds since the Unix epoch.
+    pub migration_last_completed_at: Option<f64>,
+    /// `query-stats` scalar values for target `vm`, `provider/name` → value.
+    pub stats: BTreeMap<String, f64>,
+    /// Event counts.
+    pub events: EventCounts,
+    /// The most recent events, newest last (bounded).
+    pub recent_events: VecDeque<Value>,
+    /// Last raw reply per command, truncated.
+    pub raw: BTreeMap<String, String>,
+}
+
+impl BlockExt {
+    /// From one `query-blockstats` entry.
+    pub fn from_blockstats(v: &Value) -> Option<BlockExt> {
+        let drive = v.get("device").and_then(Value::as_str).filter(|d| !d.is_empty());
+        let drive = drive.or_else(|| v.get("qdev").and_then(Value::as_str))?;
+        let st = &v["stats"];
+        let u = |k: &str| st.get(k).and_then(Value::as_u64);
+        Some(BlockExt {
+            drive: crate::source::qga::guest::label(drive, 128),
+            failed_rd_operations: u("failed_rd_operations"),
+            failed_wr_operations: u("failed_wr_operations"),
+            failed_flush_operations: u("failed_flush_operations"),
+            invalid_rd_operations: u("invalid_rd_operations"),
+            invalid_wr_operations: u("invalid_wr_operations"),
+            invalid_flush_operations: u("invalid_flush_operations"),
+            unmap_operations: u("unmap_operations"),
+            unmap_bytes: u("unmap_bytes"),
+            rd_merged: u("rd_merged"),
+            wr_merged: u("wr_merged"),
+            idle_time_ns: u("idle_time_ns"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn migration_from_query_migrate() {
+        assert_eq!(Migration::from_query_migrate(&json!({"status": "none"})), None);
+        let m = Migration::from_query_migrate(&json!({
+            "status": "completed", "total-time": 1500, "downtime": 20, "expected-downtime": 300,
+            "ram": {"total": 100, "transferred": 90, "remaining": 0, "mbps": 8.0, "duplicate": 7, "dirty-pages-rate": 3, "dirty-sync-count": 2}
+        }))
+        .expect("some");
+        assert!(!m.active);
+        assert_eq!(m.elapsed_seconds, Some(1.5));
+        assert_eq!(m.downtime_seconds, Some(0.02));
+        assert_eq!(m.memory_bps, Some(1e6));
+        assert_eq!(m.data_processed_bytes, Some(90));
+        assert_eq!(m.iteration, Some(2));
+    }
+
+    #[test]
+    fn events_are_counted_by_kind_and_unknown_ones_ignored() {
+        let mut c = EventCounts::default();
+        for ev in [
+            json!({"event": "STOP"}),
+            json!({"event": "RESUME"}),
+            json!({"event": "RESET", "data": {"guest": true}}),
+            json!({"event": "GUEST_PANICKED", "data": {"action": "pause"}}),
+            json!({"event": "BLOCK_IO_ERROR", "data": {"device": "", "node-name": "libvirt-1-format", "operation": "write"}}),
+            json!({"event": "VSERPORT_CHANGE", "data": {"id": "channel0", "open": true}}),
+            json!({"event": "SOMETHING_FROM_QEMU_12", "data": {}}),
+        ] {
+            c.count(&ev, |id| id == "channel0");
+        }
+        assert_eq!(c.reboots, 1);
+        assert_eq!(c.guest_panics, 1);
+        assert_eq!(c.state_changes.get("paused"), Some(&1));
+        assert_eq!(c.state_changes.get("crashed"), Some(&1));
+        assert_eq!(c.block_io_errors["libvirt-1-format"]["write"], 1);
+        assert_eq!((c.agent_connects, c.agent_connected), (1, Some(true)));
+    }
+}

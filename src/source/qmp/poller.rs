@@ -1,0 +1,179 @@
+//! Polls one VM's direct QMP monitor: `query-status`, `query-blockstats`, `query-balloon`,
+//! `query-migrate`, `query-stats` and the balloon's `guest-stats`, and counts the events
+//! that arrived since the last poll. Any transport failure drops the connection (the next
+//! poll reconnects) and fails the poll for the breaker; counters are vmbridge's own and
+//! survive reconnects.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use qapi::qmp;
+use serde_json::Value;
+
+use super::allow::{QueryStats, ReadOnlyQmpCommand};
+use super::conn::{QmpConn, QmpError};
+use super::{BlockExt, Migration, QmpSample};
+use crate::clock::now_unix;
+use crate::source::wire::{WireError, truncate};
+use crate::source::{ErrorKind, PollError, Poller, SourceKind, SourceSample};
+
+/// Events kept for `/debug`.
+const RECENT_EVENTS: usize = 32;
+
+/// The QMP poller for one VM.
+#[derive(Debug)]
+pub struct QmpPoller {
+    path: PathBuf,
+    conn: Option<QmpConn>,
+    timeout: Duration,
+    max_reply: usize,
+    sample: QmpSample,
+    /// virtio-serial port id → whether it is the guest agent's channel.
+    ports: BTreeMap<String, bool>,
+    last_completed_key: Option<String>,
+}
+
+fn transport(e: WireError) -> PollError {
+    let kind = match e {
+        WireError::Timeout(_) => ErrorKind::Timeout,
+        WireError::TooLong(_) | WireError::Garbage(_) => ErrorKind::Protocol,
+        _ => ErrorKind::Connection,
+    };
+    PollError::new(kind, e.to_string())
+}
+
+impl QmpPoller {
+    /// A poller for the monitor socket at `path`.
+    pub fn new(path: PathBuf, timeout: Duration, max_reply: usize) -> Self {
+        QmpPoller {
+            path,
+            conn: None,
+            timeout,
+            max_reply,
+            sample: QmpSample::default(),
+            ports: BTreeMap::new(),
+            last_completed_key: None,
+        }
+    }
+
+    /// Runs one command; `Ok(None)` when QEMU refused it.
+    async fn run<C: ReadOnlyQmpCommand>(&mut self, cmd: C) -> Result<Option<Value>, PollError> {
+        let name = C::NAME;
+        let Some(conn) = self.conn.as_mut() else { return Err(PollError::new(ErrorKind::Connection, "not connected")) };
+        match conn.execute(cmd, self.timeout).await {
+            Ok((v, _)) => {
+                self.sample.raw.insert(name.to_owned(), truncate(&v.to_string(), 2048));
+                Ok(Some(v))
+            }
+            Err(QmpError::Command(e)) => {
+                self.sample.raw.insert(name.to_owned(), format!("error: {e}"));
+                Ok(None)
+            }
+            Err(QmpError::Transport(e)) => {
+                self.conn = None;
+                Err(PollError { message: format!("{name}: {}", transport(e.clone()).message), ..transport(e) })
+            }
+        }
+    }
+
+    async fn connect(&mut self) -> Result<(), PollError> {
+        let conn = QmpConn::connect(&self.path, self.timeout, self.max_reply).await.map_err(transport)?;
+        let v = &conn.greeting["version"]["qemu"];
+        self.sample.qemu_version = Some(format!("{}.{}.{}", v["major"], v["minor"], v["micro"]));
+        self.sample.capabilities = conn.greeting["capabilities"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|c| c.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        self.conn = Some(conn);
+        Ok(())
+    }
+
+    /// Whether a virtio-serial port is the guest agent's (asked once per port id).
+    async fn is_agent_port(&mut self, id: &str) -> Result<bool, PollError> {
+        if let Some(known) = self.ports.get(id) {
+            return Ok(*known);
+        }
+        let cmd = qmp::qom_get { path: format!("/machine/peripheral/{id}"), property: "name".into() };
+        let is_agent = self.run(cmd).await?.is_some_and(|v| v.as_str() == Some("org.qemu.guest_agent.0"));
+        if self.ports.len() < 64 {
+            self.ports.insert(id.to_owned(), is_agent);
+        }
+        Ok(is_agent)
+    }
+
+    async fn count_events(&mut self) -> Result<(), PollError> {
+        let events = self.conn.as_mut().map(QmpConn::take_events).unwrap_or_default();
+        for ev in events {
+            let port = ev["data"]["id"].as_str().filter(|_| ev["event"] == "VSERPORT_CHANGE").map(str::to_owned);
+            let is_agent = match port {
+                Some(id) => self.is_agent_port(&id).await?,
+                None => false,
+            };
+            self.sample.events.count(&ev, |_| is_agent);
+            if self.sample.recent_events.len() == RECENT_EVENTS {
+                self.sample.recent_events.pop_front();
+            }
+            let mut shown = ev.clone();
+            if let Some(d) = shown.get_mut("data") {
+                *d = Value::String(truncate(&d.to_string(), 512));
+            }
+            self.sample.recent_events.push_back(shown);
+        }
+        Ok(())
+    }
+}
+
+impl Poller for QmpPoller {
+    fn kind(&self) -> SourceKind {
+        SourceKind::Qmp
+    }
+
+    fn stuck_calls(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+        // Socket I/O is cancellable: nothing is ever left running.
+        std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0))
+    }
+
+    async fn poll(&mut self) -> Result<SourceSample, PollError> {
+        if self.conn.as_ref().is_none_or(QmpConn::is_poisoned) {
+            self.conn = None;
+            self.connect().await?;
+        }
+        if let Some(st) = self.run(qmp::query_status {}).await? {
+            self.sample.status =
+                st.get("status").and_then(Value::as_str).map(|s| crate::source::qga::guest::label(s, 64));
+        }
+        if let Some(Value::Array(list)) = self.run(qmp::query_blockstats { query_nodes: None }).await? {
+            self.sample.blocks = list.iter().take(64).filter_map(BlockExt::from_blockstats).collect();
+        }
+        if let Some(b) = self.run(qmp::query_balloon {}).await? {
+            self.sample.balloon_actual_bytes = b.get("actual").and_then(Value::as_u64);
+        }
+        if let Some(m) = self.run(qmp::query_migrate {}).await? {
+            let mig = Migration::from_query_migrate(&m);
+            if let Some(done) = mig.as_ref().filter(|m| m.status == "completed") {
+                // QEMU keeps reporting the last migration: note each completion once, when
+                // first seen (within one poll interval of it, or at start for an older one).
+                let key = format!("{:?}/{:?}", done.elapsed_seconds, done.memory_processed_bytes);
+                if self.last_completed_key.as_ref() != Some(&key) {
+                    self.sample.migration_last_completed_at = Some(now_unix());
+                    self.last_completed_key = Some(key);
+                }
+            }
+            self.sample.migration = mig;
+        }
+        self.sample.stats.clear();
+        if let Some(Value::Array(results)) = self.run(QueryStats { target: "vm" }).await? {
+            for r in results.iter().take(16) {
+                let provider = r["provider"].as_str().unwrap_or("unknown");
+                for s in r["stats"].as_array().into_iter().flatten().take(128) {
+                    if let (Some(name), Some(v)) = (s["name"].as_str(), s["value"].as_f64()) {
+                        self.sample.stats.insert(format!("{provider}/{name}"), v);
+                    }
+                }
+            }
+        }
+        self.count_events().await?;
+        Ok(SourceSample::Qmp(self.sample.clone()))
+    }
+}
