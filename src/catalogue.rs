@@ -926,11 +926,11 @@ family!(
     "kubevirt_vmi_reboots",
     Counter,
     N,
-    [],
+    ["initiator"],
     Hypervisor,
     "qmp event RESET",
     Vm,
-    "Resets and reboots vmbridge has seen since it discovered the VM."
+    "Resets and reboots vmbridge has seen since it discovered the VM, by initiator (guest: reboot, triple fault, firmware; host: virsh reset, system_reset)."
 );
 family!(
     AGENT_CONNECTS,

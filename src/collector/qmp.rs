@@ -82,7 +82,10 @@ pub(super) fn encode(enc: &mut DescriptorEncoder<'_>, vms: &[VmView<'_>]) -> std
     }
     let mut f = family(enc, &c::REBOOTS)?;
     for vm in vms {
-        f.vm_sample(vm, &[], events(vm).map(|e| e.reboots as f64))?;
+        if let Some(e) = events(vm) {
+            f.vm_sample(vm, &[("initiator", "guest")], Some(e.reboots_guest as f64))?;
+            f.vm_sample(vm, &[("initiator", "host")], Some(e.reboots_host as f64))?;
+        }
     }
     let mut f = family(enc, &c::AGENT_CONNECTS)?;
     for vm in vms {

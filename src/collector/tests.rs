@@ -131,19 +131,27 @@ fn rich_qmp() -> crate::source::qmp::QmpSample {
     use crate::source::qmp::{BlockExt, Migration, QmpSample};
     use serde_json::json;
     let mut q = QmpSample { status: Some("running".into()), ..Default::default() };
-    q.blocks = vec![BlockExt::from_blockstats(&json!({"device": "drive-virtio-disk0", "stats": {
+    q.blocks = vec![
+        BlockExt::from_blockstats(&json!({"device": "drive-virtio-disk0", "stats": {
         "failed_rd_operations": 1, "failed_wr_operations": 2, "failed_flush_operations": 3, "invalid_rd_operations": 4,
         "invalid_wr_operations": 5, "invalid_flush_operations": 6, "unmap_operations": 7, "unmap_bytes": 8,
         "rd_merged": 9, "wr_merged": 10, "idle_time_ns": 2_000_000_000u64}}))
-    .expect("block")];
+        .expect("block"),
+    ];
     q.stats.insert("kvm/exits".into(), 42.0);
-    q.migration = Migration::from_query_migrate(&json!({"status": "active", "total-time": 1000, "expected-downtime": 300,
+    q.migration = Migration::from_query_migrate(
+        &json!({"status": "active", "total-time": 1000, "expected-downtime": 300,
         "ram": {"total": 100, "transferred": 50, "remaining": 50, "mbps": 8.0, "duplicate": 3, "dirty-pages-rate": 4, "dirty-sync-count": 1},
-        "compression": {"compressed-size": 5}}));
+        "compression": {"compressed-size": 5}}),
+    );
     q.migration_last_completed_at = Some(1.0);
-    for ev in [json!({"event": "GUEST_PANICKED"}), json!({"event": "RESET"}), json!({"event": "STOP"}),
+    for ev in [
+        json!({"event": "GUEST_PANICKED"}),
+        json!({"event": "RESET"}),
+        json!({"event": "STOP"}),
         json!({"event": "BLOCK_IO_ERROR", "data": {"device": "drive-virtio-disk0", "operation": "read"}}),
-        json!({"event": "VSERPORT_CHANGE", "data": {"id": "channel0", "open": true}})] {
+        json!({"event": "VSERPORT_CHANGE", "data": {"id": "channel0", "open": true}}),
+    ] {
         q.events.count(&ev, |_| true);
     }
     q
@@ -297,12 +305,15 @@ fn export_all_known_writes_nan_not_zero_and_keep_ephemeral_keeps_completed_migra
         .into_registry();
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
-    let line = text.lines().find(|l| l.starts_with("kubevirt_vmi_cpu_usage_seconds_total{")).expect("exported before data");
+    let line =
+        text.lines().find(|l| l.starts_with("kubevirt_vmi_cpu_usage_seconds_total{")).expect("exported before data");
     assert!(line.ends_with(" NaN"), "{line}");
     assert!(!text.lines().any(|l| l.starts_with("kubevirt_vmi_") && l.ends_with(" 0.0")), "no fake zeros:\n{text}");
 
     let mut q = rich_qmp();
-    q.migration = Migration::from_query_migrate(&serde_json::json!({"status": "completed", "total-time": 10, "downtime": 5, "ram": {"total": 9, "transferred": 9, "remaining": 0}}));
+    q.migration = Migration::from_query_migrate(
+        &serde_json::json!({"status": "completed", "total-time": 10, "downtime": 5, "ram": {"total": 9, "transferred": 9, "remaining": 0}}),
+    );
     let store_for = |q: &crate::source::qmp::QmpSample| {
         let s = store_with(vec![("m", source(None, None))]);
         let id = VmId { namespace: "ns".into(), name: "m".into() };
@@ -319,6 +330,15 @@ fn export_all_known_writes_nan_not_zero_and_keep_ephemeral_keeps_completed_migra
     };
     assert!(!render(false).contains("kubevirt_vmi_migration_memory_processed_bytes{"), "ephemeral values go away");
     let kept = render(true);
-    assert_eq!(value(&kept, "kubevirt_vmi_migration_memory_processed_bytes{namespace=\"ns\",name=\"m\",node=\"node-1\"}"), 9.0);
-    assert_eq!(value(&kept, "kubevirt_vmi_migration_last_completed_timestamp_seconds{namespace=\"ns\",name=\"m\",node=\"node-1\"}"), 1.0);
+    assert_eq!(
+        value(&kept, "kubevirt_vmi_migration_memory_processed_bytes{namespace=\"ns\",name=\"m\",node=\"node-1\"}"),
+        9.0
+    );
+    assert_eq!(
+        value(
+            &kept,
+            "kubevirt_vmi_migration_last_completed_timestamp_seconds{namespace=\"ns\",name=\"m\",node=\"node-1\"}"
+        ),
+        1.0
+    );
 }

@@ -158,8 +158,10 @@ impl Migration {
 pub struct EventCounts {
     /// `GUEST_PANICKED`.
     pub guest_panics: u64,
-    /// `RESET`.
-    pub reboots: u64,
+    /// `RESET` the guest itself initiated (reboot, triple fault, firmware).
+    pub reboots_guest: u64,
+    /// `RESET` the host initiated (`virsh reset`, `system_reset`).
+    pub reboots_host: u64,
     /// Run-state changes by the state entered.
     pub state_changes: BTreeMap<String, u64>,
     /// `BLOCK_IO_ERROR` by drive, then operation.
@@ -191,7 +193,8 @@ impl EventCounts {
         }
         match name {
             "GUEST_PANICKED" => self.guest_panics += 1,
-            "RESET" => self.reboots += 1,
+            "RESET" if data.get("guest").and_then(Value::as_bool) == Some(true) => self.reboots_guest += 1,
+            "RESET" => self.reboots_host += 1,
             "BLOCK_IO_ERROR" => {
                 let drive = data.get("device").and_then(Value::as_str).filter(|d| !d.is_empty());
                 let drive = drive.or_else(|| data.get("node-name").and_then(Value::as_str)).unwrap_or("unknown");
@@ -305,7 +308,7 @@ mod tests {
         ] {
             c.count(&ev, |id| id == "channel0");
         }
-        assert_eq!(c.reboots, 1);
+        assert_eq!((c.reboots_guest, c.reboots_host), (1, 0));
         assert_eq!(c.guest_panics, 1);
         assert_eq!(c.state_changes.get("paused"), Some(&1));
         assert_eq!(c.state_changes.get("crashed"), Some(&1));
