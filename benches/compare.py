@@ -80,6 +80,7 @@ def parse_vmbridge(text, prefix):
     samples = 0
     vms = set()
     up = {}  # vm -> value of vmbridge_source_up{source="libvirt"}
+    sources = set()  # every `source` label of vmbridge_source_up
     endpoint_domains = None
     revision = None
     for line in text.splitlines():
@@ -88,9 +89,12 @@ def parse_vmbridge(text, prefix):
             if m and m.group(1).startswith(prefix):
                 samples += 1
                 vms.add(m.group(1))
-        elif line.startswith("vmbridge_source_up{") and 'source="libvirt"' in line:
+        elif line.startswith("vmbridge_source_up{"):
+            ms = re.search(r'[{,]source="([^"]*)"', line)
+            if ms:
+                sources.add(ms.group(1))
             m = VMB_NAME_RE.search(line)
-            if m and m.group(1).startswith(prefix):
+            if ms and ms.group(1) == "libvirt" and m and m.group(1).startswith(prefix):
                 up[m.group(1)] = float(line.rsplit(" ", 1)[1])
         elif line.startswith("vmbridge_endpoint_domains{"):
             endpoint_domains = float(line.rsplit(" ", 1)[1])
@@ -101,6 +105,7 @@ def parse_vmbridge(text, prefix):
         "samples": samples,
         "vms": vms,
         "up": up,
+        "sources": sources,
         "endpoint_domains": endpoint_domains,
         "revision": revision,
     }
@@ -421,6 +426,7 @@ def cmd_phase(a):
         healthy_missing_scrapes = 0
         victim_data_scrapes = 0
         other_domains = set()
+        sources = set()
         libvirt_up_vals = set()
         for r in results[system]:
             if r is None:  # thread did not finish (cannot happen with join timeout > timeout)
@@ -442,6 +448,7 @@ def cmd_phase(a):
                     first_drop = t_send - t0
                 if p["endpoint_domains"] is not None:
                     other_domains.add(int(p["endpoint_domains"]))
+                sources |= p["sources"]
                 if p["revision"]:
                     extra["revision"] = p["revision"]
                 if victim and t_open is None and t_send is not None and re.search(
@@ -484,6 +491,7 @@ def cmd_phase(a):
             "healthy_up_first_drop_s": first_drop,
             "libvirt_up_values": sorted(libvirt_up_vals),
             "domains_seen": sorted(other_domains),
+            "sources": sorted(sources),
             "cpu_s_per_min": cpu.get(system),
             "rss_mb": rss.get(system),
             "latencies_s": lat,
@@ -569,6 +577,63 @@ def phase_label(r):
     return f"one VM stopped ({r['victim']})"
 
 
+def findings(rows, timeout, k):
+    """Plain statements computed from the results (so they cannot drift from the table)."""
+    out = ["What this run shows (computed from the numbers above and below):", ""]
+    main = [r for r in rows if r["phase"] in ("healthy", "stopped")]
+    bad = [
+        f"N={r['n']} {phase_label(r)}: {r['systems']['vmbridge']['vms_min']}"
+        for r in main
+        if r["systems"]["vmbridge"]["vms_min"] < r["n"]
+    ]
+    if bad:
+        out.append("- vmbridge returned fewer than all lab VMs in some scrape: " + "; ".join(bad) + ".")
+    else:
+        out.append(
+            "- vmbridge returned data for every lab VM in every one of its scrapes, including while a VM "
+            "was stopped (the stopped VM's last values stay exported, flagged by `vmbridge_source_up 0`)."
+        )
+    for r in main:
+        e, v = r["systems"]["exporter"], r["systems"]["vmbridge"]
+        if r["phase"] == "healthy":
+            out.append(
+                f"- N={r['n']}, healthy: exporter p50 {fmt_lat(e['p50_s'], timeout)} vs vmbridge "
+                f"{fmt_lat(v['p50_s'], timeout)} ({e['p50_s'] / v['p50_s']:.0f}×); CPU "
+                f"{fmt_num(e['cpu_s_per_min'])} vs {fmt_num(v['cpu_s_per_min'])} s/min; exporter "
+                f"{e['ok']}/{k} scrapes OK."
+            )
+        else:
+            out.append(
+                f"- N={r['n']}, one VM stopped: the exporter answered {e['ok']}/{k} scrapes "
+                f"({e['timeouts']} timed out at {timeout:g} s), so Prometheus would see no VM at all "
+                f"from it; vmbridge answered {v['ok']}/{k} with p99 {fmt_lat(v['p99_s'], timeout)}."
+            )
+    for n in sorted({r["n"] for r in rows}):
+        ctl = next((r for r in rows if r["n"] == n and r["phase"] == "stopped-alone"), None)
+        both = next((r for r in rows if r["n"] == n and r["phase"] == "stopped"), None)
+        if not ctl or not both:
+            continue
+        hv = n - 1
+        vb, vc = both["systems"]["vmbridge"], ctl["systems"]["vmbridge"]
+        pool = both["libvirtd_pool"]
+        sat = (
+            f"libvirtd's worker pool was exhausted (min free workers {pool['min_free_workers']} of "
+            f"{pool['max_workers']}, max queue depth {pool['max_queue_depth']}); "
+            if pool["samples"] and pool["min_free_workers"] == 0
+            else ""
+        )
+        out.append(
+            f"- N={n}, shared libvirtd: with the exporter's scrapes hanging, {sat}vmbridge's healthy VMs "
+            f"with `source_up 1` fell to {vb['healthy_up_min']} of {hv}"
+            + (f" (from +{vb['healthy_up_first_drop_s']:.0f} s)" if vb.get("healthy_up_first_drop_s") is not None else "")
+            + f", against {vc['healthy_up_min']} of {hv} in the control without exporter scrapes; "
+            f"after SIGCONT vmbridge had every VM up again after {fmt_s(both['recovery_vmbridge_s'])} "
+            f"(control: {fmt_s(ctl['recovery_vmbridge_s'])}). Healthy VMs missing data in any vmbridge "
+            f"scrape: {vb['healthy_missing_max']} (control: {vc['healthy_missing_max']})."
+        )
+    return out
+
+
 def cmd_render(a):
     with open(a.facts) as f:
         facts = json.load(f)
@@ -605,6 +670,15 @@ def cmd_render(a):
         if e["p50_s"] >= timeout:
             return f"≥ {ratio:,.0f}×"
         return f"{ratio:,.1f}×" if ratio < 100 else f"{ratio:,.0f}×"
+
+    srcs = sorted({x for r in rows for x in r["systems"]["vmbridge"].get("sources", [])})
+    sources_txt = ", ".join(f"`{x}`" for x in srcs) if srcs else "unknown"
+    if [x for x in srcs if x != "libvirt"]:
+        sources_txt += (
+            " — the lab has no guest OS, so sources other than `libvirt` (e.g. the guest agent) fail on "
+            "every VM and their breakers stay open; the exporter reads libvirt only, and the columns "
+            "below use vmbridge's `libvirt` source"
+        )
 
     L = []
     L.append("# Benchmark: vmbridge vs prometheus-libvirt-exporter")
@@ -646,7 +720,7 @@ def cmd_render(a):
     L.append(
         f"- For each N, both exporters are started fresh, side by side, on free loopback ports: "
         f"`vmbridge --listen 127.0.0.1:PORT --libvirt-uri qemu:///system --poll-interval {a.poll_interval}` "
-        "(default config: only the libvirt source, like the exporter) and "
+        f"(no config file, so its default sources: {sources_txt}) and "
         "`prometheus-libvirt-exporter --web.listen-address=127.0.0.1:PORT --libvirt.uri=qemu:///system`. "
         "Measurement starts once vmbridge's `/readyz` is 200 and both return every lab VM."
     )
@@ -709,6 +783,8 @@ def cmd_render(a):
             f"| {fmt_num(v['cpu_s_per_min'])} | {fmt_num(e['cpu_s_per_min'])} "
             f"| {fmt_num(v['rss_mb'], 1)} | {fmt_num(e['rss_mb'], 1)} |"
         )
+    L.append("")
+    L.extend(findings(rows, timeout, k))
     L.append("")
     L.append("### Details of the same run")
     L.append("")

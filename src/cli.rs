@@ -16,6 +16,21 @@ pub struct Cli {
     /// Listen address for /metrics, /healthz, /readyz and /debug [default: 0.0.0.0:9977].
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
+    /// Listen address for /debug (plain HTTP), or "off" [default: 127.0.0.1:9978].
+    #[arg(long, value_name = "ADDR")]
+    pub debug_listen: Option<String>,
+    /// Also serve /debug on the public port to requests bearing the token in this file.
+    #[arg(long, value_name = "FILE")]
+    pub debug_token_file: Option<String>,
+    /// Serve the public port over HTTPS with this PEM certificate (reloaded on change).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<String>,
+    /// The PEM private key for --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<String>,
+    /// Serve the public port over HTTPS with a certificate generated at start.
+    #[arg(long)]
+    pub tls_self_signed: bool,
     /// libvirt URI to connect to (read-only); repeat for several daemons [default: qemu:///system].
     #[arg(long = "libvirt-uri", value_name = "URI")]
     pub libvirt_uris: Vec<String>,
@@ -90,6 +105,19 @@ impl Cli {
         }
         if let Some(v) = &self.poll_timeout {
             file.poll.timeout = Some(v.clone());
+        }
+        if let Some(v) = &self.debug_listen {
+            file.debug_listen = Some(v.clone());
+        }
+        if let Some(v) = &self.debug_token_file {
+            file.debug_token_file = Some(v.clone());
+        }
+        if let (Some(c), Some(k)) = (&self.tls_cert, &self.tls_key) {
+            file.tls.cert = Some(c.clone());
+            file.tls.key = Some(k.clone());
+        }
+        if self.tls_self_signed {
+            file.tls.self_signed = Some(true);
         }
         if let Some(v) = &self.qga_socket {
             file.qga.socket_pattern = Some(v.clone());

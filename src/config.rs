@@ -28,6 +28,15 @@ pub struct FileConfig {
     pub listen: Option<String>,
     /// Value of the `node` label. Default: `$NODE_NAME`, else the host name.
     pub node_name: Option<String>,
+    /// Address for `/debug` (plain HTTP); `"off"` disables it. Default `127.0.0.1:9978`:
+    /// guest IPs and users are sensitive, so debug data stays off the public port.
+    pub debug_listen: Option<String>,
+    /// A file holding a bearer token; when set, `/debug` is also served on the public port to
+    /// requests with `Authorization: Bearer <token>`.
+    pub debug_token_file: Option<String>,
+    /// HTTPS on the public port.
+    #[serde(default)]
+    pub tls: TlsFileConfig,
     /// Namespace for domains whose name carries none. Default `default`.
     pub default_namespace: Option<String>,
     /// How domain names map to namespace/name. Default `auto`.
@@ -185,6 +194,21 @@ pub struct StaticVmFile {
     pub qmp_socket: Option<String>,
 }
 
+/// `[tls]`: HTTPS on the public port, as KubeVirt components serve metrics. With `cert` and
+/// `key`, the files are reloaded when they change (a rotated Secret); if neither file exists
+/// yet, a self-signed certificate is used until they appear after a restart. With
+/// `self_signed`, a certificate is generated at start. Otherwise plain HTTP.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFileConfig {
+    /// PEM certificate chain.
+    pub cert: Option<String>,
+    /// PEM private key.
+    pub key: Option<String>,
+    /// Generate a self-signed certificate at start.
+    pub self_signed: Option<bool>,
+}
+
 /// `[libvirt]`.
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -267,6 +291,12 @@ pub enum ConfigError {
 pub struct Settings {
     /// Listen address.
     pub listen: SocketAddr,
+    /// Debug listen address; `None` when off.
+    pub debug_listen: Option<SocketAddr>,
+    /// Bearer token for `/debug` on the public port.
+    pub debug_token: Option<String>,
+    /// HTTPS, when enabled.
+    pub tls: Option<crate::tls::CertSource>,
     /// `node` label.
     pub node_name: String,
     /// Namespace for plain domain names.
@@ -390,6 +420,58 @@ impl FileConfig {
             err("listen", format!("{listen_s:?} is not an address like \"0.0.0.0:9977\" or \"[::1]:9977\""));
             SocketAddr::from(([0, 0, 0, 0], 9977))
         });
+        let debug_listen = match self.debug_listen.as_deref().unwrap_or("127.0.0.1:9978") {
+            "off" => None,
+            a => match a.parse::<SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    err("debug_listen", format!("{a:?} is not an address like \"127.0.0.1:9978\" (or \"off\")"));
+                    None
+                }
+            },
+        };
+        let debug_token = match &self.debug_token_file {
+            None => None,
+            Some(p) => match std::fs::read_to_string(p) {
+                Ok(t) if t.trim().len() >= 16 => Some(t.trim().to_owned()),
+                Ok(_) => {
+                    err("debug_token_file", format!("{p}: the token must be at least 16 characters"));
+                    None
+                }
+                Err(e) => {
+                    err("debug_token_file", format!("cannot read {p}: {e}"));
+                    None
+                }
+            },
+        };
+        let tls = match (&self.tls.cert, &self.tls.key, self.tls.self_signed.unwrap_or(false)) {
+            (None, None, false) => None,
+            (None, None, true) => Some(crate::tls::CertSource::SelfSigned),
+            (Some(c), Some(k), _) => {
+                let (ce, ke) = (std::path::Path::new(c).exists(), std::path::Path::new(k).exists());
+                match (ce, ke) {
+                    (true, true) => Some(crate::tls::CertSource::Files { cert: c.into(), key: k.into() }),
+                    // The optional Secret is not mounted (yet): serve HTTPS with a generated one.
+                    (false, false) => Some(crate::tls::CertSource::SelfSigned),
+                    (false, true) => {
+                        err("tls.cert", format!("{c} does not exist but the key does"));
+                        None
+                    }
+                    (true, false) => {
+                        err("tls.key", format!("{k} does not exist but the certificate does"));
+                        None
+                    }
+                }
+            }
+            (Some(_), None, _) => {
+                err("tls.key", "is required with tls.cert".into());
+                None
+            }
+            (None, Some(_), _) => {
+                err("tls.cert", "is required with tls.key".into());
+                None
+            }
+        };
         if hard_timeout < timeout {
             err("poll.hard_timeout", format!("must be at least poll.timeout ({timeout:?})"));
         }
@@ -522,6 +604,9 @@ impl FileConfig {
         }
         Ok(Settings {
             listen,
+            debug_listen,
+            debug_token,
+            tls,
             node_name,
             default_namespace,
             domain_naming: self.domain_naming.unwrap_or_default(),

@@ -1,9 +1,12 @@
-//! HTTP endpoints, routed in one place: `/metrics` (Prometheus text or OpenMetrics, by
-//! `Accept`), `/healthz`, `/readyz`, `/debug/vms` and `/debug/vms/{namespace}/{name}`.
+//! HTTP endpoints, routed in one place. Public (the metrics port, plain HTTP or HTTPS):
+//! `/metrics` (Prometheus text or OpenMetrics, by `Accept`), `/healthz`, `/readyz`. Debug (a
+//! separate listener, loopback by default, since guest IPs and users are sensitive; or the
+//! public port with a bearer token): `/debug/vms`, `/debug/vms/{namespace}/{name}`.
 //! Every handler reads the snapshot store only; none waits on a VM.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
@@ -13,6 +16,7 @@ use warp::http::{Response, StatusCode, header::CONTENT_TYPE};
 use crate::collector::text::{Format, openmetrics_to_prometheus};
 use crate::debug;
 use crate::store::Store;
+use crate::tls::ReloadingAcceptor;
 use crate::vm::VmId;
 
 /// What the handlers share.
@@ -24,6 +28,8 @@ pub struct App {
     pub registry: Registry,
     /// `node` label value.
     pub node: String,
+    /// When set, `/debug` is also served on the public port to requests bearing this token.
+    pub debug_token: Option<String>,
 }
 
 type Reply = Response<String>;
@@ -80,35 +86,103 @@ pub fn debug_vm(app: &App, namespace: &str, name: &str) -> Reply {
     }
 }
 
-/// Every route.
-pub fn routes(
+fn with_app(app: Arc<App>) -> impl Filter<Extract = (Arc<App>,), Error = std::convert::Infallible> + Clone {
+    warp::any().map(move || app.clone())
+}
+
+/// The debug routes.
+pub fn debug_routes(
     app: Arc<App>,
 ) -> impl Filter<Extract = (Reply,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
-    let with_app = warp::any().map(move || app.clone());
-    let metrics = warp::path!("metrics")
-        .and(warp::get())
-        .and(with_app.clone())
-        .and(warp::header::optional::<String>("accept"))
-        .map(|app: Arc<App>, accept: Option<String>| metrics(&app, accept.as_deref()));
-    let healthz = warp::path!("healthz").and(warp::get()).map(|| reply(StatusCode::OK, "text/plain", "ok\n".into()));
-    let readyz = warp::path!("readyz").and(warp::get()).and(with_app.clone()).map(|app: Arc<App>| readyz(&app));
     let index = warp::path!("debug" / "vms")
         .and(warp::get())
-        .and(with_app.clone())
+        .and(with_app(app.clone()))
         .map(|app: Arc<App>| json(StatusCode::OK, &debug::index(&app.store, &app.node)));
     let vm = warp::path!("debug" / "vms" / String / String)
         .and(warp::get())
-        .and(with_app)
+        .and(with_app(app))
         .map(|ns: String, name: String, app: Arc<App>| debug_vm(&app, &ns, &name));
-    metrics.or(healthz).unify().or(readyz).unify().or(index).unify().or(vm).unify()
+    index.or(vm).unify()
 }
 
-/// Serves plain HTTP on `listener` until `stop` fires.
-pub async fn serve(listener: tokio::net::TcpListener, app: Arc<App>, stop: CancellationToken) {
-    warp::serve(routes(app)).incoming(listener).graceful(async move { stop.cancelled().await }).run().await;
+/// The public routes; `/debug` joins them only behind the bearer token, when one is set.
+pub fn public_routes(
+    app: Arc<App>,
+) -> impl Filter<Extract = (Reply,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(with_app(app.clone()))
+        .and(warp::header::optional::<String>("accept"))
+        .map(|app: Arc<App>, accept: Option<String>| metrics(&app, accept.as_deref()));
+    let healthz = warp::path!("healthz").and(warp::get()).map(|| reply(StatusCode::OK, "text/plain", "ok\n".into()));
+    let readyz = warp::path!("readyz").and(warp::get()).and(with_app(app.clone())).map(|app: Arc<App>| readyz(&app));
+    let token = app.debug_token.clone();
+    let authorized = warp::header::optional::<String>("authorization")
+        .and_then(move |auth: Option<String>| {
+            let ok = match (&token, auth) {
+                (Some(t), Some(a)) => {
+                    a.strip_prefix("Bearer ").is_some_and(|given| constant_time_eq(given.as_bytes(), t.as_bytes()))
+                }
+                _ => false,
+            };
+            async move { if ok { Ok(()) } else { Err(warp::reject::not_found()) } }
+        })
+        .untuple_one();
+    let debug = authorized.and(debug_routes(app));
+    metrics.or(healthz).unify().or(readyz).unify().or(debug).unify()
 }
 
-/// Binds the listen address, with an error that names it (warp's own bind panics).
+/// Compares secrets without an early exit.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Binds a listen address (warp's own bind panics on failure).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await
+}
+
+/// Serves the public routes over plain HTTP until `stop` fires.
+pub async fn serve_public(listener: tokio::net::TcpListener, app: Arc<App>, stop: CancellationToken) {
+    warp::serve(public_routes(app)).incoming(listener).graceful(async move { stop.cancelled().await }).run().await;
+}
+
+/// Serves the debug routes over plain HTTP until `stop` fires.
+pub async fn serve_debug(listener: tokio::net::TcpListener, app: Arc<App>, stop: CancellationToken) {
+    warp::serve(debug_routes(app)).incoming(listener).graceful(async move { stop.cancelled().await }).run().await;
+}
+
+/// Serves the public routes over HTTPS until `stop` fires; drains for at most 10 s.
+pub async fn serve_public_tls(
+    listener: tokio::net::TcpListener,
+    tls: ReloadingAcceptor,
+    app: Arc<App>,
+    stop: CancellationToken,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+    let svc = warp::service(public_routes(app));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (tcp, _peer) = tokio::select! {
+            res = listener.accept() => match res {
+                Ok(x) => x,
+                Err(_) => { tokio::time::sleep(Duration::from_millis(100)).await; continue }
+            },
+            _ = stop.cancelled() => break,
+        };
+        let (acceptor, svc, watcher) = (tls.current(), svc.clone(), graceful.watcher());
+        tokio::spawn(async move {
+            // A client that never finishes the handshake is dropped after 10 s.
+            let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await else {
+                return;
+            };
+            let builder = Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(svc));
+            let _ = watcher.watch(conn.into_owned()).await;
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
 }

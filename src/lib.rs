@@ -37,6 +37,7 @@ pub mod schema;
 pub mod source;
 pub mod store;
 pub mod supervisor;
+pub mod tls;
 pub mod vm;
 
 use std::sync::Arc;
@@ -53,6 +54,9 @@ use crate::supervisor::Naming;
 /// Why vmbridge could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// The TLS certificate could not be loaded or generated.
+    #[error("TLS setup failed")]
+    Tls(#[source] tls::TlsError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}")]
     Bind {
@@ -74,7 +78,7 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> Result<(), RunE
     let listener =
         http::bind(settings.listen).await.map_err(|source| RunError::Bind { addr: settings.listen, source })?;
     let local = listener.local_addr().unwrap_or(settings.listen);
-    tracing::info!(addr = %local, node = %settings.node_name, uris = ?settings.uris, "vmbridge listening");
+    tracing::info!(addr = %local, tls = settings.tls.is_some(), node = %settings.node_name, uris = ?settings.uris, "vmbridge listening");
 
     for uri in &settings.uris {
         tokio::spawn(discovery::run(
@@ -109,8 +113,31 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> Result<(), RunE
     let registry = VmCollector::new(store.clone(), settings.node_name.clone(), settings.staleness)
         .with_options(options)
         .into_registry();
-    let app = Arc::new(http::App { store, registry, node: settings.node_name.clone() });
-    http::serve(listener, app, stop).await;
+    let app = Arc::new(http::App {
+        store,
+        registry,
+        node: settings.node_name.clone(),
+        debug_token: settings.debug_token.clone(),
+    });
+    if let Some(addr) = settings.debug_listen {
+        let listener = http::bind(addr).await.map_err(|source| RunError::Bind { addr, source })?;
+        let local = listener.local_addr().unwrap_or(addr);
+        tracing::info!(addr = %local, "vmbridge debug listening");
+        tokio::spawn(http::serve_debug(listener, app.clone(), stop.clone()));
+    }
+    match &settings.tls {
+        Some(source) => {
+            let tls = tls::ReloadingAcceptor::start(
+                source,
+                &settings.node_name,
+                std::time::Duration::from_secs(10),
+                stop.clone(),
+            )
+            .map_err(RunError::Tls)?;
+            http::serve_public_tls(listener, tls, app, stop).await;
+        }
+        None => http::serve_public(listener, app, stop).await,
+    }
     tracing::info!("vmbridge stopped");
     Ok(())
 }

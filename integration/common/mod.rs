@@ -90,6 +90,7 @@ impl Drop for Domain {
 pub struct Bridge {
     child: Child,
     pub addr: SocketAddr,
+    pub debug_addr: SocketAddr,
     pub log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -103,7 +104,7 @@ impl Bridge {
     /// Starts vmbridge with exactly `args` (plus listen address, log format and node name).
     pub fn start_without_libvirt(args: &[&str]) -> Bridge {
         let mut child = Command::new(env!("CARGO_BIN_EXE_vmbridge"))
-            .args(["--listen", "127.0.0.1:0", "--log-json", "--node-name", "it-node"])
+            .args(["--listen", "127.0.0.1:0", "--debug-listen", "127.0.0.1:0", "--log-json", "--node-name", "it-node"])
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -115,24 +116,30 @@ impl Bridge {
         let sink = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("vmbridge listening") {
+                if line.contains("vmbridge listening") || line.contains("vmbridge debug listening") {
                     let _ = tx.send(line.clone());
                 }
                 sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
             }
         });
-        let line = rx.recv_timeout(Duration::from_secs(20)).expect("vmbridge did not report its address");
-        let v: serde_json::Value = serde_json::from_str(&line).expect("json log line");
-        let addr = v["fields"]["addr"].as_str().expect("addr field").parse().expect("socket addr");
-        Bridge { child, addr, log }
+        let (mut addr, mut debug_addr) = (None, None);
+        while addr.is_none() || debug_addr.is_none() {
+            let line = rx.recv_timeout(Duration::from_secs(20)).expect("vmbridge did not report its addresses");
+            let v: serde_json::Value = serde_json::from_str(&line).expect("json log line");
+            let a: SocketAddr = v["fields"]["addr"].as_str().expect("addr field").parse().expect("socket addr");
+            if line.contains("vmbridge debug listening") { debug_addr = Some(a) } else { addr = Some(a) }
+        }
+        Bridge { child, addr: addr.expect("public"), debug_addr: debug_addr.expect("debug"), log }
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
+    /// GET from the public port, or from the debug port for `/debug/…` paths.
     pub fn get(&self, path: &str, accept: Option<&str>) -> Response {
-        http_get(self.addr, path, accept)
+        let addr = if path.starts_with("/debug") { self.debug_addr } else { self.addr };
+        http_get(addr, path, accept)
     }
 
     pub fn metrics(&self) -> Exposition {
