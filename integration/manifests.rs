@@ -259,10 +259,9 @@ fn manifests() -> Manifests {
     let (w, r) = take("PrometheusRule");
     let prometheus_rule: PrometheusRule = strict(&w, &r);
     assert!(by_kind.is_empty(), "unexpected kinds: {:?}", by_kind.keys().collect::<Vec<_>>());
-    for (kind, api) in [
-        (&service_monitor.kind, &service_monitor.api_version),
-        (&prometheus_rule.kind, &prometheus_rule.api_version),
-    ] {
+    for (kind, api) in
+        [(&service_monitor.kind, &service_monitor.api_version), (&prometheus_rule.kind, &prometheus_rule.api_version)]
+    {
         assert_eq!(api, "monitoring.coreos.com/v1", "{kind}");
     }
     assert_eq!(service_monitor.kind, "ServiceMonitor");
@@ -291,13 +290,13 @@ fn manifests() -> Manifests {
 }
 
 fn container(m: &Manifests) -> Container {
-    let pod = m.daemonset.spec.as_ref().unwrap().template.spec.as_ref().expect("pod spec");
+    let pod = m.daemonset.spec.template.spec.as_ref().expect("pod spec");
     assert_eq!(pod.containers.len(), 1, "one container");
     pod.containers[0].clone()
 }
 
 fn pod_labels(m: &Manifests) -> BTreeMap<String, String> {
-    labels(m.daemonset.spec.as_ref().unwrap().template.metadata.as_ref().expect("template metadata"))
+    labels(m.daemonset.spec.template.metadata.as_ref().expect("template metadata"))
 }
 
 fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -330,11 +329,14 @@ fn namespace_and_service_account() {
     let ns = labels(&m.namespace.metadata);
     // The Prometheus Operator's serviceMonitorNamespaceSelector in the KubeVirt docs, and
     // OpenShift cluster monitoring.
-    assert!(is_subset(&map(&[("prometheus.kubevirt.io", ""), ("openshift.io/cluster-monitoring", "true")]), &ns), "{ns:?}");
+    assert!(
+        is_subset(&map(&[("prometheus.kubevirt.io", ""), ("openshift.io/cluster-monitoring", "true")]), &ns),
+        "{ns:?}"
+    );
     assert_eq!(ns.get("pod-security.kubernetes.io/enforce").map(String::as_str), Some("privileged"));
 
     assert_eq!(m.service_account.automount_service_account_token, Some(false));
-    let pod = m.daemonset.spec.as_ref().unwrap().template.spec.clone().unwrap();
+    let pod = m.daemonset.spec.template.spec.clone().unwrap();
     assert_eq!(pod.service_account_name, m.service_account.metadata.name);
     assert_eq!(pod.automount_service_account_token, Some(false));
 }
@@ -342,7 +344,7 @@ fn namespace_and_service_account() {
 #[test]
 fn daemonset_pod_runs_vmbridge_as_specified() {
     let m = manifests();
-    let ds = m.daemonset.spec.as_ref().unwrap();
+    let ds = &m.daemonset.spec;
     let pod = ds.template.spec.as_ref().unwrap();
     let tl = pod_labels(&m);
     assert!(is_subset(&map(&[("app.kubernetes.io/name", "vmbridge"), ("prometheus.kubevirt.io", "")]), &tl), "{tl:?}");
@@ -489,13 +491,19 @@ fn alerts_are_labelled_annotated_and_unit_tested() {
     }
     for r in &alerts {
         let name = r.alert.as_deref().unwrap();
-        assert!(["critical", "warning", "info"].contains(&r.labels.get("severity").map_or("", String::as_str)), "{name}: severity");
+        assert!(
+            ["critical", "warning", "info"].contains(&r.labels.get("severity").map_or("", String::as_str)),
+            "{name}: severity"
+        );
         let summary = r.annotations.get("summary").unwrap_or_else(|| panic!("{name}: summary"));
         let description = r.annotations.get("description").unwrap_or_else(|| panic!("{name}: description"));
         if r.expr.starts_with("absent(") {
             assert!(description.contains(&format!("namespace {NAMESPACE}")), "{name}: description names where to look");
         } else {
-            assert!(description.contains("{{ $labels.namespace }}/{{ $labels."), "{name}: description names namespace/name");
+            assert!(
+                description.contains("{{ $labels.namespace }}/{{ $labels."),
+                "{name}: description names namespace/name"
+            );
             assert!(summary.contains("{{ $labels."), "{name}: summary names the object");
         }
     }
@@ -528,7 +536,10 @@ fn dashboard_configmap_embeds_the_dashboard() {
     assert_eq!(data.len(), 1);
     let (key, embedded) = data.iter().next().unwrap();
     assert!(key.ends_with(".json"), "{key}");
-    assert!(*embedded == json, "the ConfigMap's {key} differs from grafana-dashboard.json: run `bash deploy/gen-dashboard-configmap.sh`");
+    assert!(
+        *embedded == json,
+        "the ConfigMap's {key} differs from grafana-dashboard.json: run `bash deploy/gen-dashboard-configmap.sh`"
+    );
 
     let dash: Value = serde_json::from_str(&json).expect("dashboard JSON");
     let vars = dash["templating"]["list"].as_array().expect("templating");
@@ -572,9 +583,27 @@ fn walk(v: &Value, f: &mut dyn FnMut(&str, &Value)) {
 /// not the label lists of `by`, `without`, `on`, `ignoring`, `group_left`, `group_right`.
 fn metric_names(expr: &str) -> BTreeSet<String> {
     const KEYWORDS: &[&str] = &[
-        "and", "or", "unless", "bool", "offset", "inf", "nan", // operators, modifiers, literals
-        "sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values", "bottomk", "topk",
-        "quantile", "limitk", "limit_ratio", // aggregations, before `by (…)`
+        "and",
+        "or",
+        "unless",
+        "bool",
+        "offset",
+        "inf",
+        "nan", // operators, modifiers, literals
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "group",
+        "stddev",
+        "stdvar",
+        "count",
+        "count_values",
+        "bottomk",
+        "topk",
+        "quantile",
+        "limitk",
+        "limit_ratio", // aggregations, before `by (…)`
     ];
     let expr = match expr.trim().strip_prefix("label_values(").and_then(|s| s.strip_suffix(')')) {
         Some(args) => args.rsplit_once(',').map_or(args, |(e, _)| e),
@@ -636,7 +665,9 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
 #[test]
 fn metric_name_parser() {
     assert_eq!(
-        metric_names(r#"count by (s) (x == 1) + sum by (namespace, name) (rate(a_total{x="b_c",y=~"$v"}[$__rate_interval])) / on(n) group_left(m) b:c > 0.9 and bool d offset 5m * 3600"#),
+        metric_names(
+            r#"count by (s) (x == 1) + sum by (namespace, name) (rate(a_total{x="b_c",y=~"$v"}[$__rate_interval])) / on(n) group_left(m) b:c > 0.9 and bool d offset 5m * 3600"#
+        ),
         BTreeSet::from(["a_total".into(), "b:c".into(), "d".into(), "x".into()])
     );
     assert_eq!(metric_names("label_values(m{node=~\"$node\"}, name)"), BTreeSet::from(["m".into()]));
@@ -645,11 +676,13 @@ fn metric_name_parser() {
 #[test]
 fn every_metric_used_is_documented_or_recorded() {
     let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/METRICS.md")).expect("METRICS.md");
-    let mut known: BTreeSet<String> = docs
-        .lines()
-        .filter_map(|l| l.strip_prefix("| `")?.split_once('`').map(|(n, _)| n.to_owned()))
-        .collect();
-    assert!(known.len() > 50 && known.contains("vmbridge_breaker_state"), "parsed {} names from METRICS.md", known.len());
+    let mut known: BTreeSet<String> =
+        docs.lines().filter_map(|l| l.strip_prefix("| `")?.split_once('`').map(|(n, _)| n.to_owned())).collect();
+    assert!(
+        known.len() > 50 && known.contains("vmbridge_breaker_state"),
+        "parsed {} names from METRICS.md",
+        known.len()
+    );
     let rules = rule_file();
     known.extend(rules.groups.iter().flat_map(|g| &g.rules).filter_map(|r| r.record.clone()));
     known.insert("up".into());
@@ -665,7 +698,9 @@ fn every_metric_used_is_documented_or_recorded() {
     walk(&dash, &mut |k, v| {
         let exprs = match (k, v) {
             ("expr" | "definition", Value::String(s)) => vec![s.clone()],
-            ("query", Value::Object(o)) => o.get("query").and_then(Value::as_str).map(str::to_owned).into_iter().collect(),
+            ("query", Value::Object(o)) => {
+                o.get("query").and_then(Value::as_str).map(str::to_owned).into_iter().collect()
+            }
             _ => vec![],
         };
         for e in exprs {
@@ -674,7 +709,12 @@ fn every_metric_used_is_documented_or_recorded() {
             }
         }
     });
-    for must in ["kubevirt_vmi_cpu_usage_seconds_total", "kubevirt_vmi_guest_interface_address_info", "vmbridge_breaker_state", "up"] {
+    for must in [
+        "kubevirt_vmi_cpu_usage_seconds_total",
+        "kubevirt_vmi_guest_interface_address_info",
+        "vmbridge_breaker_state",
+        "up",
+    ] {
         assert!(used.contains_key(must), "{must} not used; parser broken? {used:?}");
     }
     let unknown: Vec<String> =

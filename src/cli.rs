@@ -57,6 +57,10 @@ pub struct Cli {
     /// Keep the last migration values after the job ends.
     #[arg(long)]
     pub keep_ephemeral: bool,
+    /// Where libvirt daemons come from: the --libvirt-uri list, or every KubeVirt
+    /// virt-launcher's daemon found through /proc (needs hostPID) [default: uris].
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub discovery: Option<DiscoveryArg>,
     /// Do not poll guest agents.
     #[arg(long)]
     pub no_qga: bool,
@@ -78,6 +82,15 @@ pub struct Cli {
     /// Print the metric catalogue and exit, without connecting anywhere.
     #[arg(long)]
     pub list_metrics: bool,
+}
+
+/// `--discovery` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DiscoveryArg {
+    /// The configured libvirt URIs.
+    Uris,
+    /// KubeVirt launchers.
+    Kubevirt,
 }
 
 /// `--domain-naming` values.
@@ -131,6 +144,12 @@ impl Cli {
         }
         if self.keep_ephemeral {
             file.keep_ephemeral = Some(true);
+        }
+        if let Some(d) = self.discovery {
+            file.discovery = Some(match d {
+                DiscoveryArg::Uris => crate::config::DiscoveryMode::Uris,
+                DiscoveryArg::Kubevirt => crate::config::DiscoveryMode::Kubevirt,
+            });
         }
         if self.no_qga {
             file.qga.enabled = Some(false);

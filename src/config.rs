@@ -41,6 +41,12 @@ pub struct FileConfig {
     pub default_namespace: Option<String>,
     /// How domain names map to namespace/name. Default `auto`.
     pub domain_naming: Option<DomainNaming>,
+    /// Where libvirt daemons come from: `uris` (the configured URIs) or `kubevirt` (every
+    /// virt-launcher's daemon, found through /proc; needs hostPID). Default `uris`.
+    pub discovery: Option<DiscoveryMode>,
+    /// KubeVirt discovery settings.
+    #[serde(default)]
+    pub kubevirt: KubevirtFileConfig,
     /// The libvirt source.
     #[serde(default)]
     pub libvirt: LibvirtFileConfig,
@@ -194,6 +200,30 @@ pub struct StaticVmFile {
     pub qmp_socket: Option<String>,
 }
 
+/// Where libvirt daemons come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DiscoveryMode {
+    /// The configured `libvirt.uris`.
+    #[default]
+    Uris,
+    /// Launcher daemons found through /proc.
+    Kubevirt,
+}
+
+/// `[kubevirt]`.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KubevirtFileConfig {
+    /// Daemon process names. Default `["virtqemud", "libvirtd"]`.
+    pub process_names: Option<Vec<String>>,
+    /// Socket paths relative to the daemon's root, read-only ones (ending `-ro`) preferred.
+    /// Default the `virtqemud-sock[-ro]` and `libvirt-sock[-ro]` under `var/run/libvirt/`.
+    pub socket_paths: Option<Vec<String>>,
+    /// The proc filesystem. Default `/proc`.
+    pub proc_root: Option<String>,
+}
+
 /// `[tls]`: HTTPS on the public port, as KubeVirt components serve metrics. With `cert` and
 /// `key`, the files are reloaded when they change (a rotated Secret); if neither file exists
 /// yet, a self-signed certificate is used until they appear after a restart. With
@@ -303,8 +333,10 @@ pub struct Settings {
     pub default_namespace: String,
     /// Name mapping rule.
     pub domain_naming: DomainNaming,
-    /// libvirt URIs.
+    /// libvirt URIs (`uris` discovery).
     pub uris: Vec<String>,
+    /// KubeVirt launcher discovery, when enabled.
+    pub launchers: Option<crate::source::libvirt::launchers::LauncherScan>,
     /// Pool-wide bound on running libvirt calls.
     pub max_concurrent_calls: usize,
     /// Per-source polling, including the breaker.
@@ -525,6 +557,27 @@ impl FileConfig {
         if node_name.is_empty() {
             err("node_name", "must not be empty".into());
         }
+        let launchers = match self.discovery.unwrap_or_default() {
+            DiscoveryMode::Uris => None,
+            DiscoveryMode::Kubevirt => {
+                let d = crate::source::libvirt::launchers::LauncherScan::default();
+                let k = &self.kubevirt;
+                if k.process_names.as_ref().is_some_and(Vec::is_empty) {
+                    err("kubevirt.process_names", "must not be empty".into());
+                }
+                if k.socket_paths.as_ref().is_some_and(|p| p.is_empty() || p.iter().any(|x| x.starts_with('/'))) {
+                    err(
+                        "kubevirt.socket_paths",
+                        "must be a non-empty list of paths relative to the daemon's root (no leading /)".into(),
+                    );
+                }
+                Some(crate::source::libvirt::launchers::LauncherScan {
+                    proc_root: k.proc_root.clone().map(Into::into).unwrap_or(d.proc_root),
+                    process_names: k.process_names.clone().unwrap_or(d.process_names),
+                    socket_paths: k.socket_paths.clone().unwrap_or(d.socket_paths),
+                })
+            }
+        };
         let q = &self.qga;
         let qga_timeout = dur("qga.timeout", &q.timeout, Duration::from_secs(5), &mut err);
         let mut periods = std::collections::BTreeMap::new();
@@ -610,7 +663,8 @@ impl FileConfig {
             node_name,
             default_namespace,
             domain_naming: self.domain_naming.unwrap_or_default(),
-            uris,
+            uris: if launchers.is_some() { Vec::new() } else { uris },
+            launchers,
             max_concurrent_calls,
             poll: PollSettings {
                 interval,

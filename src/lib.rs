@@ -72,7 +72,10 @@ pub enum RunError {
 /// server.
 pub async fn run(settings: Settings, stop: CancellationToken) -> Result<(), RunError> {
     discovery::init();
-    let store = Arc::new(Store::new(settings.uris.iter().map(String::as_str)));
+    let store = Arc::new(match settings.launchers {
+        Some(_) => Store::for_launchers(),
+        None => Store::new(settings.uris.iter().map(String::as_str)),
+    });
     let limiter = Arc::new(Semaphore::new(settings.max_concurrent_calls));
     let (tx, rx) = mpsc::channel(1024);
     let listener =
@@ -83,6 +86,17 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> Result<(), RunE
     for uri in &settings.uris {
         tokio::spawn(discovery::run(
             Endpoint::new(uri.clone()),
+            settings.poll.interval,
+            settings.poll.timeout,
+            limiter.clone(),
+            store.clone(),
+            tx.clone(),
+            stop.child_token(),
+        ));
+    }
+    if let Some(scan) = settings.launchers.clone() {
+        tokio::spawn(discovery::run_launchers(
+            scan,
             settings.poll.interval,
             settings.poll.timeout,
             limiter.clone(),

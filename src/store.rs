@@ -101,6 +101,8 @@ pub struct EndpointStatus {
 pub struct Store {
     vms: RwLock<BTreeMap<VmId, Arc<VmSnapshot>>>,
     endpoints: RwLock<BTreeMap<String, EndpointStatus>>,
+    /// KubeVirt mode: not ready before the first scan for launchers.
+    awaiting_scan: std::sync::atomic::AtomicBool,
 }
 
 impl Store {
@@ -110,7 +112,34 @@ impl Store {
             .into_iter()
             .map(|u| (u.to_owned(), EndpointStatus { uri: u.to_owned(), ..Default::default() }))
             .collect();
-        Store { vms: RwLock::new(BTreeMap::new()), endpoints: RwLock::new(endpoints) }
+        Store {
+            vms: RwLock::new(BTreeMap::new()),
+            endpoints: RwLock::new(endpoints),
+            awaiting_scan: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// A store for KubeVirt mode: endpoints come from scans; not ready before the first one.
+    pub fn for_launchers() -> Self {
+        let s = Store::new([]);
+        s.awaiting_scan.store(true, Ordering::Release);
+        s
+    }
+
+    /// The first launcher scan finished.
+    pub fn scanned(&self) {
+        self.awaiting_scan.store(false, Ordering::Release);
+    }
+
+    /// Starts tracking an endpoint found by a scan.
+    pub fn add_endpoint(&self, uri: &str) {
+        let mut eps = self.endpoints.write().unwrap_or_else(PoisonError::into_inner);
+        eps.entry(uri.to_owned()).or_insert_with(|| EndpointStatus { uri: uri.to_owned(), ..Default::default() });
+    }
+
+    /// Stops tracking an endpoint that went away.
+    pub fn remove_endpoint(&self, uri: &str) {
+        self.endpoints.write().unwrap_or_else(PoisonError::into_inner).remove(uri);
     }
 
     /// Adds (or replaces) a VM.
@@ -175,6 +204,9 @@ impl Store {
 
     /// Ready once every configured endpoint has been listed at least once and is up now.
     pub fn ready(&self) -> Result<(), Vec<String>> {
+        if self.awaiting_scan.load(Ordering::Acquire) {
+            return Err(vec!["the first scan for KubeVirt launchers".to_owned()]);
+        }
         let not_ready: Vec<String> = self
             .endpoints
             .read()

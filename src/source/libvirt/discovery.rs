@@ -93,7 +93,7 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = cancel.cancelled() => return,
+            _ = cancel.cancelled() => break,
         }
         let conn = match endpoint.current() {
             Some(c) => c,
@@ -155,5 +155,67 @@ pub async fn run(
         }
         store.endpoint_listed(&endpoint.uri, now.len());
         known = now;
+    }
+    // The endpoint went away (a launcher stopped): its VMs go with it.
+    for uuid in known.into_keys() {
+        let _ = events.send(VmEvent::Removed { uri: endpoint.uri.clone(), uuid }).await;
+    }
+}
+
+/// KubeVirt mode: scans for launcher daemons every `interval`, runs [`run`] for each one
+/// found, and stops it (dropping its VMs) when the daemon is gone.
+pub async fn run_launchers(
+    scan: super::launchers::LauncherScan,
+    interval: Duration,
+    timeout: Duration,
+    limiter: Arc<Semaphore>,
+    store: Arc<Store>,
+    events: mpsc::Sender<VmEvent>,
+    cancel: CancellationToken,
+) {
+    let mut running: BTreeMap<u32, (super::launchers::Launcher, CancellationToken)> = BTreeMap::new();
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = cancel.cancelled() => break,
+        }
+        let s = scan.clone();
+        let Ok(found) = tokio::task::spawn_blocking(move || s.scan()).await else { continue };
+        let known = running.iter().map(|(pid, (l, _))| (*pid, l.clone())).collect();
+        let (added, gone) = super::launchers::diff(&known, &found);
+        for pid in gone {
+            if let Some((l, token)) = running.remove(&pid) {
+                tracing::info!(pid, uri = %l.uri, "launcher gone");
+                token.cancel();
+                store.remove_endpoint(&l.uri);
+            }
+        }
+        for l in added {
+            if let Some((old, token)) = running.remove(&l.pid) {
+                token.cancel();
+                store.remove_endpoint(&old.uri);
+            }
+            tracing::info!(pid = l.pid, uri = %l.uri, "launcher found");
+            store.add_endpoint(&l.uri);
+            let endpoint =
+                Endpoint::with_agent_uri(l.uri.clone(), l.agent_uri.clone().unwrap_or_else(|| l.uri.clone()));
+            let token = cancel.child_token();
+            tokio::spawn(run(
+                endpoint,
+                interval,
+                timeout,
+                limiter.clone(),
+                store.clone(),
+                events.clone(),
+                token.clone(),
+            ));
+            running.insert(l.pid, (l, token));
+        }
+        store.scanned();
+    }
+    for (_, (_, token)) in running {
+        token.cancel();
     }
 }

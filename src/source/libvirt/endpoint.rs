@@ -23,6 +23,8 @@ pub struct Conn {
 pub struct Endpoint {
     /// The libvirt URI, e.g. `qemu:///system`.
     pub uri: String,
+    /// The URI for the read-write agent connection (differs for launchers' `-ro` sockets).
+    pub agent_uri: String,
     current: Mutex<Option<Conn>>,
     agent: Mutex<Option<Conn>>,
     generations: AtomicU64,
@@ -37,8 +39,15 @@ impl std::fmt::Debug for Endpoint {
 impl Endpoint {
     /// An endpoint with no connection yet.
     pub fn new(uri: impl Into<String>) -> Arc<Self> {
+        let uri = uri.into();
+        Self::with_agent_uri(uri.clone(), uri)
+    }
+
+    /// An endpoint whose agent connection uses another URI.
+    pub fn with_agent_uri(uri: String, agent_uri: String) -> Arc<Self> {
         Arc::new(Endpoint {
-            uri: uri.into(),
+            uri,
+            agent_uri,
             current: Mutex::new(None),
             agent: Mutex::new(None),
             generations: AtomicU64::new(0),

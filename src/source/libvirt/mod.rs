@@ -6,6 +6,7 @@ pub mod blocking;
 pub mod discovery;
 pub mod endpoint;
 pub mod ffi;
+pub mod launchers;
 pub mod poller;
 pub mod stats;
 

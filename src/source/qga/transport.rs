@@ -169,7 +169,7 @@ impl LibvirtAgent {
         if let Some(c) = self.endpoint.agent_connection() {
             return Ok(c);
         }
-        let uri = self.endpoint.uri.clone();
+        let uri = self.endpoint.agent_uri.clone();
         match self.open_slot.run(deadline, move || endpoint::open_for_agent(&uri)).await {
             Ok(Ok(c)) => Ok(self.endpoint.install_agent(c)),
             Ok(Err(e)) => Err(AgentError::Transport(PollError::new(
