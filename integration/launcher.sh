@@ -58,16 +58,19 @@ uri_ro() { echo "qemu+unix:///system?socket=/proc/$1/root$SOCK_DIR/libvirt-sock-
 now_s() { date +%s.%N; }
 
 # with_name_lock NAME CMD... : run CMD holding an exclusive flock for launcher NAME.
+# The fd is in LOCK_FD: daemons started under the lock must not inherit it.
+LOCK_FD=""
 with_name_lock() {
-    local name=$1 fd
+    local name=$1
     shift
     mkdir -p "$LAUNCHERS_DIR"
-    exec {fd}>>"$LAUNCHERS_DIR/.$name.lock"
-    flock -w 120 "$fd" || die "could not lock launcher $name within 120 s"
+    exec {LOCK_FD}>>"$LAUNCHERS_DIR/.$name.lock"
+    flock -w 120 "$LOCK_FD" || die "could not lock launcher $name within 120 s"
     local rc=0
     "$@" || rc=$?
-    flock -u "$fd"
-    exec {fd}>&-
+    flock -u "$LOCK_FD"
+    exec {LOCK_FD}>&-
+    LOCK_FD=""
     return "$rc"
 }
 
@@ -290,7 +293,7 @@ _start() { # NAME DOMAIN
     printf 'name %s\ndomain %s\n' "$name" "$dom" >"$d/state"
     # No fd of ours may survive in the daemons (callers capture our stdout).
     if ! unshare --mount --net --propagation private -- bash -c "$INNER" inner "$d" \
-        </dev/null >>"$d/daemon.log" 2>&1; then
+        </dev/null >>"$d/daemon.log" 2>&1 {LOCK_FD}>&-; then
         cleanup_failed_start "$name"
         die "unshare/daemon start failed for $name (see $d/daemon.log)"
     fi
@@ -388,13 +391,13 @@ wait_gone() { # SECONDS PID...
     return 1
 }
 
-term_then_kill() { # WHAT PID...
-    local what=$1 p
-    shift
+term_then_kill() { # GRACE WHAT PID...
+    local grace=$1 what=$2 p
+    shift 2
     [[ $# -gt 0 ]] || return 0
     for p in "$@"; do kill -CONT "$p" 2>/dev/null || true; kill -TERM "$p" 2>/dev/null || true; done
-    if ! wait_gone 10 "$@"; then
-        log "$what ($*) ignored SIGTERM for 10 s; SIGKILL"
+    if ! wait_gone "$grace" "$@"; then
+        log "$what ($*) still alive ${grace} s after SIGTERM; SIGKILL"
         for p in "$@"; do kill -KILL "$p" 2>/dev/null || true; done
         wait_gone 5 "$@" || log "WARNING: $what ($*) still alive after SIGKILL"
     fi
@@ -414,17 +417,18 @@ do_kill() { # NAME (caller holds the name lock)
                 log "$name: virsh destroy $dom failed or timed out; killing QEMU directly"
         fi
         log "$name: stopping libvirtd (pid $pid)"
-        term_then_kill "libvirtd of $name" "$pid"
+        # libvirtd takes ~5 s to exit on SIGTERM; its state is on tmpfs, so do not wait.
+        term_then_kill 1 "libvirtd of $name" "$pid"
     fi
     vl=$(state_get "$name" virtlogd || true)
     if [[ -n "$ns" ]] && proc_is "$vl" virtlogd "$ns"; then
-        term_then_kill "virtlogd of $name" "$vl"
+        term_then_kill 5 "virtlogd of $name" "$vl"
     fi
     local q
     mapfile -t q < <(qemu_pids_of "$d")
     if [[ ${#q[@]} -gt 0 ]]; then
         log "$name: killing leftover QEMU ${q[*]}"
-        term_then_kill "QEMU of $name" "${q[@]}"
+        term_then_kill 10 "QEMU of $name" "${q[@]}"
     fi
     rm -rf "$d" # the .NAME.lock file stays: removing a held lock file breaks flock
     log "$name: killed and removed"
@@ -478,9 +482,13 @@ cmd_down() {
     need_root
     local names=() name
     mapfile -t names < <(launcher_names)
+    local pids=() failed=0 p
     for name in "${names[@]}"; do
-        with_name_lock "$name" do_kill "$name"
+        with_name_lock "$name" do_kill "$name" &
+        pids+=($!)
     done
+    for p in "${pids[@]}"; do wait "$p" || failed=1; done
+    [[ $failed -eq 0 ]] || die "down: some launchers could not be removed"
     log "down: ${#names[@]} launchers removed"
 }
 

@@ -8,6 +8,17 @@ export PATH="$HOME/.cargo/bin:$PATH"
 lab=integration/lab.sh
 
 bash "$lab" install
+# Tools the tests call besides the lab: curl and openssl (TLS tests), promtool (rule tests).
+missing=()
+command -v curl >/dev/null || missing+=(curl)
+command -v openssl >/dev/null || missing+=(openssl)
+command -v promtool >/dev/null || missing+=(prometheus)
+if [ ${#missing[@]} -gt 0 ]; then
+    apt-get -o DPkg::Lock::Timeout=600 update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# The real-guest tier boots a Debian kernel + busybox/qemu-ga initramfs (built once, cached).
+bash integration/guest/build.sh >/dev/null
 # Only the integration tests' domains (prefix "it"); the daemons stop only if no lab domain is left.
 trap 'bash "$lab" down it >/dev/null 2>&1 || true' EXIT
 
