@@ -19,7 +19,8 @@
 #   list                  running launchers, "NAME PID" per line
 #   down                  kill every launcher this script started
 #
-# Inside a launcher's namespace: private tmpfs on /var/run/libvirt and /var/lib/libvirt,
+# Inside a launcher's namespace: /var is a tmpfs re-binding the real /var's subdirs but with
+# /var/run -> ../run RELATIVE (see INNER), private tmpfs on /run/libvirt and /var/lib/libvirt,
 # bind mounts of LAUNCHER_DIR/etc on /etc/libvirt (own qemu.conf: root, no security
 # driver, no cgroups) and LAUNCHER_DIR/log on /var/log/libvirt, and its own virtlogd.
 # Only /var/cache/libvirt (QEMU capabilities cache) is shared with the host daemon.
@@ -404,7 +405,7 @@ term_then_kill() { # GRACE WHAT PID...
 }
 
 do_kill() { # NAME (caller holds the name lock)
-    local name=$1 d pid ns dom vl
+    local name=$1 d pid ns dom vl daemons=()
     d=$(ldir "$name")
     [[ -d "$d" ]] || { log "launcher $name: nothing to kill"; return 0; }
     ns=$(state_get "$name" ns || true)
@@ -416,13 +417,17 @@ do_kill() { # NAME (caller holds the name lock)
             timeout 15 virsh -q -c "$(uri_rw "$pid")" destroy "$dom" >/dev/null 2>&1 ||
                 log "$name: virsh destroy $dom failed or timed out; killing QEMU directly"
         fi
-        log "$name: stopping libvirtd (pid $pid)"
-        # libvirtd takes ~5 s to exit on SIGTERM; its state is on tmpfs, so do not wait.
-        term_then_kill 1 "libvirtd of $name" "$pid"
+        daemons+=("$pid")
     fi
     vl=$(state_get "$name" virtlogd || true)
     if [[ -n "$ns" ]] && proc_is "$vl" virtlogd "$ns"; then
-        term_then_kill 5 "virtlogd of $name" "$vl"
+        daemons+=("$vl")
+    fi
+    if [[ ${#daemons[@]} -gt 0 ]]; then
+        log "$name: stopping libvirtd/virtlogd (${daemons[*]})"
+        # Both take 3-5 s to exit on SIGTERM; their state is on the launcher's tmpfs,
+        # so SIGKILL them after 1 s.
+        term_then_kill 1 "daemons of $name" "${daemons[@]}"
     fi
     local q
     mapfile -t q < <(qemu_pids_of "$d")

@@ -966,6 +966,63 @@ family!(
     "Run-state changes vmbridge has seen since it discovered the VM, by the state entered."
 );
 
+// Hypervisor group: infra processes (seed kube-metrics-collector's pod_infra group).
+family!(
+    INFRA_CPU_USER,
+    "kubevirt_pod_infra_cpu_user",
+    Counter,
+    S,
+    ["process"],
+    Hypervisor,
+    "/proc/<pid>/stat utime",
+    Vm,
+    "User CPU time of the VM's QEMU process and, in a virt-launcher, of the processes beside it."
+);
+family!(
+    INFRA_CPU_SYSTEM,
+    "kubevirt_pod_infra_cpu_system",
+    Counter,
+    S,
+    ["process"],
+    Hypervisor,
+    "/proc/<pid>/stat stime",
+    Vm,
+    "System CPU time of the VM's QEMU process and launcher-side processes."
+);
+family!(
+    INFRA_MEM_RESIDENT,
+    "kubevirt_pod_infra_memory_resident",
+    Gauge,
+    B,
+    ["process"],
+    Hypervisor,
+    "/proc/<pid>/statm resident",
+    Vm,
+    "Resident memory of the VM's QEMU process and launcher-side processes."
+);
+family!(
+    INFRA_MEM_VIRTUAL,
+    "kubevirt_pod_infra_memory_virtual",
+    Gauge,
+    B,
+    ["process"],
+    Hypervisor,
+    "/proc/<pid>/statm size",
+    Vm,
+    "Virtual memory size of the VM's QEMU process and launcher-side processes."
+);
+family!(
+    INFRA_MEM_SHARED,
+    "kubevirt_pod_infra_memory_shared",
+    Gauge,
+    B,
+    ["process"],
+    Hypervisor,
+    "/proc/<pid>/statm shared",
+    Vm,
+    "Shared (file-backed resident) memory of the VM's QEMU process and launcher-side processes."
+);
+
 // Guest group: the qemu-guest-agent.
 family!(
     FS_CAPACITY,
@@ -1544,6 +1601,11 @@ pub const ALL: &[MetricDef] = &[
     AGENT_CONNECTS,
     AGENT_CONNECTED,
     STATE_CHANGES,
+    INFRA_CPU_USER,
+    INFRA_CPU_SYSTEM,
+    INFRA_MEM_RESIDENT,
+    INFRA_MEM_VIRTUAL,
+    INFRA_MEM_SHARED,
     FS_CAPACITY,
     FS_USED,
     GUEST_LOAD_1M,

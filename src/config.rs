@@ -68,6 +68,9 @@ pub struct FileConfig {
     /// Keep the last migration values after the job ends, with
     /// `kubevirt_vmi_migration_last_completed_timestamp_seconds` (seed 003). Default false.
     pub keep_ephemeral: Option<bool>,
+    /// Export CPU and memory of each VM's QEMU and launcher-side processes (from /proc).
+    /// Default true.
+    pub process_metrics: Option<bool>,
     /// VMs without libvirt (plain QEMU), reached through their sockets only.
     #[serde(default)]
     pub vms: Vec<StaticVmFile>,
@@ -353,6 +356,8 @@ pub struct Settings {
     pub export_all_known: bool,
     /// Seed 003 normalisation: keep the last migration values.
     pub keep_ephemeral: bool,
+    /// Infra process metrics from this proc root, when enabled.
+    pub process_root: Option<std::path::PathBuf>,
 }
 
 /// Validated QMP settings.
@@ -694,6 +699,10 @@ impl FileConfig {
             },
             export_all_known: self.export_all_known.unwrap_or(false),
             keep_ephemeral: self.keep_ephemeral.unwrap_or(false),
+            process_root: self
+                .process_metrics
+                .unwrap_or(true)
+                .then(|| self.kubevirt.proc_root.clone().unwrap_or_else(|| "/proc".to_owned()).into()),
         })
     }
 }

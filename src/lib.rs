@@ -111,6 +111,7 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> Result<(), RunE
         qga: settings.qga.clone(),
         static_vms: settings.static_vms.clone(),
         qmp: settings.qmp.clone(),
+        process_root: settings.process_root.clone(),
     };
     tokio::spawn(supervisor::run(
         rx,

@@ -15,6 +15,7 @@ use crate::clock::now_unix;
 use crate::config::{QgaRuntime, QgaTransportKind, QmpRuntime, StaticVm};
 use crate::source::libvirt::discovery::VmEvent;
 use crate::source::libvirt::poller::LibvirtPoller;
+use crate::source::process::ProcessPoller;
 use crate::source::qga::poller::QgaPoller;
 use crate::source::qga::transport::{LibvirtAgent, SocketAgent, Transport};
 use crate::source::qmp::poller::QmpPoller;
@@ -132,6 +133,8 @@ pub struct Sources {
     pub static_vms: Vec<StaticVm>,
     /// The direct QMP monitor.
     pub qmp: QmpRuntime,
+    /// Infra process metrics from this proc root.
+    pub process_root: Option<std::path::PathBuf>,
 }
 
 /// Starts the QMP task of a VM when it has a monitor socket.
@@ -256,6 +259,17 @@ pub async fn run(
                 };
                 spawn_qga(&id, &found.uuid, transport, &ctx, &token);
                 spawn_qmp(&id, &found.uuid, ctx.sources.qmp.socket_for(&found.name, &id), &ctx, &token);
+                if let Some(root) = &ctx.sources.process_root {
+                    let poller = ProcessPoller::new(found.name.clone(), root.clone());
+                    tokio::spawn(run_source(
+                        id.clone(),
+                        found.uuid.clone(),
+                        poller,
+                        store.clone(),
+                        settings.clone(),
+                        token.clone(),
+                    ));
+                }
                 running.insert(key, (id, token));
             }
             VmEvent::Removed { uri, uuid } => {

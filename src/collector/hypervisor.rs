@@ -40,6 +40,16 @@ const BLOCK: [(&MetricDef, BlockField); 4] = [
     (&c::STORAGE_THRESHOLD, |b| b.threshold),
 ];
 
+type ProcField = fn(&crate::source::process::ProcessStats) -> f64;
+
+const PROCESS: [(&MetricDef, ProcField); 5] = [
+    (&c::INFRA_CPU_USER, |p| p.cpu_user_seconds),
+    (&c::INFRA_CPU_SYSTEM, |p| p.cpu_system_seconds),
+    (&c::INFRA_MEM_RESIDENT, |p| p.resident_bytes as f64),
+    (&c::INFRA_MEM_VIRTUAL, |p| p.virtual_bytes as f64),
+    (&c::INFRA_MEM_SHARED, |p| p.shared_bytes as f64),
+];
+
 /// Writes the hypervisor families.
 pub(super) fn encode(enc: &mut DescriptorEncoder<'_>, vms: &[VmView<'_>]) -> std::fmt::Result {
     let mut f = family(enc, &c::DOMAIN_STATE)?;
@@ -52,6 +62,18 @@ pub(super) fn encode(enc: &mut DescriptorEncoder<'_>, vms: &[VmView<'_>]) -> std
         let mut f = family(enc, def)?;
         for vm in vms {
             f.vm_sample(vm, &[], vm.libvirt.and_then(get))?;
+        }
+    }
+    for (def, get) in PROCESS {
+        let mut f = family(enc, def)?;
+        for vm in vms {
+            let mut seen = std::collections::BTreeSet::new();
+            for p in vm.processes.map(|p| p.processes.as_slice()).unwrap_or_default() {
+                // One series per process name (a second process of the same name is skipped).
+                if seen.insert(p.name.as_str()) {
+                    f.vm_sample(vm, &[("process", &p.name)], Some(get(p)))?;
+                }
+            }
         }
     }
     for (def, get) in BLOCK {

@@ -102,6 +102,8 @@ pub(crate) struct VmView<'a> {
     /// The migration to export (QMP's view first, else libvirt's job stats), honouring
     /// `keep_ephemeral`, and when the last one completed.
     pub(crate) migration: Option<(&'a Migration, Option<f64>)>,
+    /// The infra process sample, when fresh.
+    pub(crate) processes: Option<&'a crate::source::process::ProcessSample>,
     /// `export_all_known`: absent per-VM values are written as NaN.
     pub(crate) all_known: bool,
 }
@@ -135,6 +137,10 @@ impl<'a> VmView<'a> {
             .and_then(|q| q.migration.as_ref().map(|m| (m, q.migration_last_completed_at)))
             .or(libvirt_job)
             .filter(|(m, _)| m.active || opts.keep_ephemeral);
+        let processes = source(SourceKind::Process).and_then(|s| match s {
+            SourceSample::Process(p) => Some(p),
+            _ => None,
+        });
         VmView {
             vm,
             namespace: &vm.id.namespace,
@@ -144,6 +150,7 @@ impl<'a> VmView<'a> {
             qga,
             qmp,
             migration,
+            processes,
             all_known: opts.export_all_known,
         }
     }

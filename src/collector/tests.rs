@@ -176,6 +176,16 @@ fn store_with_guest(vms: Vec<(&str, Arc<SourceSnapshot>)>, guest: Option<Arc<Sou
         if let Some(g) = &guest {
             sources.insert(SourceKind::Qga, g.clone());
             sources.insert(SourceKind::Qmp, qmp_source(rich_qmp()));
+            let mut p = (*source(None, Some(crate::clock::now_unix()))).clone();
+            let stats = crate::source::process::ProcessStats {
+                pid: 1,
+                name: "qemu-kvm".into(),
+                cpu_user_seconds: 1.5,
+                ..Default::default()
+            };
+            p.sample =
+                Some(Arc::new(SourceSample::Process(crate::source::process::ProcessSample { processes: vec![stats] })));
+            sources.insert(SourceKind::Process, Arc::new(p));
         }
         store.insert_vm(VmSnapshot {
             id: VmId { namespace: "ns".into(), name: name.into() },

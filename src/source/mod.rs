@@ -2,6 +2,7 @@
 //! behind its own breaker (see `supervisor`), so one slow source never delays another.
 
 pub mod libvirt;
+pub mod process;
 pub mod qga;
 pub mod qmp;
 pub mod wire;
@@ -19,6 +20,8 @@ pub enum SourceKind {
     Qga,
     /// A direct QMP monitor.
     Qmp,
+    /// The VM's processes, from /proc.
+    Process,
 }
 
 impl SourceKind {
@@ -28,6 +31,7 @@ impl SourceKind {
             SourceKind::Libvirt => "libvirt",
             SourceKind::Qga => "qga",
             SourceKind::Qmp => "qmp",
+            SourceKind::Process => "process",
         }
     }
 }
@@ -107,6 +111,8 @@ pub enum SourceSample {
     Qga(qga::QgaSample),
     /// From a direct QMP monitor.
     Qmp(qmp::QmpSample),
+    /// From /proc.
+    Process(process::ProcessSample),
 }
 
 /// One (VM, source) poller. `poll` must honour its own deadlines and be cancel-safe: the

@@ -147,3 +147,17 @@ pub fn job_stats(dom: &Domain, flags: u32) -> Result<(i32, Vec<(String, ParamVal
     }
     Ok((job_type, out))
 }
+
+/// Clock ticks per second (`sysconf(_SC_CLK_TCK)`), the unit of `/proc/<pid>/stat` times.
+pub fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions; it only reads a configuration value.
+    let v = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(v).ok().filter(|v| *v > 0).unwrap_or(100)
+}
+
+/// The page size in bytes (`sysconf(_SC_PAGESIZE)`), the unit of `/proc/<pid>/statm`.
+pub fn page_size() -> u64 {
+    // SAFETY: as above.
+    let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(v).ok().filter(|v| *v > 0).unwrap_or(4096)
+}

@@ -37,7 +37,14 @@ impl Default for LauncherScan {
         LauncherScan {
             proc_root: PathBuf::from("/proc"),
             process_names: vec!["virtqemud".into(), "libvirtd".into()],
+            // `run/...` first: in many images `/var/run` is an *absolute* symlink to `/run`,
+            // which the kernel resolves against vmbridge's root, not the launcher's, and would
+            // lead to the host's own daemon.
             socket_paths: vec![
+                "run/libvirt/virtqemud-sock-ro".into(),
+                "run/libvirt/libvirt-sock-ro".into(),
+                "run/libvirt/virtqemud-sock".into(),
+                "run/libvirt/libvirt-sock".into(),
                 "var/run/libvirt/virtqemud-sock-ro".into(),
                 "var/run/libvirt/libvirt-sock-ro".into(),
                 "var/run/libvirt/virtqemud-sock".into(),

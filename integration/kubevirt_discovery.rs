@@ -1,0 +1,126 @@
+//! KubeVirt discovery without Kubernetes: `integration/launcher.sh` starts libvirt daemons
+//! each in its own mount (and network) namespace with a private /run/libvirt and one domain
+//! named `<namespace>_<name>`, as virt-launcher pods have. vmbridge must find them through
+//! /proc/<pid>/root, survive one being SIGSTOPped or killed, and export infra process metrics
+//! equal to /proc at the same moment.
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a failed expectation is the report
+#![allow(clippy::disallowed_methods)] // tests drive real processes (vmbridge, launcher.sh)
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::*;
+
+fn launcher(args: &[&str]) -> String {
+    let out =
+        Command::new("bash").arg(root().join("integration/launcher.sh")).args(args).output().expect("launcher.sh");
+    assert!(out.status.success(), "launcher.sh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+struct Launcher(String);
+
+impl Launcher {
+    fn start(name: &str, domain: &str) -> Launcher {
+        let _ = Command::new("bash").arg(root().join("integration/launcher.sh")).args(["kill", name]).output();
+        launcher(&["start", name, domain]);
+        Launcher(name.to_owned())
+    }
+}
+
+impl Drop for Launcher {
+    fn drop(&mut self) {
+        let _ =
+            Command::new("bash").arg(root().join("integration/launcher.sh")).args(["cont-daemon", &self.0]).output();
+        let _ = Command::new("bash").arg(root().join("integration/launcher.sh")).args(["kill", &self.0]).output();
+    }
+}
+
+fn statm(pid: u32) -> Vec<f64> {
+    let page = 4096.0;
+    std::fs::read_to_string(format!("/proc/{pid}/statm"))
+        .expect("statm")
+        .split_whitespace()
+        .map(|v| v.parse::<f64>().unwrap() * page)
+        .collect()
+}
+
+fn qemu_pid(domain: &str) -> u32 {
+    let out = Command::new("pgrep").args(["-f", &format!("guest={domain},")]).output().expect("pgrep");
+    String::from_utf8_lossy(&out.stdout).lines().next().expect("qemu running").trim().parse().expect("pid")
+}
+
+#[test]
+fn launchers_are_discovered_isolated_and_dropped() {
+    let _serial = serial();
+    let l1 = Launcher::start("kvt1", "kvt-ns1_vm-a");
+    let l2 = Launcher::start("kvt2", "kvt-ns2_vm-b");
+    let bridge = Bridge::start_without_libvirt(&[
+        "--discovery",
+        "kubevirt",
+        "--poll-interval",
+        "1s",
+        "--poll-timeout",
+        "1s",
+        "--no-qga",
+    ]);
+    let a = [("namespace", "kvt-ns1"), ("name", "vm-a")];
+    let b = [("namespace", "kvt-ns2"), ("name", "vm-b")];
+    let (_, found) = bridge.wait_for(Duration::from_secs(20), "both launchers' VMs", |e| {
+        e.value("kubevirt_vmi_cpu_usage_seconds_total", &a).is_some()
+            && e.value("kubevirt_vmi_cpu_usage_seconds_total", &b).is_some()
+    });
+    eprintln!("both launchers' VMs exported {found:?} after start");
+    assert_eq!(bridge.get("/readyz", None).status, 200);
+
+    // Infra process metrics equal /proc at the same moment: QEMU and the launcher's libvirtd.
+    let qemu = qemu_pid("kvt-ns1_vm-a");
+    let before = statm(qemu);
+    let e = bridge.wait_for(Duration::from_secs(5), "a fresh poll", |_| true).0;
+    let after = statm(qemu);
+    fn proc_vm(p: &str) -> [(&str, &str); 3] {
+        [("namespace", "kvt-ns1"), ("name", "vm-a"), ("process", p)]
+    }
+    let name = std::fs::read_to_string(format!("/proc/{qemu}/comm")).expect("comm").trim().to_owned();
+    let virt = e.value("kubevirt_pod_infra_memory_virtual_bytes", &proc_vm(&name)).expect("qemu virtual");
+    assert!(
+        virt >= before[0].min(after[0]) && virt <= before[0].max(after[0]),
+        "virtual {virt} vs /proc {} / {}",
+        before[0],
+        after[0]
+    );
+    assert!(
+        e.value("kubevirt_pod_infra_memory_resident_bytes", &proc_vm("libvirtd")).is_some(),
+        "launcher-side daemon reported"
+    );
+    assert!(e.value("kubevirt_pod_infra_cpu_user_seconds_total", &proc_vm(&name)).is_some_and(|v| v > 0.0));
+
+    // A hung launcher only darkens its own VM.
+    launcher(&["stop-daemon", "kvt2"]);
+    let (_, flagged) = bridge.wait_for(Duration::from_secs(20), "vm-b flagged", |e| {
+        e.value("vmbridge_source_up", &[("name", "vm-b"), ("source", "libvirt")]) == Some(0.0)
+    });
+    for _ in 0..10 {
+        let e = bridge.metrics();
+        let ts = e
+            .value("vmbridge_source_last_success_timestamp_seconds", &[("name", "vm-a"), ("source", "libvirt")])
+            .expect("ts");
+        let age = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64() - ts;
+        assert!(age < 3.0, "vm-a went stale ({age:.1}s) while another launcher hangs");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    eprintln!("hung launcher flagged {flagged:?} after SIGSTOP");
+    launcher(&["cont-daemon", "kvt2"]);
+    bridge.wait_for(Duration::from_secs(20), "vm-b recovered", |e| {
+        e.value("vmbridge_source_up", &[("name", "vm-b"), ("source", "libvirt")]) == Some(1.0)
+    });
+
+    // A killed launcher takes its VM's series with it within one discovery interval.
+    drop(l2);
+    let (e, gone) = bridge.wait_for(Duration::from_secs(10), "vm-b gone", |e| e.of_vm("vm-b").is_empty());
+    assert!(e.value("kubevirt_vmi_cpu_usage_seconds_total", &a).is_some());
+    eprintln!("killed launcher's VM gone {gone:?} after kill returned");
+    drop(l1);
+}

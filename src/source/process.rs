@@ -1,0 +1,167 @@
+//! Infra process metrics (seed kube-metrics-collector's `pod_infra` group): CPU and memory of
+//! each VM's QEMU process and, in a launcher (a pod: its own network namespace), of the launcher-side
+//! processes beside it (virt-launcher, virtqemud/libvirtd, virtlogd). Read from `/proc`.
+//!
+//! The QEMU process is found once by its command line (libvirt passes `-name guest=<domain>`)
+//! and found again only when it goes away, so a poll reads a few small files per process.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::source::libvirt::ffi::{clock_ticks_per_second, page_size};
+use crate::source::{ErrorKind, PollError, Poller, SourceKind, SourceSample};
+
+/// Most processes reported per VM.
+const MAX_PROCESSES: usize = 16;
+
+/// One process's counters.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, schemars::JsonSchema)]
+pub struct ProcessStats {
+    /// PID.
+    pub pid: u32,
+    /// Name (`comm`).
+    pub name: String,
+    /// User CPU time, seconds.
+    pub cpu_user_seconds: f64,
+    /// System CPU time, seconds.
+    pub cpu_system_seconds: f64,
+    /// Resident set size, bytes.
+    pub resident_bytes: u64,
+    /// Virtual size, bytes.
+    pub virtual_bytes: u64,
+    /// Shared (file-backed resident) bytes.
+    pub shared_bytes: u64,
+}
+
+/// The process source's sample.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, schemars::JsonSchema)]
+pub struct ProcessSample {
+    /// QEMU first, then launcher-side processes.
+    pub processes: Vec<ProcessStats>,
+}
+
+/// Reads one process's stats from `proc/<pid>`.
+pub fn read_stats(proc_root: &Path, pid: u32, ticks: u64, page: u64) -> Option<ProcessStats> {
+    let dir = proc_root.join(pid.to_string());
+    let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+    // The name is in parentheses and may contain spaces: split after the last ')'.
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1.to_owned();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After ")": state(0) ppid(1) … utime(11) stime(12).
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    let statm = std::fs::read_to_string(dir.join("statm")).ok()?;
+    let m: Vec<u64> = statm.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    Some(ProcessStats {
+        pid,
+        name: crate::source::qga::guest::label(&name, 32),
+        cpu_user_seconds: utime as f64 / ticks as f64,
+        cpu_system_seconds: stime as f64 / ticks as f64,
+        virtual_bytes: m.first()? * page,
+        resident_bytes: m.get(1)? * page,
+        shared_bytes: m.get(2)? * page,
+    })
+}
+
+/// Whether a NUL-separated command line names libvirt domain `domain`.
+fn names_domain(cmdline: &[u8], domain: &str) -> bool {
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    args.windows(2).any(|w| {
+        w[0] == b"-name"
+            && (w[1] == domain.as_bytes()
+                || w[1]
+                    .strip_prefix(b"guest=")
+                    .is_some_and(|v| v.split(|b| *b == b',').next() == Some(domain.as_bytes())))
+    })
+}
+
+/// Finds the QEMU process of `domain` and, when it lives in another network namespace (a
+/// virt-launcher pod: every process of a pod shares its network namespace, while libvirt
+/// may give QEMU a mount namespace of its own), the other processes of that namespace.
+pub fn find(proc_root: &Path, domain: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir(proc_root) else { return Vec::new() };
+    let pids: Vec<u32> = entries.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
+    let Some(qemu) = pids.iter().copied().find(|pid| {
+        std::fs::read(proc_root.join(pid.to_string()).join("cmdline")).is_ok_and(|c| names_domain(&c, domain))
+    }) else {
+        return Vec::new();
+    };
+    let ns = |pid: u32| std::fs::read_link(proc_root.join(pid.to_string()).join("ns/net")).ok();
+    let (own, theirs) = (std::fs::read_link(proc_root.join("self/ns/net")).ok(), ns(qemu));
+    let mut out = vec![qemu];
+    if theirs.is_some() && theirs != own {
+        out.extend(pids.iter().copied().filter(|p| *p != qemu && ns(*p) == theirs).take(MAX_PROCESSES - 1));
+    }
+    out
+}
+
+/// The process poller for one VM.
+#[derive(Debug)]
+pub struct ProcessPoller {
+    domain: String,
+    proc_root: PathBuf,
+    pids: Vec<u32>,
+}
+
+impl ProcessPoller {
+    /// A poller for libvirt domain `domain`.
+    pub fn new(domain: String, proc_root: PathBuf) -> Self {
+        ProcessPoller { domain, proc_root, pids: Vec::new() }
+    }
+}
+
+impl Poller for ProcessPoller {
+    fn kind(&self) -> SourceKind {
+        SourceKind::Process
+    }
+
+    fn stuck_calls(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+        std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0))
+    }
+
+    async fn poll(&mut self) -> Result<SourceSample, PollError> {
+        let (domain, root, known) = (self.domain.clone(), self.proc_root.clone(), std::mem::take(&mut self.pids));
+        let work = move || {
+            let (ticks, page) = (clock_ticks_per_second(), page_size());
+            let mut pids = known;
+            let alive = |p: &u32| root.join(p.to_string()).join("stat").exists();
+            if pids.first().is_none_or(|q| !alive(q)) {
+                pids = find(&root, &domain);
+            }
+            let stats: Vec<ProcessStats> = pids.iter().filter_map(|p| read_stats(&root, *p, ticks, page)).collect();
+            (pids, stats)
+        };
+        let (pids, stats) = tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|_| PollError::new(ErrorKind::Internal, "process scan panicked"))?;
+        self.pids = pids;
+        if stats.is_empty() {
+            return Err(PollError::new(ErrorKind::NoDomain, format!("no QEMU process found for {}", self.domain)));
+        }
+        Ok(SourceSample::Process(ProcessSample { processes: stats }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_libvirt_qemu_command_lines() {
+        let c = b"/usr/bin/qemu-system-x86_64\0-name\0guest=ns1_vm-a,debug-threads=on\0-S\0";
+        assert!(names_domain(c, "ns1_vm-a"));
+        assert!(!names_domain(c, "ns1_vm"));
+        assert!(names_domain(b"qemu\0-name\0plain\0", "plain"));
+        assert!(!names_domain(b"qemu\0-name=x\0", "x"));
+    }
+
+    #[test]
+    fn reads_our_own_stats() {
+        let me = std::process::id();
+        let s = read_stats(Path::new("/proc"), me, clock_ticks_per_second(), page_size()).expect("own stats");
+        assert_eq!(s.pid, me);
+        assert!(s.resident_bytes > 0 && s.virtual_bytes >= s.resident_bytes);
+    }
+}
