@@ -19,11 +19,12 @@ cat <<MSG
 
 vmbridge is starting on http://$listen with $n lab VMs (vmblab-01..). Try, in another shell:
   curl -s http://$listen/metrics | grep '^kubevirt_vmi_cpu_usage'
-  curl -s http://$listen/debug/vms
-  curl -s http://$listen/debug/vms/default/vmblab-01
+  curl -s http://127.0.0.1:9978/                      # status page (open it in a browser)
+  curl -s http://127.0.0.1:9978/debug/vms/default/vmblab-01
   bash $lab stop-vm vmblab-02    # hang one VM: watch vmbridge_breaker_state{name="vmblab-02"}
   bash $lab cont-vm vmblab-02
 Ctrl-C stops vmbridge and removes the lab VMs.
 
 MSG
-target/release/vmbridge --listen "$listen" --libvirt-uri qemu:///system "${@:2}"
+target/release/vmbridge --listen "$listen" --libvirt-uri qemu:///system \
+    --qmp-socket "${VMB_LAB_DIR:-/var/lib/vmbridge-lab}/{domain}.qmp" "${@:2}"

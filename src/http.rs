@@ -105,6 +105,23 @@ pub fn debug_routes(
     index.or(vm).unify()
 }
 
+/// The debug listener: the debug routes, the status page at `/`, and `/metrics` (so the
+/// page's links work on this port too).
+pub fn debug_listener_routes(
+    app: Arc<App>,
+) -> impl Filter<Extract = (Reply,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
+    let page = warp::path::end().and(warp::get()).and(with_app(app.clone())).map(|app: Arc<App>| {
+        let html = crate::status::render(&debug::index(&app.store, &app.node));
+        reply(StatusCode::OK, "text/html; charset=utf-8", html)
+    });
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(with_app(app.clone()))
+        .and(warp::header::optional::<String>("accept"))
+        .map(|app: Arc<App>, accept: Option<String>| metrics(&app, accept.as_deref()));
+    page.or(metrics).unify().or(debug_routes(app)).unify()
+}
+
 /// The public routes; `/debug` joins them only behind the bearer token, when one is set.
 pub fn public_routes(
     app: Arc<App>,
@@ -147,9 +164,13 @@ pub async fn serve_public(listener: tokio::net::TcpListener, app: Arc<App>, stop
     warp::serve(public_routes(app)).incoming(listener).graceful(async move { stop.cancelled().await }).run().await;
 }
 
-/// Serves the debug routes over plain HTTP until `stop` fires.
+/// Serves the debug listener's routes over plain HTTP until `stop` fires.
 pub async fn serve_debug(listener: tokio::net::TcpListener, app: Arc<App>, stop: CancellationToken) {
-    warp::serve(debug_routes(app)).incoming(listener).graceful(async move { stop.cancelled().await }).run().await;
+    warp::serve(debug_listener_routes(app))
+        .incoming(listener)
+        .graceful(async move { stop.cancelled().await })
+        .run()
+        .await;
 }
 
 /// Serves the public routes over HTTPS until `stop` fires; drains for at most 10 s.

@@ -35,6 +35,7 @@ pub mod debug;
 pub mod http;
 pub mod schema;
 pub mod source;
+pub mod status;
 pub mod store;
 pub mod supervisor;
 pub mod tls;

@@ -71,14 +71,15 @@ impl<T: Send + 'static> BlockingSlot<T> {
     where
         F: FnOnce() -> T + Send + 'static,
     {
-        let deadline = Instant::now() + timeout;
         if let Some(prev) = &self.in_flight {
             if prev.handle.is_finished() && prev.started.elapsed() > timeout {
                 self.in_flight = None;
             }
         }
         if self.in_flight.is_none() {
-            let permit = tokio::time::timeout_at(deadline, self.limiter.clone().acquire_owned())
+            // Waiting for a permit and running the call each get the full timeout, so a busy
+            // pool shows as `Saturated`, never as a call that "timed out" before it started.
+            let permit = tokio::time::timeout(timeout, self.limiter.clone().acquire_owned())
                 .await
                 .map_err(|_| SlotError::Saturated)?
                 .map_err(|_| SlotError::Saturated)?;
@@ -93,6 +94,7 @@ impl<T: Send + 'static> BlockingSlot<T> {
             });
             self.in_flight = Some(InFlight { handle, started: Instant::now(), state, permit: Some(permit) });
         }
+        let deadline = Instant::now() + timeout;
         // The option was filled just above when it was empty.
         let Some(call) = self.in_flight.as_mut() else {
             return Err(SlotError::Panicked);
