@@ -9,68 +9,16 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::agents::*;
 use common::*;
 use serde_json::{Value, json};
 
 fn now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs_f64()
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("vmbridge-qga-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("scratch dir");
-    d
-}
-
-/// A real qemu-ga listening on a Unix socket.
-struct Agent {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl Agent {
-    fn start(dir: &Path, name: &str) -> Agent {
-        let socket = dir.join(format!("{name}.sock"));
-        let state = dir.join(format!("{name}.state"));
-        std::fs::create_dir_all(&state).expect("state dir");
-        let qemu_ga = ["/usr/sbin/qemu-ga", "/usr/bin/qemu-ga"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect("qemu-ga installed (integration/lab.sh install)");
-        let child = Command::new(qemu_ga)
-            .args(["-m", "unix-listen", "-p"])
-            .arg(&socket)
-            .arg("-t")
-            .arg(&state)
-            .arg("-f")
-            .arg(dir.join(format!("{name}.pid")))
-            .spawn()
-            .expect("start qemu-ga");
-        let start = Instant::now();
-        while !socket.exists() {
-            assert!(start.elapsed() < Duration::from_secs(10), "qemu-ga did not create its socket");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Agent { child, socket }
-    }
-
-    fn signal(&self, sig: &str) {
-        Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().expect("kill");
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.signal("CONT");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The test's own client of a real agent: raw replies, parsed by the test itself.
@@ -132,6 +80,10 @@ fn start_bridge(cfg: &Path) -> Bridge {
 }
 
 type Labels = BTreeMap<String, String>;
+
+fn if_count(reply: &Value) -> usize {
+    reply.as_array().map_or(0, Vec::len)
+}
 
 /// Every exported guest value equals the agent's own reply for the same command, fetched and
 /// parsed by this test; moving counters lie between a reply fetched before vmbridge's poll and
@@ -239,8 +191,22 @@ fn direct_socket_values_equal_the_agents_own_replies() {
     let got_addrs: Vec<Labels> =
         e.find("kubevirt_vmi_guest_interface_address_info", &vm).iter().map(|s| s.labels.clone()).collect();
     assert!(!addr_b.is_empty(), "the host has addresses");
-    for a in addr_b.iter().filter(|a| addr_a.contains(a)) {
-        assert!(got_addrs.contains(a), "address {a:?} not exported");
+    // At most 64 addresses and 32 interfaces are exported per VM (the rest are counted as
+    // dropped); this host can have more when many lab VMs' taps exist.
+    let stable: Vec<&Labels> = addr_b.iter().filter(|a| addr_a.contains(a)).collect();
+    if addr_b.len().max(addr_a.len()) <= 64 && if_count(&before["guest-network-get-interfaces"]) <= 32 {
+        for a in &stable {
+            assert!(got_addrs.contains(a), "address {a:?} not exported");
+        }
+    } else {
+        assert!(got_addrs.len() <= 64);
+        assert!(
+            e.value("vmbridge_guest_items_dropped_total", &[("name", "host"), ("kind", "address")]).unwrap_or(0.0)
+                > 0.0
+                || e.value("vmbridge_guest_items_dropped_total", &[("name", "host"), ("kind", "interface")])
+                    .unwrap_or(0.0)
+                    > 0.0
+        );
     }
     for g in &got_addrs {
         assert!(addr_b.contains(g) || addr_a.contains(g), "exported address {g:?} the agent never reported");
@@ -289,6 +255,11 @@ fn direct_socket_values_equal_the_agents_own_replies() {
             ("kubevirt_vmi_guest_network_receive_packets_dropped_total", "rx-dropped"),
         ] {
             let Some(ia) = if_a.get(name) else { continue };
+            if e.find("kubevirt_vmi_guest_network_receive_bytes_total", &[("name", "host"), ("interface", name)])
+                .is_empty()
+            {
+                continue; // beyond the interface cap
+            }
             if let (Some(b), Some(a)) = (i["statistics"][key].as_f64(), ia["statistics"][key].as_f64()) {
                 bracket(metric, &[("interface", name)], b, a);
             }
@@ -328,67 +299,6 @@ fn direct_socket_values_equal_the_agents_own_replies() {
     assert!(q["commands"]["guest-get-fsinfo"]["last_reply"].as_str().is_some_and(|r| r.contains("mountpoint")));
     assert!(checked > 20, "only {checked} values compared");
     eprintln!("compared {checked} guest values with the agent's own replies");
-}
-
-/// What a scripted agent does after answering guest-sync and guest-info.
-#[derive(Clone, Copy)]
-enum Misbehaviour {
-    Garbage,
-    SlowLoris,
-    Oversized,
-    Flood,
-}
-
-/// A scripted agent for faults a real one cannot be made to produce.
-fn hostile_agent(path: PathBuf, mode: Misbehaviour) {
-    let listener = UnixListener::bind(&path).expect("bind");
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(conn) = conn else { return };
-            std::thread::spawn(move || {
-                let mut w = conn.try_clone().expect("clone");
-                for line in BufReader::new(conn).lines() {
-                    let Ok(line) = line else { return };
-                    let Ok(req) = serde_json::from_str::<Value>(&line) else { continue };
-                    let reply = match req["execute"].as_str().unwrap_or_default() {
-                        "guest-sync" => json!({"return": req["arguments"]["id"]}).to_string(),
-                        "guest-info" => json!({"return": {"version": "evil\"1.0\n", "supported_commands": [
-                            {"name": "guest-get-fsinfo", "enabled": true, "success-response": true},
-                            {"name": "guest-get-osinfo", "enabled": true, "success-response": true}]}})
-                        .to_string(),
-                        _ => match mode {
-                            Misbehaviour::Garbage => "}}}{{{ not json at all".to_owned(),
-                            Misbehaviour::SlowLoris => {
-                                for b in b"{\"return\": [" {
-                                    if w.write_all(&[*b]).is_err() {
-                                        return;
-                                    }
-                                    std::thread::sleep(Duration::from_millis(300));
-                                }
-                                continue;
-                            }
-                            Misbehaviour::Oversized => {
-                                format!("{{\"return\": {{\"id\": \"{}\"}}}}", "x".repeat(2 << 20))
-                            }
-                            Misbehaviour::Flood => {
-                                let fs: Vec<Value> = (0..1000)
-                                    .map(|i| json!({"name": format!("sd{i}"), "mountpoint": format!("/mnt/\"{i}\"\n{}", "y".repeat(400)), "type": "ext4", "disk": [], "total-bytes": 100, "used-bytes": 1}))
-                                    .collect();
-                                if req["execute"] == "guest-get-fsinfo" {
-                                    json!({"return": fs}).to_string()
-                                } else {
-                                    json!({"return": {"id": "x\\y"}}).to_string()
-                                }
-                            }
-                        },
-                    };
-                    if writeln!(w, "{reply}").is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
 }
 
 /// Garbage, slow-loris, oversized and flooding agents, and a SIGSTOPped real agent, each get

@@ -5,6 +5,7 @@
 # Usage: lab.sh <command> [args]
 #   install               apt packages (only if missing), libvirt-qemu user/group,
 #                         dirs, idempotent /etc/libvirt/qemu.conf edits
+#   restart-libvirtd      restart the lab-started libvirtd (domains keep running)
 #   up N [PREFIX]         install, start virtlogd/libvirtd if not running, create
 #                         domains PREFIX01..PREFIXNN (default prefix "vmblab-");
 #                         stdout: "uri qemu:///system" then one name per line
@@ -644,6 +645,25 @@ cmd_signal() { # SIG NAME
     kill "-$sig" "$pid"
 }
 
+# Restart the host libvirtd (only one the lab started): domains keep running, libvirtd
+# reconnects to them on start. For the fault-matrix test.
+cmd_restart_libvirtd() {
+    need_root
+    init_state
+    local pid i
+    pid=$(daemon_pid libvirtd) || die "libvirtd is not running"
+    grep -qx "libvirtd $pid" "$DAEMONS_FILE" 2>/dev/null || die "libvirtd (pid $pid) was not started by the lab; not restarting it"
+    log "restarting libvirtd (pid $pid)"
+    kill -TERM "$pid"
+    for i in $(seq 100); do
+        [[ -d "/proc/$pid" ]] || break
+        sleep 0.1
+    done
+    [[ -d "/proc/$pid" ]] && kill -KILL "$pid"
+    with_lock_file "$STATE_DIR/daemons.lock" _ensure_daemons
+    : "$i"
+}
+
 cmd_list() {
     init_state
     pgrep -x libvirtd >/dev/null || return 0
@@ -722,6 +742,7 @@ main() {
         list) cmd_list ;;
         down) cmd_down "$@" ;;
         status) cmd_status ;;
+        restart-libvirtd) cmd_restart_libvirtd ;;
         -h | --help | help | "") usage ;;
         *) log "unknown command '$cmd'"; usage ;;
     esac

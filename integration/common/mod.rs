@@ -2,6 +2,8 @@
 //! domains), a real `vmbridge` process, a tiny HTTP client, and an exposition parser.
 #![allow(dead_code)]
 
+pub mod agents;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

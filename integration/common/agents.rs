@@ -1,0 +1,145 @@
+//! Guest agents for tests: a real qemu-ga on a Unix socket (it reports this host as its
+//! guest), and a scripted agent for the faults a real one cannot be made to produce.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// A fresh scratch directory for one test.
+pub fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vmbridge-qga-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("scratch dir");
+    d
+}
+
+/// A real qemu-ga listening on a Unix socket.
+pub struct Agent {
+    child: Child,
+    pub socket: PathBuf,
+}
+
+impl Agent {
+    pub fn start(dir: &Path, name: &str) -> Agent {
+        let socket = dir.join(format!("{name}.sock"));
+        let state = dir.join(format!("{name}.state"));
+        std::fs::create_dir_all(&state).expect("state dir");
+        let qemu_ga = ["/usr/sbin/qemu-ga", "/usr/bin/qemu-ga"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("qemu-ga installed (integration/lab.sh install)");
+        let child = Command::new(qemu_ga)
+            .args(["-m", "unix-listen", "-p"])
+            .arg(&socket)
+            .arg("-t")
+            .arg(&state)
+            .arg("-f")
+            .arg(dir.join(format!("{name}.pid")))
+            .spawn()
+            .expect("start qemu-ga");
+        let start = Instant::now();
+        while !socket.exists() {
+            assert!(start.elapsed() < Duration::from_secs(10), "qemu-ga did not create its socket");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Agent { child, socket }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().expect("kill");
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.signal("CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a scripted agent does after answering guest-sync and guest-info.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Misbehaviour {
+    /// Answers like a well-behaved (if small) agent.
+    Healthy,
+    Garbage,
+    SlowLoris,
+    Oversized,
+    Flood,
+}
+
+/// A scripted agent for faults a real one cannot be made to produce; its behaviour can be
+/// switched while it runs (to measure recovery).
+pub struct HostileAgent(Arc<Mutex<Misbehaviour>>);
+
+impl HostileAgent {
+    pub fn set(&self, mode: Misbehaviour) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = mode;
+    }
+}
+
+pub fn hostile_agent(path: PathBuf, mode: Misbehaviour) -> HostileAgent {
+    let listener = UnixListener::bind(&path).expect("bind");
+    let shared = Arc::new(Mutex::new(mode));
+    let handle = HostileAgent(shared.clone());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            let shared = shared.clone();
+            std::thread::spawn(move || {
+                let mut w = conn.try_clone().expect("clone");
+                for line in BufReader::new(conn).lines() {
+                    let Ok(line) = line else { return };
+                    let Ok(req) = serde_json::from_str::<Value>(&line) else { continue };
+                    let reply = match req["execute"].as_str().unwrap_or_default() {
+                        "guest-sync" => json!({"return": req["arguments"]["id"]}).to_string(),
+                        "guest-info" => json!({"return": {"version": "evil\"1.0\n", "supported_commands": [
+                            {"name": "guest-get-fsinfo", "enabled": true, "success-response": true},
+                            {"name": "guest-get-osinfo", "enabled": true, "success-response": true}]}})
+                        .to_string(),
+                        _ => match *shared.lock().unwrap_or_else(|e| e.into_inner()) {
+                            Misbehaviour::Healthy => match req["execute"].as_str() {
+                                Some("guest-get-fsinfo") => json!({"return": [{"name": "vda1", "mountpoint": "/", "type": "ext4", "disk": [], "total-bytes": 1000, "used-bytes": 10}]}).to_string(),
+                                _ => json!({"return": {"id": "fake", "pretty-name": "Fake OS"}}).to_string(),
+                            },
+                            Misbehaviour::Garbage => "}}}{{{ not json at all".to_owned(),
+                            Misbehaviour::SlowLoris => {
+                                for b in b"{\"return\": [" {
+                                    if w.write_all(&[*b]).is_err() {
+                                        return;
+                                    }
+                                    std::thread::sleep(Duration::from_millis(300));
+                                }
+                                continue;
+                            }
+                            Misbehaviour::Oversized => {
+                                format!("{{\"return\": {{\"id\": \"{}\"}}}}", "x".repeat(2 << 20))
+                            }
+                            Misbehaviour::Flood => {
+                                let fs: Vec<Value> = (0..1000)
+                                    .map(|i| json!({"name": format!("sd{i}"), "mountpoint": format!("/mnt/\"{i}\"\n{}", "y".repeat(400)), "type": "ext4", "disk": [], "total-bytes": 100, "used-bytes": 1}))
+                                    .collect();
+                                if req["execute"] == "guest-get-fsinfo" {
+                                    json!({"return": fs}).to_string()
+                                } else {
+                                    json!({"return": {"id": "x\\y"}}).to_string()
+                                }
+                            }
+                        },
+                    };
+                    if writeln!(w, "{reply}").is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    handle
+}
