@@ -27,11 +27,32 @@ fn now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs_f64()
 }
 
-fn scratch(name: &str) -> PathBuf {
+/// A scratch directory, removed on drop unless the test failed (kept for its logs). Declared
+/// first in a test, it is dropped last, after the processes writing into it.
+struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("kept {} for inspection", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn scratch(name: &str) -> Scratch {
     let d = std::env::temp_dir().join(format!("vmbridge-prom-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("scratch dir");
-    d
+    Scratch(d)
 }
 
 /// The path of a required external tool; panics (never skips) when it is not installed.
@@ -555,6 +576,38 @@ fn assert_valid(what: &str, text: &str, om: bool) -> Vec<RawSample> {
     let (problems, samples) = validate(text, om);
     assert!(problems.is_empty(), "{what}: {} problems:\n{}", problems.len(), problems.join("\n"));
     samples
+}
+
+/// The structural checks are not vacuous: each broken exposition is reported.
+#[test]
+fn validator_rejects_broken_expositions() {
+    let good_om = "# HELP a_seconds A.\n# TYPE a_seconds counter\n# UNIT a_seconds seconds\na_seconds_total{x=\"1\"} 2.0\n\
+                   # HELP b B.\n# TYPE b info\nb_info{v=\"a\\\"b\"} 1\n# EOF\n";
+    assert_eq!(validate(good_om, true).0, Vec::<String>::new());
+    let good_text = "# HELP a_seconds_total A.\n# TYPE a_seconds_total counter\na_seconds_total{x=\"1\"} 2.0\n";
+    assert_eq!(validate(good_text, false).0, Vec::<String>::new());
+    for (what, text, om) in [
+        ("no EOF", good_om.replace("# EOF\n", ""), true),
+        ("EOF in text", format!("{good_text}# EOF\n"), false),
+        ("counter without _total", good_om.replace("a_seconds_total{", "a_seconds{"), true),
+        ("text counter family name", good_text.replace("a_seconds_total counter", "a_seconds counter"), false),
+        ("info in text", "# HELP b B.\n# TYPE b info\nb_info 1\n".to_owned(), false),
+        ("unit not a suffix", good_om.replace("UNIT a_seconds seconds", "UNIT a_seconds bytes"), true),
+        ("no TYPE", "# HELP g G.\ng 1\n".to_owned(), false),
+        ("no HELP", "# TYPE g gauge\ng 1\n".to_owned(), false),
+        ("duplicate series", "# HELP g G.\n# TYPE g gauge\ng{a=\"1\"} 1\ng{a=\"1\"} 2\n".to_owned(), false),
+        ("NaN", "# HELP g G.\n# TYPE g gauge\ng NaN\n".to_owned(), false),
+        ("bad escape", "# HELP g G.\n# TYPE g gauge\ng{a=\"\\x\"} 1\n".to_owned(), false),
+        (
+            "interleaved",
+            "# HELP g G.\n# TYPE g gauge\ng 1\n# HELP h H.\n# TYPE h gauge\nh 1\n# TYPE g gauge\n".to_owned(),
+            false,
+        ),
+        ("negative counter", good_text.replace("2.0", "-1"), false),
+        ("info value", good_om.replace("} 1\n", "} 2\n"), true),
+    ] {
+        assert!(!validate(&text, om).0.is_empty(), "{what} not reported:\n{text}");
+    }
 }
 
 // ------------------------------------------------------------------------------------------
