@@ -77,7 +77,8 @@ for t in "${targets[@]}"; do
         artifact=$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log" | tail -n1)
         line="$t: FAILED (exit $rc) after ${runs:-?} runs; input: ${artifact:-none written}; log: $log"
         echo "---- $t: end of $log"
-        grep -E "panicked at|^thread|ERROR: libFuzzer|SUMMARY|Test unit written|Base64" "$log" | head -n 20 || tail -n 40 "$log"
+        { grep -E -A1 "panicked at" "$log" | head -n 4; grep -E "ERROR: libFuzzer|SUMMARY|Test unit written" "$log"; } \
+            || tail -n 40 "$log"
     fi
     summary+=("$line")
 done

@@ -43,36 +43,8 @@ impl RawClient {
 }
 
 fn config(dir: &Path, vms: &[(&str, &Path)], extra: &str) -> PathBuf {
-    let mut toml = String::from(
-        "[libvirt]\nuris = []\n[poll]\ninterval = \"1s\"\ntimeout = \"1s\"\nretry_delay = \"100ms\"\n[breaker]\nbackoff_min = \"500ms\"\nbackoff_max = \"2s\"\n[qga]\ntimeout = \"1s\"\n",
-    );
-    toml.push_str("[qga.periods]\n");
-    for k in [
-        "info",
-        "fsinfo",
-        "network",
-        "users",
-        "osinfo",
-        "vcpus",
-        "load",
-        "diskstats",
-        "cpustats",
-        "timezone",
-        "hostname",
-        "memory_block_info",
-    ] {
-        toml.push_str(&format!("{k} = \"1s\"\n"));
-    }
-    toml.push_str(extra);
-    for (name, sock) in vms {
-        toml.push_str(&format!(
-            "[[vms]]\nnamespace = \"qga\"\nname = \"{name}\"\nqga_socket = \"{}\"\n",
-            sock.display()
-        ));
-    }
-    let path = dir.join("vmbridge.toml");
-    std::fs::write(&path, toml).expect("config");
-    path
+    let vms: Vec<(&str, &str, &Path)> = vms.iter().map(|(n, p)| ("qga", *n, *p)).collect();
+    qga_config(dir, &[], &vms, extra)
 }
 
 fn start_bridge(cfg: &Path) -> Bridge {

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::agents::{Agent, qga_config};
 use common::*;
 use serde_json::{Value, json};
 
@@ -89,46 +90,6 @@ fn enc(s: &str) -> String {
 
 // ------------------------------------------------------------------------------------------
 // Real processes: qemu-ga, Prometheus, promtool.
-
-/// A real qemu-ga listening on a Unix socket (reports this host as its guest).
-struct Agent {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl Agent {
-    fn start(dir: &Path, name: &str) -> Agent {
-        let socket = dir.join(format!("{name}.sock"));
-        let state = dir.join(format!("{name}.state"));
-        std::fs::create_dir_all(&state).expect("state dir");
-        let qemu_ga = ["/usr/sbin/qemu-ga", "/usr/bin/qemu-ga"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect("qemu-ga installed (integration/lab.sh install)");
-        let child = Command::new(qemu_ga)
-            .args(["-m", "unix-listen", "-p"])
-            .arg(&socket)
-            .arg("-t")
-            .arg(&state)
-            .arg("-f")
-            .arg(dir.join(format!("{name}.pid")))
-            .spawn()
-            .expect("start qemu-ga");
-        let start = Instant::now();
-        while !socket.exists() {
-            assert!(start.elapsed() < Duration::from_secs(10), "qemu-ga did not create its socket");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Agent { child, socket }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A real Prometheus server on loopback, killed on drop (even on panic).
 struct Prometheus {
@@ -275,37 +236,7 @@ fn assert_promtool_clean(what: &str, text: &str) {
 /// A config with the given libvirt URIs and static guest-agent VMs (namespace, name, socket);
 /// everything polled every second.
 fn bridge_config(dir: &Path, uris: &[&str], vms: &[(&str, &str, &Path)]) -> PathBuf {
-    let uris: Vec<String> = uris.iter().map(|u| format!("\"{u}\"")).collect();
-    let mut toml = format!(
-        "[libvirt]\nuris = [{}]\n[poll]\ninterval = \"1s\"\ntimeout = \"1s\"\nretry_delay = \"100ms\"\n\
-         [breaker]\nbackoff_min = \"500ms\"\nbackoff_max = \"2s\"\n[qga]\ntimeout = \"1s\"\n[qga.periods]\n",
-        uris.join(", ")
-    );
-    for k in [
-        "info",
-        "fsinfo",
-        "network",
-        "users",
-        "osinfo",
-        "vcpus",
-        "load",
-        "diskstats",
-        "cpustats",
-        "timezone",
-        "hostname",
-        "memory_block_info",
-    ] {
-        toml.push_str(&format!("{k} = \"1s\"\n"));
-    }
-    for (ns, name, sock) in vms {
-        toml.push_str(&format!(
-            "[[vms]]\nnamespace = \"{ns}\"\nname = \"{name}\"\nqga_socket = \"{}\"\n",
-            sock.display()
-        ));
-    }
-    let path = dir.join("vmbridge.toml");
-    std::fs::write(&path, toml).expect("config");
-    path
+    qga_config(dir, uris, vms, "")
 }
 
 fn start_bridge(cfg: &Path) -> Bridge {

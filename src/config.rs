@@ -17,6 +17,9 @@ use crate::vm::DomainNaming;
 
 /// The default listen address; 9977 is vmbridge's plain-HTTP port.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9977";
+/// The longest duration any setting accepts.
+pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// The default libvirt URI.
 pub const DEFAULT_URI: &str = "qemu:///system";
 
@@ -437,6 +440,12 @@ impl FileConfig {
                     err(field, "must be greater than zero".into());
                     default
                 }
+                // Far beyond any sensible setting, and small enough that `Instant + d` cannot
+                // overflow (found by fuzz/fuzz_targets/config_file.rs).
+                Ok(d) if d > MAX_DURATION => {
+                    err(field, format!("{s:?} is longer than the maximum of 7 days"));
+                    default
+                }
                 Ok(d) => d,
                 Err(e) => {
                     err(field, format!("{s:?} is not a duration like \"5s\" or \"250ms\" ({e})"));
@@ -732,6 +741,14 @@ mod tests {
         assert!(e.contains("intervall"), "{e}");
         let e = FileConfig::parse("[breaker]\nfailure_threshold = \"x\"\n").expect_err("wrong type must fail");
         assert!(e.contains("failure_threshold"), "{e}");
+    }
+
+    #[test]
+    fn absurd_durations_are_rejected_not_left_to_overflow_later() {
+        let cfg = FileConfig::parse("[qmp]\ntimeout = \"500000000000y\"\n").expect("parses");
+        let Err(ConfigError::Invalid(errs)) = cfg.validate("n") else { panic!("must be invalid") };
+        assert_eq!(errs[0].field, "qmp.timeout");
+        assert!(errs[0].problem.contains("maximum of 7 days"), "{}", errs[0].problem);
     }
 
     #[test]

@@ -143,3 +143,43 @@ pub fn hostile_agent(path: PathBuf, mode: Misbehaviour) -> HostileAgent {
     });
     handle
 }
+
+/// Every `[qga.periods]` key.
+pub const QGA_PERIODS: [&str; 12] = [
+    "info",
+    "fsinfo",
+    "network",
+    "users",
+    "osinfo",
+    "vcpus",
+    "load",
+    "diskstats",
+    "cpustats",
+    "timezone",
+    "hostname",
+    "memory_block_info",
+];
+
+/// Writes a vmbridge config polling everything every second: the given libvirt URIs, static
+/// guest-agent VMs `(namespace, name, socket)`, and `extra` TOML; returns its path.
+pub fn qga_config(dir: &Path, uris: &[&str], vms: &[(&str, &str, &Path)], extra: &str) -> PathBuf {
+    let uris: Vec<String> = uris.iter().map(|u| format!("\"{u}\"")).collect();
+    let mut toml = format!(
+        "[libvirt]\nuris = [{}]\n[poll]\ninterval = \"1s\"\ntimeout = \"1s\"\nretry_delay = \"100ms\"\n\
+         [breaker]\nbackoff_min = \"500ms\"\nbackoff_max = \"2s\"\n[qga]\ntimeout = \"1s\"\n[qga.periods]\n",
+        uris.join(", ")
+    );
+    for k in QGA_PERIODS {
+        toml.push_str(&format!("{k} = \"1s\"\n"));
+    }
+    toml.push_str(extra);
+    for (ns, name, sock) in vms {
+        toml.push_str(&format!(
+            "[[vms]]\nnamespace = \"{ns}\"\nname = \"{name}\"\nqga_socket = \"{}\"\n",
+            sock.display()
+        ));
+    }
+    let path = dir.join("vmbridge.toml");
+    std::fs::write(&path, toml).expect("config");
+    path
+}

@@ -92,7 +92,8 @@ impl Migration {
         let ms = |k: &str| v.get(k).and_then(Value::as_f64).map(|x| x / 1000.0);
         let sum = |k: &str| match (u(ram, k), u(disk, k)) {
             (None, None) => None,
-            (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+            // Saturating: a monitor reporting u64::MAX must not wrap (or panic in debug builds).
+            (a, b) => Some(a.unwrap_or(0).saturating_add(b.unwrap_or(0))),
         };
         let active = !matches!(status.as_str(), "completed" | "failed" | "cancelled");
         Some(Migration {
@@ -292,6 +293,16 @@ mod tests {
         assert_eq!(m.memory_bps, Some(1e6));
         assert_eq!(m.data_processed_bytes, Some(90));
         assert_eq!(m.iteration, Some(2));
+    }
+
+    #[test]
+    fn extreme_migration_values_saturate_instead_of_overflowing() {
+        // Found by fuzz/fuzz_targets/qmp_message.rs (fuzz/artifacts-found/).
+        let m = Migration::from_query_migrate(
+            &json!({"status": "active", "ram": {"total": u64::MAX}, "disk": {"total": 1}}),
+        )
+        .expect("some");
+        assert_eq!(m.data_total_bytes, Some(u64::MAX));
     }
 
     #[test]
