@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # compare.sh - benchmark vmbridge against prometheus-libvirt-exporter (Debian) on the
-# real libvirt lab (integration/lab.sh), in one invocation, and write docs/benchmarks.md.
+# real libvirt lab (integration/lab.sh), in one invocation, and write its section of
+# docs/benchmarks.md (between <!-- compare:begin/end --> markers; benches/scale.sh writes
+# the other section). Raw results are kept in benches/results/compare.
 #
 # Usage: benches/compare.sh [N ...]          (as root; default: 20 60)
 #   N ...   lab sizes, ascending, 1..99; the lab grows from one N to the next
@@ -223,7 +225,13 @@ envs=()
 [[ ${#envs[@]} -gt 0 ]] && CMD="${envs[*]} $CMD"
 
 # The lab teardown time is not part of the reported runtime; it runs in the EXIT trap.
-python3 "$PY" render --facts "$WORK/facts.json" --results "$RESULTS" --out "$OUT" \
+python3 "$PY" render --facts "$WORK/facts.json" --results "$RESULTS" --out "$WORK/compare.md" \
     --command "$CMD" --runtime "$((RUNTIME_S / 60)) min $((RUNTIME_S % 60)) s" \
     --poll-interval "$POLL" --stop-wait "$STOP_WAIT"
+# docs/benchmarks.md also holds benches/scale.sh's section: replace only this script's block
+# (headings one level down), and keep the raw results for re-rendering.
+python3 "$ROOT/benches/scale.py" splice-compare --rendered "$WORK/compare.md" --out "$OUT"
+mkdir -p "$ROOT/benches/results/compare"
+cp "$WORK/facts.json" "$RESULTS" "$ROOT/benches/results/compare/"
+printf '%s\n%s\n' "$CMD" "$((RUNTIME_S / 60)) min $((RUNTIME_S % 60)) s" >"$ROOT/benches/results/compare/run.txt"
 log "done in $RUNTIME_S s; report: $OUT"

@@ -92,7 +92,7 @@ fn values_equal_virsh_domstats_and_dommemstat() {
     let (before, mem_before) = (domstats(&dom.name), dommemstat(&dom.name));
     let t0 = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64();
     let (e, _) = bridge.wait_for(Duration::from_secs(20), "a poll after the virsh reading", |e| {
-        e.value("vmbridge_source_last_success_timestamp_seconds", &[("name", dom.name.as_str())])
+        e.value("vmbridge_source_last_success_timestamp_seconds", &[("source", "libvirt"), ("name", dom.name.as_str())])
             .is_some_and(|t| t > t0)
     });
     let (after, mem_after) = (domstats(&dom.name), dommemstat(&dom.name));
@@ -222,11 +222,15 @@ fn a_stopped_vm_is_isolated_flagged_and_recovers() {
         worst_scrape = worst_scrape.max(t.elapsed());
         for (n, (count, _)) in healthy.iter().zip(&baseline) {
             assert_eq!(series_count(&e, n), *count, "healthy VM {n} lost series while {} is stopped", names[1]);
-            assert_eq!(e.value("vmbridge_source_up", &[("name", n)]), Some(1.0), "{n} must stay up");
+            assert_eq!(
+                e.value("vmbridge_source_up", &[("source", "libvirt"), ("name", n)]),
+                Some(1.0),
+                "{n} must stay up"
+            );
         }
         if flagged_after.is_none()
             && e.value("vmbridge_breaker_state", &open) == Some(1.0)
-            && e.value("vmbridge_source_up", &[("name", names[1])]) == Some(0.0)
+            && e.value("vmbridge_source_up", &[("source", "libvirt"), ("name", names[1])]) == Some(0.0)
         {
             flagged_after = Some(stopped_at.elapsed());
         }
@@ -237,10 +241,14 @@ fn a_stopped_vm_is_isolated_flagged_and_recovers() {
         let cpu = e.value("kubevirt_vmi_cpu_usage_seconds_total", &[("name", n)]).expect("cpu");
         assert!(cpu > *cpu0, "{n}: CPU counter did not advance ({cpu0} → {cpu})");
         let age = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64()
-            - e.value("vmbridge_source_last_success_timestamp_seconds", &[("name", n)]).expect("timestamp");
+            - e.value("vmbridge_source_last_success_timestamp_seconds", &[("source", "libvirt"), ("name", n)])
+                .expect("timestamp");
         assert!(age < 3.0, "{n}: data is {age:.1}s old");
     }
-    assert!(e.value("vmbridge_stuck_calls", &[("name", names[1])]) >= Some(1.0), "the abandoned call is counted");
+    assert!(
+        e.value("vmbridge_stuck_calls", &[("source", "libvirt"), ("name", names[1])]) >= Some(1.0),
+        "the abandoned call is counted"
+    );
     let flagged_after = flagged_after.expect("flagged");
     // interval (a poll may just have succeeded) + threshold × (timeout + retry delay) + 1 s slack.
     assert!(flagged_after <= Duration::from_millis(1000 + 3 * 1100 + 1000), "flagged after {flagged_after:?}");
@@ -248,8 +256,9 @@ fn a_stopped_vm_is_isolated_flagged_and_recovers() {
 
     doms[1].cont();
     let (_, recovered_after) = bridge.wait_for(Duration::from_secs(3 + 3), "recovery after SIGCONT", |e| {
-        e.value("vmbridge_breaker_state", &[("name", names[1]), ("state", "closed")]) == Some(1.0)
-            && e.value("vmbridge_source_up", &[("name", names[1])]) == Some(1.0)
+        e.value("vmbridge_breaker_state", &[("source", "libvirt"), ("name", names[1]), ("state", "closed")])
+            == Some(1.0)
+            && e.value("vmbridge_source_up", &[("source", "libvirt"), ("name", names[1])]) == Some(1.0)
     });
     // The back-off maximum is 3 s; add the probe itself and one poll.
     assert!(recovered_after <= Duration::from_secs(3 + 2), "recovered after {recovered_after:?}");
@@ -313,11 +322,14 @@ fn debug_documents_match_their_json_schemas() {
     std::fs::write(&cfg, "[poll]\ninterval = \"1s\"\ntimeout = \"500ms\"\nretry_delay = \"50ms\"\n").expect("config");
     let bridge = Bridge::start(&["--config", cfg.to_str().expect("utf-8")]);
     bridge.wait_for(Duration::from_secs(15), "both VMs", |e| {
-        ["itd-ok", "itd-stuck"].iter().all(|n| e.value("vmbridge_source_up", &[("name", n)]) == Some(1.0))
+        ["itd-ok", "itd-stuck"]
+            .iter()
+            .all(|n| e.value("vmbridge_source_up", &[("source", "libvirt"), ("name", n)]) == Some(1.0))
     });
     stuck.stop();
     bridge.wait_for(Duration::from_secs(15), "the breaker to open", |e| {
-        e.value("vmbridge_breaker_state", &[("name", "itd-stuck"), ("state", "open")]) == Some(1.0)
+        e.value("vmbridge_breaker_state", &[("source", "libvirt"), ("name", "itd-stuck"), ("state", "open")])
+            == Some(1.0)
     });
     let load = |p: &str| -> serde_json::Value {
         serde_json::from_str(&std::fs::read_to_string(root().join(p)).expect("schema file")).expect("schema json")
@@ -386,24 +398,36 @@ fn no_fd_or_thread_growth_with_a_stuck_vm() {
     .expect("config");
     let bridge = Bridge::start(&["--config", cfg.to_str().expect("utf-8")]);
     bridge.wait_for(Duration::from_secs(15), "both VMs", |e| {
-        [&ok.name, &stuck.name].iter().all(|n| e.value("vmbridge_source_up", &[("name", n)]) == Some(1.0))
+        [&ok.name, &stuck.name]
+            .iter()
+            .all(|n| e.value("vmbridge_source_up", &[("source", "libvirt"), ("name", n)]) == Some(1.0))
     });
     stuck.stop();
     bridge.wait_for(Duration::from_secs(15), "the stuck call", |e| {
-        e.value("vmbridge_stuck_calls", &[("name", "itf-stuck")]) == Some(1.0)
+        e.value("vmbridge_stuck_calls", &[("source", "libvirt"), ("name", "itf-stuck")]) == Some(1.0)
     });
     std::thread::sleep(Duration::from_secs(2));
-    let polls = |e: &Exposition| e.value("vmbridge_source_polls_total", &[("name", "itf-stuck")]).unwrap_or(0.0);
+    let polls = |e: &Exposition| {
+        e.value("vmbridge_source_polls_total", &[("source", "libvirt"), ("name", "itf-stuck")]).unwrap_or(0.0)
+    };
     let p0 = polls(&bridge.metrics());
     let (fds0, threads0) = fds_and_threads(bridge.pid());
-    let ok_polls0 = bridge.metrics().value("vmbridge_source_polls_total", &[("name", "itf-ok")]).unwrap_or(0.0);
+    let ok_polls0 = bridge
+        .metrics()
+        .value("vmbridge_source_polls_total", &[("source", "libvirt"), ("name", "itf-ok")])
+        .unwrap_or(0.0);
     bridge.wait_for(Duration::from_secs(60), "50 poll cycles", |e| {
-        e.value("vmbridge_source_polls_total", &[("name", "itf-ok")]).unwrap_or(0.0) >= ok_polls0 + 50.0
+        e.value("vmbridge_source_polls_total", &[("source", "libvirt"), ("name", "itf-ok")]).unwrap_or(0.0)
+            >= ok_polls0 + 50.0
     });
     let (fds1, threads1) = fds_and_threads(bridge.pid());
     let e = bridge.metrics();
     assert!(polls(&e) > p0, "the stuck VM kept being probed ({p0} → {})", polls(&e));
-    assert_eq!(e.value("vmbridge_stuck_calls", &[("name", "itf-stuck")]), Some(1.0), "one stuck call, never a second");
+    assert_eq!(
+        e.value("vmbridge_stuck_calls", &[("source", "libvirt"), ("name", "itf-stuck")]),
+        Some(1.0),
+        "one stuck call, never a second"
+    );
     assert!(fds1 <= fds0, "fds grew {fds0} → {fds1}");
     assert!(threads1 <= threads0, "threads grew {threads0} → {threads1}");
     eprintln!("fds {fds0} → {fds1}, threads {threads0} → {threads1}");

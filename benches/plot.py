@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""Plot scrape latency vs VM count (healthy phase) for vmbridge, prometheus-libvirt-exporter
+and collectd from benches/scale.sh's results, plus vmbridge's synthetic scrape path.
+
+Usage: plot.py --results results.jsonl [--synthetic scrape_path.json] --out docs/scrape-latency.png
+
+Each system: median (marker and line) with the p99 as the upper end of an error bar (the
+lower end is the fastest scrape), log-scale y. Needs matplotlib (`pip install matplotlib`
+or Debian's python3-matplotlib).
+"""
+
+import argparse
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FixedLocator, FixedFormatter, NullLocator  # noqa: E402
+
+STYLE = {
+    "vmbridge": ("vmbridge (real lab, over HTTP)", "tab:blue", "o"),
+    "collectd": ("collectd virt + write_prometheus", "tab:green", "s"),
+    "exporter": ("prometheus-libvirt-exporter", "tab:red", "^"),
+}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--results", required=True)
+    ap.add_argument("--synthetic")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--title", default="Scrape latency vs VM count (healthy, one libvirtd, 2 cores)")
+    a = ap.parse_args()
+
+    rows = [json.loads(x) for x in open(a.results) if x.strip()]
+    healthy = sorted((r for r in rows if r["phase"] == "healthy"), key=lambda r: r["n"])
+    timeout = rows[0]["timeout_s"] if rows else 10.0
+    fig, ax = plt.subplots(figsize=(8, 5.2), dpi=120)
+    xs_all = set()
+    for system, (label, color, marker) in STYLE.items():
+        pts = [(r["n"], r["systems"][system]) for r in healthy if system in r["systems"]]
+        if not pts:
+            continue
+        xs = [n for n, _ in pts]
+        p50 = [s["p50_s"] * 1e3 for _, s in pts]
+        p99 = [s["p99_s"] * 1e3 for _, s in pts]
+        lo = [s["min_s"] * 1e3 for _, s in pts]
+        xs_all.update(xs)
+        ax.errorbar(
+            xs, p50,
+            yerr=[[m - l for m, l in zip(p50, lo)], [h - m for m, h in zip(p50, p99)]],
+            label=f"{label}: p50, bar = min…p99", color=color, marker=marker, capsize=4, linewidth=1.8,
+        )
+        ax.plot(xs, p99, color=color, linestyle=":", linewidth=1)
+        for x, y in zip(xs, p50):
+            ax.annotate(f"{y:.3g} ms", (x, y), textcoords="offset points", xytext=(6, -12), fontsize=7, color=color)
+    if a.synthetic:
+        with open(a.synthetic) as f:
+            synth = json.loads(f.read().strip().splitlines()[-1])
+        for profile, ls in (("libvirt", "--"), ("libvirt+qga", "-.")):
+            pts = sorted((x for x in synth["results"] if x["profile"] == profile), key=lambda x: x["n"])
+            if not pts:
+                continue
+            xs = [x["n"] for x in pts]
+            xs_all.update(xs)
+            ax.plot(
+                xs, [x["scrape_p50_s"] * 1e3 for x in pts], color="tab:blue", linestyle=ls, marker=".",
+                alpha=0.6, label=f"vmbridge encode only, synthetic ({profile}): p50",
+            )
+    ax.axhline(timeout * 1e3, color="grey", linewidth=0.8, linestyle="--")
+    ax.text(min(xs_all) if xs_all else 1, timeout * 1e3 * 1.1, f"per-scrape timeout {timeout:g} s", fontsize=7,
+            color="grey")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ticks = sorted(xs_all)
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FixedFormatter([f"{t:,}" for t in ticks]))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel("VMs (real lab: 20, 60, 100; synthetic: 10, 100, 1,000)")
+    ax.set_ylabel("scrape latency, ms (log)")
+    ax.set_title(a.title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(a.out)
+    print(f"plot.py: wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,316 @@
+#!/usr/bin/env bash
+# scale.sh - scale benchmark: vmbridge, prometheus-libvirt-exporter (Debian) and collectd's
+# virt plugin side by side on the real libvirt lab (integration/lab.sh) at several VM
+# counts, healthy and with one VM SIGSTOPped, plus vmbridge's synthetic scrape path at
+# 10/100/1000 VMs (cargo bench --bench scrape_path); writes the scale section of
+# docs/benchmarks.md and docs/scrape-latency.png, in one invocation.
+#
+# Usage: benches/scale.sh [N ...]            (as root; default: 20 60 100)
+#   N ...   lab sizes, ascending, 1..999; the lab grows from one N to the next with the
+#           same prefix (lab.sh up creates at most 99; the rest are added with lab.sh add).
+# Environment:
+#   SCALE_SCRAPES (30)        scrapes of each system per phase
+#   SCALE_INTERVAL (1)        seconds between scrapes of one system
+#   SCALE_TIMEOUT (10)        per-scrape timeout, seconds
+#   SCALE_POLL (5)            vmbridge --poll-interval and collectd Interval, seconds
+#   SCALE_STOP_WAIT (15)      minimum seconds between SIGSTOP and the first scrape
+#   SCALE_PROBE_TIMEOUT (120) timeout of the one long exporter scrape per stopped phase
+#   SCALE_PREFIX (scale-)     lab domain prefix (only these are created, counted, destroyed)
+#   SCALE_OUT (docs/benchmarks.md), SCALE_PLOT (docs/scrape-latency.png)
+#   SCALE_RESULTS (benches/results/scale)  raw results kept here for re-rendering
+#   SCALE_SKIP_BUILD (0)      1: use the existing target/release/vmbridge
+#   SCALE_SKIP_SYNTHETIC (0)  1: do not run cargo bench (keep the table from SCALE_RESULTS)
+#
+# Per N: start all three on free loopback ports, wait until each reports every lab VM, then
+#   healthy    all three scraped
+#   control A  collectd stopped; middle VM SIGSTOPped; only vmbridge scraped (exporter idle)
+#   control B  collectd restarted; same VM SIGSTOPped; vmbridge + collectd scraped
+#   stopped    same VM SIGSTOPped; all three scraped
+# After each stopped phase: SIGCONT and wait until every system reports every lab VM again.
+# On exit (success, error or Ctrl-C) the three processes are stopped, the stopped VM gets
+# SIGCONT and `lab.sh down PREFIX` destroys the PREFIX* domains (other domains are left alone).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+readonly ROOT
+readonly LAB="$ROOT/integration/lab.sh"
+readonly PY="$ROOT/benches/scale.py"
+readonly CPY="$ROOT/benches/compare.py"
+readonly EXPORTER=/usr/bin/prometheus-libvirt-exporter
+readonly COLLECTD=/usr/sbin/collectd
+readonly URI="qemu:///system"
+readonly K="${SCALE_SCRAPES:-30}"
+readonly INTERVAL="${SCALE_INTERVAL:-1}"
+readonly TIMEOUT="${SCALE_TIMEOUT:-10}"
+readonly POLL="${SCALE_POLL:-5}"
+readonly STOP_WAIT="${SCALE_STOP_WAIT:-15}"
+readonly PROBE_TIMEOUT="${SCALE_PROBE_TIMEOUT:-120}"
+readonly PREFIX="${SCALE_PREFIX:-scale-}"
+OUT="${SCALE_OUT:-$ROOT/docs/benchmarks.md}"
+PLOT="${SCALE_PLOT:-$ROOT/docs/scrape-latency.png}"
+RESULTS_DIR="${SCALE_RESULTS:-$ROOT/benches/results/scale}"
+readonly OUT PLOT RESULTS_DIR
+
+log() { printf '[%s] scale: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { printf 'scale: ERROR: %s\n' "$*" >&2; exit 1; }
+
+usage() {
+    sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0" >&2
+    exit 2
+}
+
+# ------------------------------------------------------------ arguments ----
+
+[[ "${1:-}" == -h || "${1:-}" == --help ]] && usage
+SIZES=("$@")
+[[ ${#SIZES[@]} -gt 0 ]] || SIZES=(20 60 100)
+prev=0
+for n in "${SIZES[@]}"; do
+    [[ "$n" =~ ^[0-9]+$ && "$n" -ge 1 && "$n" -le 999 ]] || die "N must be an integer 1..999, got '$n'"
+    [[ "$n" -gt "$prev" ]] || die "sizes must be strictly ascending (the lab only grows): ${SIZES[*]}"
+    prev=$n
+done
+[[ "$K" =~ ^[0-9]+$ && "$K" -ge 1 ]] || die "SCALE_SCRAPES must be a positive integer"
+[[ "$POLL" =~ ^[0-9]+$ && "$POLL" -ge 1 ]] || die "SCALE_POLL must be whole seconds"
+[[ "$PREFIX" =~ ^[A-Za-z0-9][A-Za-z0-9_.-]*$ ]] || die "bad SCALE_PREFIX '$PREFIX'"
+
+[[ $EUID -eq 0 ]] || die "must run as root (the lab drives the system libvirtd)"
+[[ -x "$LAB" ]] || die "$LAB not found or not executable"
+[[ -x "$EXPORTER" ]] || die "$EXPORTER not found (apt-get install prometheus-libvirt-exporter)"
+[[ -x "$COLLECTD" && -f /usr/lib/collectd/virt.so && -f /usr/lib/collectd/write_prometheus.so ]] ||
+    die "collectd with the virt and write_prometheus plugins not found (apt-get install collectd-core libprotobuf-c1 libmicrohttpd12)"
+command -v python3 >/dev/null || die "python3 not found"
+python3 -c 'import matplotlib' 2>/dev/null || die "python3 cannot import matplotlib (pip install matplotlib)"
+command -v cargo >/dev/null || [[ "${SCALE_SKIP_BUILD:-0}" == 1 ]] || die "cargo not found"
+
+# ------------------------------------------------------------- teardown ----
+
+WORK=$(mktemp -d /tmp/vmbridge-scale.XXXXXX)
+readonly WORK
+VMB_PID=""
+EXP_PID=""
+CD_PID=""
+VICTIM=""
+LAB_TOUCHED=0
+T_START=$SECONDS
+
+stop_proc() { # PID NAME
+    local pid=$1 name=$2 i
+    [[ -n "$pid" ]] || return 0
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        log "$name (pid $pid) ignored SIGTERM for 5 s; SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+    : "$i"
+}
+
+stop_collectd() {
+    stop_proc "$CD_PID" collectd
+    CD_PID=""
+}
+
+stop_all() {
+    stop_proc "$VMB_PID" vmbridge
+    stop_proc "$EXP_PID" prometheus-libvirt-exporter
+    stop_collectd
+    VMB_PID=""
+    EXP_PID=""
+}
+
+cleanup() {
+    local rc=$?
+    set +e
+    trap - EXIT INT TERM
+    stop_all
+    [[ -n "$VICTIM" ]] && "$LAB" cont-vm "$VICTIM" >/dev/null 2>&1
+    if [[ $LAB_TOUCHED -eq 1 ]]; then
+        log "tearing down the lab: $LAB down $PREFIX"
+        "$LAB" down "$PREFIX" >"$WORK/lab-down.log" 2>&1 || log "WARNING: lab down failed, see $WORK/lab-down.log"
+    fi
+    if [[ $rc -ne 0 ]]; then
+        log "FAILED (exit $rc) after $((SECONDS - T_START)) s; logs and partial results kept in $WORK"
+        local f
+        for f in "$WORK"/vmbridge-*.log "$WORK"/exporter-*.log "$WORK"/collectd-*.log; do
+            [[ -s "$f" ]] || continue
+            log "--- last lines of $f"
+            tail -n 10 "$f" >&2
+        done
+    else
+        log "logs and raw results in $WORK (copied to $RESULTS_DIR)"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ------------------------------------------------- build and synthetic ----
+
+if [[ "${SCALE_SKIP_BUILD:-0}" != 1 ]]; then
+    log "cargo build --release (log: $WORK/build.log)"
+    (cd "$ROOT" && cargo build --release --bin vmbridge) >"$WORK/build.log" 2>&1 ||
+        { tail -n 30 "$WORK/build.log" >&2; die "cargo build --release failed"; }
+fi
+[[ -x "$ROOT/target/release/vmbridge" ]] || die "$ROOT/target/release/vmbridge missing"
+# Private copy: the target dir is shared, a concurrent rebuild must not swap the binary mid-run.
+cp "$ROOT/target/release/vmbridge" "$WORK/vmbridge"
+readonly VMB_BIN="$WORK/vmbridge"
+
+mkdir -p "$RESULTS_DIR"
+SYNTH="$WORK/scrape_path.json"
+if [[ "${SCALE_SKIP_SYNTHETIC:-0}" != 1 ]]; then
+    # Before the lab exists, so the lab's QEMUs do not compete with the measurement.
+    log "synthetic scrape path: cargo bench --bench scrape_path (log: $WORK/scrape_path.log)"
+    (cd "$ROOT" && SCRAPE_PATH_OUT="$SYNTH" cargo bench --bench scrape_path) >"$WORK/scrape_path.log" 2>&1 ||
+        { tail -n 30 "$WORK/scrape_path.log" >&2; die "cargo bench --bench scrape_path failed"; }
+    grep -v '^{' "$WORK/scrape_path.log" | tail -n 8 >&2
+elif [[ -f "$RESULTS_DIR/scrape_path.json" ]]; then
+    cp "$RESULTS_DIR/scrape_path.json" "$SYNTH"
+fi
+
+python3 "$PY" facts --vmbridge "$VMB_BIN" >"$WORK/facts.json" || die "collecting machine facts failed"
+
+# ------------------------------------------------------------------ lab ----
+
+lab_list=$("$LAB" list 2>/dev/null || true)
+if grep -q "^${PREFIX}" <<<"$lab_list"; then
+    log "removing leftover ${PREFIX}* lab domains"
+    "$LAB" down "$PREFIX" >"$WORK/lab-down-pre.log" 2>&1 || die "lab down $PREFIX failed, see $WORK/lab-down-pre.log"
+fi
+
+wait_port() { # PID HOSTPORT NAME
+    local pid=$1 hp=$2 name=$3 i
+    for i in $(seq 100); do
+        kill -0 "$pid" 2>/dev/null || die "$name exited at start (see $WORK/$name-*.log)"
+        if (exec 3<>"/dev/tcp/${hp%:*}/${hp##*:}") 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    : "$i"
+    die "$name does not listen on $hp after 10 s"
+}
+
+free_port() { python3 "$CPY" free-port; }
+
+start_collectd() { # N
+    local port
+    port=$(free_port)
+    CD="127.0.0.1:$port"
+    python3 "$PY" collectd-conf --workdir "$WORK/collectd" --port "$port" --interval "$POLL" \
+        --out "$WORK/collectd-$1.conf"
+    "$COLLECTD" -f -C "$WORK/collectd-$1.conf" >>"$WORK/collectd-$1.log" 2>&1 &
+    CD_PID=$!
+    wait_port "$CD_PID" "$CD" collectd
+}
+
+lab_grow() { # N: grow the PREFIX lab to N domains
+    local n=$1 up=$1 i name
+    [[ $up -gt 99 ]] && up=99
+    "$LAB" up "$up" "$PREFIX" >"$WORK/lab-up-$n.log" 2>&1 ||
+        { tail -n 20 "$WORK/lab-up-$n.log" >&2; die "lab.sh up $up $PREFIX failed"; }
+    for ((i = 100; i <= n; i++)); do
+        name="$PREFIX$i"
+        if "$LAB" list 2>/dev/null | grep -qx "$name"; then continue; fi
+        "$LAB" add "$name" >>"$WORK/lab-up-$n.log" 2>&1 ||
+            { tail -n 20 "$WORK/lab-up-$n.log" >&2; die "lab.sh add $name failed (the machine held $((i - 1)) VMs)"; }
+    done
+}
+
+RESULTS="$WORK/results.jsonl"
+LABFACTS="$WORK/lab.jsonl"
+: >"$RESULTS"
+: >"$LABFACTS"
+
+for N in "${SIZES[@]}"; do
+    log "lab: grow to $N ${PREFIX}* domains"
+    LAB_TOUCHED=1
+    t_lab=$SECONDS
+    lab_grow "$N"
+    lab_s=$((SECONDS - t_lab))
+    running=$("$LAB" list | grep -c "^${PREFIX}" || true)
+    [[ "$running" -eq "$N" ]] || die "expected $N running ${PREFIX}* domains, found $running"
+    python3 "$PY" lab-facts --prefix "$PREFIX" --n "$N" --lab-up-s "$lab_s" >>"$LABFACTS"
+    LIBVIRTD_PID=$(pgrep -x -o libvirtd || true)
+    [[ -n "$LIBVIRTD_PID" ]] || die "libvirtd is not running after lab up"
+
+    VMB="127.0.0.1:$(free_port)"
+    EXP="127.0.0.1:$(free_port)"
+    log "N=$N: starting vmbridge on $VMB, prometheus-libvirt-exporter on $EXP and collectd"
+    "$VMB_BIN" --listen "$VMB" --libvirt-uri "$URI" --poll-interval "${POLL}s" \
+        --node-name scale >"$WORK/vmbridge-$N.log" 2>&1 &
+    VMB_PID=$!
+    "$EXPORTER" --web.listen-address="$EXP" --libvirt.uri="$URI" >"$WORK/exporter-$N.log" 2>&1 &
+    EXP_PID=$!
+    wait_port "$VMB_PID" "$VMB" vmbridge
+    wait_port "$EXP_PID" "$EXP" exporter
+    start_collectd "$N"
+    log "N=$N: collectd on $CD"
+
+    S_VMB="vmbridge=$VMB:$VMB_PID"
+    S_EXP="exporter=$EXP:$EXP_PID"
+    python3 "$PY" wait-ready --prefix "$PREFIX" --n "$N" --sys "$S_VMB" --sys "$S_EXP" --sys "collectd=$CD:$CD_PID"
+
+    common=(--prefix "$PREFIX" --n "$N" --lab "$LAB" --libvirtd-pid "$LIBVIRTD_PID" --k "$K"
+        --interval "$INTERVAL" --timeout "$TIMEOUT" --stop-wait "$STOP_WAIT" --probe-timeout "$PROBE_TIMEOUT"
+        --out "$RESULTS")
+    python3 "$PY" phase "${common[@]}" --phase healthy --sys "$S_VMB" --sys "$S_EXP" --sys "collectd=$CD:$CD_PID" \
+        --scrape vmbridge,exporter,collectd
+
+    VICTIM=$(printf '%s%02d' "$PREFIX" $(((N + 1) / 2)))
+    stop_collectd
+    python3 "$PY" phase "${common[@]}" --phase stopped-alone --victim "$VICTIM" --sys "$S_VMB" --sys "$S_EXP" \
+        --scrape vmbridge
+
+    start_collectd "$N"
+    python3 "$PY" wait-ready --prefix "$PREFIX" --n "$N" --sys "$S_VMB" --sys "collectd=$CD:$CD_PID"
+    python3 "$PY" phase "${common[@]}" --phase stopped-bg --victim "$VICTIM" --sys "$S_VMB" --sys "$S_EXP" \
+        --sys "collectd=$CD:$CD_PID" --scrape vmbridge,collectd
+    python3 "$PY" phase "${common[@]}" --phase stopped --victim "$VICTIM" --sys "$S_VMB" --sys "$S_EXP" \
+        --sys "collectd=$CD:$CD_PID" --scrape vmbridge,exporter,collectd
+    "$LAB" cont-vm "$VICTIM" >/dev/null 2>&1 || true # idempotent; the phase already did it
+    VICTIM=""
+    stop_all
+done
+
+# --------------------------------------------------------------- report ----
+
+RUNTIME_S=$((SECONDS - T_START))
+CMD="benches/scale.sh ${SIZES[*]}"
+envs=()
+[[ "$K" != 30 ]] && envs+=("SCALE_SCRAPES=$K")
+[[ "$INTERVAL" != 1 ]] && envs+=("SCALE_INTERVAL=$INTERVAL")
+[[ "$TIMEOUT" != 10 ]] && envs+=("SCALE_TIMEOUT=$TIMEOUT")
+[[ "$POLL" != 5 ]] && envs+=("SCALE_POLL=$POLL")
+[[ "$STOP_WAIT" != 15 ]] && envs+=("SCALE_STOP_WAIT=$STOP_WAIT")
+[[ "$PREFIX" != scale- ]] && envs+=("SCALE_PREFIX=$PREFIX")
+[[ ${#envs[@]} -gt 0 ]] && CMD="${envs[*]} $CMD"
+
+cp "$WORK/facts.json" "$RESULTS" "$LABFACTS" "$RESULTS_DIR/"
+[[ -f "$SYNTH" ]] && cp "$SYNTH" "$RESULTS_DIR/scrape_path.json"
+printf '%s\n%s\n' "$CMD" "$((RUNTIME_S / 60)) min $((RUNTIME_S % 60)) s" >"$RESULTS_DIR/run.txt"
+
+# The document: the common title, this section, and compare.sh's section. A benchmarks.md
+# written by an older compare.sh (no block markers) is rebuilt: its section is re-rendered
+# from the results compare.sh saved in benches/results/compare.
+if [[ -f "$OUT" ]] && ! grep -q '<!-- compare:begin -->' "$OUT"; then
+    mv "$OUT" "$WORK/benchmarks.md.old"
+fi
+synth_args=()
+[[ -f "$SYNTH" ]] && synth_args=(--synthetic "$SYNTH")
+python3 "$PY" render --facts "$WORK/facts.json" --results "$RESULTS" --lab-facts "$LABFACTS" \
+    "${synth_args[@]}" --out "$OUT" --command "$CMD" --runtime "$((RUNTIME_S / 60)) min $((RUNTIME_S % 60)) s" \
+    --poll-seconds "$POLL" --stop-wait "$STOP_WAIT" --probe-timeout "$PROBE_TIMEOUT"
+if ! grep -q '<!-- compare:begin -->' "$OUT" && [[ -f "$ROOT/benches/results/compare/results.jsonl" ]]; then
+    python3 "$PY" splice-compare --facts "$ROOT/benches/results/compare/facts.json" \
+        --results "$ROOT/benches/results/compare/results.jsonl" --out "$OUT" \
+        --command "$(sed -n 1p "$ROOT/benches/results/compare/run.txt" 2>/dev/null || echo 'benches/compare.sh 20 60')" \
+        --runtime "$(sed -n 2p "$ROOT/benches/results/compare/run.txt" 2>/dev/null || echo unknown)"
+fi
+python3 "$ROOT/benches/plot.py" --results "$RESULTS" "${synth_args[@]}" --out "$PLOT"
+log "done in $RUNTIME_S s; report: $OUT, plot: $PLOT"
