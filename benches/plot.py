@@ -36,8 +36,10 @@ def main():
     rows = [json.loads(x) for x in open(a.results) if x.strip()]
     healthy = sorted((r for r in rows if r["phase"] == "healthy"), key=lambda r: r["n"])
     timeout = rows[0]["timeout_s"] if rows else 10.0
-    fig, ax = plt.subplots(figsize=(8, 5.2), dpi=120)
+    fig, ax = plt.subplots(figsize=(8.5, 6.2), dpi=120)
     xs_all = set()
+    real_ns = sorted({r["n"] for r in healthy})
+    synth_ns = []
     for system, (label, color, marker) in STYLE.items():
         pts = [(r["n"], r["systems"][system]) for r in healthy if system in r["systems"]]
         if not pts:
@@ -64,6 +66,7 @@ def main():
                 continue
             xs = [x["n"] for x in pts]
             xs_all.update(xs)
+            synth_ns = sorted(set(synth_ns) | set(xs))
             ax.plot(
                 xs, [x["scrape_p50_s"] * 1e3 for x in pts], color="tab:blue", linestyle=ls, marker=".",
                 alpha=0.6, label=f"vmbridge encode only, synthetic ({profile}): p50",
@@ -77,11 +80,14 @@ def main():
     ax.xaxis.set_major_locator(FixedLocator(ticks))
     ax.xaxis.set_major_formatter(FixedFormatter([f"{t:,}" for t in ticks]))
     ax.xaxis.set_minor_locator(NullLocator())
-    ax.set_xlabel("VMs (real lab: 20, 60, 100; synthetic: 10, 100, 1,000)")
+    xl = "VMs (real lab: " + ", ".join(str(n) for n in real_ns)
+    if synth_ns:
+        xl += "; synthetic: " + ", ".join(f"{n:,}" for n in synth_ns)
+    ax.set_xlabel(xl + ")")
     ax.set_ylabel("scrape latency, ms (log)")
     ax.set_title(a.title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
     fig.tight_layout()
     fig.savefig(a.out)
     print(f"plot.py: wrote {a.out}")

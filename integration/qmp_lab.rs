@@ -124,3 +124,27 @@ fn qmp_values_events_and_jobs_on_a_real_domain() {
     });
     drop(other);
 }
+
+/// Without a QMP socket, events come from libvirt's domain event API: exactly one pause and
+/// one resume, and the resets (libvirt's REBOOT event does not say who initiated them).
+#[test]
+fn libvirt_domain_events_are_counted_without_a_qmp_socket() {
+    let _serial = serial();
+    let dom = Domain::new("itq-ev");
+    let bridge = Bridge::start(&["--poll-interval", "1s", "--no-qga"]);
+    let vm = [("name", "itq-ev")];
+    bridge.wait_for(Duration::from_secs(20), "the VM", |e| {
+        e.value("kubevirt_vmi_reboots_total", &[("name", "itq-ev"), ("initiator", "unknown")]) == Some(0.0)
+    });
+    virsh(&["suspend", &dom.name]);
+    virsh(&["resume", &dom.name]);
+    virsh(&["reset", &dom.name]);
+    virsh(&["reset", &dom.name]);
+    let (e, _) = bridge.wait_for(Duration::from_secs(10), "events counted", |e| {
+        e.value("kubevirt_vmi_reboots_total", &[("name", "itq-ev"), ("initiator", "unknown")]).is_some_and(|v| v >= 2.0)
+            && e.value("kubevirt_vmi_state_changes_total", &[("name", "itq-ev"), ("to", "running")]) == Some(1.0)
+    });
+    assert_eq!(e.value("kubevirt_vmi_state_changes_total", &[("name", "itq-ev"), ("to", "paused")]), Some(1.0));
+    assert_eq!(e.value("kubevirt_vmi_guest_panics_total", &vm), Some(0.0));
+    assert_eq!(e.value("kubevirt_vmi_qemu_status", &vm), None, "no QMP source without a socket");
+}

@@ -906,7 +906,7 @@ family!(
     N,
     [],
     Hypervisor,
-    "qmp event GUEST_PANICKED",
+    "qmp event GUEST_PANICKED / libvirt CRASHED event",
     Vm,
     "Guest panics vmbridge has seen since it discovered the VM."
 );
@@ -917,7 +917,7 @@ family!(
     N,
     ["drive", "operation"],
     Hypervisor,
-    "qmp event BLOCK_IO_ERROR",
+    "qmp event BLOCK_IO_ERROR / libvirt IO_ERROR event",
     Vm,
     "Block I/O errors vmbridge has seen since it discovered the VM."
 );
@@ -928,9 +928,9 @@ family!(
     N,
     ["initiator"],
     Hypervisor,
-    "qmp event RESET",
+    "qmp event RESET / libvirt REBOOT event",
     Vm,
-    "Resets and reboots vmbridge has seen since it discovered the VM, by initiator (guest: reboot, triple fault, firmware; host: virsh reset, system_reset)."
+    "Resets and reboots vmbridge has seen since it discovered the VM, by initiator (guest: reboot, triple fault, firmware; host: virsh reset, system_reset; unknown: from libvirt's REBOOT event, which does not say)."
 );
 family!(
     AGENT_CONNECTS,
@@ -939,7 +939,7 @@ family!(
     N,
     [],
     Hypervisor,
-    "qmp event VSERPORT_CHANGE (agent port)",
+    "qmp event VSERPORT_CHANGE (agent port) / libvirt AGENT_LIFECYCLE event",
     Vm,
     "Times the guest agent connected its channel since vmbridge discovered the VM."
 );
@@ -950,7 +950,7 @@ family!(
     N,
     [],
     Hypervisor,
-    "qmp event VSERPORT_CHANGE (agent port)",
+    "qmp event VSERPORT_CHANGE (agent port) / libvirt AGENT_LIFECYCLE event",
     Vm,
     "1 while the guest agent's channel is open, 0 when closed; absent until a change was seen."
 );
@@ -961,7 +961,7 @@ family!(
     N,
     ["to"],
     Hypervisor,
-    "qmp events STOP, RESUME, SUSPEND, WAKEUP, SHUTDOWN, GUEST_PANICKED",
+    "qmp events STOP, RESUME, SUSPEND, WAKEUP, SHUTDOWN, GUEST_PANICKED / libvirt LIFECYCLE events",
     Vm,
     "Run-state changes vmbridge has seen since it discovered the VM, by the state entered."
 );

@@ -22,7 +22,7 @@ use crate::catalogue::{self, Kind, MetricDef};
 use crate::clock::now_unix;
 use crate::source::libvirt::DomainSample;
 use crate::source::qga::QgaSample;
-use crate::source::qmp::{Migration, QmpSample};
+use crate::source::qmp::{EventCounts, Migration, QmpSample};
 use crate::source::{SourceKind, SourceSample};
 use crate::store::{SourceSnapshot, Store, VmSnapshot};
 
@@ -102,6 +102,8 @@ pub(crate) struct VmView<'a> {
     /// The migration to export (QMP's view first, else libvirt's job stats), honouring
     /// `keep_ephemeral`, and when the last one completed.
     pub(crate) migration: Option<(&'a Migration, Option<f64>)>,
+    /// Domain events from libvirt's event API (used when there is no QMP monitor).
+    pub(crate) libvirt_events: Option<&'a EventCounts>,
     /// The infra process sample, when fresh.
     pub(crate) processes: Option<&'a crate::source::process::ProcessSample>,
     /// `export_all_known`: absent per-VM values are written as NaN.
@@ -129,6 +131,10 @@ impl<'a> VmView<'a> {
             SourceSample::Qmp(q) => Some(q),
             _ => None,
         });
+        let libvirt_events = source(SourceKind::Libvirt).and_then(|s| match s {
+            SourceSample::Libvirt(l) => Some(&l.events),
+            _ => None,
+        });
         let libvirt_job = source(SourceKind::Libvirt).and_then(|s| match s {
             SourceSample::Libvirt(l) => l.job.as_ref().map(|j| (j, l.job_completed_at)),
             _ => None,
@@ -151,6 +157,7 @@ impl<'a> VmView<'a> {
             qmp,
             migration,
             processes,
+            libvirt_events,
             all_known: opts.export_all_known,
         }
     }

@@ -40,8 +40,9 @@ const MIGRATION: [(&MetricDef, MigField); 13] = [
     (&c::MIG_ITERATION, |m| num(m.iteration)),
 ];
 
+/// Event counts: the direct monitor's when there is one, else libvirt's domain events.
 fn events<'a>(vm: &VmView<'a>) -> Option<&'a EventCounts> {
-    vm.qmp.map(|q| &q.events)
+    vm.qmp.map(|q| &q.events).or(vm.libvirt_events)
 }
 
 /// Writes the QMP and migration families.
@@ -85,6 +86,7 @@ pub(super) fn encode(enc: &mut DescriptorEncoder<'_>, vms: &[VmView<'_>]) -> std
         if let Some(e) = events(vm) {
             f.vm_sample(vm, &[("initiator", "guest")], Some(e.reboots_guest as f64))?;
             f.vm_sample(vm, &[("initiator", "host")], Some(e.reboots_host as f64))?;
+            f.vm_sample(vm, &[("initiator", "unknown")], Some(e.reboots_unknown as f64))?;
         }
     }
     let mut f = family(enc, &c::AGENT_CONNECTS)?;

@@ -62,6 +62,7 @@ pub fn init() {
 enum Call {
     Opened(Result<virt::connect::Connect, virt::error::Error>),
     Listed(Result<Vec<(String, String)>, virt::error::Error>),
+    Subscribed(Result<Vec<i32>, virt::error::Error>),
 }
 
 fn list_running(conn: &Conn) -> Result<Vec<(String, String)>, virt::error::Error> {
@@ -102,13 +103,26 @@ pub async fn run(
                 match slot.run(timeout, move || Call::Opened(endpoint::open_read_only(&uri))).await {
                     Ok(Call::Opened(Ok(c))) => {
                         tracing::info!(uri = %endpoint.uri, "connected to libvirt (read-only)");
-                        endpoint.install(c)
+                        let conn = endpoint.install(c);
+                        // Domain events (for VMs without a direct QMP monitor); optional.
+                        let (c2, sink) = (conn.clone(), endpoint.event_sink());
+                        match slot
+                            .run(timeout, move || Call::Subscribed(super::ffi::register_events(&c2.connect, sink)))
+                            .await
+                        {
+                            Ok(Call::Subscribed(Ok(_))) => {}
+                            Ok(Call::Subscribed(Err(e))) => {
+                                tracing::warn!(uri = %endpoint.uri, error = %e.message(), "domain events unavailable")
+                            }
+                            _ => tracing::warn!(uri = %endpoint.uri, "domain event registration did not answer"),
+                        }
+                        conn
                     }
                     Ok(Call::Opened(Err(e))) => {
                         store.endpoint_failed(&endpoint.uri, format!("connect: {}", e.message()));
                         continue;
                     }
-                    Ok(Call::Listed(_)) => continue, // a late list from an old connection
+                    Ok(Call::Listed(_) | Call::Subscribed(_)) => continue, // a late answer from an old connection
                     Err(e) => {
                         store.endpoint_failed(&endpoint.uri, format!("connect: {e}"));
                         continue;
@@ -125,7 +139,7 @@ pub async fn run(
                 endpoint.report_broken(conn.generation);
                 continue;
             }
-            Ok(Call::Opened(_)) => continue,
+            Ok(Call::Opened(_) | Call::Subscribed(_)) => continue,
             Err(SlotError::Timeout { running_for }) => {
                 store.endpoint_failed(&endpoint.uri, format!("list: no answer for {running_for:?}"));
                 continue;
@@ -154,6 +168,7 @@ pub async fn run(
             }
         }
         store.endpoint_listed(&endpoint.uri, now.len());
+        endpoint.retain_events(|uuid| now.contains_key(uuid));
         known = now;
     }
     // The endpoint went away (a launcher stopped): its VMs go with it.

@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use virt::connect::Connect;
 
+use crate::source::qmp::EventCounts;
+
 /// A connection and its generation.
 #[derive(Clone)]
 pub struct Conn {
@@ -28,6 +30,8 @@ pub struct Endpoint {
     current: Mutex<Option<Conn>>,
     agent: Mutex<Option<Conn>>,
     generations: AtomicU64,
+    /// Event counts per domain UUID, from libvirt's domain events (vmbridge's own counts).
+    events: Mutex<std::collections::HashMap<String, EventCounts>>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -51,6 +55,7 @@ impl Endpoint {
             current: Mutex::new(None),
             agent: Mutex::new(None),
             generations: AtomicU64::new(0),
+            events: Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -82,6 +87,35 @@ impl Endpoint {
     /// Marks agent connection `generation` broken; the next agent call reopens it.
     pub fn report_agent_broken(&self, generation: u64) {
         Self::broken_in(&self.agent, generation);
+    }
+
+    /// Counts one domain event (called on libvirt's event-loop thread).
+    pub fn record_event(&self, uuid: &str, ev: &super::ffi::DomainEvent) {
+        let mut book = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+        // Bounded: entries of domains discovery no longer lists are pruned every round.
+        if book.len() < 100_000 || book.contains_key(uuid) {
+            book.entry(uuid.to_owned()).or_default().count_libvirt(ev);
+        }
+    }
+
+    /// The event counts of one domain, if any event was seen.
+    pub fn events_of(&self, uuid: &str) -> Option<EventCounts> {
+        self.events.lock().unwrap_or_else(PoisonError::into_inner).get(uuid).cloned()
+    }
+
+    /// Forgets the counts of domains that are gone.
+    pub fn retain_events(&self, keep: impl Fn(&str) -> bool) {
+        self.events.lock().unwrap_or_else(PoisonError::into_inner).retain(|k, _| keep(k));
+    }
+
+    /// A sink for [`super::ffi::register_events`] that counts into this endpoint.
+    pub fn event_sink(self: &Arc<Self>) -> super::ffi::EventSink {
+        let weak = Arc::downgrade(self);
+        Arc::new(move |uuid: &str, ev: super::ffi::DomainEvent| {
+            if let Some(ep) = weak.upgrade() {
+                ep.record_event(uuid, &ev);
+            }
+        })
     }
 
     fn install_in(&self, slot: &Mutex<Option<Conn>>, connect: Connect) -> Conn {

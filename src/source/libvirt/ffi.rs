@@ -161,3 +161,179 @@ pub fn page_size() -> u64 {
     let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     u64::try_from(v).ok().filter(|v| *v > 0).unwrap_or(4096)
 }
+
+/// A domain event, as vmbridge counts them (libvirt's domain event API, for VMs without a
+/// direct QMP monitor).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DomainEvent {
+    /// `VIR_DOMAIN_EVENT_ID_LIFECYCLE`: `virDomainEventType` and its detail code.
+    Lifecycle {
+        /// Event type (STARTED, SUSPENDED, RESUMED, STOPPED, CRASHED, …).
+        event: i32,
+        /// Detail code, per event type.
+        detail: i32,
+    },
+    /// `VIR_DOMAIN_EVENT_ID_REBOOT`.
+    Reboot,
+    /// `VIR_DOMAIN_EVENT_ID_IO_ERROR` on a device alias.
+    IoError {
+        /// Device alias (`virtio-disk0`).
+        device: String,
+    },
+    /// `VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE`.
+    Agent {
+        /// Connected (true) or disconnected.
+        connected: bool,
+    },
+}
+
+/// Where events go: called with the domain's UUID, on libvirt's event-loop thread.
+pub type EventSink = Arc<dyn Fn(&str, DomainEvent) + Send + Sync>;
+
+use std::os::raw::{c_char, c_int, c_void};
+use std::sync::Arc;
+
+/// Hands an event to the sink behind `opaque`; never lets a panic cross into C.
+///
+/// # Safety
+/// `opaque` must be the `Box<EventSink>` pointer registered with the callback, and `dom` a
+/// domain pointer libvirt passes to the callback (valid for its duration).
+unsafe fn deliver(dom: sys::virDomainPtr, opaque: *mut c_void, ev: DomainEvent) {
+    if opaque.is_null() || dom.is_null() {
+        return;
+    }
+    let mut buf = [0 as c_char; sys::VIR_UUID_STRING_BUFLEN as usize];
+    // SAFETY: `dom` is valid during the callback; the buffer has the documented size.
+    if unsafe { sys::virDomainGetUUIDString(dom, buf.as_mut_ptr()) } < 0 {
+        return;
+    }
+    // SAFETY: libvirt wrote a NUL-terminated UUID string into `buf`.
+    let uuid = unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned();
+    // SAFETY: `opaque` is the Box<EventSink> leaked at registration, alive until `free_sink`.
+    let sink = unsafe { &*(opaque as *const EventSink) };
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink(&uuid, ev)));
+}
+
+unsafe extern "C" fn on_lifecycle(
+    _c: sys::virConnectPtr,
+    dom: sys::virDomainPtr,
+    event: c_int,
+    detail: c_int,
+    opaque: *mut c_void,
+) -> c_int {
+    // SAFETY: called by libvirt with the pointers `deliver` requires.
+    unsafe { deliver(dom, opaque, DomainEvent::Lifecycle { event, detail }) };
+    0
+}
+
+unsafe extern "C" fn on_reboot(_c: sys::virConnectPtr, dom: sys::virDomainPtr, opaque: *mut c_void) {
+    // SAFETY: as above.
+    unsafe { deliver(dom, opaque, DomainEvent::Reboot) };
+}
+
+unsafe extern "C" fn on_io_error(
+    _c: sys::virConnectPtr,
+    dom: sys::virDomainPtr,
+    _src: *const c_char,
+    alias: *const c_char,
+    _action: c_int,
+    opaque: *mut c_void,
+) {
+    let device = if alias.is_null() {
+        "unknown".to_owned()
+    } else {
+        // SAFETY: libvirt passes a NUL-terminated alias, valid for the callback.
+        unsafe { CStr::from_ptr(alias) }.to_string_lossy().into_owned()
+    };
+    // SAFETY: as above.
+    unsafe { deliver(dom, opaque, DomainEvent::IoError { device }) };
+}
+
+unsafe extern "C" fn on_agent(
+    _c: sys::virConnectPtr,
+    dom: sys::virDomainPtr,
+    state: c_int,
+    _reason: c_int,
+    opaque: *mut c_void,
+) {
+    // VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_STATE_CONNECTED = 1.
+    // SAFETY: as above.
+    unsafe { deliver(dom, opaque, DomainEvent::Agent { connected: state == 1 }) };
+}
+
+unsafe extern "C" fn free_sink(opaque: *mut c_void) {
+    if !opaque.is_null() {
+        // SAFETY: `opaque` came from Box::into_raw at registration; libvirt calls this once.
+        drop(unsafe { Box::from_raw(opaque as *mut EventSink) });
+    }
+}
+
+/// Registers for lifecycle, reboot, I/O-error and agent events of every domain on `conn`;
+/// returns the callback ids for [`deregister_events`]. Needs libvirt's event loop running.
+pub fn register_events(conn: &virt::connect::Connect, sink: EventSink) -> Result<Vec<i32>, virt::error::Error> {
+    // libvirt takes every callback as the generic type and calls it with the signature of the
+    // event id (its VIR_DOMAIN_EVENT_CALLBACK cast); these transmutes are that cast.
+    // SAFETY: each function matches the C signature libvirt uses for its event id.
+    let callbacks: [(u32, sys::virConnectDomainEventGenericCallback); 4] = unsafe {
+        [
+            (
+                sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                Some(std::mem::transmute::<
+                    *const (),
+                    unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void),
+                >(on_lifecycle as *const ())),
+            ),
+            (
+                sys::VIR_DOMAIN_EVENT_ID_REBOOT,
+                Some(on_reboot as unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void)),
+            ),
+            (
+                sys::VIR_DOMAIN_EVENT_ID_IO_ERROR,
+                Some(std::mem::transmute::<
+                    *const (),
+                    unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void),
+                >(on_io_error as *const ())),
+            ),
+            (
+                sys::VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE,
+                Some(std::mem::transmute::<
+                    *const (),
+                    unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void),
+                >(on_agent as *const ())),
+            ),
+        ]
+    };
+    let mut ids = Vec::new();
+    for (id, cb) in callbacks {
+        let opaque = Box::into_raw(Box::new(sink.clone())) as *mut c_void;
+        // SAFETY: `conn` is live; `opaque` is freed by libvirt through `free_sink` once the
+        // callback is deregistered (or the connection closes).
+        let r = unsafe {
+            sys::virConnectDomainEventRegisterAny(
+                conn.as_ptr(),
+                std::ptr::null_mut(),
+                id as c_int,
+                cb,
+                opaque,
+                Some(free_sink),
+            )
+        };
+        if r < 0 {
+            let err = virt::error::Error::last_error();
+            // SAFETY: registration failed, so libvirt did not take ownership of `opaque`.
+            unsafe { free_sink(opaque) };
+            deregister_events(conn, &ids);
+            return Err(err);
+        }
+        ids.push(r);
+    }
+    Ok(ids)
+}
+
+/// Removes callbacks registered by [`register_events`].
+pub fn deregister_events(conn: &virt::connect::Connect, ids: &[i32]) {
+    for id in ids {
+        // SAFETY: `conn` is live and `id` came from virConnectDomainEventRegisterAny on it.
+        unsafe { sys::virConnectDomainEventDeregisterAny(conn.as_ptr(), *id) };
+    }
+}

@@ -33,6 +33,8 @@ pub struct LibvirtSample {
     pub job_params: BTreeMap<String, ParamValue>,
     /// When vmbridge first saw the last job completed, seconds since the Unix epoch.
     pub job_completed_at: Option<f64>,
+    /// Domain events counted from libvirt's event API since discovery.
+    pub events: crate::source::qmp::EventCounts,
 }
 
 impl LibvirtSample {
@@ -46,6 +48,7 @@ impl LibvirtSample {
             job: None,
             job_params: BTreeMap::new(),
             job_completed_at: None,
+            events: Default::default(),
         }
     }
 }

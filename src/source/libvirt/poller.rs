@@ -149,6 +149,7 @@ impl Poller for LibvirtPoller {
                     }
                 }
                 sample.job_completed_at = self.last_completed.as_ref().map(|(_, t)| *t);
+                sample.events = self.endpoint.events_of(&self.uuid).unwrap_or_default();
                 Ok(SourceSample::Libvirt(sample))
             }
             Err(e) => {

@@ -163,6 +163,8 @@ pub struct EventCounts {
     pub reboots_guest: u64,
     /// `RESET` the host initiated (`virsh reset`, `system_reset`).
     pub reboots_host: u64,
+    /// Resets reported by libvirt's REBOOT event, which does not say who initiated them.
+    pub reboots_unknown: u64,
     /// Run-state changes by the state entered.
     pub state_changes: BTreeMap<String, u64>,
     /// `BLOCK_IO_ERROR` by drive, then operation.
@@ -177,6 +179,44 @@ pub struct EventCounts {
 const MAX_DRIVES: usize = 64;
 
 impl EventCounts {
+    /// Counts one libvirt domain event (VMs without a direct QMP monitor).
+    pub fn count_libvirt(&mut self, ev: &crate::source::libvirt::ffi::DomainEvent) {
+        use crate::source::libvirt::ffi::DomainEvent;
+        match ev {
+            DomainEvent::Lifecycle { event, detail } => {
+                // virDomainEventType: 2 STARTED, 3 SUSPENDED, 4 RESUMED, 6 SHUTDOWN,
+                // 7 PMSUSPENDED, 8 CRASHED (detail 0: panicked).
+                let to = match event {
+                    2 | 4 => Some("running"),
+                    3 => Some("paused"),
+                    6 => Some("shutdown"),
+                    7 => Some("pmsuspended"),
+                    8 => Some("crashed"),
+                    _ => None,
+                };
+                if let Some(to) = to {
+                    *self.state_changes.entry(to.to_owned()).or_default() += 1;
+                }
+                if *event == 8 && *detail == 0 {
+                    self.guest_panics += 1;
+                }
+            }
+            DomainEvent::Reboot => self.reboots_unknown += 1,
+            DomainEvent::IoError { device } => {
+                let drive = crate::source::qga::guest::label(device, 128);
+                if self.block_io_errors.len() < MAX_DRIVES || self.block_io_errors.contains_key(&drive) {
+                    *self.block_io_errors.entry(drive).or_default().entry("unknown".to_owned()).or_default() += 1;
+                }
+            }
+            DomainEvent::Agent { connected } => {
+                if *connected {
+                    self.agent_connects += 1;
+                }
+                self.agent_connected = Some(*connected);
+            }
+        }
+    }
+
     /// Counts one QMP event. `agent_port` says whether a virtio-serial port id is the agent's.
     pub fn count(&mut self, ev: &Value, agent_port: impl Fn(&str) -> bool) {
         let name = ev.get("event").and_then(Value::as_str).unwrap_or_default();
