@@ -52,11 +52,12 @@ def main():
         ax.errorbar(
             xs, p50,
             yerr=[[m - l for m, l in zip(p50, lo)], [h - m for m, h in zip(p50, p99)]],
-            label=f"{label}: p50, bar = min…p99", color=color, marker=marker, capsize=4, linewidth=1.8,
+            label=f"{label}: p50, bar = min…p99, dotted = p99", color=color, marker=marker, capsize=4, linewidth=1.8,
         )
         ax.plot(xs, p99, color=color, linestyle=":", linewidth=1)
         for x, y in zip(xs, p50):
-            ax.annotate(f"{y:.3g} ms", (x, y), textcoords="offset points", xytext=(6, -12), fontsize=7, color=color)
+            txt = "timed out" if y >= timeout * 1e3 else (f"{y / 1e3:.2f} s" if y >= 1000 else f"{y:.3g} ms")
+            ax.annotate(txt, (x, y), textcoords="offset points", xytext=(6, -12), fontsize=7, color=color)
     if a.synthetic:
         with open(a.synthetic) as f:
             synth = json.loads(f.read().strip().splitlines()[-1])

@@ -137,3 +137,89 @@ fn libvirt_transport_values_equal_the_real_guest_agent() {
     assert!(q["supported_commands"].as_array().is_some_and(|c| c.iter().any(|x| x == "guest-get-fsinfo")));
     drop(dom);
 }
+
+fn exec_in_guest(dom: &str, script: &str) {
+    let req = serde_json::json!({"execute": "guest-exec", "arguments": {"path": "/bin/sh", "arg": ["-c", script], "capture-output": true}});
+    let pid =
+        serde_json::from_str::<Value>(&virsh(&["qemu-agent-command", dom, &req.to_string()])).expect("json")["return"]
+            ["pid"]
+            .as_i64()
+            .expect("pid");
+    let status = serde_json::json!({"execute": "guest-exec-status", "arguments": {"pid": pid}}).to_string();
+    let start = std::time::Instant::now();
+    while serde_json::from_str::<Value>(&virsh(&["qemu-agent-command", dom, &status])).expect("json")["return"]["exited"]
+        != true
+    {
+        assert!(start.elapsed() < Duration::from_secs(20), "guest command did not finish");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Real guest block I/O errors (a disk whose reads fail through a blkdebug rule; the test
+/// makes the guest read it) are counted exactly: through the direct QMP monitor
+/// (BLOCK_IO_ERROR) and, in a second vmbridge without one, through libvirt's IO_ERROR event;
+/// both equal the number of io-error events `virsh event` saw.
+#[test]
+fn guest_block_io_errors_are_counted_exactly() {
+    let _serial = serial();
+    let name = "itg-ioerr";
+    let _ = Command::new("bash").arg(root().join("integration/lab.sh")).args(["destroy", name]).output();
+    let out = Command::new("bash")
+        .arg(root().join("integration/lab.sh"))
+        .args(["add-guest", name])
+        .env("VMB_GUEST_ERROR_DISK", "1")
+        .output()
+        .expect("lab.sh");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        let _ = Command::new("bash").arg(root().join("integration/lab.sh")).args(["destroy", name]).output();
+        assert!(stderr.contains("did not answer guest-ping within"), "add-guest failed: {stderr}");
+        eprintln!("SKIPPED I/O error tier: the guest did not boot in time under TCG:\n{stderr}");
+        return;
+    }
+    let _dom = Domain { name: name.to_owned() };
+    let with_qmp =
+        Bridge::start(&["--poll-interval", "1s", "--no-qga", "--qmp-socket", "/var/lib/vmbridge-lab/{domain}.qmp"]);
+    let without = Bridge::start(&["--poll-interval", "1s", "--no-qga"]);
+    let qmp_count = |e: &Exposition| {
+        e.value("kubevirt_vmi_block_io_errors_total", &[("name", name), ("drive", "errdisk"), ("operation", "read")])
+            .unwrap_or(0.0)
+    };
+    let lv_count = |e: &Exposition| {
+        e.value("kubevirt_vmi_block_io_errors_total", &[("name", name), ("drive", "unknown"), ("operation", "unknown")])
+            .unwrap_or(0.0)
+    };
+    with_qmp.wait_for(Duration::from_secs(20), "qmp source up", |e| {
+        e.value("vmbridge_source_up", &[("name", name), ("source", "qmp")]) == Some(1.0)
+    });
+    without.wait_for(Duration::from_secs(20), "libvirt source up", |e| {
+        e.value("vmbridge_source_up", &[("name", name), ("source", "libvirt")]) == Some(1.0)
+    });
+    let (q0, l0) = (qmp_count(&with_qmp.metrics()), lv_count(&without.metrics()));
+
+    let mut watcher = Command::new("virsh")
+        .args(["-c", URI, "event", "--domain", name, "--event", "io-error", "--loop"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("virsh event");
+    std::thread::sleep(Duration::from_secs(1));
+    exec_in_guest(
+        name,
+        "for d in /sys/block/vd*; do [ \"$(cat $d/serial)\" = vmbridge-errdisk ] && for s in 100 200 300; do \
+         dd if=/dev/${d##*/} of=/dev/null bs=512 count=1 iflag=direct skip=$s; done; done; true",
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let _ = watcher.kill();
+    let mut seen = String::new();
+    std::io::Read::read_to_string(watcher.stdout.as_mut().expect("stdout"), &mut seen).expect("read");
+    let _ = watcher.wait();
+    let caused = seen.lines().filter(|l| l.starts_with("event 'io-error'")).count() as f64;
+    assert!(caused >= 3.0, "three failing reads caused {caused} io-error events:\n{seen}");
+    with_qmp.wait_for(Duration::from_secs(10), "QMP count", |e| qmp_count(e) - q0 == caused);
+    without.wait_for(Duration::from_secs(10), "libvirt event count", |e| lv_count(e) - l0 == caused);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(qmp_count(&with_qmp.metrics()) - q0, caused, "QMP count settled");
+    assert_eq!(lv_count(&without.metrics()) - l0, caused, "libvirt count settled");
+    eprintln!("{caused} I/O errors caused, counted exactly by both paths");
+}

@@ -424,6 +424,7 @@ write_guest_domain_xml() { # NAME -> path of xml
   <qemu:commandline>
     <qemu:arg value='-qmp'/>
     <qemu:arg value='unix:$LAB_DIR/$name.qmp,server=on,wait=off'/>
+$(guest_extra_args)
   </qemu:commandline>
 </domain>
 EOF
@@ -590,6 +591,25 @@ wait_agent() { # NAME T0
     done
     awk -v a="$t0" -v b="$(now_s)" -v n="$name" \
         'BEGIN {printf "lab: %s: boot-to-agent %.1f s (virsh create to first guest-ping answer)\n", n, b - a}' >&2
+}
+
+# VMB_GUEST_ERROR_DISK=1: add:guest gets a second disk whose every read fails (a blkdebug
+# rule over a small raw image), so tests can provoke real guest block I/O errors.
+guest_extra_args() {
+    [[ "${VMB_GUEST_ERROR_DISK:-0}" == 1 ]] || return 0
+    local dir
+    dir=$(dom_dir "$name")
+    # blkdebug sits between qcow2 and the file: the qcow2 driver raises read_aio on its file
+    # child when it reads allocated data, so every cluster is written first.
+    qemu-img create -q -f qcow2 "$dir/errdisk.qcow2" 4M
+    qemu-io -f qcow2 -c 'write 0 4M' "$dir/errdisk.qcow2" >/dev/null
+    printf '[inject-error]\nevent = "read_aio"\nerrno = "5"\n' > "$dir/blkdebug.conf"
+    cat <<XML
+    <qemu:arg value='-blockdev'/>
+    <qemu:arg value='{"driver":"qcow2","node-name":"errdisk","file":{"driver":"blkdebug","config":"$dir/blkdebug.conf","image":{"driver":"file","filename":"$dir/errdisk.qcow2"}}}'/>
+    <qemu:arg value='-device'/>
+    <qemu:arg value='virtio-blk-pci,drive=errdisk,id=errdisk,serial=vmbridge-errdisk,bus=pcie.0,addr=0x1e'/>
+XML
 }
 
 cmd_add_guest() {

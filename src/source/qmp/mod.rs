@@ -203,7 +203,12 @@ impl EventCounts {
             }
             DomainEvent::Reboot => self.reboots_unknown += 1,
             DomainEvent::IoError { device } => {
-                let drive = crate::source::qga::guest::label(device, 128);
+                // Devices libvirt did not define (e.g. added by <qemu:commandline>) have no alias.
+                let drive = if device.is_empty() {
+                    "unknown".to_owned()
+                } else {
+                    crate::source::qga::guest::label(device, 128)
+                };
                 if self.block_io_errors.len() < MAX_DRIVES || self.block_io_errors.contains_key(&drive) {
                     *self.block_io_errors.entry(drive).or_default().entry("unknown".to_owned()).or_default() += 1;
                 }
