@@ -39,6 +39,7 @@ def main():
     fig, ax = plt.subplots(figsize=(8.5, 6.2), dpi=120)
     xs_all = set()
     real_ns = sorted({r["n"] for r in healthy})
+    disturbed = []
     synth_ns = []
     for system, (label, color, marker) in STYLE.items():
         pts = [(r["n"], r["systems"][system]) for r in healthy if system in r["systems"]]
@@ -55,6 +56,10 @@ def main():
             label=f"{label}: p50, bar = min…p99, dotted = p99", color=color, marker=marker, capsize=4, linewidth=1.8,
         )
         ax.plot(xs, p99, color=color, linestyle=":", linewidth=1)
+        for r in healthy:
+            x = r["systems"].get(system)
+            if x and x["timeouts"] and r.get("foreign_domains_stopped"):
+                disturbed.append((r["n"], x["p50_s"] * 1e3, color))
         for x, y in zip(xs, p50):
             txt = "timed out" if y >= timeout * 1e3 else (f"{y / 1e3:.2f} s" if y >= 1000 else f"{y:.3g} ms")
             ax.annotate(txt, (x, y), textcoords="offset points", xytext=(6, -12), fontsize=7, color=color)
@@ -72,6 +77,11 @@ def main():
                 xs, [x["scrape_p50_s"] * 1e3 for x in pts], color="tab:blue", linestyle=ls, marker=".",
                 alpha=0.6, label=f"vmbridge encode only, synthetic ({profile}): p50",
             )
+    for x, y, color in disturbed:
+        ax.annotate("†", (x, y), textcoords="offset points", xytext=(-12, 2), fontsize=12, color=color)
+    if disturbed:
+        fig.text(0.01, 0.005, "† another tenant's VM on the same libvirtd was SIGSTOPped during this phase; "
+                 "the exporter collects every domain, so some of its scrapes timed out", fontsize=7)
     ax.axhline(timeout * 1e3, color="grey", linewidth=0.8, linestyle="--")
     ax.text(min(xs_all) if xs_all else 1, timeout * 1e3 * 1.1, f"per-scrape timeout {timeout:g} s", fontsize=7,
             color="grey")

@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 
+sys.dont_write_bytecode = True  # no __pycache__ in benches/
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compare as C  # noqa: E402
 
@@ -317,7 +318,11 @@ def cmd_phase(a):
     def long_probe():
         t_send = time.monotonic()
         dt, status, body = C.http_get(systems["exporter"]["addr"], "/metrics", a.probe_timeout)
-        probe.update(latency_s=dt, status=str(status), t_send=t_send, t_done=time.monotonic())
+        t_done = time.monotonic()
+        vms = None
+        if status == 200:
+            vms = len(parse("exporter", body.decode("utf-8", "replace"), a.prefix)["vms"] & want)
+        probe.update(latency_s=dt, status=str(status), t_send=t_send, t_done=t_done, vms=vms)
 
     sampler = C.PoolSampler()
     sampler.start()
@@ -416,6 +421,8 @@ def cmd_phase(a):
             "status": probe["status"],
             "answered_after_sigcont": t_cont is not None and probe["status"] == "200" and probe["t_done"] > t_cont,
             "sent_after_stop_s": probe["t_send"] - t_stop,
+            "answered_after_stop_s": probe["t_done"] - t_stop,
+            "vms": probe.get("vms"),
         }
     for system in scraped:
         lat, vms_per, lab_series, tot_series, nbytes, statuses = [], [], [], [], [], {}
@@ -458,6 +465,10 @@ def cmd_phase(a):
         timeline.sort()
         first_below = next((t for t, n in timeline if n is not None and n < len(healthy_want)), None)
         first_zero = next((t for t, n in timeline if n == 0), None)
+        back_while_stopped = None
+        if first_zero is not None:
+            back_while_stopped = next(
+                (t for t, n in timeline if t > first_zero and n is not None and n > 0), None)
         summary["systems"][system] = {
             "ok": statuses.get("200", 0),
             "timeouts": statuses.get("timeout", 0),
@@ -477,6 +488,7 @@ def cmd_phase(a):
             "timeline": timeline if victim else [],
             "first_below_all_after_stop_s": first_below,
             "first_zero_after_stop_s": first_zero,
+            "back_while_stopped_s": back_while_stopped,
             "latencies_s": lat,
         }
         s = summary["systems"][system]
@@ -568,6 +580,25 @@ def cmd_lab_facts(a):
 
 
 # ---------------------------------------------------------------- render ----
+
+
+def back_while_stopped(x):
+    """Seconds after the SIGSTOP at which a system that had dropped to no VM returned some
+    VMs again, while the VM was still stopped (from the timeline); None if it did not."""
+    if "back_while_stopped_s" in x:
+        return x["back_while_stopped_s"]
+    tl = x.get("timeline") or []
+    z = x.get("first_zero_after_stop_s")
+    if z is None:
+        return None
+    return next((t for t, n in tl if t > z and n is not None and n > 0), None)
+
+
+def back_count(x):
+    t = back_while_stopped(x)
+    if t is None:
+        return None
+    return max((n for tt, n in x.get("timeline") or [] if tt >= t and n is not None), default=None)
 
 
 def fmt_t(s):
@@ -777,7 +808,8 @@ def render_scale(a):
         "collectd: `virt=`), median over the phase; *exposition bytes* is the whole body (other tenants' "
         "domains included, if any). *CPU per cycle*: CPU s/min divided by collection cycles per minute — "
         f"vmbridge and collectd collect every {a.poll_seconds:g} s in the background (12 cycles/min), the "
-        "exporter collects once per scrape. *RSS per VM (marginal)*: (RSS at N − RSS at "
+        "exporter collects once per scrape; vmbridge's and collectd's figure also includes serving 5 scrapes "
+        "per cycle (1 per s). *RSS per VM (marginal)*: (RSS at N − RSS at "
         f"{base_n}) / (N − {base_n})."
     )
     L.append("")
@@ -805,6 +837,9 @@ def render_scale(a):
                     else f"+{x['first_below_all_after_stop_s']:.0f} s / "
                     + ("never" if x["first_zero_after_stop_s"] is None else f"+{x['first_zero_after_stop_s']:.0f} s")
                 )
+                bw = back_while_stopped(x)
+                if bw is not None:
+                    gone += f"; back at +{bw:.0f} s, still stopped ({back_count(x)} of {n} VMs)"
                 rec = r["recovery_s"].get(s)
                 L.append(
                     f"| {n} | {phase_name(r)} | {LABEL[s]} | {ok} | {C.fmt_lat(x['p50_s'], timeout)} "
@@ -877,6 +912,16 @@ def render_scale(a):
     L.extend(findings(rows, ns, k, timeout, synth, healthy))
     L.append("")
 
+    ev = log_evidence(a.logs, ns)
+    if ev:
+        L.append(
+            "Log evidence (from `benches/results/scale/logs`, whole run per N; `held by` names the libvirt call "
+            "that was stuck in the stopped VM's QEMU monitor while this one waited 30 s for it):"
+        )
+        L.append("")
+        for e in ev:
+            L.append(f"- {e}")
+        L.append("")
     # ---- method
     L.append("### Method")
     L.append("")
@@ -952,7 +997,9 @@ def render_scale(a):
         prc = "—"
         if pr:
             if pr["status"] == "200":
-                prc = f"answered after {pr['latency_s']:.1f} s" + (" (only after SIGCONT)" if pr["answered_after_sigcont"] else "")
+                prc = (f"200 after {pr['latency_s']:.1f} s"
+                       + (f", {pr['vms']} of {r['n']} VMs" if pr.get("vms") is not None else "")
+                       + (" (only after SIGCONT)" if pr["answered_after_sigcont"] else " (before SIGCONT)"))
             else:
                 prc = f"{pr['status']} after {pr['latency_s']:.0f} s"
         la = f"{C.fmt_num(r['loadavg_start'], 1)} → {C.fmt_num(r['loadavg_end'], 1)}"
@@ -1062,7 +1109,13 @@ def findings(rows, ns, k, timeout, synth, healthy):
             def gone(x):
                 if x is None or x["first_zero_after_stop_s"] is None:
                     return "kept data for every healthy VM" if x and x["first_below_all_after_stop_s"] is None else "lost some VMs but never all"
-                return f"had no VM at all from +{x['first_zero_after_stop_s']:.0f} s after the SIGSTOP"
+                t = f"had no VM at all from +{x['first_zero_after_stop_s']:.0f} s after the SIGSTOP"
+                bw = back_while_stopped(x)
+                if bw is not None:
+                    t += f" until +{bw:.0f} s ({back_count(x)} of {n} VMs back while the VM was still stopped)"
+                else:
+                    t += " to the end of the phase"
+                return t
             parts.append(
                 f"collectd {gone(c)} ({c['ok']}/{k} scrapes answered, min {c['vms_min']} VMs)"
                 + (f" — and without the exporter (control B) it {gone(cb)}" if cb else "")
@@ -1072,9 +1125,14 @@ def findings(rows, ns, k, timeout, synth, healthy):
             pr = r.get("exporter_probe")
             prs = ""
             if pr:
-                prs = (f"; a single scrape with a {pr['timeout_s']:g} s timeout "
-                       + (f"answered after {pr['latency_s']:.0f} s, only after the SIGCONT" if pr["answered_after_sigcont"]
-                          else f"ended with {pr['status']} after {pr['latency_s']:.0f} s"))
+                if pr["status"] == "200":
+                    prs = (f"; a single scrape with a {pr['timeout_s']:g} s timeout answered after "
+                           f"{pr['latency_s']:.0f} s"
+                           + (f" with {pr['vms']} of {n} VMs" if pr.get("vms") is not None else "")
+                           + (", only after the SIGCONT" if pr["answered_after_sigcont"] else ", before the SIGCONT"))
+                else:
+                    prs = (f"; a single scrape with a {pr['timeout_s']:g} s timeout ended with {pr['status']} "
+                           f"after {pr['latency_s']:.0f} s")
             parts.append(f"the exporter answered {e['ok']}/{k} scrapes ({e['timeouts']} timed out at {timeout:g} s){prs}.")
         out.append(" ".join(parts))
         if ra and v:
@@ -1088,6 +1146,17 @@ def findings(rows, ns, k, timeout, synth, healthy):
                 f"{pool['min_free_workers']} of {pool['max_workers']}, max queue {pool['max_queue_depth']} "
                 f"(control A: {ra['libvirtd_pool']['min_free_workers']} free, queue {ra['libvirtd_pool']['max_queue_depth']})."
             )
+    big, small = healthy.get(max(ns)), healthy.get(min(ns))
+    if big and small and max(ns) > min(ns):
+        d = max(ns) - min(ns)
+        parts = []
+        for s_ in SYSTEMS:
+            r1, r0 = big["rss_mb"].get(s_), small["rss_mb"].get(s_)
+            c = big["cpu_s_per_min"].get(s_)
+            if r1 is None or r0 is None or c is None:
+                continue
+            parts.append(f"{LABEL[s_]} {r1:.1f} MB ({(r1 - r0) * 1024 / d:+.0f} KiB per added VM), {c:.2f} CPU s/min")
+        out.append(f"- Memory and CPU at {max(ns)} VMs (healthy): " + "; ".join(parts) + ".")
     if synth:
         by = {(x["profile"], x["n"]): x for x in synth["results"]}
         a1, a3 = by.get(("libvirt", 10)), by.get(("libvirt", 1000))
@@ -1109,6 +1178,49 @@ def findings(rows, ns, k, timeout, synth, healthy):
                     f"client-side scrape p50 {C.fmt_lat(vb['p50_s'], timeout)} includes HTTP, the Python client "
                     "and a loaded 2-core machine; the synthetic numbers are the encoder alone."
                 )
+    return out
+
+
+LOCK_RE = re.compile(r"cannot acquire state change lock \(held by monitor=([A-Za-z]+)\)")
+
+
+def log_evidence(logdir, ns):
+    """Per N: libvirt job-lock timeouts in the exporter's and collectd's logs (with the call
+    that held the lock) and vmbridge's warnings, as plain statements."""
+    out = []
+    if not logdir or not os.path.isdir(logdir):
+        return out
+    for n in ns:
+        parts = []
+        for system, fname in (("exporter", f"exporter-{n}.log"), ("collectd", f"collectd-{n}.log")):
+            path = os.path.join(logdir, fname)
+            if not os.path.exists(path):
+                continue
+            held = {}
+            for ln in open(path, errors="replace"):
+                m = LOCK_RE.search(ln)
+                if m:
+                    held[m.group(1)] = held.get(m.group(1), 0) + 1
+            if held:
+                parts.append(
+                    f"{LABEL[system]} logged "
+                    + ", ".join(f"{v}× `cannot acquire state change lock (held by monitor={k})`" for k, v in held.items())
+                )
+        path = os.path.join(logdir, f"vmbridge-{n}.warn.log")
+        if os.path.exists(path):
+            kinds = {}
+            for ln in open(path, errors="replace"):
+                m = re.search(r"(WARN|ERROR) \S+: (.*?)(?: uri=| error=|$)", ln)
+                e = re.search(r"error=(.*)$", ln)
+                key = (m.group(2) if m else ln.strip()[:60]) + (
+                    f": {re.sub(r'[0-9.]+s$', 'N s', e.group(1).strip())}" if e else "")
+                kinds[key] = kinds.get(key, 0) + 1
+            if kinds:
+                parts.append("vmbridge warned " + "; ".join(f"{v}× `{k}`" for k, v in kinds.items()))
+            else:
+                parts.append("vmbridge logged no warning")
+        if parts:
+            out.append(f"N={n}: " + "; ".join(parts) + ".")
     return out
 
 
@@ -1136,6 +1248,17 @@ def problems(rows, ns, labs, facts, a):
                 + (f"; scrapes that timed out ({', '.join(LABEL[s] for s in hit)}) may be due to it" if hit else "")
                 + "."
             )
+            cmp_path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "compare", "results.jsonl")
+            if r["phase"] == "healthy" and "exporter" in hit and os.path.exists(cmp_path):
+                for x in open(cmp_path):
+                    c = json.loads(x) if x.strip() else None
+                    if c and c["n"] == r["n"] and c["phase"] == "healthy" and "exporter" in c["systems"]:
+                        e = c["systems"]["exporter"]
+                        out[-1] = out[-1][:-1] + (
+                            f"; the undisturbed `compare.sh` run below measured the exporter at {r['n']} VMs at p50 "
+                            f"{C.fmt_lat(e['p50_s'], r['timeout_s'])}, p99 {C.fmt_lat(e['p99_s'], r['timeout_s'])}."
+                        )
+                        break
         elif r["phase"] == "healthy":
             for s, x in r["systems"].items():
                 if x["timeouts"]:
@@ -1213,6 +1336,7 @@ def main():
     p.add_argument("--results", required=True)
     p.add_argument("--lab-facts")
     p.add_argument("--synthetic")
+    p.add_argument("--logs", help="directory with exporter-N.log, collectd-N.log, vmbridge-N.warn.log")
     p.add_argument("--out", required=True)
     p.add_argument("--command", required=True)
     p.add_argument("--runtime", required=True)

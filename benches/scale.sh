@@ -20,6 +20,7 @@
 #   SCALE_RESULTS (benches/results/scale)  raw results kept here for re-rendering
 #   SCALE_SKIP_BUILD (0)      1: use the existing target/release/vmbridge
 #   SCALE_SKIP_SYNTHETIC (0)  1: do not run cargo bench (keep the table from SCALE_RESULTS)
+#   SCALE_RENDER_ONLY (0)     1: only re-render the section and the plot from SCALE_RESULTS
 #
 # Per N: start all three on free loopback ports, wait until each reports every lab VM, then
 #   healthy    all three scraped
@@ -73,6 +74,19 @@ done
 [[ "$K" =~ ^[0-9]+$ && "$K" -ge 1 ]] || die "SCALE_SCRAPES must be a positive integer"
 [[ "$POLL" =~ ^[0-9]+$ && "$POLL" -ge 1 ]] || die "SCALE_POLL must be whole seconds"
 [[ "$PREFIX" =~ ^[A-Za-z0-9][A-Za-z0-9_.-]*$ ]] || die "bad SCALE_PREFIX '$PREFIX'"
+
+if [[ "${SCALE_RENDER_ONLY:-0}" == 1 ]]; then
+    # Re-render the section and the plot from the results kept by the last run (no lab, no root).
+    [[ -f "$RESULTS_DIR/results.jsonl" && -f "$RESULTS_DIR/run.txt" ]] || die "no saved results in $RESULTS_DIR"
+    synth_args=()
+    [[ -f "$RESULTS_DIR/scrape_path.json" ]] && synth_args=(--synthetic "$RESULTS_DIR/scrape_path.json")
+    python3 "$PY" render --facts "$RESULTS_DIR/facts.json" --results "$RESULTS_DIR/results.jsonl" \
+        --lab-facts "$RESULTS_DIR/lab.jsonl" --logs "$RESULTS_DIR/logs" "${synth_args[@]}" --out "$OUT" \
+        --command "$(sed -n 1p "$RESULTS_DIR/run.txt")" --runtime "$(sed -n 2p "$RESULTS_DIR/run.txt")" \
+        --poll-seconds "$POLL" --stop-wait "$STOP_WAIT" --probe-timeout "$PROBE_TIMEOUT"
+    python3 "$ROOT/benches/plot.py" --results "$RESULTS_DIR/results.jsonl" "${synth_args[@]}" --out "$PLOT"
+    exit 0
+fi
 
 [[ $EUID -eq 0 ]] || die "must run as root (the lab drives the system libvirtd)"
 [[ -x "$LAB" ]] || die "$LAB not found or not executable"
@@ -292,6 +306,14 @@ envs=()
 [[ ${#envs[@]} -gt 0 ]] && CMD="${envs[*]} $CMD"
 
 cp "$WORK/facts.json" "$RESULTS" "$LABFACTS" "$RESULTS_DIR/"
+# Logs the report cites: exporter and collectd logs whole, vmbridge's warnings and errors only.
+rm -rf "$RESULTS_DIR/logs"
+mkdir -p "$RESULTS_DIR/logs"
+for N in "${SIZES[@]}"; do
+    cp "$WORK/exporter-$N.log" "$WORK/collectd-$N.log" "$RESULTS_DIR/logs/" 2>/dev/null || true
+    sed 's/\x1b\[[0-9;]*m//g' "$WORK/vmbridge-$N.log" 2>/dev/null | grep -E ' (WARN|ERROR) ' \
+        >"$RESULTS_DIR/logs/vmbridge-$N.warn.log" || true
+done
 [[ -f "$SYNTH" ]] && cp "$SYNTH" "$RESULTS_DIR/scrape_path.json"
 printf '%s\n%s\n' "$CMD" "$((RUNTIME_S / 60)) min $((RUNTIME_S % 60)) s" >"$RESULTS_DIR/run.txt"
 
@@ -304,7 +326,7 @@ fi
 synth_args=()
 [[ -f "$SYNTH" ]] && synth_args=(--synthetic "$SYNTH")
 python3 "$PY" render --facts "$WORK/facts.json" --results "$RESULTS" --lab-facts "$LABFACTS" \
-    "${synth_args[@]}" --out "$OUT" --command "$CMD" --runtime "$((RUNTIME_S / 60)) min $((RUNTIME_S % 60)) s" \
+    --logs "$RESULTS_DIR/logs" "${synth_args[@]}" --out "$OUT" --command "$CMD" --runtime "$((RUNTIME_S / 60)) min $((RUNTIME_S % 60)) s" \
     --poll-seconds "$POLL" --stop-wait "$STOP_WAIT" --probe-timeout "$PROBE_TIMEOUT"
 if ! grep -q '<!-- compare:begin -->' "$OUT" && [[ -f "$ROOT/benches/results/compare/results.jsonl" ]]; then
     python3 "$PY" splice-compare --facts "$ROOT/benches/results/compare/facts.json" \
