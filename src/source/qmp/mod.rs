@@ -281,6 +281,11 @@ pub struct QmpSample {
     pub blocks: Vec<BlockExt>,
     /// Current balloon size, bytes (`query-balloon`).
     pub balloon_actual_bytes: Option<u64>,
+    /// The balloon driver's guest statistics (`qom-get … guest-stats`: `stat-free-memory`,
+    /// `stat-total-memory`, …, bytes), when the guest runs a balloon driver. Shown in
+    /// `/debug`; the exported memory families come from libvirt's memory stats, which carry
+    /// the same figures.
+    pub balloon_guest_stats: BTreeMap<String, u64>,
     /// The current or last migration.
     pub migration: Option<Migration>,
     /// When the last migration completed, seconds since the Unix epoch.

@@ -149,6 +149,14 @@ impl Poller for QmpPoller {
         if let Some(b) = self.run(qmp::query_balloon {}).await? {
             self.sample.balloon_actual_bytes = b.get("actual").and_then(Value::as_u64);
         }
+        // libvirt names the balloon device `balloon0`; without one QEMU answers an error.
+        let stats = qmp::qom_get { path: "/machine/peripheral/balloon0".into(), property: "guest-stats".into() };
+        if let Some(v) = self.run(stats).await? {
+            self.sample.balloon_guest_stats = v["stats"]
+                .as_object()
+                .map(|m| m.iter().take(32).filter_map(|(k, v)| v.as_u64().map(|n| (k.clone(), n))).collect())
+                .unwrap_or_default();
+        }
         if let Some(m) = self.run(qmp::query_migrate {}).await? {
             let mig = Migration::from_query_migrate(&m);
             if let Some(done) = mig.as_ref().filter(|m| m.status == "completed") {
