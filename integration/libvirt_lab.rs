@@ -153,6 +153,16 @@ fn values_equal_virsh_domstats_and_dommemstat() {
         }
     }
     assert_eq!(before.get("state.state").map(String::as_str), Some("3"), "virsh suspend pauses the domain");
+    // Event counters (libvirt's domain event API) since vmbridge started: exactly the one
+    // suspension this test caused, nothing else.
+    for (to, n) in [("paused", 1.0), ("running", 0.0), ("pmsuspended", 0.0), ("shutdown", 0.0), ("crashed", 0.0)] {
+        expect("kubevirt_vmi_state_changes_total", "counter", &[("to", to.into())], Some(n), Some(n), 1.0);
+    }
+    for initiator in ["guest", "host", "unknown"] {
+        expect("kubevirt_vmi_reboots_total", "counter", &[("initiator", initiator.into())], Some(0.0), Some(0.0), 1.0);
+    }
+    expect("kubevirt_vmi_guest_panics_total", "counter", &[], Some(0.0), Some(0.0), 1.0);
+    expect("kubevirt_vmi_agent_connects_total", "counter", &[], Some(0.0), Some(0.0), 1.0);
     expect(
         "kubevirt_vmi_domain_state",
         "gauge",
