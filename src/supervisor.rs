@@ -137,19 +137,24 @@ pub struct Sources {
     pub process_root: Option<std::path::PathBuf>,
 }
 
+/// Starts one (VM, source) task under the VM's cancel token.
+fn spawn_source<P: Poller>(id: &VmId, uuid: &str, poller: P, ctx: &Ctx, token: &CancellationToken) {
+    tokio::spawn(run_source(
+        id.clone(),
+        uuid.to_owned(),
+        poller,
+        ctx.store.clone(),
+        ctx.settings.clone(),
+        token.clone(),
+    ));
+}
+
 /// Starts the QMP task of a VM when it has a monitor socket.
 fn spawn_qmp(id: &VmId, uuid: &str, socket: Option<std::path::PathBuf>, ctx: &Ctx, token: &CancellationToken) {
     if let Some(path) = socket {
         let q = &ctx.sources.qmp;
         let poller = QmpPoller::new(path, q.timeout, q.max_message_bytes);
-        tokio::spawn(run_source(
-            id.clone(),
-            uuid.to_owned(),
-            poller,
-            ctx.store.clone(),
-            ctx.settings.clone(),
-            token.clone(),
-        ));
+        spawn_source(id, uuid, poller, ctx, token);
     }
 }
 
@@ -160,14 +165,7 @@ fn spawn_qga(id: &VmId, uuid: &str, transport: Option<Transport>, ctx: &Ctx, tok
     }
     if let Some(t) = transport {
         let poller = QgaPoller::new(t, ctx.sources.qga.poll.clone());
-        tokio::spawn(run_source(
-            id.clone(),
-            uuid.to_owned(),
-            poller,
-            ctx.store.clone(),
-            ctx.settings.clone(),
-            token.clone(),
-        ));
+        spawn_source(id, uuid, poller, ctx, token);
     }
 }
 
@@ -237,14 +235,7 @@ pub async fn run(
                     settings.hard_timeout,
                 );
                 debug_assert_eq!(poller.kind(), SourceKind::Libvirt);
-                tokio::spawn(run_source(
-                    id.clone(),
-                    found.uuid.clone(),
-                    poller,
-                    store.clone(),
-                    settings.clone(),
-                    token.clone(),
-                ));
+                spawn_source(&id, &found.uuid, poller, &ctx, &token);
                 let qga = &ctx.sources.qga;
                 let transport = match qga.transport {
                     QgaTransportKind::Socket => qga
@@ -261,14 +252,7 @@ pub async fn run(
                 spawn_qmp(&id, &found.uuid, ctx.sources.qmp.socket_for(&found.name, &id), &ctx, &token);
                 if let Some(root) = &ctx.sources.process_root {
                     let poller = ProcessPoller::new(found.name.clone(), root.clone());
-                    tokio::spawn(run_source(
-                        id.clone(),
-                        found.uuid.clone(),
-                        poller,
-                        store.clone(),
-                        settings.clone(),
-                        token.clone(),
-                    ));
+                    spawn_source(&id, &found.uuid, poller, &ctx, &token);
                 }
                 running.insert(key, (id, token));
             }
