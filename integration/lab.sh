@@ -52,6 +52,8 @@ readonly DEFAULT_PREFIX="vmblab-"
 readonly QEMU_CONF="/etc/libvirt/qemu.conf"
 readonly QEMU_RUN_DIR="/var/run/libvirt/qemu"
 readonly MARKER_NS="urn:vmbridge:lab"
+# shellcheck source=integration/apt.sh
+. "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/apt.sh"
 readonly PACKAGES=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev
     pkg-config qemu-system-x86 qemu-utils qemu-guest-agent)
 
@@ -124,35 +126,24 @@ install_packages() {
         return 0
     fi
     log "packages missing: ${missing[*]}"
-    local apt=(apt-get -o DPkg::Lock::Timeout=600 -y -q --no-install-recommends)
-    export DEBIAN_FRONTEND=noninteractive
-    local cand
-    cand=$(apt-cache policy qemu-system-x86 2>/dev/null | awk '/Candidate:/ {print $2}')
-    if [[ -z "$cand" || "$cand" == "(none)" ]]; then
-        log "apt-get update (no candidate for qemu-system-x86 yet)"
-        "${apt[@]}" update >&2 || die "apt-get update failed"
+    # The QEMU packages are pinned by release, never by version string: the machine's
+    # lists may be older than the archive, and a rebuilt package (+b2 -> +b3) 404s.
+    # A qemu-utils from <release>-backports (10.x, preinstalled on some images)
+    # Breaks qemu-system-common < 8.0, so it goes back to the release's version.
+    local rel want=() w
+    rel=$(apt_release)
+    for w in "${missing[@]}"; do
+        case $w in
+        qemu-*) want+=("$w/$rel") ;;
+        *) want+=("$w") ;;
+        esac
+    done
+    if ! pkg_installed qemu-system-x86 && pkg_installed qemu-utils &&
+        [[ "$(dpkg-query -W -f='${Version}' qemu-utils)" == *bpo* ]]; then
+        log "qemu-utils $(dpkg-query -W -f='${Version}' qemu-utils) is from backports and breaks qemu-system-x86: installing qemu-utils/$rel"
+        [[ " ${want[*]} " == *" qemu-utils/$rel "* ]] || want+=("qemu-utils/$rel")
     fi
-    local want=("${missing[@]}")
-    # A qemu-utils newer than the distribution's QEMU (e.g. a bookworm-backports
-    # 10.x) Breaks qemu-system-common < 8.0; pin qemu-utils to the QEMU candidate.
-    local qver uver
-    qver=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
-    uver=$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null || true)
-    if ! pkg_installed qemu-system-x86 && [[ -n "$uver" && -n "$qver" ]] &&
-        dpkg --compare-versions "$uver" gt "$qver"; then
-        log "qemu-utils $uver is newer than qemu-system-x86 $qver and breaks it: downgrading qemu-utils to $qver"
-        want=("${want[@]/#qemu-utils/}")
-        want+=("qemu-utils=$qver")
-    fi
-    local args=() w
-    for w in "${want[@]}"; do [[ -n "$w" ]] && args+=("$w"); done
-    log "apt-get install ${args[*]}"
-    if ! "${apt[@]}" --allow-downgrades install "${args[@]}" >&2; then
-        log "apt-get install failed; retrying after apt-get update"
-        "${apt[@]}" update >&2 || die "apt-get update failed"
-        "${apt[@]}" --allow-downgrades install "${args[@]}" >&2 ||
-            die "apt-get install ${args[*]} failed"
-    fi
+    apt_install "${want[@]}" || die "apt-get install ${want[*]} failed"
 }
 
 ensure_user() {

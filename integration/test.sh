@@ -15,8 +15,8 @@ command -v openssl >/dev/null || missing+=(openssl)
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v chromium >/dev/null || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
-    apt-get -o DPkg::Lock::Timeout=600 update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}"
+    . integration/apt.sh
+    apt_install "${missing[@]}"
 fi
 # The real-guest tier boots a Debian kernel + busybox/qemu-ga initramfs (built once, cached).
 bash integration/guest/build.sh >/dev/null
@@ -28,4 +28,4 @@ cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo test (unit, CLI, real-lab integration)"
-cargo test --all-targets --locked
+cargo test --all-targets --locked --no-fail-fast

@@ -9,6 +9,8 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=integration/apt.sh
+. "$HERE/../apt.sh"
 LAB_DIR="${VMB_LAB_DIR:-/var/lib/vmbridge-lab}"
 OUT="$LAB_DIR/guest"
 KERNEL="$OUT/kernel"
@@ -34,15 +36,13 @@ install_packages() {
     for p in "${PACKAGES[@]}"; do pkg_installed "$p" || missing+=("$p"); done
     [[ ${#missing[@]} -eq 0 ]] && return 0
     # Only the missing ones: never upgrade what is there (qemu-utils must stay at the
-    # version of qemu-system-x86, see lab.sh install).
-    local apt=(apt-get -o DPkg::Lock::Timeout=600 -y -q --no-install-recommends)
-    export DEBIAN_FRONTEND=noninteractive
-    log "apt-get install ${missing[*]}"
-    if ! "${apt[@]}" install "${missing[@]}" >&2; then
-        log "apt-get install failed; retrying after apt-get update"
-        "${apt[@]}" update >&2 || die "apt-get update failed"
-        "${apt[@]}" install "${missing[@]}" >&2 || die "apt-get install ${missing[*]} failed"
-    fi
+    # version of qemu-system-x86, see lab.sh install); the agent comes from the release.
+    local rel want=()
+    rel=$(apt_release)
+    for p in "${missing[@]}"; do
+        case $p in qemu-*) want+=("$p/$rel") ;; *) want+=("$p") ;; esac
+    done
+    apt_install "${want[@]}" || die "apt-get install ${want[*]} failed"
 }
 
 install_packages
