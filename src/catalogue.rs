@@ -1487,6 +1487,17 @@ family!(
     Vm,
     "Calls to this source abandoned at their deadline and still running (at most one per VM and source)."
 );
+family!(
+    SOURCE_PARTIAL,
+    "vmbridge_source_partial",
+    Counter,
+    N,
+    ["source", "group"],
+    Bridge,
+    "vmbridge",
+    Vm,
+    "Answers a source gave in part (libvirt's NOWAIT skipped a stats group, or a device's counters, while another client held the domain's job) since discovery, by group; the missing values were carried from their last observation within the staleness window. Only groups that occurred have a series."
+);
 family!(VMS, "vmbridge_vms", Gauge, N, [], Bridge, "vmbridge", Node, "VMs vmbridge currently knows on this node.");
 family!(
     ENDPOINT_UP,
@@ -1646,6 +1657,7 @@ pub const ALL: &[MetricDef] = &[
     SOURCE_ERRORS,
     BREAKER_TRANSITIONS,
     STUCK_CALLS,
+    SOURCE_PARTIAL,
     GUEST_DROPPED,
     VMS,
     ENDPOINT_UP,

@@ -686,6 +686,7 @@ impl FileConfig {
                 hard_timeout,
                 retry_delay,
                 errors_kept,
+                carry_window: staleness,
                 breaker: BreakerConfig { failure_threshold, backoff_min, backoff_max, history },
             },
             staleness,

@@ -37,6 +37,9 @@ pub struct PollSettings {
     pub retry_delay: Duration,
     /// Failures kept for the debug endpoint.
     pub errors_kept: usize,
+    /// How long a value libvirt left out of a partial answer is carried from its last
+    /// observation (`breaker.staleness`): see `source::libvirt::merge`.
+    pub carry_window: Duration,
     /// The breaker.
     pub breaker: BreakerConfig,
 }
@@ -233,6 +236,7 @@ pub async fn run(
                     limiter.clone(),
                     settings.timeout,
                     settings.hard_timeout,
+                    settings.carry_window,
                 );
                 debug_assert_eq!(poller.kind(), SourceKind::Libvirt);
                 spawn_source(&id, &found.uuid, poller, &ctx, &token);

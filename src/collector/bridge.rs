@@ -81,6 +81,15 @@ pub(super) fn encode(
             f.vm_sample(vm, &[("source", src)], Some(n as f64))?;
         }
     }
+    let mut f = family(enc, &c::SOURCE_PARTIAL)?;
+    for vm in vms {
+        for (src, s) in sources(vm) {
+            let Some(SourceSample::Libvirt(l)) = s.sample.as_deref() else { continue };
+            for (group, n) in &l.partial_total {
+                f.vm_sample(vm, &[("source", src), ("group", group)], Some(*n as f64))?;
+            }
+        }
+    }
     let mut f = family(enc, &c::GUEST_DROPPED)?;
     for vm in vms {
         let Some(SourceSample::Qga(q)) = vm.vm.sources.get(&SourceKind::Qga).and_then(|s| s.sample.as_deref()) else {

@@ -214,7 +214,8 @@ fn value(text: &str, series_prefix: &str) -> f64 {
 
 #[test]
 fn every_declared_family_is_emitted() {
-    let sample = LibvirtSample::new(rich_params(), rich_memory());
+    let mut sample = LibvirtSample::new(rich_params(), rich_memory());
+    sample.partial_total.insert("block".into(), 1);
     let text = scrape(store_with_guest(
         vec![("a", source(Some(sample), Some(crate::clock::now_unix())))],
         Some(guest_source(rich_guest())),

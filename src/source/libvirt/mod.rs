@@ -7,6 +7,7 @@ pub mod discovery;
 pub mod endpoint;
 pub mod ffi;
 pub mod launchers;
+pub mod merge;
 pub mod poller;
 pub mod stats;
 
@@ -25,7 +26,8 @@ pub struct LibvirtSample {
     pub parsed: DomainSample,
     /// Every bulk-stats typed parameter, as libvirt named it.
     pub params: BTreeMap<String, ParamValue>,
-    /// `virDomainMemoryStats`, by `virsh dommemstat` tag name.
+    /// The guest's memory statistics by `virsh dommemstat` tag name (from the balloon group,
+    /// which carries the figures of the same QEMU query as `virDomainMemoryStats`).
     pub memory_stats: BTreeMap<String, u64>,
     /// The current or last completed job (migration, save, dump), from `virDomainGetJobStats`.
     pub job: Option<crate::source::qmp::Migration>,
@@ -35,20 +37,32 @@ pub struct LibvirtSample {
     pub job_completed_at: Option<f64>,
     /// Domain events counted from libvirt's event API since discovery.
     pub events: crate::source::qmp::EventCounts,
+    /// Values libvirt left out of this answer (`NOWAIT` skipped them while another client held
+    /// the domain's job) and that were carried from their last observation, per stats group.
+    pub carried: BTreeMap<String, usize>,
+    /// Answers that needed such carrying since discovery, per stats group
+    /// (`vmbridge_source_partial_total`).
+    pub partial_total: BTreeMap<String, u64>,
 }
 
 impl LibvirtSample {
     /// Builds the sample from the raw call results.
+    /// `memory_stats` (`virDomainMemoryStats` tags) overlays the balloon group when given.
     pub fn new(params: Vec<(String, ParamValue)>, memory_stats: Vec<(u32, u64)>) -> Self {
         let parsed = DomainSample::from_libvirt(&params, &memory_stats);
+        let mut by_tag: BTreeMap<String, u64> =
+            params.iter().filter_map(|(k, v)| Some((stats::balloon_key_tag(k)?.to_owned(), v.as_u64()?))).collect();
+        by_tag.extend(memory_stats.into_iter().map(|(t, v)| (stats::memory_stat_name(t).to_owned(), v)));
         LibvirtSample {
             parsed,
             params: params.into_iter().collect(),
-            memory_stats: memory_stats.into_iter().map(|(t, v)| (stats::memory_stat_name(t).to_owned(), v)).collect(),
+            memory_stats: by_tag,
             job: None,
             job_params: BTreeMap::new(),
             job_completed_at: None,
             events: Default::default(),
+            carried: BTreeMap::new(),
+            partial_total: BTreeMap::new(),
         }
     }
 }

@@ -1,5 +1,8 @@
 //! Polls one domain: bulk stats (state, cpu-total, balloon, vcpu, interface, block, dirtyrate)
-//! with `NOWAIT`, then `virDomainMemoryStats`, in one blocking call per poll.
+//! with `NOWAIT`, plus the job stats, in one blocking call per poll. Nothing here waits for the
+//! domain's job: a part libvirt skips because another client holds it is carried from the last
+//! answer (`merge`). (`virDomainMemoryStats` is not called: it queues for the job, and the
+//! balloon group already carries the same QEMU figures.)
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -11,6 +14,7 @@ use virt::sys;
 
 use super::blocking::{BlockingSlot, SlotError};
 use super::endpoint::{Conn, Endpoint};
+use super::merge::Carry;
 use super::{LibvirtSample, classify, ffi};
 use crate::source::{ErrorKind, PollError, Poller, SourceKind, SourceSample};
 
@@ -26,11 +30,8 @@ pub const STATS_GROUPS: u32 = sys::VIR_DOMAIN_STATS_STATE
 /// `NOWAIT`: skip the stats that need a domain job another caller holds, instead of queueing.
 pub const STATS_FLAGS: u32 = sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT;
 
-/// Bulk-stats parameters, memory stats, and job stats (type and parameters) when available.
-type Raw = Result<
-    (Vec<(String, ffi::ParamValue)>, Vec<(u32, u64)>, Option<(i32, Vec<(String, ffi::ParamValue)>)>),
-    virt::error::Error,
->;
+/// Bulk-stats parameters, and job stats (type and parameters) when available.
+type Raw = Result<(Vec<(String, ffi::ParamValue)>, Option<(i32, Vec<(String, ffi::ParamValue)>)>), virt::error::Error>;
 
 /// The current job, or else the last completed one (kept for other readers).
 fn job(dom: &Domain) -> Option<(i32, Vec<(String, ffi::ParamValue)>)> {
@@ -61,6 +62,10 @@ pub struct LibvirtPoller {
     hard_timeout: Duration,
     /// The last completed job seen (a key identifying it, when first seen).
     last_completed: Option<(String, f64)>,
+    /// Last observation of every parameter, for answers libvirt gave in part.
+    carry: Carry,
+    /// How long a carried value may be.
+    carry_window: Duration,
 }
 
 impl LibvirtPoller {
@@ -71,6 +76,7 @@ impl LibvirtPoller {
         limiter: Arc<Semaphore>,
         timeout: Duration,
         hard_timeout: Duration,
+        carry_window: Duration,
     ) -> Self {
         LibvirtPoller {
             endpoint,
@@ -80,6 +86,8 @@ impl LibvirtPoller {
             timeout,
             hard_timeout,
             last_completed: None,
+            carry: Carry::new(),
+            carry_window,
         }
     }
 }
@@ -95,10 +103,7 @@ fn call(conn: Conn, uuid: String, cached: Option<(u64, Domain)>) -> CallOutput {
             }
         },
     };
-    let raw = ffi::domain_stats(&dom, STATS_GROUPS, STATS_FLAGS).and_then(|params| {
-        let mem = dom.memory_stats(0)?;
-        Ok((params, mem.into_iter().map(|m| (m.tag, m.val)).collect(), job(&dom)))
-    });
+    let raw = ffi::domain_stats(&dom, STATS_GROUPS, STATS_FLAGS).map(|params| (params, job(&dom)));
     CallOutput { raw, generation, domain: Some((generation, dom)) }
 }
 
@@ -135,8 +140,11 @@ impl Poller for LibvirtPoller {
         };
         self.domain = out.domain;
         match out.raw {
-            Ok((params, mem, job)) => {
-                let mut sample = LibvirtSample::new(params, mem);
+            Ok((params, job)) => {
+                let merged = self.carry.merge(params, tokio::time::Instant::now(), self.carry_window);
+                let mut sample = LibvirtSample::new(merged.params, Vec::new());
+                sample.carried = merged.carried.into_iter().map(|(g, n)| (g.to_owned(), n)).collect();
+                sample.partial_total = self.carry.partial_total().iter().map(|(g, n)| ((*g).to_owned(), *n)).collect();
                 if let Some((job_type, job_params)) = job {
                     sample.job = crate::source::qmp::Migration::from_libvirt_job(job_type, &job_params);
                     sample.job_params = job_params.into_iter().collect();

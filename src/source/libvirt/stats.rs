@@ -354,6 +354,25 @@ impl MemorySample {
     }
 }
 
+/// The `virsh dommemstat` tag name of a bulk-stats `balloon.*` key that carries one of
+/// `virDomainMemoryStats`' figures (`balloon.maximum` has no tag).
+pub fn balloon_key_tag(key: &str) -> Option<&'static str> {
+    Some(match key.strip_prefix("balloon.")? {
+        "current" => "actual",
+        "swap_in" => "swap_in",
+        "swap_out" => "swap_out",
+        "major_fault" => "major_fault",
+        "minor_fault" => "minor_fault",
+        "unused" => "unused",
+        "available" => "available",
+        "usable" => "usable",
+        "rss" => "rss",
+        "last-update" => "last_update",
+        "disk_caches" => "disk_caches",
+        _ => return None,
+    })
+}
+
 /// `virsh dommemstat`'s tag names, for the debug endpoint's raw view.
 pub fn memory_stat_name(tag: u32) -> &'static str {
     match tag {
