@@ -6,6 +6,8 @@
 #   install               apt packages (only if missing), libvirt-qemu user/group,
 #                         dirs, idempotent /etc/libvirt/qemu.conf edits
 #   restart-libvirtd      restart the lab-started libvirtd (domains keep running)
+#   owns-libvirtd         exit 0 (print its pid) if the lab started the running libvirtd,
+#                         else say why not on stderr and exit 1
 #   up N [PREFIX]         install, start virtlogd/libvirtd if not running, create
 #                         domains PREFIX01..PREFIXNN (default prefix "vmblab-");
 #                         stdout: "uri qemu:///system" then one name per line
@@ -675,6 +677,15 @@ cmd_restart_libvirtd() {
     : "$i"
 }
 
+cmd_owns_libvirtd() { # exit 0 when the lab started the running libvirtd (it may restart it)
+    init_state
+    local pid
+    pid=$(daemon_pid libvirtd) || die "libvirtd is not running"
+    grep -qx "libvirtd $pid" "$DAEMONS_FILE" 2>/dev/null ||
+        die "libvirtd (pid $pid) was not started by the lab; restarting it could disturb its other users"
+    echo "$pid"
+}
+
 cmd_list() {
     init_state
     pgrep -x libvirtd >/dev/null || return 0
@@ -754,6 +765,7 @@ main() {
         down) cmd_down "$@" ;;
         status) cmd_status ;;
         restart-libvirtd) cmd_restart_libvirtd ;;
+        owns-libvirtd) cmd_owns_libvirtd ;;
         -h | --help | help | "") usage ;;
         *) log "unknown command '$cmd'"; usage ;;
     esac

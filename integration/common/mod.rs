@@ -31,6 +31,64 @@ pub fn lab(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Whether the lab may restart libvirtd on this host: only a libvirtd the lab started itself.
+/// `Err` carries why not, for a "not run" report.
+pub fn lab_owns_libvirtd() -> Result<(), String> {
+    let out =
+        Command::new("bash").arg(root().join("integration/lab.sh")).arg("owns-libvirtd").output().expect("run lab.sh");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().trim_start_matches("lab: ").to_owned())
+    }
+}
+
+/// Another libvirt client on the node, as a co-located exporter or management agent is:
+/// `virsh domstats` of every domain in a loop, alternating `--nowait` block stats and a full
+/// query that takes each domain's job, until dropped. Counts its rounds.
+pub struct OtherClient {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    rounds: Arc<std::sync::atomic::AtomicUsize>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl OtherClient {
+    pub fn start() -> OtherClient {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let (stop, rounds) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+        let (s, r) = (stop.clone(), rounds.clone());
+        let handle = std::thread::spawn(move || {
+            let mut i = 0usize;
+            while !s.load(Ordering::Relaxed) {
+                let args: &[&str] = if i % 2 == 0 { &["domstats", "--block", "--nowait"] } else { &["domstats"] };
+                let _ = Command::new("virsh")
+                    .arg("-c")
+                    .arg(URI)
+                    .args(args)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+                r.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+            }
+        });
+        OtherClient { stop, rounds, handle: Some(handle) }
+    }
+
+    pub fn rounds(&self) -> usize {
+        self.rounds.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for OtherClient {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
 pub fn virsh(args: &[&str]) -> String {
     let out = Command::new("virsh").arg("-c").arg(URI).args(args).output().expect("run virsh");
     assert!(out.status.success(), "virsh {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -188,7 +246,14 @@ pub struct Response {
 
 /// A minimal HTTP/1.1 GET (Connection: close) so tests depend on nothing but std.
 pub fn http_get(addr: SocketAddr, path: &str, accept: Option<&str>) -> Response {
+    http_get_timed(addr, path, accept).0
+}
+
+/// [`http_get`], also returning how long the TCP connect took and the whole request took.
+pub fn http_get_timed(addr: SocketAddr, path: &str, accept: Option<&str>) -> (Response, Duration, Duration) {
+    let t = Instant::now();
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    let connected = t.elapsed();
     s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
     let accept = accept.map(|a| format!("Accept: {a}\r\n")).unwrap_or_default();
     write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n").expect("write");
@@ -205,7 +270,7 @@ pub fn http_get(addr: SocketAddr, path: &str, accept: Option<&str>) -> Response 
         .unwrap_or_default();
     let body =
         if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_owned() };
-    Response { status, content_type, body }
+    (Response { status, content_type, body }, connected, t.elapsed())
 }
 
 fn dechunk(mut s: &str) -> String {
