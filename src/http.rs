@@ -86,6 +86,15 @@ pub fn debug_vm(app: &App, namespace: &str, name: &str) -> Reply {
     }
 }
 
+/// `/metrics` off the async workers: encoding is pure CPU (milliseconds at hundreds of VMs,
+/// tens of milliseconds in a debug build) and several scrapers at once would otherwise hold
+/// both workers of a 2-core node, delaying the accept loop and every poll's timers behind them.
+async fn metrics_off_worker(app: Arc<App>, accept: Option<String>) -> Result<Reply, std::convert::Infallible> {
+    Ok(tokio::task::spawn_blocking(move || metrics(&app, accept.as_deref()))
+        .await
+        .unwrap_or_else(|_| reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "encoding panicked\n".into())))
+}
+
 fn with_app(app: Arc<App>) -> impl Filter<Extract = (Arc<App>,), Error = std::convert::Infallible> + Clone {
     warp::any().map(move || app.clone())
 }
@@ -118,7 +127,7 @@ pub fn debug_listener_routes(
         .and(warp::get())
         .and(with_app(app.clone()))
         .and(warp::header::optional::<String>("accept"))
-        .map(|app: Arc<App>, accept: Option<String>| metrics(&app, accept.as_deref()));
+        .and_then(metrics_off_worker);
     page.or(metrics).unify().or(debug_routes(app)).unify()
 }
 
@@ -130,7 +139,7 @@ pub fn public_routes(
         .and(warp::get())
         .and(with_app(app.clone()))
         .and(warp::header::optional::<String>("accept"))
-        .map(|app: Arc<App>, accept: Option<String>| metrics(&app, accept.as_deref()));
+        .and_then(metrics_off_worker);
     let healthz = warp::path!("healthz").and(warp::get()).map(|| reply(StatusCode::OK, "text/plain", "ok\n".into()));
     let readyz = warp::path!("readyz").and(warp::get()).and(with_app(app.clone())).map(|app: Arc<App>| readyz(&app));
     let token = app.debug_token.clone();
