@@ -154,6 +154,23 @@ fn resources(pid: u32) -> (usize, usize, u64) {
     (fds, threads, rss)
 }
 
+/// What a process's file descriptors point at, one per line (for a failure message).
+fn fd_list(pid: u32) -> String {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return String::new() };
+    let mut out: Vec<String> = dir
+        .filter_map(Result::ok)
+        .map(|e| {
+            format!(
+                "{} -> {}",
+                e.file_name().to_string_lossy(),
+                std::fs::read_link(e.path()).map(|p| p.display().to_string()).unwrap_or_default()
+            )
+        })
+        .collect();
+    out.sort();
+    out.join("\n")
+}
+
 fn fmt(d: Option<Duration>) -> String {
     d.map_or("—".into(), |d| format!("{:.1} s", d.as_secs_f64()))
 }
@@ -362,7 +379,7 @@ fn churn(bridge: &Bridge, run: usize, scrapers: &Scrapers) -> Row {
         before.0, after.0, before.1, after.1, before.2, after.2
     );
     assert!(stale.is_some(), "series of destroyed VMs stayed");
-    assert!(after.0 <= before.0 + 2, "fds grew {} → {}", before.0, after.0);
+    assert!(after.0 <= before.0 + 2, "fds grew {} → {}; open now:\n{}", before.0, after.0, fd_list(bridge.pid()));
     // Thread counts wobble with the pool's high-water mark; a leak would climb with the rounds
     // (one thread per cycle is a slope of 10 per round). Least-squares slope over the rounds:
     let n = per_round.len() as f64;

@@ -110,7 +110,7 @@ pub async fn run(
                             .run(timeout, move || Call::Subscribed(super::ffi::register_events(&c2.connect, sink)))
                             .await
                         {
-                            Ok(Call::Subscribed(Ok(_))) => {}
+                            Ok(Call::Subscribed(Ok(ids))) => endpoint.set_event_ids(conn.generation, ids),
                             Ok(Call::Subscribed(Err(e))) => {
                                 tracing::warn!(uri = %endpoint.uri, error = %e.message(), "domain events unavailable")
                             }

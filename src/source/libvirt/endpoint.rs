@@ -28,6 +28,10 @@ pub struct Endpoint {
     /// The URI for the read-write agent connection (differs for launchers' `-ro` sockets).
     pub agent_uri: String,
     current: Mutex<Option<Conn>>,
+    /// Domain-event callback ids registered on the read-only connection of that generation.
+    /// A registration holds a reference on the connection, so a replaced connection is only
+    /// freed (its socket closed) once they are deregistered.
+    event_ids: Mutex<Option<(u64, Vec<i32>)>>,
     agent: Mutex<Option<Conn>>,
     generations: AtomicU64,
     /// Event counts per domain UUID, from libvirt's domain events (vmbridge's own counts).
@@ -53,6 +57,7 @@ impl Endpoint {
             uri,
             agent_uri,
             current: Mutex::new(None),
+            event_ids: Mutex::new(None),
             agent: Mutex::new(None),
             generations: AtomicU64::new(0),
             events: Mutex::new(std::collections::HashMap::new()),
@@ -66,12 +71,41 @@ impl Endpoint {
 
     /// Installs a freshly opened read-only connection and returns it.
     pub fn install(&self, connect: Connect) -> Conn {
-        self.install_in(&self.current, connect)
+        let conn = Conn { generation: self.generations.fetch_add(1, Ordering::AcqRel) + 1, connect: Arc::new(connect) };
+        let old = self.current.lock().unwrap_or_else(PoisonError::into_inner).replace(conn.clone());
+        self.close_read_only(old);
+        conn
     }
 
     /// Marks read-only connection `generation` broken; the discovery loop reconnects.
     pub fn report_broken(&self, generation: u64) {
-        Self::broken_in(&self.current, generation);
+        let old = {
+            let mut cur = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+            if cur.as_ref().is_some_and(|c| c.generation == generation) { cur.take() } else { None }
+        };
+        self.close_read_only(old);
+    }
+
+    /// Remembers the domain-event callbacks registered on read-only connection `generation`.
+    pub fn set_event_ids(&self, generation: u64, ids: Vec<i32>) {
+        *self.event_ids.lock().unwrap_or_else(PoisonError::into_inner) = Some((generation, ids));
+    }
+
+    /// Closes a replaced read-only connection off the async workers, deregistering its event
+    /// callbacks first (each holds a reference that would otherwise keep its socket open).
+    fn close_read_only(&self, old: Option<Conn>) {
+        let Some(old) = old else { return };
+        let ids = {
+            let mut ids = self.event_ids.lock().unwrap_or_else(PoisonError::into_inner);
+            match ids.take() {
+                Some((g, v)) if g == old.generation => v,
+                other => {
+                    *ids = other;
+                    Vec::new()
+                }
+            }
+        };
+        close_off_thread(Some(old), ids);
     }
 
     /// The agent (read-write) connection, if one is open.
@@ -121,7 +155,7 @@ impl Endpoint {
     fn install_in(&self, slot: &Mutex<Option<Conn>>, connect: Connect) -> Conn {
         let conn = Conn { generation: self.generations.fetch_add(1, Ordering::AcqRel) + 1, connect: Arc::new(connect) };
         let old = slot.lock().unwrap_or_else(PoisonError::into_inner).replace(conn.clone());
-        close_off_thread(old);
+        close_off_thread(old, Vec::new());
         conn
     }
 
@@ -130,14 +164,27 @@ impl Endpoint {
             let mut cur = slot.lock().unwrap_or_else(PoisonError::into_inner);
             if cur.as_ref().is_some_and(|c| c.generation == generation) { cur.take() } else { None }
         };
-        close_off_thread(old);
+        close_off_thread(old, Vec::new());
     }
 }
 
-/// Closing a connection is an RPC that can block on a hung daemon: do it on the blocking pool.
-fn close_off_thread(conn: Option<Conn>) {
+impl Drop for Endpoint {
+    /// A launcher that went away: its connections close, event callbacks first.
+    fn drop(&mut self) {
+        let current = self.current.get_mut().unwrap_or_else(PoisonError::into_inner).take();
+        self.close_read_only(current);
+        close_off_thread(self.agent.get_mut().unwrap_or_else(PoisonError::into_inner).take(), Vec::new());
+    }
+}
+
+/// Closing a connection (and deregistering its event callbacks) are RPCs that can block on a
+/// hung daemon: do them on the blocking pool.
+fn close_off_thread(conn: Option<Conn>, event_ids: Vec<i32>) {
     if let (Some(conn), Ok(rt)) = (conn, tokio::runtime::Handle::try_current()) {
-        rt.spawn_blocking(move || drop(conn));
+        rt.spawn_blocking(move || {
+            super::ffi::deregister_events(&conn.connect, &event_ids);
+            drop(conn)
+        });
     }
 }
 
