@@ -322,6 +322,23 @@ fn kustomization_lists_exactly_the_manifest_files() {
     assert_eq!(listed, on_disk, "kustomization.yaml resources vs the YAML files in deploy/");
 }
 
+/// `images:` in kustomization.yaml names the DaemonSet's image (else kustomize replaces nothing
+/// and every node pulls `vmbridge:…`, which exists nowhere) and sets the tag of this version.
+#[test]
+fn kustomization_sets_the_daemonset_image() {
+    let m = manifests();
+    let image = container(&m).image.expect("container image");
+    let (name, tag) = image.rsplit_once(':').expect("daemonset image as NAME:TAG");
+    assert_eq!(tag, env!("CARGO_PKG_VERSION"), "daemonset image tag vs Cargo.toml");
+    let [entry] = &m.kustomization.images[..] else {
+        panic!("exactly one images: entry in kustomization.yaml, got {:?}", m.kustomization.images)
+    };
+    assert_eq!(entry.name, name, "images[].name must be the daemonset's image name");
+    assert_eq!(entry.new_tag.as_deref(), Some(env!("CARGO_PKG_VERSION")), "images[].newTag vs Cargo.toml");
+    let new_name = entry.new_name.as_deref().expect("images[].newName: where the user pushed the image");
+    assert!(new_name.ends_with("/vmbridge"), "newName is REGISTRY/vmbridge, got {new_name}");
+}
+
 #[test]
 fn namespace_and_service_account() {
     let m = manifests();

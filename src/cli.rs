@@ -194,4 +194,16 @@ mod tests {
         assert_eq!(s.uris, vec!["qemu:///a", "qemu:///b"]);
         assert_eq!(s.poll.interval, std::time::Duration::from_secs(9));
     }
+
+    /// The Debian package's conffile (`/etc/vmbridge/vmbridge.toml`) parses and validates, and
+    /// the values it sets are the defaults it claims.
+    #[test]
+    fn the_packaged_config_file_is_valid() {
+        let file = FileConfig::parse(include_str!("../debian/vmbridge.toml")).expect("debian/vmbridge.toml parses");
+        let s = Cli::parse_from(["vmbridge"]).overlay(file).validate("host").expect("debian/vmbridge.toml is valid");
+        let default = Cli::parse_from(["vmbridge"]).overlay(FileConfig::default()).validate("host").expect("valid");
+        assert_eq!(s.listen, default.listen);
+        assert_eq!(s.uris, default.uris);
+        assert_eq!(s.uris, vec![crate::config::DEFAULT_URI]);
+    }
 }
