@@ -20,7 +20,7 @@
 # - The layout is archived the same way (sorted, fixed mtime and owner).
 # SOURCE_DATE_EPOCH defaults to the time of the last commit. The Debian packages are whatever
 # the mirror serves at build time: two builds on different days can differ by a security update;
-# pin VMBRIDGE_IMAGE_MIRROR to a snapshot.debian.org URL to freeze them.
+# point VMBRIDGE_IMAGE_MIRROR at a dated snapshot of the archive to freeze them.
 #
 # Environment: SOURCE_DATE_EPOCH, CARGO_TARGET_DIR, VMBRIDGE_IMAGE_MIRROR (default
 # http://deb.debian.org/debian, security from .../debian-security), VMBRIDGE_IMAGE_SOURCE
