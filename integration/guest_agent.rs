@@ -62,6 +62,7 @@ fn if_count(reply: &Value) -> usize {
 /// one fetched after the scrape.
 #[test]
 fn direct_socket_values_equal_the_agents_own_replies() {
+    let _watchdog = common::watchdog();
     let dir = scratch("values");
     let for_bridge = Agent::start(&dir, "a");
     let for_test = Agent::start(&dir, "b");
@@ -278,6 +279,7 @@ fn direct_socket_values_equal_the_agents_own_replies() {
 /// affected, and vmbridge neither panics nor grows without bound.
 #[test]
 fn hostile_and_hung_agents_are_isolated() {
+    let _watchdog = common::watchdog();
     let dir = scratch("hostile");
     let healthy = Agent::start(&dir, "healthy");
     let hung = Agent::start(&dir, "hung");

@@ -28,4 +28,5 @@ cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo test (unit, CLI, real-lab integration)"
-cargo test --all-targets --locked --no-fail-fast
+# A hang anywhere must not eat CI's whole time limit: each lab test also has its own watchdog.
+timeout --signal=INT --kill-after=30s 45m cargo test --all-targets --locked --no-fail-fast

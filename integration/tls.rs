@@ -40,6 +40,7 @@ fn subject(url: &str) -> String {
 
 #[test]
 fn https_from_files_reloads_and_debug_stays_off_the_public_port() {
+    let _watchdog = common::watchdog();
     let dir = std::env::temp_dir().join(format!("vmbridge-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     make_cert(&dir, "first");
@@ -90,6 +91,7 @@ fn https_from_files_reloads_and_debug_stays_off_the_public_port() {
 
 #[test]
 fn self_signed_https_when_no_certificate_is_mounted() {
+    let _watchdog = common::watchdog();
     let dir = std::env::temp_dir().join(format!("vmbridge-tls-ss-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let cfg = dir.join("vmbridge.toml");

@@ -15,9 +15,74 @@ use std::time::{Duration, Instant};
 pub const URI: &str = "qemu:///system";
 
 /// The lab's daemons are shared; tests that SIGSTOP a VM or count threads run one at a time.
-pub fn serial() -> MutexGuard<'static, ()> {
+/// The guard also arms a [`Watchdog`]: no test may hang the suite.
+pub fn serial() -> Serial {
     static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+    let lock = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let limit = std::env::var("VMB_TEST_WATCHDOG_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(WATCHDOG_LIMIT);
+    Serial { _watchdog: Watchdog::arm(limit), _lock: lock }
+}
+
+/// A [`Watchdog`] for a test that needs no lab lock but runs processes that could hang.
+pub fn watchdog() -> Watchdog {
+    Watchdog::arm(WATCHDOG_LIMIT)
+}
+
+/// Held by a test that uses the shared lab; see [`serial`].
+pub struct Serial {
+    // Disarmed before the lock is released (fields drop in declaration order).
+    _watchdog: Watchdog,
+    _lock: MutexGuard<'static, ()>,
+}
+
+/// How long one lab test may run by default (the longest, the fault matrix, takes about 3 min in
+/// a debug build on 2 cores); `VMB_TEST_WATCHDOG_SECS` overrides it for longer manual runs.
+pub const WATCHDOG_LIMIT: Duration = Duration::from_secs(600);
+
+/// Ends the whole test binary if the test that armed it is still running after its limit: a
+/// hang (a call without a deadline, a VM left stopped) then fails this binary with a message
+/// naming the test, and `cargo test --no-fail-fast` goes on with the others, instead of CI
+/// running into its time limit with nothing printed. Before exiting it resumes every lab
+/// domain, so no VM stays SIGSTOPped for the binaries after it.
+pub struct Watchdog {
+    done: Arc<(Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl Watchdog {
+    pub fn arm(limit: Duration) -> Watchdog {
+        let done = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let d = done.clone();
+        let test = std::thread::current().name().unwrap_or("?").to_owned();
+        std::thread::spawn(move || {
+            let (lock, cv) = &*d;
+            let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+            let (guard, _) = cv.wait_timeout_while(guard, limit, |done| !*done).unwrap_or_else(|e| e.into_inner());
+            if *guard {
+                return;
+            }
+            eprintln!("WATCHDOG: test `{test}` still running after {limit:?}; ending this test binary");
+            let lab = root().join("integration/lab.sh");
+            if let Ok(out) = Command::new("bash").arg(&lab).arg("list").output() {
+                for name in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = Command::new("bash").arg(&lab).args(["cont-vm", name]).output();
+                }
+            }
+            std::process::exit(101);
+        });
+        Watchdog { done }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        let (lock, cv) = &*self.done;
+        *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        cv.notify_all();
+    }
 }
 
 pub fn root() -> PathBuf {
@@ -61,13 +126,26 @@ impl OtherClient {
             let mut i = 0usize;
             while !s.load(Ordering::Relaxed) {
                 let args: &[&str] = if i % 2 == 0 { &["domstats", "--block", "--nowait"] } else { &["domstats"] };
-                let _ = Command::new("virsh")
+                let Ok(mut child) = Command::new("virsh")
                     .arg("-c")
                     .arg(URI)
                     .args(args)
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
-                    .status();
+                    .spawn()
+                else {
+                    return;
+                };
+                // A full query of a SIGSTOPped VM waits for its monitor for ever: killed when the
+                // client is dropped, so a failing test ends instead of hanging in this join.
+                while child.try_wait().ok().flatten().is_none() {
+                    if s.load(Ordering::Relaxed) {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
                 r.fetch_add(1, Ordering::Relaxed);
                 i += 1;
             }

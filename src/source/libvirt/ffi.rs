@@ -7,6 +7,7 @@
 //! blocks on the slowest one, which is exactly the failure vmbridge exists to contain.
 
 use std::ffi::CStr;
+use std::time::Duration;
 
 use serde::Serialize;
 use virt::domain::Domain;
@@ -146,6 +147,19 @@ pub fn job_stats(dom: &Domain, flags: u32) -> Result<(i32, Vec<(String, ParamVal
         unsafe { sys::virTypedParamsFree(params, nparams) };
     }
     Ok((job_type, out))
+}
+
+/// `virDomainGetControlInfo`: the state of the domain's monitor (`VIR_DOMAIN_CONTROL_*`) and
+/// how long it has been in it. Needs no job and never waits for QEMU, so it answers also while
+/// another client's monitor command hangs. Blocking (one round trip to libvirtd).
+pub fn control_info(dom: &Domain) -> Result<(u32, Duration), virt::error::Error> {
+    let mut info = sys::virDomainControlInfo { state: 0, details: 0, stateTime: 0 };
+    // SAFETY: `dom` is a live domain reference; `info` is valid for writes.
+    let r = unsafe { sys::virDomainGetControlInfo(dom.as_ptr(), &mut info, 0) };
+    if r < 0 {
+        return Err(virt::error::Error::last_error());
+    }
+    Ok((info.state, Duration::from_millis(info.stateTime)))
 }
 
 /// Clock ticks per second (`sysconf(_SC_CLK_TCK)`), the unit of `/proc/<pid>/stat` times.

@@ -1,8 +1,13 @@
 //! Polls one domain: bulk stats (state, cpu-total, balloon, vcpu, interface, block, dirtyrate)
 //! with `NOWAIT`, plus the job stats, in one blocking call per poll. Nothing here waits for the
-//! domain's job: a part libvirt skips because another client holds it is carried from the last
+//! domain's job (job stats are asked only while the monitor's state says no job is held, else
+//! the last reading is kept within the staleness window): a part libvirt skips because another client holds it is carried from the last
 //! answer (`merge`). (`virDomainMemoryStats` is not called: it queues for the job, and the
-//! balloon group already carries the same QEMU figures.)
+//! balloon group already carries the same QEMU figures.) Because such an answer comes back at
+//! once even when QEMU hangs with another client's command in its monitor, each poll also
+//! reads the monitor's state (`virDomainGetControlInfo`, no job, no QEMU round trip): occupied
+//! by one command for longer than the poll timeout fails the poll as a timeout (past the hard
+//! timeout, a hard one), as vmbridge's own call stuck there would.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -30,11 +35,25 @@ pub const STATS_GROUPS: u32 = sys::VIR_DOMAIN_STATS_STATE
 /// `NOWAIT`: skip the stats that need a domain job another caller holds, instead of queueing.
 pub const STATS_FLAGS: u32 = sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT;
 
-/// Bulk-stats parameters, and job stats (type and parameters) when available.
-type Raw = Result<(Vec<(String, ffi::ParamValue)>, Option<(i32, Vec<(String, ffi::ParamValue)>)>), virt::error::Error>;
+/// Job stats: the job type and its parameters.
+type Job = (i32, Vec<(String, ffi::ParamValue)>);
+
+/// Job stats as read in one call.
+#[derive(Debug, Clone)]
+enum JobRead {
+    /// The current job, else the last completed one; `None` when the driver has neither.
+    Read(Option<Job>),
+    /// Not asked: another caller held a job of the domain, and asking would have queued behind
+    /// it (`virDomainGetJobStats` takes a query job).
+    Busy,
+}
+
+/// Bulk-stats parameters, job stats, and the monitor's state and time in it
+/// (`virDomainGetControlInfo`) when available.
+type Raw = Result<(Vec<(String, ffi::ParamValue)>, JobRead, Option<(u32, Duration)>), virt::error::Error>;
 
 /// The current job, or else the last completed one (kept for other readers).
-fn job(dom: &Domain) -> Option<(i32, Vec<(String, ffi::ParamValue)>)> {
+fn job(dom: &Domain) -> Option<Job> {
     match ffi::job_stats(dom, 0) {
         Ok((0, _)) => {
             ffi::job_stats(dom, sys::VIR_DOMAIN_JOB_STATS_COMPLETED | sys::VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED).ok()
@@ -66,6 +85,8 @@ pub struct LibvirtPoller {
     carry: Carry,
     /// How long a carried value may be.
     carry_window: Duration,
+    /// The last job stats read, and when (reused while another caller holds the job).
+    last_job: Option<(Option<Job>, tokio::time::Instant)>,
 }
 
 impl LibvirtPoller {
@@ -88,6 +109,7 @@ impl LibvirtPoller {
             last_completed: None,
             carry: Carry::new(),
             carry_window,
+            last_job: None,
         }
     }
 }
@@ -103,8 +125,22 @@ fn call(conn: Conn, uuid: String, cached: Option<(u64, Domain)>) -> CallOutput {
             }
         },
     };
-    let raw = ffi::domain_stats(&dom, STATS_GROUPS, STATS_FLAGS).map(|params| (params, job(&dom)));
+    // The monitor's state first: it needs no job and tells whether asking for the job stats
+    // would queue behind another caller's job.
+    let control = ffi::control_info(&dom).ok();
+    let raw = ffi::domain_stats(&dom, STATS_GROUPS, STATS_FLAGS).map(|params| {
+        let job = match control {
+            Some((state, _)) if state != sys::VIR_DOMAIN_CONTROL_OK => JobRead::Busy,
+            _ => JobRead::Read(job(&dom)),
+        };
+        (params, job, control)
+    });
     CallOutput { raw, generation, domain: Some((generation, dom)) }
+}
+
+/// How long the monitor has been occupied by one command, when that is at least `limit`.
+fn monitor_stuck((state, time): (u32, Duration), limit: Duration) -> Option<Duration> {
+    (state == sys::VIR_DOMAIN_CONTROL_OCCUPIED && time >= limit).then_some(time)
 }
 
 impl Poller for LibvirtPoller {
@@ -140,11 +176,40 @@ impl Poller for LibvirtPoller {
         };
         self.domain = out.domain;
         match out.raw {
-            Ok((params, job)) => {
+            Ok((params, job, control)) => {
                 let merged = self.carry.merge(params, tokio::time::Instant::now(), self.carry_window);
+                // With NOWAIT, a domain whose QEMU stopped answering still answers promptly when
+                // another client's command is the one stuck in its monitor: libvirt leaves out
+                // what needs the monitor, and the carry hides that. The monitor's own state tells:
+                // one command running longer than the poll timeout is a hung VM, as our own call
+                // stuck there would be.
+                if let Some(busy) = control.and_then(|c| monitor_stuck(c, self.timeout)) {
+                    return Err(PollError {
+                        kind: ErrorKind::Timeout,
+                        message: format!(
+                            "QEMU monitor busy with one command for {:.1}s; \
+                             statistics that need it are missing",
+                            busy.as_secs_f64()
+                        ),
+                        hard: busy >= self.hard_timeout,
+                    });
+                }
                 let mut sample = LibvirtSample::new(merged.params, Vec::new());
                 sample.carried = merged.carried.into_iter().map(|(g, n)| (g.to_owned(), n)).collect();
                 sample.partial_total = self.carry.partial_total().iter().map(|(g, n)| ((*g).to_owned(), *n)).collect();
+                let now = tokio::time::Instant::now();
+                let job = match job {
+                    JobRead::Read(job) => {
+                        self.last_job = Some((job.clone(), now));
+                        job
+                    }
+                    // Not asked this time: the last reading, while it is within the window.
+                    JobRead::Busy => self
+                        .last_job
+                        .as_ref()
+                        .filter(|(_, at)| now.saturating_duration_since(*at) <= self.carry_window)
+                        .and_then(|(j, _)| j.clone()),
+                };
                 if let Some((job_type, job_params)) = job {
                     sample.job = crate::source::qmp::Migration::from_libvirt_job(job_type, &job_params);
                     sample.job_params = job_params.into_iter().collect();
@@ -171,5 +236,22 @@ impl Poller for LibvirtPoller {
                 Err(PollError::new(kind, e.message().to_owned()))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_monitor_occupied_past_the_limit_is_stuck() {
+        let s = Duration::from_secs;
+        let limit = s(4);
+        assert_eq!(monitor_stuck((sys::VIR_DOMAIN_CONTROL_OCCUPIED, s(5)), limit), Some(s(5)));
+        assert_eq!(monitor_stuck((sys::VIR_DOMAIN_CONTROL_OCCUPIED, s(4)), limit), Some(s(4)));
+        assert_eq!(monitor_stuck((sys::VIR_DOMAIN_CONTROL_OCCUPIED, s(3)), limit), None);
+        // A long job that is not inside the monitor (a migration between its commands) is fine.
+        assert_eq!(monitor_stuck((sys::VIR_DOMAIN_CONTROL_JOB, s(600)), limit), None);
+        assert_eq!(monitor_stuck((sys::VIR_DOMAIN_CONTROL_OK, s(600)), limit), None);
     }
 }
