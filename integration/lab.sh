@@ -52,6 +52,7 @@ GUEST_BUILD="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/guest/build.sh"
 readonly GUEST_BUILD
 readonly DEFAULT_PREFIX="vmblab-"
 readonly QEMU_CONF="/etc/libvirt/qemu.conf"
+readonly LIBVIRTD_CONF="/etc/libvirt/libvirtd.conf"
 readonly QEMU_RUN_DIR="/var/run/libvirt/qemu"
 readonly MARKER_NS="urn:vmbridge:lab"
 # shellcheck source=integration/apt.sh
@@ -159,39 +160,66 @@ ensure_user() {
     fi
 }
 
-# Set 'key = value' in qemu.conf: comment out other active settings of the key,
+# Set 'key = value' in a libvirt config FILE: comment out other active settings of the key,
 # keep exactly one active line. Returns 0 if the file changed.
-conf_set() { # KEY VALUE
-    local key=$1 value=$2 want
+conf_set() { # FILE KEY VALUE
+    local file=$1 key=$2 value=$3 want
     want="$key = $value"
-    if [[ "$(grep -cE "^[[:space:]]*${key}[[:space:]]*=" "$QEMU_CONF")" == 1 ]] &&
-        grep -qxF -- "$want" "$QEMU_CONF"; then
+    if [[ "$(grep -cE "^[[:space:]]*${key}[[:space:]]*=" "$file")" == 1 ]] &&
+        grep -qxF -- "$want" "$file"; then
         return 1
     fi
-    log "qemu.conf: $want"
-    sed -i -E "s|^([[:space:]]*${key}[[:space:]]*=.*)$|#vmblab# \\1|" "$QEMU_CONF"
-    printf '%s\n' "$want" >>"$QEMU_CONF"
+    log "$(basename "$file"): $want"
+    sed -i -E "s|^([[:space:]]*${key}[[:space:]]*=.*)$|#vmblab# \\1|" "$file"
+    printf '%s\n' "$want" >>"$file"
     return 0
 }
 
-configure_qemu_conf() {
-    # Debian ships qemu.conf in libvirt-daemon-system, which the lab does not
-    # install; without the file libvirtd uses built-in defaults, so create it.
-    if [[ ! -f "$QEMU_CONF" ]]; then
-        log "creating $QEMU_CONF"
-        mkdir -p "$(dirname "$QEMU_CONF")"
-        printf '# created by vmbridge integration/lab.sh\n' >"$QEMU_CONF"
+# A config file libvirt-daemon-system would ship (the lab does not install it): created empty,
+# so libvirtd otherwise keeps its built-in defaults.
+conf_file() { # FILE
+    if [[ ! -f "$1" ]]; then
+        log "creating $1"
+        mkdir -p "$(dirname "$1")"
+        printf '# created by vmbridge integration/lab.sh\n' >"$1"
     fi
+}
+
+configure_qemu_conf() {
+    conf_file "$QEMU_CONF"
     local changed=0
-    conf_set user '"root"' && changed=1
-    conf_set group '"root"' && changed=1
-    conf_set dynamic_ownership 0 && changed=1
-    conf_set security_driver '"none"' && changed=1
-    conf_set cgroup_controllers '[ ]' && changed=1
+    conf_set "$QEMU_CONF" user '"root"' && changed=1
+    conf_set "$QEMU_CONF" group '"root"' && changed=1
+    conf_set "$QEMU_CONF" dynamic_ownership 0 && changed=1
+    conf_set "$QEMU_CONF" security_driver '"none"' && changed=1
+    conf_set "$QEMU_CONF" cgroup_controllers '[ ]' && changed=1
     if [[ $changed -eq 0 ]]; then
         log "qemu.conf: already configured"
     elif pgrep -x libvirtd >/dev/null; then
         log "WARNING: libvirtd is already running; it reads qemu.conf only at start"
+    fi
+}
+
+# The sockets as Debian's libvirt-daemon-system sets them up: the read-only socket open to
+# every local user, the read-write one to group libvirt. Debian leaves the access check to
+# polkit, whose rules grant exactly that; the lab runs no D-Bus/polkit, so it says "none" and
+# lets the socket permissions decide. Non-root clients (the .deb's vmbridge user) need this.
+configure_libvirtd_conf() {
+    if ! getent group libvirt >/dev/null; then
+        log "groupadd -r libvirt"
+        groupadd -r libvirt
+    fi
+    conf_file "$LIBVIRTD_CONF"
+    local changed=0
+    conf_set "$LIBVIRTD_CONF" unix_sock_group '"libvirt"' && changed=1
+    conf_set "$LIBVIRTD_CONF" unix_sock_ro_perms '"0777"' && changed=1
+    conf_set "$LIBVIRTD_CONF" unix_sock_rw_perms '"0770"' && changed=1
+    conf_set "$LIBVIRTD_CONF" auth_unix_ro '"none"' && changed=1
+    conf_set "$LIBVIRTD_CONF" auth_unix_rw '"none"' && changed=1
+    if [[ $changed -eq 0 ]]; then
+        log "libvirtd.conf: already configured"
+    elif pgrep -x libvirtd >/dev/null; then
+        log "WARNING: libvirtd is already running; it reads libvirtd.conf only at start"
     fi
 }
 
@@ -202,6 +230,7 @@ cmd_install() {
     ensure_user
     mkdir -p /var/log/libvirt /var/run/libvirt "$LAB_DIR"
     configure_qemu_conf
+    configure_libvirtd_conf
     init_state
     log "install done in $((SECONDS - t0)) s"
 }

@@ -14,12 +14,20 @@ command -v curl >/dev/null || missing+=(curl)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v chromium >/dev/null || missing+=(chromium)
+command -v systemd-analyze >/dev/null || missing+=(systemd) # the package test verifies the unit
 if [ ${#missing[@]} -gt 0 ]; then
     . integration/apt.sh
     apt_install "${missing[@]}"
 fi
 # The real-guest tier boots a Debian kernel + busybox/qemu-ga initramfs (built once, cached).
 bash integration/guest/build.sh >/dev/null
+# The installable artefacts, which the image and package tests install and run: the .deb
+# (cargo-deb, pinned) and the OCI image, built twice to check it is reproducible.
+echo "== cargo deb"
+command -v cargo-deb >/dev/null || cargo install --locked cargo-deb --version 3.8.0
+cargo deb --locked
+echo "== deploy/image/build.sh"
+bash deploy/image/build.sh
 # Only the integration tests' domains (prefix "it"); the daemons stop only if no lab domain is left.
 trap 'bash "$lab" down it >/dev/null 2>&1 || true' EXIT
 
