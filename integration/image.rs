@@ -70,6 +70,49 @@ fn libvirt_part(e: &Exposition, vms: &BTreeSet<String>) -> BTreeMap<(String, Str
         .collect()
 }
 
+/// A host user and group for the image's uid and gid, created only if the host has none and
+/// removed on drop (what an admin of a plain host running the image as its user must do).
+struct HostUser {
+    created_user: bool,
+    created_group: bool,
+}
+
+impl HostUser {
+    const NAME: &str = "vmbridge-image-it";
+
+    fn ensure(uid: u64, gid: u64) -> HostUser {
+        let known = |db: &str, id: u64| {
+            Command::new("getent").args([db, &id.to_string()]).output().is_ok_and(|o| o.status.success())
+        };
+        let created_group = !known("group", gid);
+        if created_group {
+            run("groupadd", &["-r", "-g", &gid.to_string(), Self::NAME]);
+        }
+        let created_user = !known("passwd", uid);
+        if created_user {
+            let (uid, gid) = (uid.to_string(), gid.to_string());
+            run(
+                "useradd",
+                &["-r", "-M", "-u", &uid, "-g", &gid, "-d", "/nonexistent", "-s", "/usr/sbin/nologin", Self::NAME],
+            );
+        }
+        HostUser { created_user, created_group }
+    }
+}
+
+impl Drop for HostUser {
+    fn drop(&mut self) {
+        if self.created_user {
+            let _ = Command::new("userdel").arg(Self::NAME).status();
+        }
+        // userdel removes a primary group of the user's name itself.
+        let group_left = Command::new("getent").args(["group", Self::NAME]).output().is_ok_and(|o| o.status.success());
+        if self.created_group && group_left {
+            let _ = Command::new("groupdel").arg(Self::NAME).status();
+        }
+    }
+}
+
 /// The image's vmbridge, killed on drop.
 struct Contained(Child);
 
@@ -120,6 +163,10 @@ fn the_image_runs_as_its_user_and_reports_what_the_host_binary_reports() {
     assert_ne!(uid, 0, "the image must not run as root");
     assert!(Path::new(&rootfs.join("usr/bin/vmbridge")).exists());
 
+    // libvirtd looks up every client's uid in the host's user database and refuses a client it
+    // cannot name ("Failed to find user record for uid"). A plain host that runs the image as
+    // its user needs that uid known; the test adds it for its run, if missing, and removes it.
+    let _host_user = HostUser::ensure(uid, gid);
     let doms: Vec<Domain> = ["iti-a", "iti-b"].iter().map(|n| Domain::new(n)).collect();
     let host = Bridge::start(&["--poll-interval", "1s"]);
 
@@ -173,7 +220,8 @@ exec "$@""#;
     assert_eq!(real_uid.split_whitespace().next(), Some(uid.to_string().as_str()), "{real_uid}");
 
     // Every lab VM, seen by both with their libvirt source up, with the same libvirt values.
-    let vms: BTreeSet<String> = virsh(&["list", "--name"]).lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect();
+    let vms: BTreeSet<String> =
+        virsh(&["list", "--name"]).lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect();
     assert!(doms.iter().all(|d| vms.contains(&d.name)));
     let all_up = |e: &Exposition| {
         vms.iter().all(|n| e.value("vmbridge_source_up", &[("source", "libvirt"), ("name", n)]) == Some(1.0))
@@ -194,6 +242,7 @@ exec "$@""#;
         if all_up(&i) && last_image == last_host {
             break;
         }
+        log.extend(rx.try_iter());
         assert!(
             t.elapsed() < Duration::from_secs(60),
             "the image's vmbridge never reported what the host binary reports; differences:\n{}\nimage log:\n{}",

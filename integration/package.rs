@@ -139,3 +139,21 @@ fn the_package_installs_runs_as_its_user_and_purges_clean() {
     assert_eq!(lines("/etc/group"), group, "/etc/group differs after install and purge");
     eprintln!("{}: installed, exported {} as user vmbridge, purged clean", deb.display(), dom.name);
 }
+
+/// `lintian` (Debian's package checker) on the `.deb`: no error-level tag. Its whole output is
+/// printed, so the warnings and informational tags are in the test log too.
+#[test]
+fn lintian_reports_no_errors() {
+    let _watchdog = watchdog();
+    let deb = package();
+    let out = Command::new("lintian")
+        .args(["--fail-on", "error", "--display-info", "--tag-display-limit", "0"])
+        .arg(&deb)
+        .output()
+        .expect("run lintian (integration/test.sh installs it)");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprintln!("lintian {}:\n{text}", deb.display());
+    let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("E: ")).collect();
+    assert!(errors.is_empty(), "lintian errors:\n{}", errors.join("\n"));
+    assert!(out.status.success(), "lintian exited with {}:\n{text}", out.status);
+}

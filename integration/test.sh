@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 lab=integration/lab.sh
 
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
 bash "$lab" install
 # Tools the tests call besides the lab: curl and openssl (TLS tests), promtool (rule tests).
 missing=()
@@ -15,6 +18,7 @@ command -v openssl >/dev/null || missing+=(openssl)
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v systemd-analyze >/dev/null || missing+=(systemd) # the package test verifies the unit
+command -v lintian >/dev/null || missing+=(lintian) # the package test checks the .deb
 if [ ${#missing[@]} -gt 0 ]; then
     . integration/apt.sh
     apt_install "${missing[@]}"
@@ -27,12 +31,11 @@ echo "== cargo deb"
 command -v cargo-deb >/dev/null || cargo install --locked cargo-deb --version 3.8.0
 cargo deb --locked
 echo "== deploy/image/build.sh"
-bash deploy/image/build.sh
+# cargo deb has just built target/release/vmbridge: the image takes that binary (no second build).
+VMBRIDGE_IMAGE_SKIP_CARGO=1 bash deploy/image/build.sh
 # Only the integration tests' domains (prefix "it"); the daemons stop only if no lab domain is left.
 trap 'bash "$lab" down it >/dev/null 2>&1 || true' EXIT
 
-echo "== cargo fmt --check"
-cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo test (unit, CLI, real-lab integration)"

@@ -197,7 +197,10 @@ build_once() {
         "$rootfs"/usr/share/zoneinfo/{posix,right} "$rootfs"/dev/*
     # The loader finds the libraries in the multiarch default paths; no ld.so.cache is needed.
 
-    install -m 0755 -d "$rootfs/usr/bin" "$rootfs/etc/vmbridge" "$rootfs/tmp"
+    install -m 0755 -d "$rootfs/usr/bin" "$rootfs/etc/vmbridge" "$rootfs/tmp" "$rootfs/run"
+    # libvirt's client looks for /var/run/libvirt/libvirt-sock(-ro); as on Debian (base-files),
+    # /var/run is /run, so a host's libvirt socket directory can be mounted at either path.
+    ln -sfn /run "$rootfs/var/run"
     chmod 1777 "$rootfs/tmp"
     # Debug info out (backtraces keep function names: the symbol table stays).
     strip --strip-debug -o "$rootfs/usr/bin/vmbridge" "$binary"
