@@ -519,3 +519,39 @@ fn no_fd_or_thread_growth_with_a_stuck_vm() {
     assert!(threads1 <= threads0, "threads grew {threads0} → {threads1}");
     eprintln!("fds {fds0} → {fds1}, threads {threads0} → {threads1}");
 }
+
+/// SIGTERM must end vmbridge promptly even while a libvirt call is stuck in a SIGSTOPped QEMU
+/// (it never returns) and clients hold HTTP connections open: a half-sent request and an idle
+/// keep-alive on the public port, and one on the debug port. The exit is bounded by design
+/// (2 s drain + 1 s for blocking threads); 5 s is the pod-side promise.
+#[test]
+fn sigterm_with_a_stopped_vm_and_open_connections_exits_0_within_5s() {
+    use std::io::Write;
+    let _serial = serial();
+    let stopped = Domain::new("itl-term");
+    let mut bridge = Bridge::start(&["--no-qga", "--poll-interval", "1s", "--poll-timeout", "1s"]);
+    bridge.wait_for(Duration::from_secs(30), "the VM up", |e| {
+        e.value("vmbridge_source_up", &[("name", "itl-term"), ("source", "libvirt")]) == Some(1.0)
+    });
+    stopped.stop();
+    bridge.wait_for(Duration::from_secs(60), "a libvirt call stuck in the stopped VM", |e| {
+        e.value("vmbridge_source_up", &[("name", "itl-term"), ("source", "libvirt")]) == Some(0.0)
+    });
+    let mut half = std::net::TcpStream::connect(bridge.addr).expect("connect");
+    half.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n").expect("half-sent request");
+    let mut idle = std::net::TcpStream::connect(bridge.addr).expect("connect");
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
+    let mut buf = [0u8; 512];
+    let n = std::io::Read::read(&mut idle, &mut buf).expect("reply");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"), "keep-alive reply");
+    let mut debug_half = std::net::TcpStream::connect(bridge.debug_addr).expect("connect");
+    debug_half.write_all(b"GET /debug/vms HTTP/1.1\r\n").expect("half-sent request");
+    let (status, took) = bridge.terminate(Duration::from_secs(5)).unwrap_or_else(|| {
+        panic!("vmbridge still running 5 s after SIGTERM");
+    });
+    eprintln!("exit after SIGTERM: {status} in {:.2}s", took.as_secs_f64());
+    assert_eq!(status.code(), Some(0), "exit status {status}");
+    let log = bridge.log.lock().unwrap().join("\n");
+    assert!(log.contains("shutting down") && log.contains("vmbridge stopped"), "{log}");
+    drop((half, idle, debug_half));
+}

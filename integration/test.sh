@@ -38,6 +38,11 @@ trap 'bash "$lab" down it >/dev/null 2>&1 || true' EXIT
 
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
+echo "== cargo test --doc (the allow-lists' compile-fail proofs)"
+# --all-targets leaves doctests out; they run first (seconds) and a failure does not stop the rest.
+rc=0
+cargo test --doc --locked || rc=$?
 echo "== cargo test (unit, CLI, real-lab integration)"
 # A hang anywhere must not eat CI's whole time limit: each lab test also has its own watchdog.
-timeout --signal=INT --kill-after=30s 45m cargo test --all-targets --locked --no-fail-fast
+timeout --signal=INT --kill-after=30s 45m cargo test --all-targets --locked --no-fail-fast || rc=$?
+exit "$rc"

@@ -168,21 +168,40 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
     tokio::net::TcpListener::bind(addr).await
 }
 
+/// How long open connections may finish their requests once `stop` fires. A client that
+/// holds a connection open (a half-sent request, an idle keep-alive) must not delay the exit:
+/// the pod's grace period is 30 s, and a SIGKILL loses the last log lines.
+pub const DRAIN: Duration = Duration::from_secs(2);
+
+/// Runs `server` (which begins its graceful drain when `stop` fires) and gives that drain at
+/// most [`DRAIN`].
+async fn with_drain_deadline(server: impl std::future::Future<Output = ()>, stop: &CancellationToken) {
+    tokio::pin!(server);
+    tokio::select! {
+        _ = &mut server => return,
+        _ = stop.cancelled() => {}
+    }
+    if tokio::time::timeout(DRAIN, server).await.is_err() {
+        tracing::info!(drain = ?DRAIN, "connections still open after the drain deadline; closing them");
+    }
+}
+
 /// Serves the public routes over plain HTTP until `stop` fires.
 pub async fn serve_public(listener: tokio::net::TcpListener, app: Arc<App>, stop: CancellationToken) {
-    warp::serve(public_routes(app)).incoming(listener).graceful(async move { stop.cancelled().await }).run().await;
+    let s = stop.clone();
+    let server = warp::serve(public_routes(app)).incoming(listener).graceful(async move { s.cancelled().await }).run();
+    with_drain_deadline(server, &stop).await;
 }
 
 /// Serves the debug listener's routes over plain HTTP until `stop` fires.
 pub async fn serve_debug(listener: tokio::net::TcpListener, app: Arc<App>, stop: CancellationToken) {
-    warp::serve(debug_listener_routes(app))
-        .incoming(listener)
-        .graceful(async move { stop.cancelled().await })
-        .run()
-        .await;
+    let s = stop.clone();
+    let server =
+        warp::serve(debug_listener_routes(app)).incoming(listener).graceful(async move { s.cancelled().await }).run();
+    with_drain_deadline(server, &stop).await;
 }
 
-/// Serves the public routes over HTTPS until `stop` fires; drains for at most 10 s.
+/// Serves the public routes over HTTPS until `stop` fires; drains for at most [`DRAIN`].
 pub async fn serve_public_tls(
     listener: tokio::net::TcpListener,
     tls: ReloadingAcceptor,
@@ -214,5 +233,7 @@ pub async fn serve_public_tls(
         });
     }
     drop(listener);
-    let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+        tracing::info!(drain = ?DRAIN, "connections still open after the drain deadline; closing them");
+    }
 }

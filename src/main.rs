@@ -52,7 +52,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&e),
     };
-    runtime.block_on(async {
+    let code = runtime.block_on(async {
         let stop = CancellationToken::new();
         let signal_stop = stop.clone();
         tokio::spawn(async move {
@@ -71,8 +71,15 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         }
-    })
+    });
+    // Dropping the runtime would wait for every blocking thread, and a libvirt call into a
+    // SIGSTOPped QEMU never returns: give them a moment, then exit without them.
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    code
 }
+
+/// How long blocking calls (libvirt RPCs, `/proc` reads) may take to finish at exit.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Prints an error and its chain once, and maps it to a failing exit code.
 fn fail(e: &dyn std::error::Error) -> ExitCode {

@@ -274,6 +274,21 @@ impl Bridge {
         self.child.id()
     }
 
+    /// Sends SIGTERM and waits up to `limit` for the exit: its status and how long it took,
+    /// or `None` if vmbridge was still running (it is then killed by `Drop`).
+    pub fn terminate(&mut self, limit: Duration) -> Option<(std::process::ExitStatus, Duration)> {
+        let sent = Instant::now();
+        let ok = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill");
+        assert!(ok.success(), "kill -TERM failed");
+        while sent.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return Some((status, sent.elapsed()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// GET from the public port, or from the debug port for `/debug/…` paths.
     pub fn get(&self, path: &str, accept: Option<&str>) -> Response {
         let addr = if path.starts_with("/debug") { self.debug_addr } else { self.addr };
@@ -313,6 +328,15 @@ impl Drop for Bridge {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failed test's report carries what vmbridge said (breaker transitions, poll errors).
+        if std::thread::panicking() {
+            let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+            let from = log.len().saturating_sub(120);
+            eprintln!("--- vmbridge log, last {} of {} lines:", log.len() - from, log.len());
+            for line in &log[from..] {
+                eprintln!("{line}");
+            }
+        }
     }
 }
 

@@ -128,7 +128,7 @@ impl Endpoint {
         let mut book = self.events.lock().unwrap_or_else(PoisonError::into_inner);
         // Bounded: entries of domains discovery no longer lists are pruned every round.
         if book.len() < 100_000 || book.contains_key(uuid) {
-            book.entry(uuid.to_owned()).or_default().count_libvirt(ev);
+            book.entry(uuid.to_owned()).or_default().count_libvirt(ev, crate::clock::now_unix());
         }
     }
 

@@ -61,12 +61,41 @@ allow!(
 );
 
 /// A serialised, allow-listed agent request.
+///
+/// Its fields are private: [`AgentRequest::new`] with a [`ReadOnlyAgentCommand`] is the only
+/// way to make one. Neither a literal nor a mutating `qapi` command compiles:
+///
+/// ```compile_fail
+/// use vmbridge::source::qga::allow::AgentRequest;
+/// let _ = AgentRequest { name: "guest-exec", json: String::new() };
+/// ```
+///
+/// ```compile_fail
+/// use vmbridge::source::qga::allow::AgentRequest;
+/// let _ = AgentRequest::new(qapi::qga::guest_exec {
+///     path: "/bin/sh".into(),
+///     arg: None,
+///     env: None,
+///     input_data: None,
+///     capture_output: None,
+/// });
+/// ```
+///
+/// ```compile_fail
+/// use vmbridge::source::qga::allow::AgentRequest;
+/// let _ = AgentRequest::new(qapi::qga::guest_shutdown { mode: None });
+/// ```
+///
+/// The allow-listed form does compile (so the failures above are about the allow-list):
+///
+/// ```
+/// use vmbridge::source::qga::allow::AgentRequest;
+/// assert_eq!(AgentRequest::new(qapi::qga::guest_ping {}).name(), "guest-ping");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentRequest {
-    /// The command name.
-    pub name: &'static str,
-    /// The JSON line to send (no id: QGA does not echo ids reliably).
-    pub json: String,
+    name: &'static str,
+    json: String,
 }
 
 impl AgentRequest {
@@ -77,6 +106,21 @@ impl AgentRequest {
             // answer with an error, which is handled as one.
             .unwrap_or_else(|_| "{}".to_owned());
         AgentRequest { name: C::NAME, json }
+    }
+
+    /// The command name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The JSON line to send (no id: QGA does not echo ids reliably).
+    pub fn json(&self) -> &str {
+        &self.json
+    }
+
+    /// The JSON line, by value.
+    pub fn into_json(self) -> String {
+        self.json
     }
 }
 
@@ -118,13 +162,13 @@ mod tests {
     #[test]
     fn requests_serialise_as_qga_expects() {
         assert_eq!(
-            AgentRequest::new(qga::guest_get_osinfo {}).json,
+            AgentRequest::new(qga::guest_get_osinfo {}).json(),
             r#"{"execute":"guest-get-osinfo","arguments":{}}"#
         );
         assert_eq!(
-            AgentRequest::new(qga::guest_sync { id: 5 }).json,
+            AgentRequest::new(qga::guest_sync { id: 5 }).json(),
             r#"{"execute":"guest-sync","arguments":{"id":5}}"#
         );
-        assert_eq!(AgentRequest::new(GuestGetLoad {}).name, "guest-get-load");
+        assert_eq!(AgentRequest::new(GuestGetLoad {}).name(), "guest-get-load");
     }
 }

@@ -95,7 +95,7 @@ impl QgaPoller {
     /// refused it; `Err` for a transport failure or an unusable reply (fails the poll).
     async fn run(&mut self, key: &'static str, req: AgentRequest) -> Result<Option<serde_json::Value>, PollError> {
         let period = self.period(key);
-        let name = req.name;
+        let name = req.name();
         let result = self.transport.execute(&req, self.settings.timeout).await;
         // A command that got an answer (data or a refusal) is next due one period later; one
         // that failed in transport stays due, so the next poll retries it and the breaker
@@ -146,9 +146,9 @@ impl QgaPoller {
             .map_err(|e| PollError::new(ErrorKind::Protocol, format!("guest-info: {e}")))?;
         let enabled: Vec<String> = info.supported_commands.into_iter().filter(|c| c.enabled).map(|c| c.name).collect();
         let polled: Vec<String> =
-            COMMANDS.iter().map(|(_, build)| build().name.to_owned()).filter(|n| enabled.contains(n)).collect();
+            COMMANDS.iter().map(|(_, build)| build().name().to_owned()).filter(|n| enabled.contains(n)).collect();
         for (_, build) in COMMANDS {
-            let name = build().name;
+            let name = build().name();
             self.sample.commands.entry(name.to_owned()).or_default().supported = Some(polled.iter().any(|p| p == name));
         }
         self.sample.supported_commands = polled.clone();
@@ -179,7 +179,7 @@ impl Poller for QgaPoller {
                 continue;
             }
             let req = build();
-            let enabled = self.enabled.as_ref().is_some_and(|e| e.iter().any(|n| n == req.name));
+            let enabled = self.enabled.as_ref().is_some_and(|e| e.iter().any(|n| n == req.name()));
             let due = self.due.get(key).is_none_or(|d| Instant::now() >= *d);
             if enabled && due {
                 self.run(key, req).await?;

@@ -91,7 +91,7 @@ impl SocketAgent {
         // A fresh random id per connection: replies to an earlier client's commands still
         // queued in the channel are skipped until the agent echoes it.
         let id = fastrand::i64(1..i64::from(i32::MAX));
-        conn.send(AgentRequest::new(qapi::qga::guest_sync { id }).json, until).await.map_err(wire_error)?;
+        conn.send(AgentRequest::new(qapi::qga::guest_sync { id }).into_json(), until).await.map_err(wire_error)?;
         conn.read_until(until, started, |v| (v.get("return").and_then(Value::as_i64) == Some(id)).then_some(()))
             .await
             .map_err(wire_error)?;
@@ -109,7 +109,7 @@ impl SocketAgent {
         }
         let Some(conn) = self.conn.as_mut() else { return Err(wire_error(WireError::Poisoned)) };
         let result = async {
-            conn.send(req.json.clone(), until).await?;
+            conn.send(req.json().to_owned(), until).await?;
             let mut bytes = 0;
             // QGA answers in order and carries no event stream: the next object is the reply.
             let v = conn
@@ -188,7 +188,7 @@ impl LibvirtAgent {
         let remaining = deadline.saturating_sub(started.elapsed());
         // libvirt's own agent timeout, in whole seconds (at least 1), a little inside ours.
         let libvirt_timeout = i32::try_from(remaining.as_secs().max(1)).unwrap_or(i32::MAX);
-        let (json, uuid, cached) = (req.json.clone(), self.uuid.clone(), self.domain.take());
+        let (json, uuid, cached) = (req.json().to_owned(), self.uuid.clone(), self.domain.take());
         let call = move || -> AgentCall {
             let generation = conn.generation;
             let dom = match cached {

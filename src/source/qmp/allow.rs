@@ -46,12 +46,38 @@ allow!(
 );
 
 /// A serialised, allow-listed QMP request.
+///
+/// Its fields are private: [`QmpRequest::new`] with a [`ReadOnlyQmpCommand`] is the only way
+/// to make one. Neither a literal nor a mutating `qapi` command compiles:
+///
+/// ```compile_fail
+/// use vmbridge::source::qmp::allow::QmpRequest;
+/// let _ = QmpRequest { name: "human-monitor-command", json: String::new() };
+/// ```
+///
+/// ```compile_fail
+/// use vmbridge::source::qmp::allow::QmpRequest;
+/// let _ = QmpRequest::new(
+///     qapi::qmp::human_monitor_command { command_line: "quit".into(), cpu_index: None },
+///     1,
+/// );
+/// ```
+///
+/// ```compile_fail
+/// use vmbridge::source::qmp::allow::QmpRequest;
+/// let _ = QmpRequest::new(qapi::qmp::quit {}, 1);
+/// ```
+///
+/// The allow-listed form does compile (so the failures above are about the allow-list):
+///
+/// ```
+/// use vmbridge::source::qmp::allow::QmpRequest;
+/// assert_eq!(QmpRequest::new(qapi::qmp::query_status {}, 1).name(), "query-status");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QmpRequest {
-    /// The command name.
-    pub name: &'static str,
-    /// The JSON line, with `id`.
-    pub json: String,
+    name: &'static str,
+    json: String,
 }
 
 impl QmpRequest {
@@ -60,6 +86,21 @@ impl QmpRequest {
         let json =
             serde_json::to_string(&qapi::Execute::<C, u64>::with_id(cmd, id)).unwrap_or_else(|_| "{}".to_owned());
         QmpRequest { name: C::NAME, json }
+    }
+
+    /// The command name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The JSON line, with `id`.
+    pub fn json(&self) -> &str {
+        &self.json
+    }
+
+    /// The JSON line, by value.
+    pub fn into_json(self) -> String {
+        self.json
     }
 }
 
@@ -90,8 +131,8 @@ mod tests {
     #[test]
     fn requests_carry_their_id() {
         let r = QmpRequest::new(QueryStats { target: "vm" }, 7);
-        assert_eq!(r.json, r#"{"execute":"query-stats","arguments":{"target":"vm"},"id":7}"#);
+        assert_eq!(r.json(), r#"{"execute":"query-stats","arguments":{"target":"vm"},"id":7}"#);
         let r = QmpRequest::new(qmp::query_status {}, 8);
-        assert_eq!(r.json, r#"{"execute":"query-status","arguments":{},"id":8}"#);
+        assert_eq!(r.json(), r#"{"execute":"query-status","arguments":{},"id":8}"#);
     }
 }

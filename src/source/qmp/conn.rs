@@ -72,7 +72,7 @@ impl QmpConn {
         let id = self.next_id;
         self.next_id += 1;
         let req = QmpRequest::new(cmd, id);
-        self.line.send(req.json, until).await.map_err(QmpError::Transport)?;
+        self.line.send(req.into_json(), until).await.map_err(QmpError::Transport)?;
         let events = &mut self.events;
         let reply = self
             .line

@@ -173,14 +173,53 @@ pub struct EventCounts {
     pub agent_connects: u64,
     /// Whether the agent's channel is open now, when known.
     pub agent_connected: Option<bool>,
+    /// The run state the last counted change entered: a state is counted only when entered.
+    #[serde(skip)]
+    #[schemars(skip)]
+    state: Option<&'static str>,
+    /// When the last reset was seen (seconds; the event's own timestamp when it has one).
+    #[serde(skip)]
+    #[schemars(skip)]
+    last_reset_at: Option<f64>,
+}
+
+/// A reset this soon after another is the same reboot: QEMU reports a `virsh reset` as a host
+/// `RESET` and then the firmware's own guest `RESET` about 0.1 s later, and a guest reboot as
+/// two guest `RESET`s; libvirt relays each as a `REBOOT`.
+pub const RESET_FOLLOW_UP: f64 = 1.0;
+
+/// A QMP event's `timestamp` (`{"seconds": …, "microseconds": …}`) in seconds.
+fn event_time(ev: &Value) -> Option<f64> {
+    let t = ev.get("timestamp")?;
+    let s = t.get("seconds")?.as_f64()?;
+    let us = t.get("microseconds").and_then(Value::as_f64).unwrap_or(0.0);
+    Some(s + us / 1e6).filter(|t| t.is_finite())
 }
 
 /// Most distinct drives counted per VM; QEMU names drives, but keep the label set bounded.
 const MAX_DRIVES: usize = 64;
 
 impl EventCounts {
-    /// Counts one libvirt domain event (VMs without a direct QMP monitor).
-    pub fn count_libvirt(&mut self, ev: &crate::source::libvirt::ffi::DomainEvent) {
+    /// Counts entering `to`, unless the VM is already in it.
+    fn enter(&mut self, to: &'static str) {
+        if self.state != Some(to) {
+            self.state = Some(to);
+            *self.state_changes.entry(to.to_owned()).or_default() += 1;
+        }
+    }
+
+    /// Whether a reset at `at` starts a reboot (else it is the follow-up of the last one).
+    /// `follow_up` says whether this kind of reset can be one.
+    fn new_reboot(&mut self, at: f64, follow_up: bool) -> bool {
+        let previous = self.last_reset_at.replace(at);
+        let soon = previous.is_some_and(|p| (0.0..RESET_FOLLOW_UP).contains(&(at - p)));
+        // A reset is not a state change: the VM stays running.
+        !(follow_up && soon)
+    }
+
+    /// Counts one libvirt domain event (VMs without a direct QMP monitor), seen at `at`
+    /// (Unix seconds).
+    pub fn count_libvirt(&mut self, ev: &crate::source::libvirt::ffi::DomainEvent, at: f64) {
         use crate::source::libvirt::ffi::DomainEvent;
         match ev {
             DomainEvent::Lifecycle { event, detail } => {
@@ -195,13 +234,18 @@ impl EventCounts {
                     _ => None,
                 };
                 if let Some(to) = to {
-                    *self.state_changes.entry(to.to_owned()).or_default() += 1;
+                    self.enter(to);
                 }
                 if *event == 8 && *detail == 0 {
                     self.guest_panics += 1;
                 }
             }
-            DomainEvent::Reboot => self.reboots_unknown += 1,
+            // libvirt does not say who reset: any reset soon after another is its follow-up.
+            DomainEvent::Reboot => {
+                if self.new_reboot(at, true) {
+                    self.reboots_unknown += 1;
+                }
+            }
             DomainEvent::IoError { device } => {
                 // Devices libvirt did not define (e.g. added by <qemu:commandline>) have no alias.
                 let drive = if device.is_empty() {
@@ -226,21 +270,35 @@ impl EventCounts {
     pub fn count(&mut self, ev: &Value, agent_port: impl Fn(&str) -> bool) {
         let name = ev.get("event").and_then(Value::as_str).unwrap_or_default();
         let data = &ev["data"];
+        // `POWERDOWN` is only a power-button request (`virsh shutdown`): the guest may ignore
+        // it and keep running, so it changes no state; `SHUTDOWN` is the guest going down.
         let to = match name {
             "STOP" => Some("paused"),
             "RESUME" | "WAKEUP" => Some("running"),
             "SUSPEND" | "SUSPEND_DISK" => Some("pmsuspended"),
-            "SHUTDOWN" | "POWERDOWN" => Some("shutdown"),
+            "SHUTDOWN" => Some("shutdown"),
             "GUEST_PANICKED" => Some("crashed"),
             _ => None,
         };
         if let Some(to) = to {
-            *self.state_changes.entry(to.to_owned()).or_default() += 1;
+            self.enter(to);
         }
         match name {
             "GUEST_PANICKED" => self.guest_panics += 1,
-            "RESET" if data.get("guest").and_then(Value::as_bool) == Some(true) => self.reboots_guest += 1,
-            "RESET" => self.reboots_host += 1,
+            "RESET" => {
+                let guest = data.get("guest").and_then(Value::as_bool) == Some(true);
+                // QEMU's own timestamp, so a late read does not split or merge resets; a guest
+                // reset soon after another reset is the firmware's (or guest's) follow-up, and a
+                // host reset is always one of its own.
+                let at = event_time(ev).unwrap_or_else(crate::clock::now_unix);
+                if self.new_reboot(at, guest) {
+                    if guest {
+                        self.reboots_guest += 1;
+                    } else {
+                        self.reboots_host += 1;
+                    }
+                }
+            }
             "BLOCK_IO_ERROR" => {
                 let drive = data.get("device").and_then(Value::as_str).filter(|d| !d.is_empty());
                 let drive = drive.or_else(|| data.get("node-name").and_then(Value::as_str)).unwrap_or("unknown");
@@ -353,6 +411,69 @@ mod tests {
         )
         .expect("some");
         assert_eq!(m.data_total_bytes, Some(u64::MAX));
+    }
+
+    fn at(ev: Value, t: f64) -> Value {
+        let mut ev = ev;
+        ev["timestamp"] = json!({"seconds": t.trunc() as u64, "microseconds": ((t.fract()) * 1e6).round() as u64});
+        ev
+    }
+
+    #[test]
+    fn one_reset_with_its_firmware_follow_up_is_one_reboot() {
+        let mut c = EventCounts::default();
+        // `virsh reset`: host RESET, then the firmware's guest RESET 94 ms later.
+        c.count(
+            &at(json!({"event": "RESET", "data": {"guest": false, "reason": "host-qmp-system-reset"}}), 100.0),
+            |_| false,
+        );
+        c.count(&at(json!({"event": "RESET", "data": {"guest": true, "reason": "guest-reset"}}), 100.094), |_| false);
+        assert_eq!((c.reboots_host, c.reboots_guest), (1, 0));
+        // A second `virsh reset` right away is a reboot of its own.
+        c.count(&at(json!({"event": "RESET", "data": {"guest": false}}), 100.2), |_| false);
+        assert_eq!((c.reboots_host, c.reboots_guest), (2, 0));
+        // A guest reboot: two guest RESETs close together, one reboot.
+        c.count(&at(json!({"event": "RESET", "data": {"guest": true}}), 200.0), |_| false);
+        c.count(&at(json!({"event": "RESET", "data": {"guest": true}}), 200.09), |_| false);
+        assert_eq!((c.reboots_host, c.reboots_guest), (2, 1));
+        // Later guest resets are reboots again; a reset is never a state change.
+        c.count(&at(json!({"event": "RESET", "data": {"guest": true}}), 210.0), |_| false);
+        assert_eq!(c.reboots_guest, 2);
+        assert!(c.state_changes.is_empty(), "{:?}", c.state_changes);
+    }
+
+    #[test]
+    fn libvirt_reboots_soon_after_each_other_are_one() {
+        use crate::source::libvirt::ffi::DomainEvent;
+        let mut c = EventCounts::default();
+        c.count_libvirt(&DomainEvent::Reboot, 50.0);
+        c.count_libvirt(&DomainEvent::Reboot, 50.1);
+        assert_eq!(c.reboots_unknown, 1);
+        c.count_libvirt(&DomainEvent::Reboot, 52.0);
+        assert_eq!(c.reboots_unknown, 2);
+    }
+
+    #[test]
+    fn powerdown_is_not_a_state_change_and_states_count_when_entered() {
+        let mut c = EventCounts::default();
+        // `virsh shutdown` of a guest that ignores the power button: the VM keeps running.
+        c.count(&json!({"event": "POWERDOWN"}), |_| false);
+        assert!(c.state_changes.is_empty());
+        c.count(&json!({"event": "STOP"}), |_| false);
+        c.count(&json!({"event": "STOP"}), |_| false);
+        c.count(&json!({"event": "RESUME"}), |_| false);
+        assert_eq!(c.state_changes.get("paused"), Some(&1), "paused once, not twice");
+        assert_eq!(c.state_changes.get("running"), Some(&1));
+        c.count(&json!({"event": "SHUTDOWN", "data": {"guest": true}}), |_| false);
+        assert_eq!(c.state_changes.get("shutdown"), Some(&1));
+        // libvirt: STARTED then RESUMED while running is one entry into running.
+        use crate::source::libvirt::ffi::DomainEvent;
+        let mut l = EventCounts::default();
+        l.count_libvirt(&DomainEvent::Lifecycle { event: 2, detail: 0 }, 1.0);
+        l.count_libvirt(&DomainEvent::Lifecycle { event: 4, detail: 0 }, 1.1);
+        l.count_libvirt(&DomainEvent::Lifecycle { event: 3, detail: 0 }, 2.0);
+        assert_eq!(l.state_changes.get("running"), Some(&1));
+        assert_eq!(l.state_changes.get("paused"), Some(&1));
     }
 
     #[test]
