@@ -19,7 +19,7 @@ use crate::source::process::ProcessPoller;
 use crate::source::qga::poller::QgaPoller;
 use crate::source::qga::transport::{LibvirtAgent, SocketAgent, Transport};
 use crate::source::qmp::poller::QmpPoller;
-use crate::source::{Poller, SourceKind};
+use crate::source::{ErrorKind, PollError, Poller, SourceKind, SourceSample};
 use crate::store::{ErrorRecord, SourceSnapshot, Store, VmSnapshot};
 use crate::vm::{DomainNaming, VmId};
 
@@ -44,17 +44,35 @@ pub struct PollSettings {
     pub breaker: BreakerConfig,
 }
 
+/// A poll in flight: owned by the task, kept across missed deadlines (never a second one).
+type PollFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<SourceSample, PollError>> + Send>>;
+
+/// Extra time the supervisor gives a poll past the poller's own [`Poller::deadline`], so a
+/// poller that times out its own calls reports that (with its message) first.
+fn grace(deadline: Duration) -> Duration {
+    (deadline / 4).max(Duration::from_millis(250))
+}
+
 /// Runs one source of one VM until `cancel` fires.
+///
+/// The task owns time: each poll gets the poller's deadline (plus [`grace`]); past it the
+/// poll counts as a timeout and a stuck call, and the *same* poll stays in flight: the next
+/// admitted attempt waits for it again instead of starting another, so a poller whose call
+/// never returns holds one future and one thread, is flagged within `threshold × deadline`,
+/// and cannot look healthy while stuck.
 pub async fn run_source<P: Poller>(
     id: VmId,
     uuid: String,
-    mut poller: P,
+    poller: P,
     store: Arc<Store>,
     settings: PollSettings,
     cancel: CancellationToken,
 ) {
     let kind = poller.kind();
+    let deadline = poller.deadline();
+    let limit = deadline + grace(deadline);
     let mut breaker = Breaker::new(settings.breaker.clone());
+    let stuck = poller.stuck_calls();
     let mut snap = SourceSnapshot {
         sample: None,
         last_success_at: None,
@@ -64,9 +82,12 @@ pub async fn run_source<P: Poller>(
         errors_total: BTreeMap::new(),
         last_errors: VecDeque::new(),
         breaker: breaker.view(Instant::now()),
-        stuck_calls: poller.stuck_calls(),
+        stuck_calls: stuck.clone(),
     };
     store.publish(&id, &uuid, kind, Arc::new(snap.clone()));
+    let poller = Arc::new(tokio::sync::Mutex::new(poller));
+    // The poll in flight, when it started, and whether it was counted stuck.
+    let mut in_flight: Option<(PollFuture, Instant, bool)> = None;
     loop {
         if let Admission::WaitUntil(until) = breaker.admit(Instant::now()) {
             tokio::select! {
@@ -74,14 +95,46 @@ pub async fn run_source<P: Poller>(
                 _ = cancel.cancelled() => return,
             }
         }
-        let started = Instant::now();
+        let attempt = Instant::now();
         snap.last_attempt_at = Some(now_unix());
         snap.polls_total += 1;
-        let result = tokio::select! {
-            r = poller.poll() => r,
+        let (fut, started, counted) = in_flight.get_or_insert_with(|| {
+            let p = poller.clone();
+            let fut: PollFuture = Box::pin(async move { p.lock_owned().await.poll().await });
+            (fut, Instant::now(), false)
+        });
+        let waited = tokio::select! {
+            r = tokio::time::timeout_at(attempt + limit, fut.as_mut()) => r,
             _ = cancel.cancelled() => return,
         };
-        snap.last_poll_duration_seconds = Some(started.elapsed().as_secs_f64());
+        let result = match waited {
+            Ok(r) => {
+                if *counted {
+                    stuck.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                }
+                snap.last_poll_duration_seconds = Some(started.elapsed().as_secs_f64());
+                in_flight = None;
+                r
+            }
+            Err(_) => {
+                if !*counted {
+                    *counted = true;
+                    stuck.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                }
+                let running = started.elapsed();
+                snap.last_poll_duration_seconds = Some(running.as_secs_f64());
+                Err(PollError {
+                    kind: ErrorKind::Timeout,
+                    message: format!(
+                        "{} poll still running after {:.1}s (deadline {:.1}s)",
+                        kind.as_str(),
+                        running.as_secs_f64(),
+                        limit.as_secs_f64()
+                    ),
+                    hard: running >= settings.hard_timeout.max(limit),
+                })
+            }
+        };
         let transition = match result {
             Ok(sample) => {
                 snap.sample = Some(Arc::new(sample));
@@ -110,7 +163,7 @@ pub async fn run_source<P: Poller>(
         snap.breaker = breaker.view(Instant::now());
         store.publish(&id, &uuid, kind, Arc::new(snap.clone()));
         let failing_but_closed = breaker.state() == BreakerState::Closed && snap.breaker.consecutive_failures > 0;
-        let next = if failing_but_closed { Instant::now() + settings.retry_delay } else { started + settings.interval };
+        let next = if failing_but_closed { Instant::now() + settings.retry_delay } else { attempt + settings.interval };
         tokio::select! {
             _ = tokio::time::sleep_until(next) => {}
             _ = cancel.cancelled() => return,
@@ -255,7 +308,7 @@ pub async fn run(
                 spawn_qga(&id, &found.uuid, transport, &ctx, &token);
                 spawn_qmp(&id, &found.uuid, ctx.sources.qmp.socket_for(&found.name, &id), &ctx, &token);
                 if let Some(root) = &ctx.sources.process_root {
-                    let poller = ProcessPoller::new(found.name.clone(), root.clone());
+                    let poller = ProcessPoller::new(found.name.clone(), root.clone(), settings.timeout);
                     spawn_source(&id, &found.uuid, poller, &ctx, &token);
                 }
                 running.insert(key, (id, token));
@@ -271,5 +324,152 @@ pub async fn run(
     }
     for (_, (_, token)) in running {
         token.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::libvirt::LibvirtSample;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// A poller whose poll never returns (a call that never comes back), counting its starts.
+    struct Hung(Arc<AtomicU64>);
+
+    impl Poller for Hung {
+        fn kind(&self) -> SourceKind {
+            SourceKind::Process
+        }
+        fn deadline(&self) -> Duration {
+            Duration::from_secs(1)
+        }
+        fn stuck_calls(&self) -> Arc<AtomicU64> {
+            Arc::new(AtomicU64::new(0))
+        }
+        async fn poll(&mut self) -> Result<SourceSample, PollError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            std::future::pending().await
+        }
+    }
+
+    /// A poller that answers at once.
+    struct Fine;
+
+    impl Poller for Fine {
+        fn kind(&self) -> SourceKind {
+            SourceKind::Process
+        }
+        fn deadline(&self) -> Duration {
+            Duration::from_secs(1)
+        }
+        fn stuck_calls(&self) -> Arc<AtomicU64> {
+            Arc::new(AtomicU64::new(0))
+        }
+        async fn poll(&mut self) -> Result<SourceSample, PollError> {
+            Ok(SourceSample::Libvirt(LibvirtSample::new(Vec::new(), Vec::new())))
+        }
+    }
+
+    fn settings() -> PollSettings {
+        PollSettings {
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(1),
+            hard_timeout: Duration::from_secs(20),
+            retry_delay: Duration::from_millis(100),
+            errors_kept: 8,
+            carry_window: Duration::from_secs(60),
+            breaker: BreakerConfig { failure_threshold: 3, ..BreakerConfig::default() },
+        }
+    }
+
+    fn vm(store: &Store, name: &str) -> VmId {
+        let id = VmId { namespace: "t".into(), name: name.into() };
+        store.insert_vm(VmSnapshot {
+            id: id.clone(),
+            domain: name.into(),
+            uuid: name.into(),
+            endpoint: "test".into(),
+            discovered_at: 0.0,
+            sources: BTreeMap::new(),
+        });
+        id
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_poll_that_never_returns_is_flagged_within_threshold_times_deadline_and_never_doubled() {
+        let store = Arc::new(Store::new([]));
+        let (hung, fine) = (vm(&store, "hung"), vm(&store, "fine"));
+        let starts = Arc::new(AtomicU64::new(0));
+        let cancel = CancellationToken::new();
+        let s = settings();
+        tokio::spawn(run_source(
+            hung.clone(),
+            "hung".into(),
+            Hung(starts.clone()),
+            store.clone(),
+            s.clone(),
+            cancel.clone(),
+        ));
+        tokio::spawn(run_source(fine.clone(), "fine".into(), Fine, store.clone(), s.clone(), cancel.clone()));
+        let snap =
+            |id: &VmId| store.vm(id).and_then(|v| v.sources.get(&SourceKind::Process).cloned()).expect("published");
+        // threshold × (deadline + grace) + the retry delays between the attempts.
+        let limit = Duration::from_secs(1) + grace(Duration::from_secs(1));
+        let flagged_by = limit * 3 + s.retry_delay * 2 + Duration::from_millis(10);
+        tokio::time::sleep(flagged_by).await;
+        let h = snap(&hung);
+        assert_eq!(h.breaker.state, BreakerState::Open, "{:?}", h.breaker);
+        assert!(!h.is_up());
+        assert_eq!(h.errors_total.get(&ErrorKind::Timeout), Some(&3));
+        assert!(h.last_errors.back().is_some_and(|e| e.message.contains("still running")), "{:?}", h.last_errors);
+        assert_eq!(h.stuck_calls.load(Ordering::SeqCst), 1, "the stuck poll is counted once");
+        assert_eq!(starts.load(Ordering::SeqCst), 1, "three attempts, one poll: never a second in flight");
+        // The other VM stays fresh all along.
+        let f = snap(&fine);
+        assert!(f.is_up() && f.polls_total >= 1, "{f:?}");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let f = snap(&fine);
+        assert!(f.is_up() && f.polls_total >= 12, "{f:?}");
+        assert_eq!(starts.load(Ordering::SeqCst), 1, "half-open probes wait for the same poll");
+        assert!(!snap(&hung).is_up());
+        cancel.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_poll_that_returns_clears_its_stuck_count_and_recovers() {
+        struct Slow(u32);
+        impl Poller for Slow {
+            fn kind(&self) -> SourceKind {
+                SourceKind::Process
+            }
+            fn deadline(&self) -> Duration {
+                Duration::from_secs(1)
+            }
+            fn stuck_calls(&self) -> Arc<AtomicU64> {
+                Arc::new(AtomicU64::new(0))
+            }
+            async fn poll(&mut self) -> Result<SourceSample, PollError> {
+                self.0 += 1;
+                if self.0 == 1 {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+                Ok(SourceSample::Libvirt(LibvirtSample::new(Vec::new(), Vec::new())))
+            }
+        }
+        let store = Arc::new(Store::new([]));
+        let id = vm(&store, "slow");
+        let cancel = CancellationToken::new();
+        tokio::spawn(run_source(id.clone(), "slow".into(), Slow(0), store.clone(), settings(), cancel.clone()));
+        let snap = || store.vm(&id).and_then(|v| v.sources.get(&SourceKind::Process).cloned()).expect("published");
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        assert_eq!(snap().stuck_calls.load(Ordering::SeqCst), 1);
+        assert!(!snap().is_up());
+        // The retry waits for the same poll, which returns at 2 s: up again, nothing stuck.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let s = snap();
+        assert!(s.is_up(), "{s:?}");
+        assert_eq!(s.stuck_calls.load(Ordering::SeqCst), 0);
+        assert_eq!(s.breaker.state, BreakerState::Closed);
+        cancel.cancel();
     }
 }

@@ -117,11 +117,16 @@ pub enum SourceSample {
     Process(process::ProcessSample),
 }
 
-/// One (VM, source) poller. `poll` must honour its own deadlines and be cancel-safe: the
-/// supervisor may drop the future when the VM goes away.
+/// One (VM, source) poller. The supervisor owns time: it runs at most one `poll` future per
+/// (VM, source) at a time, gives it [`Poller::deadline`], and when the deadline passes counts
+/// a timeout (the breaker does the rest) and a stuck call while it keeps waiting for that same
+/// future, never starting a second one. A poller may also time out its own calls sooner, with
+/// a more precise message. `poll` must be cancel-safe: the future is dropped when the VM goes.
 pub trait Poller: Send + 'static {
     /// Which source this is.
     fn kind(&self) -> SourceKind;
+    /// The longest one poll may take (every call it makes, each within its own deadline).
+    fn deadline(&self) -> std::time::Duration;
     /// One poll.
     fn poll(&mut self) -> impl std::future::Future<Output = Result<SourceSample, PollError>> + Send;
     /// Calls abandoned at their deadline and still running, for `vmbridge_stuck_calls`.

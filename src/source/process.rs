@@ -103,12 +103,14 @@ pub struct ProcessPoller {
     domain: String,
     proc_root: PathBuf,
     pids: Vec<u32>,
+    timeout: std::time::Duration,
 }
 
 impl ProcessPoller {
-    /// A poller for libvirt domain `domain`.
-    pub fn new(domain: String, proc_root: PathBuf) -> Self {
-        ProcessPoller { domain, proc_root, pids: Vec::new() }
+    /// A poller for libvirt domain `domain`; one scan of `/proc` may take `timeout` (the
+    /// supervisor enforces it: a `/proc` read can block, e.g. on a process in D state).
+    pub fn new(domain: String, proc_root: PathBuf, timeout: std::time::Duration) -> Self {
+        ProcessPoller { domain, proc_root, pids: Vec::new(), timeout }
     }
 }
 
@@ -118,7 +120,12 @@ impl Poller for ProcessPoller {
     }
 
     fn stuck_calls(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+        // The scan's only blocking call is awaited by the supervisor, which counts it here.
         std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0))
+    }
+
+    fn deadline(&self) -> std::time::Duration {
+        self.timeout
     }
 
     async fn poll(&mut self) -> Result<SourceSample, PollError> {

@@ -189,6 +189,9 @@ pub async fn run_launchers(
     cancel: CancellationToken,
 ) {
     let mut running: BTreeMap<u32, (super::launchers::Launcher, CancellationToken)> = BTreeMap::new();
+    let mut scan_in_flight: Option<(tokio::task::JoinHandle<Vec<super::launchers::Launcher>>, tokio::time::Instant)> =
+        None;
+    let mut stuck_scans: u64 = 0;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -196,8 +199,35 @@ pub async fn run_launchers(
             _ = ticker.tick() => {}
             _ = cancel.cancelled() => break,
         }
-        let s = scan.clone();
-        let Ok(found) = tokio::task::spawn_blocking(move || s.scan()).await else { continue };
+        // One scan in flight at a time, each waited for at most `timeout`: a `/proc` read that
+        // blocks (a process in D state, a hung FUSE mount) must not freeze this loop, and a
+        // scan still running is waited for again rather than started twice.
+        let handle = scan_in_flight.get_or_insert_with(|| {
+            let s = scan.clone();
+            (tokio::task::spawn_blocking(move || s.scan()), tokio::time::Instant::now())
+        });
+        let found = tokio::select! {
+            r = tokio::time::timeout(timeout, &mut handle.0) => r,
+            _ = cancel.cancelled() => break,
+        };
+        let found = match found {
+            Ok(joined) => {
+                scan_in_flight = None;
+                match joined {
+                    Ok(found) => found,
+                    Err(_) => continue,
+                }
+            }
+            Err(_) => {
+                stuck_scans += 1;
+                tracing::warn!(
+                    running_for = ?handle.1.elapsed(),
+                    stuck_scans,
+                    "launcher scan still running; the launchers already found keep being polled"
+                );
+                continue;
+            }
+        };
         let known = running.iter().map(|(pid, (l, _))| (*pid, l.clone())).collect();
         let (added, gone) = super::launchers::diff(&known, &found);
         for pid in gone {

@@ -152,6 +152,11 @@ impl Poller for LibvirtPoller {
         self.slot.stuck_counter()
     }
 
+    fn deadline(&self) -> Duration {
+        // One blocking call, which the slot abandons at `timeout` (plus waiting for a permit).
+        self.timeout * 2
+    }
+
     async fn poll(&mut self) -> Result<SourceSample, PollError> {
         let conn = self
             .endpoint

@@ -166,6 +166,12 @@ impl Poller for QgaPoller {
         self.transport.stuck_calls()
     }
 
+    fn deadline(&self) -> std::time::Duration {
+        // Every command once, `guest-info` up to twice, a ping, and the transport's sync.
+        let calls = u32::try_from(COMMANDS.len()).unwrap_or(u32::MAX).saturating_add(4);
+        self.settings.timeout.saturating_mul(calls)
+    }
+
     async fn poll(&mut self) -> Result<SourceSample, PollError> {
         let info_due = self.due.get("info").is_none_or(|d| Instant::now() >= *d);
         let mut contacted = false;

@@ -134,6 +134,11 @@ impl Poller for QmpPoller {
         std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0))
     }
 
+    fn deadline(&self) -> Duration {
+        // Connect and greeting, seven commands, the event drain: each within `timeout`.
+        self.timeout * 10
+    }
+
     async fn poll(&mut self) -> Result<SourceSample, PollError> {
         if self.conn.as_ref().is_none_or(QmpConn::is_poisoned) {
             self.conn = None;
