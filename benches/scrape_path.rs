@@ -342,9 +342,13 @@ fn poll_cycle_cpu(store: &Store, n: usize, rounds: usize) -> (f64, f64) {
         let (t0, c0) = (Instant::now(), thread_cpu());
         let ts = vmbridge::clock::now_unix();
         for (i, (p, m)) in batch.into_iter().enumerate() {
-            let (id, uuid) = vm_id(i);
+            let (_, uuid) = vm_id(i);
             let s = SourceSample::Libvirt(LibvirtSample::new(p, m));
-            store.publish(&id, &uuid, SourceKind::Libvirt, snapshot(Some(s), Some(ts), now));
+            store.publish(
+                &vmbridge::store::VmKey::new(URI, uuid),
+                SourceKind::Libvirt,
+                snapshot(Some(s), Some(ts), now),
+            );
         }
         wall.push(t0.elapsed().as_secs_f64());
         cpu.push((thread_cpu() - c0).as_secs_f64());

@@ -398,6 +398,44 @@ fn kubevirt_domain_names_become_namespace_and_name() {
     assert_eq!(bridge.get("/debug/vms/itk-ns/nope", None).status, 404);
 }
 
+/// Two live domains that map to one namespace/name (`itw1`, plain, and `itwns_itw1`) with
+/// `--default-namespace itwns`: the first discovered keeps the series, the second never
+/// silently takes them over, the clash is counted, and destroying the second leaves the first
+/// exported (before: the second took over, and after it went the first was never exported again).
+#[test]
+fn two_domains_claiming_one_name_neither_replaces_the_other() {
+    let _serial = serial();
+    let first = Domain::new("itw1");
+    let bridge = Bridge::start(&["--poll-interval", "1s", "--no-qga", "--default-namespace", "itwns"]);
+    let cpu =
+        |e: &Exposition| e.value("kubevirt_vmi_cpu_usage_seconds_total", &[("namespace", "itwns"), ("name", "itw1")]);
+    let (e, _) = bridge.wait_for(Duration::from_secs(20), "the first VM", |e| cpu(e).is_some());
+    let before = cpu(&e).expect("cpu");
+    assert_eq!(e.value("vmbridge_vm_conflicts", &[]), Some(0.0));
+    let second = Domain::new("itwns_itw1");
+    let (e, _) = bridge
+        .wait_for(Duration::from_secs(20), "the clash counted", |e| e.value("vmbridge_vm_conflicts", &[]) == Some(1.0));
+    let index: serde_json::Value = serde_json::from_str(&bridge.get("/debug/vms", None).body).expect("json");
+    let claimants = &index["conflicts"][0]["claimants"];
+    assert_eq!(claimants[0]["domain"], "itw1", "{index}");
+    assert_eq!(claimants[1]["domain"], "itwns_itw1", "{index}");
+    let doc: serde_json::Value = serde_json::from_str(&bridge.get("/debug/vms/itwns/itw1", None).body).expect("json");
+    assert_eq!(doc["domain"], "itw1", "the first discovered stays the exported one");
+    // Its counter kept going: the series did not switch to the new (younger) domain.
+    std::thread::sleep(Duration::from_secs(3));
+    let now = cpu(&bridge.metrics()).expect("still exported");
+    assert!(now >= before, "CPU went backwards {before} -> {now}: the series switched domains");
+    assert_eq!(e.of_vm("itw1").iter().filter(|s| s.name == "kubevirt_vmi_cpu_usage_seconds_total").count(), 1);
+    drop(second);
+    bridge.wait_for(Duration::from_secs(20), "the clash over", |e| e.value("vmbridge_vm_conflicts", &[]) == Some(0.0));
+    std::thread::sleep(Duration::from_secs(2));
+    let e = bridge.metrics();
+    assert!(cpu(&e).is_some(), "the first VM is still exported after the second went away");
+    let doc: serde_json::Value = serde_json::from_str(&bridge.get("/debug/vms/itwns/itw1", None).body).expect("json");
+    assert_eq!(doc["domain"], "itw1");
+    drop(first);
+}
+
 /// `/debug/vms` and `/debug/vms/{ns}/{name}` validate against the checked-in JSON Schemas,
 /// including for a VM whose breaker is open.
 #[test]

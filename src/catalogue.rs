@@ -1500,6 +1500,17 @@ family!(
 );
 family!(VMS, "vmbridge_vms", Gauge, N, [], Bridge, "vmbridge", Node, "VMs vmbridge currently knows on this node.");
 family!(
+    VM_CONFLICTS,
+    "vmbridge_vm_conflicts",
+    Gauge,
+    N,
+    [],
+    Bridge,
+    "vmbridge",
+    Node,
+    "Namespace/name pairs that more than one live domain claims (e.g. `vm1` and `default_vm1`, or two daemons). Only the first discovered claimant is exported; /debug/vms lists them all."
+);
+family!(
     ENDPOINT_UP,
     "vmbridge_endpoint_up",
     Gauge,
@@ -1660,6 +1671,7 @@ pub const ALL: &[MetricDef] = &[
     SOURCE_PARTIAL,
     GUEST_DROPPED,
     VMS,
+    VM_CONFLICTS,
     ENDPOINT_UP,
     ENDPOINT_DOMAINS,
     BUILD_INFO,

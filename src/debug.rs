@@ -50,8 +50,10 @@ pub struct DebugIndex {
     pub generated_at: f64,
     /// Configured libvirt endpoints.
     pub endpoints: Vec<EndpointStatus>,
-    /// Every VM.
+    /// Every exported VM (one per namespace/name).
     pub vms: Vec<VmSummary>,
+    /// Namespace/names that more than one live domain claims, with every claimant.
+    pub conflicts: Vec<crate::store::Conflict>,
 }
 
 /// `/debug/vms/{namespace}/{name}`.
@@ -128,7 +130,13 @@ pub fn index(store: &Store, node: &str) -> DebugIndex {
                 .collect(),
         })
         .collect();
-    DebugIndex { node: node.to_owned(), generated_at: now, endpoints: store.endpoints(), vms }
+    DebugIndex {
+        node: node.to_owned(),
+        generated_at: now,
+        endpoints: store.endpoints(),
+        vms,
+        conflicts: store.conflicts(),
+    }
 }
 
 /// Builds one VM's document.

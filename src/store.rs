@@ -96,10 +96,63 @@ pub struct EndpointStatus {
     pub last_error: Option<String>,
 }
 
+/// A VM's identity in the store and the supervisor: the endpoint it lives on and its domain
+/// UUID. Namespace and name are labels: two live domains may claim the same ones.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VmKey {
+    /// The libvirt endpoint URI (`static` for configured VMs).
+    pub endpoint: String,
+    /// The domain UUID.
+    pub uuid: String,
+}
+
+impl VmKey {
+    /// The key of `endpoint`'s domain `uuid`.
+    pub fn new(endpoint: impl Into<String>, uuid: impl Into<String>) -> Self {
+        VmKey { endpoint: endpoint.into(), uuid: uuid.into() }
+    }
+}
+
+impl VmSnapshot {
+    /// Its key.
+    pub fn key(&self) -> VmKey {
+        VmKey::new(self.endpoint.clone(), self.uuid.clone())
+    }
+}
+
+/// Two or more live domains claiming one namespace/name: only the first discovered is
+/// exported (the others would duplicate its series); none replaces another.
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
+pub struct Conflict {
+    /// The namespace/name claimed.
+    #[serde(flatten)]
+    pub id: VmId,
+    /// The claimants, first discovered (the one exported) first: (endpoint, domain, uuid).
+    pub claimants: Vec<Claimant>,
+}
+
+/// One domain claiming a namespace/name.
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
+pub struct Claimant {
+    /// libvirt endpoint URI.
+    pub endpoint: String,
+    /// libvirt domain name.
+    pub domain: String,
+    /// libvirt domain UUID.
+    pub uuid: String,
+}
+
+#[derive(Debug, Default)]
+struct Vms {
+    by_key: BTreeMap<VmKey, Arc<VmSnapshot>>,
+    /// Who claims each namespace/name, in discovery order: the first is exported.
+    by_id: BTreeMap<VmId, Vec<VmKey>>,
+}
+
 /// The store.
 #[derive(Debug)]
 pub struct Store {
-    vms: RwLock<BTreeMap<VmId, Arc<VmSnapshot>>>,
+    vms: RwLock<Vms>,
     endpoints: RwLock<BTreeMap<String, EndpointStatus>>,
     /// KubeVirt mode: not ready before the first scan for launchers.
     awaiting_scan: std::sync::atomic::AtomicBool,
@@ -113,7 +166,7 @@ impl Store {
             .map(|u| (u.to_owned(), EndpointStatus { uri: u.to_owned(), ..Default::default() }))
             .collect();
         Store {
-            vms: RwLock::new(BTreeMap::new()),
+            vms: RwLock::new(Vms::default()),
             endpoints: RwLock::new(endpoints),
             awaiting_scan: std::sync::atomic::AtomicBool::new(false),
         }
@@ -142,35 +195,104 @@ impl Store {
         self.endpoints.write().unwrap_or_else(PoisonError::into_inner).remove(uri);
     }
 
-    /// Adds (or replaces) a VM.
+    /// Adds (or replaces, for the same key) a VM. When another live domain already claims its
+    /// namespace/name, both are kept, the earlier one stays the one exported, and a warning
+    /// says so.
     pub fn insert_vm(&self, vm: VmSnapshot) {
-        self.vms.write().unwrap_or_else(PoisonError::into_inner).insert(vm.id.clone(), Arc::new(vm));
+        let key = vm.key();
+        let mut vms = self.vms.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(old) = vms.by_key.get(&key).map(|v| v.id.clone()) {
+            if old != vm.id {
+                Self::unclaim(&mut vms.by_id, &old, &key);
+            }
+        }
+        let claims = vms.by_id.entry(vm.id.clone()).or_default();
+        if !claims.contains(&key) {
+            claims.push(key.clone());
+        }
+        if claims.len() > 1 {
+            let owner = &claims[0];
+            tracing::warn!(
+                namespace = %vm.id.namespace, name = %vm.id.name,
+                domain = %vm.domain, uri = %key.endpoint, uuid = %key.uuid,
+                exported_uri = %owner.endpoint, exported_uuid = %owner.uuid,
+                "two live domains claim one namespace/name; the first discovered stays exported"
+            );
+        }
+        vms.by_key.insert(key, Arc::new(vm));
     }
 
-    /// Removes a VM if it still is the domain `uuid` (two endpoints may reuse a name).
-    pub fn remove_vm(&self, id: &VmId, uuid: &str) {
-        let mut vms = self.vms.write().unwrap_or_else(PoisonError::into_inner);
-        if vms.get(id).is_some_and(|v| v.uuid == uuid) {
-            vms.remove(id);
+    fn unclaim(by_id: &mut BTreeMap<VmId, Vec<VmKey>>, id: &VmId, key: &VmKey) {
+        if let Some(claims) = by_id.get_mut(id) {
+            claims.retain(|k| k != key);
+            if claims.is_empty() {
+                by_id.remove(id);
+            }
         }
     }
 
-    /// Publishes a source's new state for the domain `uuid`; ignored if the VM is gone.
-    pub fn publish(&self, id: &VmId, uuid: &str, kind: SourceKind, state: Arc<SourceSnapshot>) {
+    /// Removes the VM `key` (never another domain that claims the same namespace/name).
+    pub fn remove_vm(&self, key: &VmKey) {
         let mut vms = self.vms.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some(vm) = vms.get_mut(id).filter(|v| v.uuid == uuid) {
+        if let Some(vm) = vms.by_key.remove(key) {
+            Self::unclaim(&mut vms.by_id, &vm.id, key);
+        }
+    }
+
+    /// Publishes a source's new state for the VM `key`; ignored if the VM is gone.
+    pub fn publish(&self, key: &VmKey, kind: SourceKind, state: Arc<SourceSnapshot>) {
+        let mut vms = self.vms.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(vm) = vms.by_key.get_mut(key) {
             Arc::make_mut(vm).sources.insert(kind, state);
         }
     }
 
-    /// Every VM, ordered by namespace and name.
+    /// The exported VMs, one per namespace/name (the first discovered of its claimants),
+    /// ordered by namespace and name.
     pub fn vms(&self) -> Vec<Arc<VmSnapshot>> {
-        self.vms.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
+        let vms = self.vms.read().unwrap_or_else(PoisonError::into_inner);
+        vms.by_id.values().filter_map(|claims| claims.first().and_then(|k| vms.by_key.get(k)).cloned()).collect()
     }
 
-    /// One VM.
+    /// Every VM, conflicting claimants included, ordered by key.
+    pub fn all_vms(&self) -> Vec<Arc<VmSnapshot>> {
+        self.vms.read().unwrap_or_else(PoisonError::into_inner).by_key.values().cloned().collect()
+    }
+
+    /// The exported VM of a namespace/name.
     pub fn vm(&self, id: &VmId) -> Option<Arc<VmSnapshot>> {
-        self.vms.read().unwrap_or_else(PoisonError::into_inner).get(id).cloned()
+        let vms = self.vms.read().unwrap_or_else(PoisonError::into_inner);
+        vms.by_id.get(id).and_then(|c| c.first()).and_then(|k| vms.by_key.get(k)).cloned()
+    }
+
+    /// The VM `key`, exported or not.
+    pub fn vm_by_key(&self, key: &VmKey) -> Option<Arc<VmSnapshot>> {
+        self.vms.read().unwrap_or_else(PoisonError::into_inner).by_key.get(key).cloned()
+    }
+
+    /// How many namespace/names more than one live domain claims.
+    pub fn conflict_count(&self) -> usize {
+        self.vms.read().unwrap_or_else(PoisonError::into_inner).by_id.values().filter(|c| c.len() > 1).count()
+    }
+
+    /// Every namespace/name claimed by more than one live domain.
+    pub fn conflicts(&self) -> Vec<Conflict> {
+        let vms = self.vms.read().unwrap_or_else(PoisonError::into_inner);
+        vms.by_id
+            .iter()
+            .filter(|(_, c)| c.len() > 1)
+            .map(|(id, claims)| Conflict {
+                id: id.clone(),
+                claimants: claims
+                    .iter()
+                    .map(|k| Claimant {
+                        endpoint: k.endpoint.clone(),
+                        domain: vms.by_key.get(k).map(|v| v.domain.clone()).unwrap_or_default(),
+                        uuid: k.uuid.clone(),
+                    })
+                    .collect(),
+            })
+            .collect()
     }
 
     /// Every endpoint's status.
@@ -216,5 +338,100 @@ impl Store {
             .map(|e| e.uri.clone())
             .collect();
         if not_ready.is_empty() { Ok(()) } else { Err(not_ready) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(endpoint: &str, uuid: &str, domain: &str, at: f64) -> VmSnapshot {
+        VmSnapshot {
+            id: crate::vm::VmId::from_domain(domain, crate::vm::DomainNaming::Auto, "default"),
+            domain: domain.into(),
+            uuid: uuid.into(),
+            endpoint: endpoint.into(),
+            discovered_at: at,
+            sources: BTreeMap::new(),
+        }
+    }
+
+    fn names(store: &Store) -> Vec<(String, String)> {
+        store.vms().iter().map(|v| (v.domain.clone(), v.uuid.clone())).collect()
+    }
+
+    #[test]
+    fn two_domains_claiming_one_name_are_kept_apart_and_the_first_stays_exported() {
+        let store = Store::new([]);
+        // `webprod1` (plain) and `default_webprod1` (KubeVirt-style) are both default/webprod1.
+        store.insert_vm(snap("qemu:///system", "u1", "webprod1", 1.0));
+        store.insert_vm(snap("qemu:///system", "u2", "default_webprod1", 2.0));
+        assert_eq!(store.all_vms().len(), 2, "neither replaced the other");
+        assert_eq!(names(&store), [("webprod1".to_owned(), "u1".to_owned())], "the first keeps the series");
+        let c = store.conflicts();
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].claimants.iter().map(|c| c.uuid.as_str()).collect::<Vec<_>>(), ["u1", "u2"]);
+        // Publishing into the second never touches the first.
+        let id = store.vm_by_key(&VmKey::new("qemu:///system", "u1")).expect("first").id.clone();
+        assert!(store.vm(&id).is_some_and(|v| v.uuid == "u1"));
+        // The second goes away: the first is untouched, and the conflict is over.
+        store.remove_vm(&VmKey::new("qemu:///system", "u2"));
+        assert_eq!(names(&store), [("webprod1".to_owned(), "u1".to_owned())]);
+        assert!(store.conflicts().is_empty());
+    }
+
+    #[test]
+    fn a_late_removed_from_an_old_endpoint_never_deletes_the_live_vm() {
+        let store = Store::new([]);
+        // A launcher whose URI changed: the new endpoint reports the domain before the old one
+        // reports it gone.
+        store.insert_vm(snap("old:///", "u1", "ns_vm", 1.0));
+        store.insert_vm(snap("new:///", "u1", "ns_vm", 2.0));
+        assert_eq!(store.vms().len(), 1, "one exported");
+        store.remove_vm(&VmKey::new("old:///", "u1"));
+        let left = store.vms();
+        assert_eq!(left.len(), 1, "the live VM is still exported");
+        assert_eq!(left[0].endpoint, "new:///");
+        // Removing a key twice, or one never seen, changes nothing.
+        store.remove_vm(&VmKey::new("old:///", "u1"));
+        store.remove_vm(&VmKey::new("nowhere", "u9"));
+        assert_eq!(store.vms().len(), 1);
+    }
+
+    #[test]
+    fn when_the_exported_claimant_goes_the_next_one_is_exported() {
+        let store = Store::new([]);
+        store.insert_vm(snap("a", "u1", "ns_vm", 1.0));
+        store.insert_vm(snap("b", "u2", "ns_vm", 2.0));
+        store.insert_vm(snap("c", "u3", "ns_vm", 3.0));
+        assert_eq!(store.conflicts()[0].claimants.len(), 3);
+        store.remove_vm(&VmKey::new("a", "u1"));
+        assert_eq!(names(&store), [("ns_vm".to_owned(), "u2".to_owned())]);
+        // Re-inserting a key (rediscovery) keeps its place and adds no claimant.
+        store.insert_vm(snap("b", "u2", "ns_vm", 4.0));
+        assert_eq!(store.conflicts()[0].claimants.len(), 2);
+        assert_eq!(names(&store), [("ns_vm".to_owned(), "u2".to_owned())]);
+    }
+
+    #[test]
+    fn publishing_into_a_vm_that_is_gone_is_ignored() {
+        let store = Store::new([]);
+        store.insert_vm(snap("a", "u1", "vm", 1.0));
+        let key = VmKey::new("a", "u1");
+        store.remove_vm(&key);
+        let state = SourceSnapshot {
+            sample: None,
+            last_success_at: None,
+            last_attempt_at: None,
+            last_poll_duration_seconds: None,
+            polls_total: 0,
+            errors_total: BTreeMap::new(),
+            last_errors: VecDeque::new(),
+            breaker: crate::breaker::Breaker::new(crate::breaker::BreakerConfig::default())
+                .view(tokio::time::Instant::now()),
+            stuck_calls: Arc::new(AtomicU64::new(0)),
+        };
+        store.publish(&key, SourceKind::Libvirt, Arc::new(state));
+        assert!(store.all_vms().is_empty());
     }
 }

@@ -20,7 +20,7 @@ use crate::source::qga::poller::QgaPoller;
 use crate::source::qga::transport::{LibvirtAgent, SocketAgent, Transport};
 use crate::source::qmp::poller::QmpPoller;
 use crate::source::{ErrorKind, PollError, Poller, SourceKind, SourceSample};
-use crate::store::{ErrorRecord, SourceSnapshot, Store, VmSnapshot};
+use crate::store::{ErrorRecord, SourceSnapshot, Store, VmKey, VmSnapshot};
 use crate::vm::{DomainNaming, VmId};
 
 /// How each (VM, source) task polls.
@@ -62,7 +62,7 @@ fn grace(deadline: Duration) -> Duration {
 /// and cannot look healthy while stuck.
 pub async fn run_source<P: Poller>(
     id: VmId,
-    uuid: String,
+    key: VmKey,
     poller: P,
     store: Arc<Store>,
     settings: PollSettings,
@@ -84,7 +84,7 @@ pub async fn run_source<P: Poller>(
         breaker: breaker.view(Instant::now()),
         stuck_calls: stuck.clone(),
     };
-    store.publish(&id, &uuid, kind, Arc::new(snap.clone()));
+    store.publish(&key, kind, Arc::new(snap.clone()));
     let poller = Arc::new(tokio::sync::Mutex::new(poller));
     // The poll in flight, when it started, and whether it was counted stuck.
     let mut in_flight: Option<(PollFuture, Instant, bool)> = None;
@@ -161,7 +161,7 @@ pub async fn run_source<P: Poller>(
             );
         }
         snap.breaker = breaker.view(Instant::now());
-        store.publish(&id, &uuid, kind, Arc::new(snap.clone()));
+        store.publish(&key, kind, Arc::new(snap.clone()));
         let failing_but_closed = breaker.state() == BreakerState::Closed && snap.breaker.consecutive_failures > 0;
         let next = if failing_but_closed { Instant::now() + settings.retry_delay } else { attempt + settings.interval };
         tokio::select! {
@@ -194,34 +194,27 @@ pub struct Sources {
 }
 
 /// Starts one (VM, source) task under the VM's cancel token.
-fn spawn_source<P: Poller>(id: &VmId, uuid: &str, poller: P, ctx: &Ctx, token: &CancellationToken) {
-    tokio::spawn(run_source(
-        id.clone(),
-        uuid.to_owned(),
-        poller,
-        ctx.store.clone(),
-        ctx.settings.clone(),
-        token.clone(),
-    ));
+fn spawn_source<P: Poller>(id: &VmId, key: &VmKey, poller: P, ctx: &Ctx, token: &CancellationToken) {
+    tokio::spawn(run_source(id.clone(), key.clone(), poller, ctx.store.clone(), ctx.settings.clone(), token.clone()));
 }
 
 /// Starts the QMP task of a VM when it has a monitor socket.
-fn spawn_qmp(id: &VmId, uuid: &str, socket: Option<std::path::PathBuf>, ctx: &Ctx, token: &CancellationToken) {
+fn spawn_qmp(id: &VmId, key: &VmKey, socket: Option<std::path::PathBuf>, ctx: &Ctx, token: &CancellationToken) {
     if let Some(path) = socket {
         let q = &ctx.sources.qmp;
         let poller = QmpPoller::new(path, q.timeout, q.max_message_bytes);
-        spawn_source(id, uuid, poller, ctx, token);
+        spawn_source(id, key, poller, ctx, token);
     }
 }
 
 /// Starts the guest-agent task of a VM, if one applies.
-fn spawn_qga(id: &VmId, uuid: &str, transport: Option<Transport>, ctx: &Ctx, token: &CancellationToken) {
+fn spawn_qga(id: &VmId, key: &VmKey, transport: Option<Transport>, ctx: &Ctx, token: &CancellationToken) {
     if !ctx.sources.qga.enabled {
         return;
     }
     if let Some(t) = transport {
         let poller = QgaPoller::new(t, ctx.sources.qga.poll.clone());
-        spawn_source(id, uuid, poller, ctx, token);
+        spawn_source(id, key, poller, ctx, token);
     }
 }
 
@@ -255,11 +248,12 @@ pub async fn run(
         });
         let transport =
             vm.qga_socket.clone().map(|p| Transport::Socket(SocketAgent::new(p, ctx.sources.qga.poll.max_reply_bytes)));
-        spawn_qga(&vm.id, &uuid, transport, &ctx, &cancel);
-        spawn_qmp(&vm.id, &uuid, vm.qmp_socket.clone(), &ctx, &cancel);
+        let key = VmKey::new("static", uuid);
+        spawn_qga(&vm.id, &key, transport, &ctx, &cancel);
+        spawn_qmp(&vm.id, &key, vm.qmp_socket.clone(), &ctx, &cancel);
     }
-    // (endpoint uri, uuid) → the VM and its tasks' cancel token.
-    let mut running: BTreeMap<(String, String), (VmId, CancellationToken)> = BTreeMap::new();
+    // The VM's key (endpoint and UUID, as in the store) → its name and its tasks' cancel token.
+    let mut running: BTreeMap<VmKey, (VmId, CancellationToken)> = BTreeMap::new();
     loop {
         let event = tokio::select! {
             e = events.recv() => match e { Some(e) => e, None => break },
@@ -268,10 +262,10 @@ pub async fn run(
         match event {
             VmEvent::Added(found) => {
                 let id = VmId::from_domain(&found.name, naming.naming, &naming.default_namespace);
-                let key = (found.endpoint.uri.clone(), found.uuid.clone());
-                if let Some((old, token)) = running.remove(&key) {
+                let key = VmKey::new(found.endpoint.uri.clone(), found.uuid.clone());
+                // Rediscovered (e.g. after a reconnect): fresh tasks, same place in the store.
+                if let Some((_, token)) = running.remove(&key) {
                     token.cancel();
-                    store.remove_vm(&old, &found.uuid);
                 }
                 tracing::info!(namespace = %id.namespace, name = %id.name, domain = %found.name, uri = %found.endpoint.uri, "VM added");
                 store.insert_vm(VmSnapshot {
@@ -292,7 +286,7 @@ pub async fn run(
                     settings.carry_window,
                 );
                 debug_assert_eq!(poller.kind(), SourceKind::Libvirt);
-                spawn_source(&id, &found.uuid, poller, &ctx, &token);
+                spawn_source(&id, &key, poller, &ctx, &token);
                 let qga = &ctx.sources.qga;
                 let transport = match qga.transport {
                     QgaTransportKind::Socket => qga
@@ -305,19 +299,20 @@ pub async fn run(
                         qga.poll.max_reply_bytes,
                     ))),
                 };
-                spawn_qga(&id, &found.uuid, transport, &ctx, &token);
-                spawn_qmp(&id, &found.uuid, ctx.sources.qmp.socket_for(&found.name, &id), &ctx, &token);
+                spawn_qga(&id, &key, transport, &ctx, &token);
+                spawn_qmp(&id, &key, ctx.sources.qmp.socket_for(&found.name, &id), &ctx, &token);
                 if let Some(root) = &ctx.sources.process_root {
                     let poller = ProcessPoller::new(found.name.clone(), root.clone(), settings.timeout);
-                    spawn_source(&id, &found.uuid, poller, &ctx, &token);
+                    spawn_source(&id, &key, poller, &ctx, &token);
                 }
                 running.insert(key, (id, token));
             }
             VmEvent::Removed { uri, uuid } => {
-                if let Some((id, token)) = running.remove(&(uri, uuid.clone())) {
-                    tracing::info!(namespace = %id.namespace, name = %id.name, "VM removed");
+                let key = VmKey::new(uri, uuid);
+                if let Some((id, token)) = running.remove(&key) {
+                    tracing::info!(namespace = %id.namespace, name = %id.name, uri = %key.endpoint, "VM removed");
                     token.cancel();
-                    store.remove_vm(&id, &uuid);
+                    store.remove_vm(&key);
                 }
             }
         }
@@ -404,13 +399,20 @@ mod tests {
         let s = settings();
         tokio::spawn(run_source(
             hung.clone(),
-            "hung".into(),
+            VmKey::new("test", "hung"),
             Hung(starts.clone()),
             store.clone(),
             s.clone(),
             cancel.clone(),
         ));
-        tokio::spawn(run_source(fine.clone(), "fine".into(), Fine, store.clone(), s.clone(), cancel.clone()));
+        tokio::spawn(run_source(
+            fine.clone(),
+            VmKey::new("test", "fine"),
+            Fine,
+            store.clone(),
+            s.clone(),
+            cancel.clone(),
+        ));
         let snap =
             |id: &VmId| store.vm(id).and_then(|v| v.sources.get(&SourceKind::Process).cloned()).expect("published");
         // threshold × (deadline + grace) + the retry delays between the attempts.
@@ -459,7 +461,14 @@ mod tests {
         let store = Arc::new(Store::new([]));
         let id = vm(&store, "slow");
         let cancel = CancellationToken::new();
-        tokio::spawn(run_source(id.clone(), "slow".into(), Slow(0), store.clone(), settings(), cancel.clone()));
+        tokio::spawn(run_source(
+            id.clone(),
+            VmKey::new("test", "slow"),
+            Slow(0),
+            store.clone(),
+            settings(),
+            cancel.clone(),
+        ));
         let snap = || store.vm(&id).and_then(|v| v.sources.get(&SourceKind::Process).cloned()).expect("published");
         tokio::time::sleep(Duration::from_millis(1300)).await;
         assert_eq!(snap().stuck_calls.load(Ordering::SeqCst), 1);

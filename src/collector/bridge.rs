@@ -19,6 +19,7 @@ pub(super) fn encode(
     enc: &mut DescriptorEncoder<'_>,
     vms: &[VmView<'_>],
     endpoints: &[EndpointStatus],
+    conflicts: usize,
     node: &str,
     build: &BuildInfo,
 ) -> std::fmt::Result {
@@ -102,6 +103,8 @@ pub(super) fn encode(
     }
     let mut f = family(enc, &c::VMS)?;
     f.sample(&[("node", node)], vms.len() as f64)?;
+    let mut f = family(enc, &c::VM_CONFLICTS)?;
+    f.sample(&[("node", node)], conflicts as f64)?;
     let mut f = family(enc, &c::ENDPOINT_UP)?;
     for e in endpoints {
         f.sample(&[("node", node), ("uri", &e.uri)], f64::from(u8::from(e.up)))?;

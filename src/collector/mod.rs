@@ -250,7 +250,14 @@ impl Collector for VmCollector {
         hypervisor::encode(&mut encoder, &views)?;
         qmp::encode(&mut encoder, &views)?;
         guest::encode(&mut encoder, &views)?;
-        bridge::encode(&mut encoder, &views, &self.store.endpoints(), &self.node, &self.build)
+        bridge::encode(
+            &mut encoder,
+            &views,
+            &self.store.endpoints(),
+            self.store.conflict_count(),
+            &self.node,
+            &self.build,
+        )
     }
 }
 

@@ -327,8 +327,7 @@ fn export_all_known_writes_nan_not_zero_and_keep_ephemeral_keeps_completed_migra
     );
     let store_for = |q: &crate::source::qmp::QmpSample| {
         let s = store_with(vec![("m", source(None, None))]);
-        let id = VmId { namespace: "ns".into(), name: "m".into() };
-        s.publish(&id, "uuid-m", SourceKind::Qmp, qmp_source(q.clone()));
+        s.publish(&crate::store::VmKey::new("qemu:///system", "uuid-m"), SourceKind::Qmp, qmp_source(q.clone()));
         s
     };
     let render = |keep: bool| {
