@@ -99,10 +99,10 @@ pub(crate) struct VmView<'a> {
     pub(crate) qga: Option<&'a QgaSample>,
     /// The QMP sample, when fresh.
     pub(crate) qmp: Option<&'a QmpSample>,
-    /// The migration to export (QMP's view first, else libvirt's job stats), honouring
-    /// `keep_ephemeral`, and when the last one completed.
+    /// The migration to export (QMP's view for a VM with a QMP source, else libvirt's job
+    /// stats), honouring `keep_ephemeral`, and when the last one completed.
     pub(crate) migration: Option<(&'a Migration, Option<f64>)>,
-    /// Domain events from libvirt's event API (used when there is no QMP monitor).
+    /// Domain events from libvirt's event API (only for a VM without a QMP source).
     pub(crate) libvirt_events: Option<&'a EventCounts>,
     /// The infra process sample, when fresh.
     pub(crate) processes: Option<&'a crate::source::process::ProcessSample>,
@@ -131,11 +131,16 @@ impl<'a> VmView<'a> {
             SourceSample::Qmp(q) => Some(q),
             _ => None,
         });
-        let libvirt_events = source(SourceKind::Libvirt).and_then(|s| match s {
+        // Event counters and migration data come from one source per VM, fixed for its life:
+        // the direct QMP monitor when the VM has one configured, else libvirt. Switching to
+        // libvirt while QMP is stale would make `…_total` counters jump or go backwards (two
+        // sources count from different starts); a stale QMP source's series are absent instead.
+        let qmp_owned = vm.sources.contains_key(&SourceKind::Qmp);
+        let libvirt_events = source(SourceKind::Libvirt).filter(|_| !qmp_owned).and_then(|s| match s {
             SourceSample::Libvirt(l) => Some(&l.events),
             _ => None,
         });
-        let libvirt_job = source(SourceKind::Libvirt).and_then(|s| match s {
+        let libvirt_job = source(SourceKind::Libvirt).filter(|_| !qmp_owned).and_then(|s| match s {
             SourceSample::Libvirt(l) => l.job.as_ref().map(|j| (j, l.job_completed_at)),
             _ => None,
         });

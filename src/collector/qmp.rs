@@ -40,7 +40,8 @@ const MIGRATION: [(&MetricDef, MigField); 13] = [
     (&c::MIG_ITERATION, |m| num(m.iteration)),
 ];
 
-/// Event counts: the direct monitor's when there is one, else libvirt's domain events.
+/// Event counts: the direct monitor's for a VM with a QMP source, else libvirt's domain
+/// events (`VmView` never offers both).
 fn events<'a>(vm: &VmView<'a>) -> Option<&'a EventCounts> {
     vm.qmp.map(|q| &q.events).or(vm.libvirt_events)
 }

@@ -352,3 +352,60 @@ fn export_all_known_writes_nan_not_zero_and_keep_ephemeral_keeps_completed_migra
         1.0
     );
 }
+
+/// Every `…_total` sample of VM `name`: series (name and labels) → value.
+fn totals(text: &str, name: &str) -> BTreeMap<String, f64> {
+    let vm = format!("name=\"{name}\"");
+    text.lines()
+        .filter(|l| !l.starts_with('#') && l.contains(&vm))
+        .filter_map(|l| {
+            let (series, v) = l.rsplit_once(' ')?;
+            let family = series.split('{').next()?;
+            let v: f64 = v.parse().ok()?;
+            family.ends_with("_total").then(|| (series.to_owned(), v))
+        })
+        .collect()
+}
+
+#[test]
+fn a_qmp_source_going_stale_leaves_every_counter_monotonic() {
+    use crate::source::libvirt::ffi::DomainEvent;
+    // libvirt counted other events over another span (it saw 0 panics, 3 reboots, 2 pauses).
+    let mut lv = LibvirtSample::new(rich_params(), rich_memory());
+    for (i, ev) in [DomainEvent::Reboot, DomainEvent::Lifecycle { event: 3, detail: 0 }].iter().enumerate() {
+        lv.events.count_libvirt(ev, i as f64 * 10.0);
+    }
+    lv.events.count_libvirt(&DomainEvent::Reboot, 100.0);
+    lv.events.count_libvirt(&DomainEvent::Reboot, 200.0);
+    let libvirt = source(Some(lv), Some(crate::clock::now_unix()));
+    let store_at = |qmp_success: f64| {
+        let store = store_with(vec![("q", libvirt.clone())]);
+        let mut s = (*qmp_source(rich_qmp())).clone();
+        s.last_success_at = Some(qmp_success);
+        store.publish(&crate::store::VmKey::new("qemu:///system", "uuid-q"), SourceKind::Qmp, Arc::new(s));
+        store
+    };
+    let now = crate::clock::now_unix();
+    // Fresh QMP, then QMP stale (beyond the 60 s window) while libvirt stays fresh, then fresh.
+    let scrapes = [scrape(store_at(now)), scrape(store_at(now - 600.0)), scrape(store_at(now))];
+    let fresh = totals(&scrapes[0], "q");
+    assert!(fresh.keys().any(|k| k.starts_with("kubevirt_vmi_reboots_total")), "{fresh:?}");
+    assert!(fresh.keys().any(|k| k.starts_with("kubevirt_vmi_guest_panics_total")), "{fresh:?}");
+    let mut last: BTreeMap<String, f64> = BTreeMap::new();
+    for (i, text) in scrapes.iter().enumerate() {
+        for (series, v) in totals(text, "q") {
+            if let Some(prev) = last.get(&series) {
+                assert!(v >= *prev, "scrape {i}: {series} went from {prev} to {v}");
+            }
+            last.insert(series, v);
+        }
+    }
+    // While stale, QMP's event counters are absent rather than libvirt's different ones.
+    let stale = totals(&scrapes[1], "q");
+    assert!(!stale.keys().any(|k| k.starts_with("kubevirt_vmi_reboots_total")), "{stale:?}");
+    assert!(
+        !scrapes[1].contains("kubevirt_vmi_migration_memory_processed_bytes{namespace=\"ns\",name=\"q\""),
+        "libvirt's job stats do not stand in for a stale QMP source"
+    );
+    assert_eq!(totals(&scrapes[2], "q"), fresh, "fresh again: the same series and values");
+}
