@@ -27,7 +27,7 @@ fn libvirt_transport_values_equal_the_real_guest_agent() {
         Command::new("bash").arg(root().join("integration/lab.sh")).args(["add-guest", name]).output().expect("lab.sh");
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
-        // DESIGN.md §6: the guest tier is skipped, saying so, only when TCG cannot boot the
+        // The guest tier is skipped, saying so, only when TCG cannot boot the
         // guest within the budget (VMB_GUEST_BOOT_TIMEOUT); any other failure fails the test.
         let _ = Command::new("bash").arg(root().join("integration/lab.sh")).args(["destroy", name]).output();
         assert!(stderr.contains("did not answer guest-ping within"), "add-guest failed: {stderr}");

@@ -1,5 +1,5 @@
 //! The QMP source against the lab's real QEMU domains, through each domain's second `-qmp`
-//! monitor (DESIGN.md §6): values equal the monitor's own answers (asked through libvirt's
+//! monitor (`lab.sh` adds it with `<qemu:commandline>`): values equal the monitor's own answers (asked through libvirt's
 //! monitor, for comparison only), events are counted exactly, a real job's statistics appear
 //! and, with --keep-ephemeral, stay; a SIGSTOPped QEMU opens its qmp and libvirt breakers only.
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a failed expectation is the report

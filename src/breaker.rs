@@ -1,4 +1,4 @@
-//! The circuit breaker that stands between each (VM, source) and its poller (DESIGN.md §4).
+//! The circuit breaker that stands between each (VM, source) and its poller.
 //!
 //! A small explicit state machine, free of I/O so paused-time tests can drive it:
 //! - **Closed**: polls run; an error or timeout counts a failure. `threshold` consecutive

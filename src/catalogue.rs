@@ -966,7 +966,7 @@ family!(
     "Run-state changes vmbridge has seen since it discovered the VM, by the state entered."
 );
 
-// Hypervisor group: infra processes (seed kube-metrics-collector's pod_infra group).
+// Hypervisor group: infra processes (kube-metrics-collector's pod_infra group).
 family!(
     INFRA_CPU_USER,
     "kubevirt_pod_infra_cpu_user",

@@ -66,10 +66,10 @@ pub struct FileConfig {
     #[serde(default)]
     pub qmp: QmpFileConfig,
     /// Export every known family for every VM even before data exists; absent values are
-    /// exported as NaN, never as a fake zero (seed 003 normalisation). Default false.
+    /// exported as NaN, never as a fake zero. Default false.
     pub export_all_known: Option<bool>,
     /// Keep the last migration values after the job ends, with
-    /// `kubevirt_vmi_migration_last_completed_timestamp_seconds` (seed 003). Default false.
+    /// `kubevirt_vmi_migration_last_completed_timestamp_seconds`. Default false.
     pub keep_ephemeral: Option<bool>,
     /// Export CPU and memory of each VM's QEMU and launcher-side processes (from /proc).
     /// Default true.

@@ -6,24 +6,36 @@
 //! Data flows one way, and the modules follow it:
 //!
 //! ```text
-//! discovery ──VmEvent──▶ supervisor ──one task per (VM, source)──▶ source pollers
-//!   (source::libvirt::discovery)      each behind its own breaker      (source::libvirt::poller)
-//!                                                │
-//!                                                ▼
-//!                                    store (last good snapshot per VM and source)
-//!                                                │  read only
-//!                         ┌──────────────────────┴──────────────────────┐
-//!                  collector (pure, sync) → /metrics            debug → /debug/vms/…
+//! discovery ──VmEvent(Added/Removed, endpoint + UUID)──▶ supervisor
+//!   (source::libvirt::discovery;                           one task per (VM, source), each
+//!    KubeVirt: one per launcher)                           behind its own breaker and deadline
+//!        │ endpoint status                                        │ polls (source::*::poller)
+//!        ▼                                                        ▼
+//!    store: VMs keyed by endpoint + domain UUID (namespace/name are labels), each with the
+//!           last good snapshot per source; endpoint status for readiness
+//!        │  read only
+//!        ├──────────────────────────────┬──────────────────────────────┐
+//!  collector (pure, sync) → /metrics   debug → /debug/vms/…          status → /
 //! ```
 //!
 //! - [`source::libvirt`]: one read-only connection per daemon; per-domain bulk stats with
-//!   `NOWAIT` plus memory stats; blocking calls on a bounded pool, one in flight per VM.
+//!   `NOWAIT` and job stats in one blocking call, at most one in flight per VM
+//!   (`blocking::BlockingSlot`); parts libvirt skipped are carried (`merge`).
+//! - [`source::qga`], [`source::qmp`]: guest agent and QEMU monitor, over sealed allow-lists;
+//!   [`source::process`]: QEMU and launcher processes from `/proc`.
+//! - [`supervisor`]: starts and stops per-VM tasks; owns time (each poll's deadline, one poll
+//!   in flight, stuck calls); its tasks are the only writers of VM entries in [`store`]
+//!   (discovery writes only endpoint status).
 //! - [`breaker`]: Closed / Open / HalfOpen with `backon` back-off.
-//! - [`supervisor`]: starts and stops per-VM tasks; the only writer of [`store`].
-//! - [`collector`]: encodes the store with `prometheus-client`; [`catalogue`] declares every family.
-//! - [`http`]: the endpoints; [`config`] and [`cli`]: typed, validated settings.
+//! - [`collector`]: encodes the store with `prometheus-client`; [`catalogue`] declares every
+//!   family. Event counters and migration data of a VM come from one source for its life
+//!   (QMP when configured, else libvirt).
+//! - [`http`]: the endpoints, with a bounded drain at shutdown; [`config`] and [`cli`]: typed,
+//!   validated settings.
 //!
-//! vmbridge is read-only: it opens libvirt read-only, never execs, never writes to a guest.
+//! vmbridge is read-only: it opens libvirt read-only (the guest-agent transport through
+//! libvirt needs a read-write connection and sends only allow-listed queries), never execs,
+//! never writes to a guest.
 
 pub mod breaker;
 pub mod catalogue;

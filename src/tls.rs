@@ -1,5 +1,5 @@
 //! HTTPS for the metrics port, as KubeVirt components serve it (8443). warp 0.4 has no TLS
-//! (CRATES.md §4.3), so connections are accepted here, wrapped with `tokio-rustls`, and handed
+//! of its own, so connections are accepted here, wrapped with `tokio-rustls`, and handed
 //! to warp's filter through `hyper-util`.
 //!
 //! The certificate comes from PEM files (a mounted Secret) and is reloaded when they change,

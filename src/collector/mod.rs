@@ -73,7 +73,7 @@ impl VmCollector {
         VmCollector { store, node, staleness, build: BuildInfo::current(), options: ExportOptions::default() }
     }
 
-    /// With seed 003's normalisation options.
+    /// With the export options (`export_all_known`, `keep_ephemeral`).
     pub fn with_options(mut self, options: ExportOptions) -> Self {
         self.options = options;
         self

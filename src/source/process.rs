@@ -1,4 +1,4 @@
-//! Infra process metrics (seed kube-metrics-collector's `pod_infra` group): CPU and memory of
+//! Infra process metrics (the `pod_infra` group of kube-metrics-collector): CPU and memory of
 //! each VM's QEMU process and, in a launcher (a pod: its own network namespace), of the launcher-side
 //! processes beside it (virt-launcher, virtqemud/libvirtd, virtlogd). Read from `/proc`.
 //!

@@ -1,7 +1,7 @@
 //! A small timeout-safe JSON-lines connection for QEMU's protocols (QGA now, QMP later).
 //!
 //! Why not `qapi`'s own async client: a timed-out command leaves it in a state where the next
-//! command panics, and it has no reply size bound (CRATES.md §1.5). This connection sends one
+//! command panics, and it has no reply size bound (qapi 0.15). This connection sends one
 //! command at a time, gives each a deadline, caps every line (a hostile or broken peer cannot
 //! make vmbridge buffer more than `max_line` bytes), and *poisons itself* after any timeout or
 //! framing error so the owner reconnects instead of reading a late reply as the next answer.

@@ -2,7 +2,7 @@
 //! Rust values and freed with `virDomainStatsRecordListFree`.
 //!
 //! Why not `virt::Connect::all_domain_stats`: in `virt` 0.5 it frees only the array and leaks
-//! every record (CRATES.md §0 #7: RSS 19 → 105 MB in 50k calls). Why `virDomainListGetStats`
+//! every record (RSS grew 19 → 105 MB over 50k calls). Why `virDomainListGetStats`
 //! for a single domain rather than `virConnectGetAllDomainStats`: a bulk call over every domain
 //! blocks on the slowest one, which is exactly the failure vmbridge exists to contain.
 

@@ -1,7 +1,7 @@
 //! The guest-agent allow-list, enforced by type: [`AgentRequest`] is the only way to build an
 //! agent command's wire text, and it only accepts types implementing the sealed
 //! [`ReadOnlyAgentCommand`], which this file implements for read-only `guest-*` queries and
-//! nothing else (DESIGN.md §2). `virt`'s `qemu_agent_command` is banned by clippy outside the
+//! nothing else (vmbridge is read-only). `virt`'s `qemu_agent_command` is banned by clippy outside the
 //! transport module, so no other path can reach a guest.
 
 use qapi::qga;

@@ -13,7 +13,7 @@ mod sealed {
 pub trait ReadOnlyQmpCommand: qapi::Command + sealed::Sealed {}
 
 /// `query-stats` for target `vm` (and `vcpu`): `qapi_qmp`'s own type cannot serialise the
-/// `vm` target (CRATES.md §0 #5), so the request is built here.
+/// `vm` target (its `StatsFilter` has no variant for it), so the request is built here.
 #[derive(Debug, Clone, Serialize)]
 pub struct QueryStats {
     /// `vm` or `vcpu`.

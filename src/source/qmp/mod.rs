@@ -44,7 +44,8 @@ pub struct BlockExt {
     pub idle_time_ns: Option<u64>,
 }
 
-/// Migration statistics (seed 003's "ephemeral" rows), from `query-migrate` or libvirt's job stats.
+/// Migration statistics (exported only while a job runs, unless `keep_ephemeral`), from
+/// `query-migrate` or libvirt's job stats.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Migration {
     /// Status (`active`, `completed`, `failed`, …).
