@@ -112,6 +112,12 @@ fn launchers_are_discovered_isolated_and_dropped() {
         std::thread::sleep(Duration::from_millis(300));
     }
     eprintln!("hung launcher flagged {flagged:?} after SIGSTOP");
+    // Its endpoint is down, and that is a metric, never readiness: the pod stays Ready.
+    bridge.wait_for(Duration::from_secs(30), "the hung launcher's endpoint down", |e| {
+        e.find("vmbridge_endpoint_up", &[]).iter().any(|s| s.value == 0.0)
+    });
+    let r = bridge.get("/readyz", None);
+    assert_eq!(r.status, 200, "a hung launcher turned vmbridge NotReady: {}", r.body);
     launcher(&["cont-daemon", "kvt2"]);
     bridge.wait_for(Duration::from_secs(20), "vm-b recovered", |e| {
         e.value("vmbridge_source_up", &[("name", "vm-b"), ("source", "libvirt")]) == Some(1.0)

@@ -380,6 +380,26 @@ fn started_vm_appears_and_destroyed_vm_disappears_within_one_interval() {
     eprintln!("appeared after {seen:?}, disappeared {gone:?} after destroy");
 }
 
+/// A configured URI whose socket does not exist: vmbridge is ready (it can serve the other
+/// endpoint's VMs) and says the endpoint is down in `vmbridge_endpoint_up`, not in readiness.
+#[test]
+fn a_missing_endpoint_is_a_metric_not_unreadiness() {
+    let _serial = serial();
+    let missing = "qemu+unix:///system?socket=/nonexistent/libvirt-sock";
+    let bridge = Bridge::start(&["--libvirt-uri", missing, "--poll-interval", "1s", "--no-qga"]);
+    bridge.wait_for(Duration::from_secs(20), "both endpoints tried", |e| {
+        e.value("vmbridge_endpoint_up", &[("uri", missing)]) == Some(0.0)
+            && e.value("vmbridge_endpoint_up", &[("uri", URI)]) == Some(1.0)
+    });
+    let r = bridge.get("/readyz", None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let index: serde_json::Value = serde_json::from_str(&bridge.get("/debug/vms", None).body).expect("json");
+    let ep = index["endpoints"].as_array().and_then(|a| a.iter().find(|e| e["uri"] == missing)).expect("listed");
+    assert_eq!(ep["up"], false);
+    assert_eq!(ep["attempted"], true);
+    assert!(ep["last_error"].as_str().is_some_and(|m| !m.is_empty()), "{ep}");
+}
+
 /// KubeVirt names domains `<namespace>_<name>`: they become `namespace` and `name` labels,
 /// and the debug endpoint serves them at `/debug/vms/{namespace}/{name}`.
 #[test]

@@ -70,7 +70,7 @@ pub fn readyz(app: &App) -> Reply {
         Err(missing) => reply(
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
-            format!("not ready: not yet listed or down: {}\n", missing.join(", ")),
+            format!("not ready: first discovery pass still running for: {}\n", missing.join(", ")),
         ),
     }
 }

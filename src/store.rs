@@ -86,8 +86,11 @@ pub struct EndpointStatus {
     pub uri: String,
     /// Whether the last connect/list succeeded.
     pub up: bool,
-    /// Whether discovery has listed this endpoint at least once (readiness).
+    /// Whether discovery has listed this endpoint at least once.
     pub listed_once: bool,
+    /// Whether discovery's first pass over this endpoint has ended, listed or failed
+    /// (readiness waits for that, never for the endpoint to be up).
+    pub attempted: bool,
     /// When it was last listed, seconds since the Unix epoch.
     pub last_listed_at: Option<f64>,
     /// Running domains at the last listing.
@@ -156,6 +159,8 @@ pub struct Store {
     endpoints: RwLock<BTreeMap<String, EndpointStatus>>,
     /// KubeVirt mode: not ready before the first scan for launchers.
     awaiting_scan: std::sync::atomic::AtomicBool,
+    /// Set once the first discovery pass ended: ready from then on, whatever VMs do.
+    ready_latched: std::sync::atomic::AtomicBool,
 }
 
 impl Store {
@@ -169,6 +174,7 @@ impl Store {
             vms: RwLock::new(Vms::default()),
             endpoints: RwLock::new(endpoints),
             awaiting_scan: std::sync::atomic::AtomicBool::new(false),
+            ready_latched: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -307,6 +313,7 @@ impl Store {
             eps.entry(uri.to_owned()).or_insert_with(|| EndpointStatus { uri: uri.to_owned(), ..Default::default() });
         e.up = true;
         e.listed_once = true;
+        e.attempted = true;
         e.last_listed_at = Some(now_unix());
         e.domains = domains;
         e.last_error = None;
@@ -321,23 +328,36 @@ impl Store {
             tracing::warn!(uri, %error, "libvirt endpoint unavailable");
         }
         e.up = false;
+        e.attempted = true;
         e.last_error = Some(error);
     }
 
-    /// Ready once every configured endpoint has been listed at least once and is up now.
+    /// Ready means "vmbridge can serve": once the first discovery pass has ended (the launcher
+    /// scan in KubeVirt mode, and a first connect-and-list attempt of every endpoint known
+    /// then, whether it succeeded or not), and from then on for good. A hung VM, launcher or
+    /// daemon shows in metrics (`vmbridge_endpoint_up`, `vmbridge_source_up`) and alerts,
+    /// never in readiness: one hung VM must not turn the pod NotReady and stall a rollout.
     pub fn ready(&self) -> Result<(), Vec<String>> {
+        if self.ready_latched.load(Ordering::Acquire) {
+            return Ok(());
+        }
         if self.awaiting_scan.load(Ordering::Acquire) {
             return Err(vec!["the first scan for KubeVirt launchers".to_owned()]);
         }
-        let not_ready: Vec<String> = self
+        let pending: Vec<String> = self
             .endpoints
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .values()
-            .filter(|e| !(e.listed_once && e.up))
+            .filter(|e| !e.attempted)
             .map(|e| e.uri.clone())
             .collect();
-        if not_ready.is_empty() { Ok(()) } else { Err(not_ready) }
+        if pending.is_empty() {
+            self.ready_latched.store(true, Ordering::Release);
+            Ok(())
+        } else {
+            Err(pending)
+        }
     }
 }
 
@@ -411,6 +431,32 @@ mod tests {
         store.insert_vm(snap("b", "u2", "ns_vm", 4.0));
         assert_eq!(store.conflicts()[0].claimants.len(), 2);
         assert_eq!(names(&store), [("ns_vm".to_owned(), "u2".to_owned())]);
+    }
+
+    #[test]
+    fn ready_after_the_first_pass_whatever_the_endpoints_do_then() {
+        let store = Store::new(["qemu:///system", "qemu+unix:///system?socket=/nonexistent"]);
+        assert!(store.ready().is_err(), "nothing attempted yet");
+        store.endpoint_listed("qemu:///system", 3);
+        assert_eq!(store.ready(), Err(vec!["qemu+unix:///system?socket=/nonexistent".to_owned()]));
+        // A URI whose socket does not exist: its first attempt failed, and that ends the pass.
+        store.endpoint_failed("qemu+unix:///system?socket=/nonexistent", "no such file".into());
+        assert_eq!(store.ready(), Ok(()));
+        // Later failures (a hung daemon, a restart) and new launchers do not take it back.
+        store.endpoint_failed("qemu:///system", "list: no answer for 1s".into());
+        store.add_endpoint("launcher:///new");
+        assert_eq!(store.ready(), Ok(()));
+    }
+
+    #[test]
+    fn kubevirt_mode_waits_for_the_first_scan_only() {
+        let store = Store::for_launchers();
+        assert!(store.ready().is_err());
+        store.scanned();
+        store.add_endpoint("launcher:///a");
+        assert!(store.ready().is_err(), "the launcher found by the first scan is attempted first");
+        store.endpoint_failed("launcher:///a", "hung".into());
+        assert_eq!(store.ready(), Ok(()));
     }
 
     #[test]

@@ -55,7 +55,7 @@ fn grace(deadline: Duration) -> Duration {
 
 /// Runs one source of one VM until `cancel` fires.
 ///
-/// The task owns time: each poll gets the poller's deadline (plus [`grace`]); past it the
+/// The task owns time: each poll gets the poller's deadline (plus a grace); past it the
 /// poll counts as a timeout and a stuck call, and the *same* poll stays in flight: the next
 /// admitted attempt waits for it again instead of starting another, so a poller whose call
 /// never returns holds one future and one thread, is flagged within `threshold × deadline`,
