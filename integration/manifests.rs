@@ -508,6 +508,7 @@ fn alerts_are_labelled_annotated_and_unit_tested() {
         "VMIGuestFilesystemFillingUp",
         "VMIGuestAgentDown",
         "VMBridgeBreakerOpen",
+        "VMBridgeEndpointDown",
         "VMBridgeDown",
         "VMBridgeAbsent",
         "VMIGuestPanicked",
@@ -524,6 +525,12 @@ fn alerts_are_labelled_annotated_and_unit_tested() {
         let description = r.annotations.get("description").unwrap_or_else(|| panic!("{name}: description"));
         if r.expr.starts_with("absent(") {
             assert!(description.contains(&format!("namespace {NAMESPACE}")), "{name}: description names where to look");
+        } else if r.expr.starts_with("vmbridge_endpoint_") {
+            // A libvirt endpoint, not a VM: the node and the URI name it.
+            assert!(
+                description.contains("{{ $labels.node }}") && description.contains("{{ $labels.uri }}"),
+                "{name}: description names the node and the endpoint"
+            );
         } else {
             assert!(
                 description.contains("{{ $labels.namespace }}/{{ $labels."),
