@@ -210,8 +210,14 @@ fn a_stopped_vm_is_isolated_flagged_and_recovers() {
     std::fs::write(&cfg, "[poll]\ninterval = \"1s\"\ntimeout = \"1s\"\nretry_delay = \"100ms\"\n[breaker]\nfailure_threshold = 3\nbackoff_min = \"500ms\"\nbackoff_max = \"3s\"\n").expect("config");
     let bridge = Bridge::start(&["--config", cfg.to_str().expect("utf-8")]);
     let names: Vec<&str> = doms.iter().map(|d| d.name.as_str()).collect();
-    let (e0, _) = bridge.wait_for(Duration::from_secs(20), "all four VMs", |e| {
-        names.iter().all(|n| e.value("kubevirt_vmi_cpu_usage_seconds_total", &[("name", n)]).is_some())
+    // The baseline needs each VM's whole sample: a first poll while the other client holds a
+    // domain's job has no block group yet (nothing to carry), and counting from it once made
+    // a later, complete sample look like a change (31 → 43 series).
+    let (e0, _) = bridge.wait_for(Duration::from_secs(20), "all four VMs, block stats included", |e| {
+        names.iter().all(|n| {
+            e.value("kubevirt_vmi_cpu_usage_seconds_total", &[("name", n)]).is_some()
+                && !e.find("kubevirt_vmi_storage_read_traffic_bytes_total", &[("name", n)]).is_empty()
+        })
     });
     let series_count =
         |e: &Exposition, n: &str| e.of_vm(n).iter().filter(|s| s.name.starts_with("kubevirt_vmi_")).count();
