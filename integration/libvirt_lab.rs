@@ -580,7 +580,11 @@ fn no_fd_or_thread_growth_with_a_stuck_vm() {
         "one stuck call, never a second"
     );
     assert!(fds1 <= fds0, "fds grew {fds0} → {fds1}");
-    assert!(threads1 <= threads0, "threads grew {threads0} → {threads1}");
+    // The leak this guards against is a thread per stuck poll: 50 or more here. tokio's blocking
+    // pool itself spawns a thread when calls overlap (the stuck call, the other VM's, an agent
+    // call, an encode) and keeps it idle for 10 s, so one more at the second count is not growth
+    // (seen once on CI: 9 → 10).
+    assert!(threads1 <= threads0 + 2, "threads grew {threads0} → {threads1} over 50 poll cycles");
     eprintln!("fds {fds0} → {fds1}, threads {threads0} → {threads1}");
 }
 
