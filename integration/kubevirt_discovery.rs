@@ -76,9 +76,19 @@ fn launchers_are_discovered_isolated_and_dropped() {
     assert_eq!(bridge.get("/readyz", None).status, 200);
 
     // Infra process metrics equal /proc at the same moment: QEMU and the launcher's libvirtd.
+    // A scrape serves the last poll's reading: wait for a poll that *started* after `before`
+    // was read (polls_total P0 + 2: poll P0 + 1 completes after P0 was seen, and P0 + 2 starts
+    // after it), so the reading lies between the two /proc reads. Once, taking any scrape made
+    // a reading from before `before` fail by 1 MB of a just-booted QEMU's growth.
     let qemu = qemu_pid("kvt-ns1_vm-a");
     let before = statm(qemu);
-    let e = bridge.wait_for(Duration::from_secs(5), "a fresh poll", |_| true).0;
+    let polls = |e: &Exposition| {
+        e.value("vmbridge_source_polls_total", &[("name", "vm-a"), ("source", "process")]).unwrap_or(0.0)
+    };
+    let p0 = polls(&bridge.metrics());
+    let e = bridge
+        .wait_for(Duration::from_secs(10), "a poll started after the first /proc read", |e| polls(e) >= p0 + 2.0)
+        .0;
     let after = statm(qemu);
     fn proc_vm(p: &str) -> [(&str, &str); 3] {
         [("namespace", "kvt-ns1"), ("name", "vm-a"), ("process", p)]
