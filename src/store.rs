@@ -55,6 +55,21 @@ pub struct SourceSnapshot {
 }
 
 impl SourceSnapshot {
+    /// A source not polled yet, behind `breaker`, counting its stuck calls in `stuck_calls`.
+    pub fn fresh(breaker: BreakerView, stuck_calls: Arc<AtomicU64>) -> Self {
+        SourceSnapshot {
+            sample: None,
+            last_success_at: None,
+            last_attempt_at: None,
+            last_poll_duration_seconds: None,
+            polls_total: 0,
+            errors_total: BTreeMap::new(),
+            last_errors: VecDeque::new(),
+            breaker,
+            stuck_calls,
+        }
+    }
+
     /// True when the most recent poll succeeded (`vmbridge_source_up`).
     pub fn is_up(&self) -> bool {
         self.last_success_at.is_some() && self.breaker.consecutive_failures == 0
@@ -465,18 +480,8 @@ mod tests {
         store.insert_vm(snap("a", "u1", "vm", 1.0));
         let key = VmKey::new("a", "u1");
         store.remove_vm(&key);
-        let state = SourceSnapshot {
-            sample: None,
-            last_success_at: None,
-            last_attempt_at: None,
-            last_poll_duration_seconds: None,
-            polls_total: 0,
-            errors_total: BTreeMap::new(),
-            last_errors: VecDeque::new(),
-            breaker: crate::breaker::Breaker::new(crate::breaker::BreakerConfig::default())
-                .view(tokio::time::Instant::now()),
-            stuck_calls: Arc::new(AtomicU64::new(0)),
-        };
+        let breaker = crate::breaker::Breaker::new(crate::breaker::BreakerConfig::default());
+        let state = SourceSnapshot::fresh(breaker.view(tokio::time::Instant::now()), Arc::new(AtomicU64::new(0)));
         store.publish(&key, SourceKind::Libvirt, Arc::new(state));
         assert!(store.all_vms().is_empty());
     }

@@ -2,7 +2,7 @@
 //! stopped as discovery reports domains appearing and going away. Only these tasks write
 //! the snapshot store.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -73,17 +73,7 @@ pub async fn run_source<P: Poller>(
     let limit = deadline + grace(deadline);
     let mut breaker = Breaker::new(settings.breaker.clone());
     let stuck = poller.stuck_calls();
-    let mut snap = SourceSnapshot {
-        sample: None,
-        last_success_at: None,
-        last_attempt_at: None,
-        last_poll_duration_seconds: None,
-        polls_total: 0,
-        errors_total: BTreeMap::new(),
-        last_errors: VecDeque::new(),
-        breaker: breaker.view(Instant::now()),
-        stuck_calls: stuck.clone(),
-    };
+    let mut snap = SourceSnapshot::fresh(breaker.view(Instant::now()), stuck.clone());
     store.publish(&key, kind, Arc::new(snap.clone()));
     let poller = Arc::new(tokio::sync::Mutex::new(poller));
     // The poll in flight, when it started, and whether it was counted stuck.
@@ -328,29 +318,20 @@ mod tests {
     use crate::source::libvirt::LibvirtSample;
     use std::sync::atomic::{AtomicU64, Ordering};
 
-    /// A poller whose poll never returns (a call that never comes back), counting its starts.
-    struct Hung(Arc<AtomicU64>);
-
-    impl Poller for Hung {
-        fn kind(&self) -> SourceKind {
-            SourceKind::Process
-        }
-        fn deadline(&self) -> Duration {
-            Duration::from_secs(1)
-        }
-        fn stuck_calls(&self) -> Arc<AtomicU64> {
-            Arc::new(AtomicU64::new(0))
-        }
-        async fn poll(&mut self) -> Result<SourceSample, PollError> {
-            self.0.fetch_add(1, Ordering::SeqCst);
-            std::future::pending().await
-        }
+    /// How a test poller's polls behave.
+    enum Behaviour {
+        /// Never returns (a call that never comes back).
+        Hung,
+        /// Answers at once.
+        Fine,
+        /// The first poll takes 2 s, the others answer at once.
+        SlowFirst,
     }
 
-    /// A poller that answers at once.
-    struct Fine;
+    /// A test poller with a 1 s deadline, counting the polls it started.
+    struct TestPoller(Behaviour, Arc<AtomicU64>);
 
-    impl Poller for Fine {
+    impl Poller for TestPoller {
         fn kind(&self) -> SourceKind {
             SourceKind::Process
         }
@@ -361,6 +342,12 @@ mod tests {
             Arc::new(AtomicU64::new(0))
         }
         async fn poll(&mut self) -> Result<SourceSample, PollError> {
+            let n = self.1.fetch_add(1, Ordering::SeqCst);
+            match self.0 {
+                Behaviour::Hung => std::future::pending().await,
+                Behaviour::SlowFirst if n == 0 => tokio::time::sleep(Duration::from_secs(2)).await,
+                Behaviour::SlowFirst | Behaviour::Fine => {}
+            }
             Ok(SourceSample::Libvirt(LibvirtSample::new(Vec::new(), Vec::new())))
         }
     }
@@ -400,7 +387,7 @@ mod tests {
         tokio::spawn(run_source(
             hung.clone(),
             VmKey::new("test", "hung"),
-            Hung(starts.clone()),
+            TestPoller(Behaviour::Hung, starts.clone()),
             store.clone(),
             s.clone(),
             cancel.clone(),
@@ -408,7 +395,7 @@ mod tests {
         tokio::spawn(run_source(
             fine.clone(),
             VmKey::new("test", "fine"),
-            Fine,
+            TestPoller(Behaviour::Fine, Arc::new(AtomicU64::new(0))),
             store.clone(),
             s.clone(),
             cancel.clone(),
@@ -439,32 +426,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_slow_poll_that_returns_clears_its_stuck_count_and_recovers() {
-        struct Slow(u32);
-        impl Poller for Slow {
-            fn kind(&self) -> SourceKind {
-                SourceKind::Process
-            }
-            fn deadline(&self) -> Duration {
-                Duration::from_secs(1)
-            }
-            fn stuck_calls(&self) -> Arc<AtomicU64> {
-                Arc::new(AtomicU64::new(0))
-            }
-            async fn poll(&mut self) -> Result<SourceSample, PollError> {
-                self.0 += 1;
-                if self.0 == 1 {
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                }
-                Ok(SourceSample::Libvirt(LibvirtSample::new(Vec::new(), Vec::new())))
-            }
-        }
         let store = Arc::new(Store::new([]));
         let id = vm(&store, "slow");
         let cancel = CancellationToken::new();
         tokio::spawn(run_source(
             id.clone(),
             VmKey::new("test", "slow"),
-            Slow(0),
+            TestPoller(Behaviour::SlowFirst, Arc::new(AtomicU64::new(0))),
             store.clone(),
             settings(),
             cancel.clone(),
