@@ -1,4 +1,5 @@
-//! The one catalogue of every metric family vmbridge exports. It drives the collector,
+//! The one catalogue of every metric family vmbridge exports (the guest agent's are declared
+//! with their commands in `source::qga::commands`). It drives the collector,
 //! `--list-metrics` and the generated `docs/METRICS.md` (a test fails when they drift, and
 //! another when a declared family is never emitted).
 //!
@@ -7,6 +8,8 @@
 //! names: `prometheus-client` appends the unit and `_total` (counters) or `_info` (info).
 
 use std::fmt::Write as _;
+
+use crate::source::{Source, SourceKind, Visit};
 
 /// Prometheus metric type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,19 +102,24 @@ impl MetricDef {
     }
 }
 
+/// Declares a family: `family!(ID, "name", Kind, unit, [labels], Group, "source", Scope, "help.")`.
 macro_rules! family {
     ($id:ident, $name:literal, $kind:ident, $unit:expr, [$($l:literal),*], $group:ident, $src:literal, $scope:ident, $help:literal) => {
         #[doc = $help]
-        pub const $id: MetricDef = MetricDef {
-            name: $name, kind: Kind::$kind, unit: $unit, help: $help, labels: &[$($l),*],
-            group: Group::$group, source: $src, scope: Scope::$scope,
+        pub const $id: $crate::catalogue::MetricDef = $crate::catalogue::MetricDef {
+            name: $name, kind: $crate::catalogue::Kind::$kind, unit: $unit, help: $help, labels: &[$($l),*],
+            group: $crate::catalogue::Group::$group, source: $src, scope: $crate::catalogue::Scope::$scope,
         };
     };
 }
+pub(crate) use family;
 
-const S: Option<Unit> = Some(Unit::Seconds);
-const B: Option<Unit> = Some(Unit::Bytes);
-const N: Option<Unit> = None;
+/// Unit: seconds.
+pub(crate) const S: Option<Unit> = Some(Unit::Seconds);
+/// Unit: bytes.
+pub(crate) const B: Option<Unit> = Some(Unit::Bytes);
+/// No unit.
+pub(crate) const N: Option<Unit> = None;
 
 // Core group: libvirt bulk stats.
 family!(
@@ -1024,368 +1032,6 @@ family!(
 );
 
 // Guest group: the qemu-guest-agent.
-family!(
-    FS_CAPACITY,
-    "kubevirt_vmi_filesystem_capacity",
-    Gauge,
-    B,
-    ["disk_name", "mount_point", "file_system_type"],
-    Guest,
-    "qga guest-get-fsinfo total-bytes",
-    Vm,
-    "Total disk capacity of the file system."
-);
-family!(
-    FS_USED,
-    "kubevirt_vmi_filesystem_used",
-    Gauge,
-    B,
-    ["disk_name", "mount_point", "file_system_type"],
-    Guest,
-    "qga guest-get-fsinfo used-bytes",
-    Vm,
-    "Used disk space of the file system."
-);
-family!(
-    GUEST_LOAD_1M,
-    "kubevirt_vmi_guest_load_1m",
-    Gauge,
-    N,
-    [],
-    Guest,
-    "qga guest-get-load load1",
-    Vm,
-    "Guest load average over 1 minute."
-);
-family!(
-    GUEST_LOAD_5M,
-    "kubevirt_vmi_guest_load_5m",
-    Gauge,
-    N,
-    [],
-    Guest,
-    "qga guest-get-load load5",
-    Vm,
-    "Guest load average over 5 minutes."
-);
-family!(
-    GUEST_LOAD_15M,
-    "kubevirt_vmi_guest_load_15m",
-    Gauge,
-    N,
-    [],
-    Guest,
-    "qga guest-get-load load15",
-    Vm,
-    "Guest load average over 15 minutes."
-);
-family!(
-    GUEST_VCPUS,
-    "kubevirt_vmi_guest_vcpus",
-    Gauge,
-    N,
-    [],
-    Guest,
-    "qga guest-get-vcpus",
-    Vm,
-    "Logical CPUs the guest OS knows."
-);
-family!(
-    GUEST_VCPUS_ONLINE,
-    "kubevirt_vmi_guest_vcpus_online",
-    Gauge,
-    N,
-    [],
-    Guest,
-    "qga guest-get-vcpus online",
-    Vm,
-    "Logical CPUs the guest OS has online."
-);
-family!(
-    GUEST_NET_RX_BYTES,
-    "kubevirt_vmi_guest_network_receive",
-    Counter,
-    B,
-    ["interface"],
-    Guest,
-    "qga guest-network-get-interfaces rx-bytes",
-    Vm,
-    "Bytes received, as the guest counts them."
-);
-family!(
-    GUEST_NET_TX_BYTES,
-    "kubevirt_vmi_guest_network_transmit",
-    Counter,
-    B,
-    ["interface"],
-    Guest,
-    "qga guest-network-get-interfaces tx-bytes",
-    Vm,
-    "Bytes transmitted, as the guest counts them."
-);
-family!(
-    GUEST_NET_RX_PACKETS,
-    "kubevirt_vmi_guest_network_receive_packets",
-    Counter,
-    N,
-    ["interface"],
-    Guest,
-    "qga guest-network-get-interfaces rx-packets",
-    Vm,
-    "Packets received, as the guest counts them."
-);
-family!(
-    GUEST_NET_TX_PACKETS,
-    "kubevirt_vmi_guest_network_transmit_packets",
-    Counter,
-    N,
-    ["interface"],
-    Guest,
-    "qga guest-network-get-interfaces tx-packets",
-    Vm,
-    "Packets transmitted, as the guest counts them."
-);
-family!(
-    GUEST_NET_RX_ERRORS,
-    "kubevirt_vmi_guest_network_receive_errors",
-    Counter,
-    N,
-    ["interface"],
-    Guest,
-    "qga guest-network-get-interfaces rx-errs",
-    Vm,
-    "Receive errors, as the guest counts them."
-);
-family!(
-    GUEST_NET_TX_ERRORS,
-    "kubevirt_vmi_guest_network_transmit_errors",
-    Counter,
-    N,
-    ["interface"],
-    Guest,
-    "qga guest-network-get-interfaces tx-errs",
-    Vm,
-    "Transmit errors, as the guest counts them."
-);
-family!(
-    GUEST_NET_RX_DROPPED,
-    "kubevirt_vmi_guest_network_receive_packets_dropped",
-    Counter,
-    N,
-    ["interface"],
-    Guest,
-    "qga guest-network-get-interfaces rx-dropped",
-    Vm,
-    "Received packets dropped, as the guest counts them."
-);
-family!(
-    GUEST_NET_TX_DROPPED,
-    "kubevirt_vmi_guest_network_transmit_packets_dropped",
-    Counter,
-    N,
-    ["interface"],
-    Guest,
-    "qga guest-network-get-interfaces tx-dropped",
-    Vm,
-    "Transmitted packets dropped, as the guest counts them."
-);
-family!(
-    GUEST_DISK_READ_IOS,
-    "kubevirt_vmi_guest_disk_read_ios",
-    Counter,
-    N,
-    ["disk"],
-    Guest,
-    "qga guest-get-diskstats read-ios",
-    Vm,
-    "Reads completed by the guest disk."
-);
-family!(
-    GUEST_DISK_READ_BYTES,
-    "kubevirt_vmi_guest_disk_read",
-    Counter,
-    B,
-    ["disk"],
-    Guest,
-    "qga guest-get-diskstats read-sectors × 512",
-    Vm,
-    "Bytes read by the guest disk."
-);
-family!(
-    GUEST_DISK_READ_TIME,
-    "kubevirt_vmi_guest_disk_read_time",
-    Counter,
-    S,
-    ["disk"],
-    Guest,
-    "qga guest-get-diskstats read-ticks (ms)",
-    Vm,
-    "Time the guest disk spent reading."
-);
-family!(
-    GUEST_DISK_WRITE_IOS,
-    "kubevirt_vmi_guest_disk_write_ios",
-    Counter,
-    N,
-    ["disk"],
-    Guest,
-    "qga guest-get-diskstats write-ios",
-    Vm,
-    "Writes completed by the guest disk."
-);
-family!(
-    GUEST_DISK_WRITE_BYTES,
-    "kubevirt_vmi_guest_disk_write",
-    Counter,
-    B,
-    ["disk"],
-    Guest,
-    "qga guest-get-diskstats write-sectors × 512",
-    Vm,
-    "Bytes written by the guest disk."
-);
-family!(
-    GUEST_DISK_WRITE_TIME,
-    "kubevirt_vmi_guest_disk_write_time",
-    Counter,
-    S,
-    ["disk"],
-    Guest,
-    "qga guest-get-diskstats write-ticks (ms)",
-    Vm,
-    "Time the guest disk spent writing."
-);
-family!(
-    GUEST_DISK_FLUSH_IOS,
-    "kubevirt_vmi_guest_disk_flush_ios",
-    Counter,
-    N,
-    ["disk"],
-    Guest,
-    "qga guest-get-diskstats flush-ios",
-    Vm,
-    "Flushes completed by the guest disk."
-);
-family!(
-    GUEST_DISK_FLUSH_TIME,
-    "kubevirt_vmi_guest_disk_flush_time",
-    Counter,
-    S,
-    ["disk"],
-    Guest,
-    "qga guest-get-diskstats flush-ticks (ms)",
-    Vm,
-    "Time the guest disk spent flushing."
-);
-family!(
-    GUEST_DISK_IO_TIME,
-    "kubevirt_vmi_guest_disk_io_time",
-    Counter,
-    S,
-    ["disk"],
-    Guest,
-    "qga guest-get-diskstats total-ticks (ms)",
-    Vm,
-    "Time the guest disk spent doing I/O."
-);
-family!(
-    GUEST_DISK_IN_PROGRESS,
-    "kubevirt_vmi_guest_disk_ios_in_progress",
-    Gauge,
-    N,
-    ["disk"],
-    Guest,
-    "qga guest-get-diskstats ios-pgr",
-    Vm,
-    "I/Os in progress on the guest disk."
-);
-family!(
-    GUEST_CPU,
-    "kubevirt_vmi_guest_cpu",
-    Counter,
-    S,
-    ["cpu", "mode"],
-    Guest,
-    "qga guest-get-cpustats (ms)",
-    Vm,
-    "Time each guest CPU spent in each mode, as the guest counts it."
-);
-family!(
-    GUEST_MEMORY_BLOCK,
-    "kubevirt_vmi_guest_memory_block_size",
-    Gauge,
-    B,
-    [],
-    Guest,
-    "qga guest-get-memory-block-info",
-    Vm,
-    "Size of the guest's memory blocks (the hotplug granularity)."
-);
-family!(
-    GUEST_USERS,
-    "kubevirt_vmi_guest_users",
-    Gauge,
-    N,
-    [],
-    Guest,
-    "qga guest-get-users",
-    Vm,
-    "Users logged in to the guest (counted; names are not exported)."
-);
-family!(
-    GUEST_TIMEZONE,
-    "kubevirt_vmi_guest_timezone_offset",
-    Gauge,
-    S,
-    [],
-    Guest,
-    "qga guest-get-timezone offset",
-    Vm,
-    "The guest's offset from UTC."
-);
-family!(
-    GUEST_OS_INFO,
-    "kubevirt_vmi_guest_os",
-    Info,
-    N,
-    [
-        "guest_os_id",
-        "guest_os_name",
-        "guest_os_pretty_name",
-        "guest_os_version",
-        "guest_os_version_id",
-        "guest_os_kernel_release",
-        "guest_os_kernel_version",
-        "guest_os_machine",
-        "guest_hostname"
-    ],
-    Guest,
-    "qga guest-get-osinfo, guest-get-host-name",
-    Vm,
-    "The guest's operating system and host name; the value is always 1."
-);
-family!(
-    GUEST_AGENT_INFO,
-    "kubevirt_vmi_guest_agent",
-    Info,
-    N,
-    ["version"],
-    Guest,
-    "qga guest-info",
-    Vm,
-    "The guest agent's version; the value is always 1."
-);
-family!(
-    GUEST_ADDRESS_INFO,
-    "kubevirt_vmi_guest_interface_address",
-    Info,
-    N,
-    ["interface", "address", "family", "prefix", "mac"],
-    Guest,
-    "qga guest-network-get-interfaces",
-    Vm,
-    "One series per IP address the guest reports; the value is always 1."
-);
 
 // Bridge health.
 family!(
@@ -1466,17 +1112,6 @@ family!(
     "Circuit breaker state changes since the VM was discovered, by reason."
 );
 family!(
-    GUEST_DROPPED,
-    "vmbridge_guest_items_dropped",
-    Counter,
-    N,
-    ["kind"],
-    Bridge,
-    "vmbridge",
-    Vm,
-    "Guest items (filesystem, interface, address, disk, cpu) left out because a per-VM cap was reached since discovery."
-);
-family!(
     STUCK_CALLS,
     "vmbridge_stuck_calls",
     Gauge,
@@ -1544,138 +1179,43 @@ family!(
     "vmbridge build information; the value is always 1."
 );
 
-/// Every family, in exposition order.
-pub const ALL: &[MetricDef] = &[
-    CPU_USAGE,
-    CPU_USER,
-    CPU_SYSTEM,
-    VCPU_TIME,
-    VCPU_WAIT,
-    VCPU_DELAY,
-    NET_RX_BYTES,
-    NET_TX_BYTES,
-    NET_RX_PACKETS,
-    NET_TX_PACKETS,
-    NET_RX_ERRORS,
-    NET_TX_ERRORS,
-    NET_RX_DROPPED,
-    NET_TX_DROPPED,
-    STORAGE_IOPS_READ,
-    STORAGE_IOPS_WRITE,
-    STORAGE_READ_BYTES,
-    STORAGE_WRITE_BYTES,
-    STORAGE_READ_TIMES,
-    STORAGE_WRITE_TIMES,
-    STORAGE_FLUSH_REQUESTS,
-    STORAGE_FLUSH_TIMES,
-    DOMAIN_STATE,
-    MEMORY_RESIDENT,
-    MEMORY_AVAILABLE,
-    MEMORY_UNUSED,
-    MEMORY_USABLE,
-    MEMORY_CACHED,
-    MEMORY_ACTUAL_BALLOON,
-    MEMORY_DOMAIN,
-    MEMORY_SWAP_IN,
-    MEMORY_SWAP_OUT,
-    MEMORY_PGMAJFAULT,
-    MEMORY_PGMINFAULT,
-    MEMORY_STATS_UPDATED,
-    VCPU_CURRENT,
-    VCPU_MAXIMUM,
-    NET_INTERFACES,
-    STORAGE_DEVICES,
-    STORAGE_ALLOCATION,
-    STORAGE_CAPACITY,
-    STORAGE_PHYSICAL,
-    STORAGE_THRESHOLD,
-    DIRTY_RATE,
-    QEMU_STATUS,
-    STORAGE_FAILED_READ,
-    STORAGE_FAILED_WRITE,
-    STORAGE_FAILED_FLUSH,
-    STORAGE_INVALID_READ,
-    STORAGE_INVALID_WRITE,
-    STORAGE_INVALID_FLUSH,
-    STORAGE_UNMAP_OPS,
-    STORAGE_UNMAP_BYTES,
-    STORAGE_MERGED_READ,
-    STORAGE_MERGED_WRITE,
-    STORAGE_IDLE,
-    QEMU_STAT,
-    MIG_DOWNTIME,
-    MIG_ELAPSED,
-    MIG_DATA_TOTAL,
-    MIG_DATA_PROCESSED,
-    MIG_DATA_REMAINING,
-    MIG_MEM_TOTAL,
-    MIG_MEM_PROCESSED,
-    MIG_MEM_REMAINING,
-    MIG_MEM_BPS,
-    MIG_CONSTANT,
-    MIG_COMPRESSION,
-    MIG_DIRTY_RATE,
-    MIG_ITERATION,
-    MIG_LAST_COMPLETED,
-    GUEST_PANICS,
-    BLOCK_IO_ERRORS,
-    REBOOTS,
-    AGENT_CONNECTS,
-    AGENT_CONNECTED,
-    STATE_CHANGES,
-    INFRA_CPU_USER,
-    INFRA_CPU_SYSTEM,
-    INFRA_MEM_RESIDENT,
-    INFRA_MEM_VIRTUAL,
-    INFRA_MEM_SHARED,
-    FS_CAPACITY,
-    FS_USED,
-    GUEST_LOAD_1M,
-    GUEST_LOAD_5M,
-    GUEST_LOAD_15M,
-    GUEST_VCPUS,
-    GUEST_VCPUS_ONLINE,
-    GUEST_NET_RX_BYTES,
-    GUEST_NET_TX_BYTES,
-    GUEST_NET_RX_PACKETS,
-    GUEST_NET_TX_PACKETS,
-    GUEST_NET_RX_ERRORS,
-    GUEST_NET_TX_ERRORS,
-    GUEST_NET_RX_DROPPED,
-    GUEST_NET_TX_DROPPED,
-    GUEST_DISK_READ_IOS,
-    GUEST_DISK_READ_BYTES,
-    GUEST_DISK_READ_TIME,
-    GUEST_DISK_WRITE_IOS,
-    GUEST_DISK_WRITE_BYTES,
-    GUEST_DISK_WRITE_TIME,
-    GUEST_DISK_FLUSH_IOS,
-    GUEST_DISK_FLUSH_TIME,
-    GUEST_DISK_IO_TIME,
-    GUEST_DISK_IN_PROGRESS,
-    GUEST_CPU,
-    GUEST_MEMORY_BLOCK,
-    GUEST_USERS,
-    GUEST_TIMEZONE,
-    GUEST_OS_INFO,
-    GUEST_AGENT_INFO,
-    GUEST_ADDRESS_INFO,
-    SOURCE_UP,
-    BREAKER_STATE,
-    SOURCE_LAST_SUCCESS,
-    SOURCE_POLL_DURATION,
-    SOURCE_POLLS,
-    SOURCE_ERRORS,
-    BREAKER_TRANSITIONS,
-    STUCK_CALLS,
-    SOURCE_PARTIAL,
-    GUEST_DROPPED,
-    VMS,
-    VM_CONFLICTS,
-    ENDPOINT_UP,
-    ENDPOINT_DOMAINS,
-    BUILD_INFO,
+/// vmbridge's own families (written by `collector::bridge`), in order.
+pub const BRIDGE: [&MetricDef; 12] = [
+    &SOURCE_UP,
+    &BREAKER_STATE,
+    &SOURCE_LAST_SUCCESS,
+    &SOURCE_POLL_DURATION,
+    &SOURCE_POLLS,
+    &SOURCE_ERRORS,
+    &BREAKER_TRANSITIONS,
+    &STUCK_CALLS,
+    &VMS,
+    &VM_CONFLICTS,
+    &ENDPOINT_UP,
+    &ENDPOINT_DOMAINS,
 ];
+
+/// Every family, in exposition order: each source's (in [`SourceKind::ALL`] order), the
+/// event and migration families, then vmbridge's own.
+pub fn all() -> &'static [&'static MetricDef] {
+    static ALL: std::sync::LazyLock<Vec<&'static MetricDef>> = std::sync::LazyLock::new(|| {
+        struct Collect(Vec<&'static MetricDef>);
+        impl Visit for Collect {
+            fn visit<S: Source>(&mut self) {
+                self.0.extend(S::families());
+            }
+        }
+        let mut c = Collect(Vec::new());
+        for kind in SourceKind::ALL {
+            kind.visit(&mut c);
+        }
+        c.0.extend(crate::collector::events::FAMILIES);
+        c.0.extend(BRIDGE);
+        c.0.push(&BUILD_INFO);
+        c.0
+    });
+    &ALL
+}
 
 fn kind_str(k: Kind) -> &'static str {
     match k {
@@ -1697,7 +1237,7 @@ fn group_str(g: Group) -> &'static str {
 /// The catalogue as plain text, one family per line (`--list-metrics`).
 pub fn list_text() -> String {
     let mut out = String::new();
-    for d in ALL {
+    for d in all() {
         let _ = writeln!(
             out,
             "{:<58} {:<8} {:<10} {{{}}}  {}",
@@ -1715,7 +1255,7 @@ pub fn list_text() -> String {
 pub fn markdown() -> String {
     let mut out = String::from(
         "# vmbridge metrics\n\n\
-         Generated from `src/catalogue.rs` (`vmbridge --list-metrics` prints the same list); \
+         Generated from the catalogue (`src/catalogue.rs` and each source's families; `vmbridge --list-metrics` prints the same list); \
          do not edit by hand: run `VMBRIDGE_UPDATE_GENERATED=1 cargo test --lib generated` after changing the catalogue.\n\n\
          Per-VM families carry `namespace`, `name` and `node`. Values are in base units \
          (seconds, bytes); libvirt's nanoseconds and KiB are converted. A family whose data a \
@@ -1731,7 +1271,7 @@ pub fn markdown() -> String {
         (Group::Bridge, "Bridge health"),
     ] {
         let _ = write!(out, "\n## {title}\n\n| name | type | labels | source | help |\n|---|---|---|---|---|\n");
-        for d in ALL.iter().filter(|d| d.group == group) {
+        for d in all().iter().filter(|d| d.group == group) {
             let _ = writeln!(
                 out,
                 "| `{}` | {} | {} | {} | {} |",
@@ -1753,7 +1293,7 @@ mod tests {
     #[test]
     fn names_are_unique_and_valid() {
         let mut seen = std::collections::BTreeSet::new();
-        for d in ALL {
+        for d in all() {
             let n = d.exposed_name();
             assert!(seen.insert(n.clone()), "duplicate {n}");
             assert!(n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'), "{n}");
@@ -1766,7 +1306,7 @@ mod tests {
 
     #[test]
     fn kubevirt_names_are_exact() {
-        let names: Vec<String> = ALL.iter().map(MetricDef::exposed_name).collect();
+        let names: Vec<String> = all().iter().map(|d| d.exposed_name()).collect();
         for expected in [
             "kubevirt_vmi_cpu_usage_seconds_total",
             "kubevirt_vmi_vcpu_seconds_total",

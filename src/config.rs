@@ -12,6 +12,9 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::breaker::BreakerConfig;
+use crate::source::Sources;
+pub use crate::source::qga::config::{QgaFileConfig, QgaLimitsFile, QgaPeriodsFile, QgaRuntime, QgaTransportKind};
+pub use crate::source::qmp::config::{QmpFileConfig, QmpRuntime};
 use crate::supervisor::PollSettings;
 use crate::vm::DomainNaming;
 
@@ -77,119 +80,6 @@ pub struct FileConfig {
     /// VMs without libvirt (plain QEMU), reached through their sockets only.
     #[serde(default)]
     pub vms: Vec<StaticVmFile>,
-}
-
-/// `[qmp]`.
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct QmpFileConfig {
-    /// A second monitor socket per VM, with `{domain}`, `{namespace}` and `{name}` replaced,
-    /// e.g. `/run/vms/{domain}.qmp`. Unset: no QMP source (libvirt supplies job stats).
-    pub socket_pattern: Option<String>,
-    /// Deadline per QMP command. Default `3s`.
-    pub timeout: Option<String>,
-    /// Largest QMP message accepted, in bytes. Default 1048576.
-    pub max_message_bytes: Option<usize>,
-}
-
-/// How the guest agent is reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum QgaTransportKind {
-    /// `virDomainQemuAgentCommand` on a read-write libvirt connection (libvirt owns the channel).
-    Libvirt,
-    /// A direct Unix socket per VM, from `qga.socket_pattern`.
-    Socket,
-}
-
-/// `[qga]`.
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct QgaFileConfig {
-    /// Poll guest agents at all. Default true.
-    pub enabled: Option<bool>,
-    /// Default `socket` when `socket_pattern` is set, else `libvirt`.
-    pub transport: Option<QgaTransportKind>,
-    /// Socket path per VM, with `{domain}`, `{namespace}` and `{name}` replaced, e.g.
-    /// `/run/vms/{domain}.qga`.
-    pub socket_pattern: Option<String>,
-    /// Deadline per agent command. Default `5s`.
-    pub timeout: Option<String>,
-    /// Largest agent reply accepted, in bytes; a larger one fails the poll. Default 1048576.
-    pub max_reply_bytes: Option<usize>,
-    /// Poll period per command.
-    #[serde(default)]
-    pub periods: QgaPeriodsFile,
-    /// Per-VM caps on what a guest can make vmbridge export.
-    #[serde(default)]
-    pub limits: QgaLimitsFile,
-}
-
-/// `[qga.periods]`: durations per command.
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct QgaPeriodsFile {
-    /// `guest-info` (capabilities). Default `5m`.
-    pub info: Option<String>,
-    /// `guest-get-fsinfo`. Default `30s`.
-    pub fsinfo: Option<String>,
-    /// `guest-network-get-interfaces`. Default `30s`.
-    pub network: Option<String>,
-    /// `guest-get-users`. Default `30s`.
-    pub users: Option<String>,
-    /// `guest-get-osinfo`. Default `5m`.
-    pub osinfo: Option<String>,
-    /// `guest-get-vcpus`. Default `30s`.
-    pub vcpus: Option<String>,
-    /// `guest-get-load`. Default `15s`.
-    pub load: Option<String>,
-    /// `guest-get-diskstats`. Default `15s`.
-    pub diskstats: Option<String>,
-    /// `guest-get-cpustats`. Default `15s`.
-    pub cpustats: Option<String>,
-    /// `guest-get-timezone`. Default `5m`.
-    pub timezone: Option<String>,
-    /// `guest-get-host-name`. Default `5m`.
-    pub hostname: Option<String>,
-    /// `guest-get-memory-block-info`. Default `5m`.
-    pub memory_block_info: Option<String>,
-}
-
-impl QgaPeriodsFile {
-    fn entries(&self) -> [(&'static str, &Option<String>); 12] {
-        [
-            ("info", &self.info),
-            ("fsinfo", &self.fsinfo),
-            ("network", &self.network),
-            ("users", &self.users),
-            ("osinfo", &self.osinfo),
-            ("vcpus", &self.vcpus),
-            ("load", &self.load),
-            ("diskstats", &self.diskstats),
-            ("cpustats", &self.cpustats),
-            ("timezone", &self.timezone),
-            ("hostname", &self.hostname),
-            ("memory_block_info", &self.memory_block_info),
-        ]
-    }
-}
-
-/// `[qga.limits]`.
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct QgaLimitsFile {
-    /// Filesystems per VM. Default 64.
-    pub filesystems: Option<usize>,
-    /// Network interfaces per VM. Default 32.
-    pub interfaces: Option<usize>,
-    /// IP addresses per VM. Default 64.
-    pub addresses: Option<usize>,
-    /// Disks per VM. Default 64.
-    pub disks: Option<usize>,
-    /// CPUs per VM. Default 512.
-    pub cpus: Option<usize>,
-    /// Longest label value from a guest, in bytes. Default 128.
-    pub label_bytes: Option<usize>,
 }
 
 /// `[[vms]]`: a VM without libvirt.
@@ -288,6 +178,54 @@ pub struct BreakerFileConfig {
     pub history: Option<usize>,
 }
 
+/// Collects every problem while validating, each naming its field.
+#[derive(Debug, Default)]
+pub struct Check {
+    /// The problems so far.
+    pub errors: Vec<FieldError>,
+}
+
+impl Check {
+    /// Records a problem with `field`.
+    pub fn err(&mut self, field: &str, problem: impl Into<String>) {
+        self.errors.push(FieldError { field: field.to_owned(), problem: problem.into() });
+    }
+
+    /// A duration setting such as `"5s"`, or `default` when unset (or invalid, with the
+    /// problem recorded).
+    pub fn duration(&mut self, field: &str, v: &Option<String>, default: Duration) -> Duration {
+        match v {
+            None => default,
+            Some(s) => match humantime::parse_duration(s) {
+                Ok(d) if d.is_zero() => {
+                    self.err(field, "must be greater than zero");
+                    default
+                }
+                // Far beyond any sensible setting, and small enough that `Instant + d` cannot
+                // overflow (found by fuzz/fuzz_targets/config_file.rs).
+                Ok(d) if d > MAX_DURATION => {
+                    self.err(field, format!("{s:?} is longer than the maximum of 7 days"));
+                    default
+                }
+                Ok(d) => d,
+                Err(e) => {
+                    self.err(field, format!("{s:?} is not a duration like \"5s\" or \"250ms\" ({e})"));
+                    default
+                }
+            },
+        }
+    }
+
+    /// A socket pattern must give each VM its own socket.
+    pub fn socket_pattern(&mut self, field: &str, pattern: &Option<String>) {
+        if let Some(p) = pattern {
+            if !["{domain}", "{name}"].iter().any(|ph| p.contains(ph)) {
+                self.err(field, format!("{p:?} must contain {{domain}} or {{name}} so each VM gets its own socket"));
+            }
+        }
+    }
+}
+
 /// One problem in the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldError {
@@ -349,60 +287,14 @@ pub struct Settings {
     pub poll: PollSettings,
     /// Staleness window.
     pub staleness: Duration,
-    /// The guest-agent source.
-    pub qga: QgaRuntime,
     /// VMs without libvirt.
     pub static_vms: Vec<StaticVm>,
-    /// The direct QMP source.
-    pub qmp: QmpRuntime,
+    /// Every source's settings.
+    pub sources: Sources,
     /// Seed 003 normalisation: every family for every VM, NaN where absent.
     pub export_all_known: bool,
     /// Seed 003 normalisation: keep the last migration values.
     pub keep_ephemeral: bool,
-    /// Infra process metrics from this proc root, when enabled.
-    pub process_root: Option<std::path::PathBuf>,
-}
-
-/// Validated QMP settings.
-#[derive(Debug, Clone, PartialEq)]
-pub struct QmpRuntime {
-    /// Socket pattern; `None` disables the source for discovered VMs.
-    pub socket_pattern: Option<String>,
-    /// Deadline per command.
-    pub timeout: Duration,
-    /// Largest message.
-    pub max_message_bytes: usize,
-}
-
-impl QmpRuntime {
-    /// The monitor socket of a VM, from the pattern.
-    pub fn socket_for(&self, domain: &str, id: &crate::vm::VmId) -> Option<std::path::PathBuf> {
-        self.socket_pattern.as_ref().map(|p| {
-            p.replace("{domain}", domain).replace("{namespace}", &id.namespace).replace("{name}", &id.name).into()
-        })
-    }
-}
-
-/// Validated guest-agent settings.
-#[derive(Debug, Clone, PartialEq)]
-pub struct QgaRuntime {
-    /// Poll agents at all.
-    pub enabled: bool,
-    /// Transport for libvirt-discovered VMs.
-    pub transport: QgaTransportKind,
-    /// Socket pattern for the socket transport.
-    pub socket_pattern: Option<String>,
-    /// Per-command settings.
-    pub poll: crate::source::qga::poller::QgaSettings,
-}
-
-impl QgaRuntime {
-    /// The socket path of a VM, from the pattern.
-    pub fn socket_for(&self, domain: &str, id: &crate::vm::VmId) -> Option<std::path::PathBuf> {
-        self.socket_pattern.as_ref().map(|p| {
-            p.replace("{domain}", domain).replace("{namespace}", &id.namespace).replace("{name}", &id.name).into()
-        })
-    }
 }
 
 /// A validated static VM.
@@ -431,39 +323,18 @@ impl FileConfig {
 
     /// Validates and fills defaults; `fallback_node` is used when no node name is configured.
     pub fn validate(&self, fallback_node: &str) -> Result<Settings, ConfigError> {
-        let mut errs = Vec::new();
-        let mut err = |field: &str, problem: String| errs.push(FieldError { field: field.to_owned(), problem });
-        let dur = |field: &str, v: &Option<String>, default: Duration, err: &mut dyn FnMut(&str, String)| match v {
-            None => default,
-            Some(s) => match humantime::parse_duration(s) {
-                Ok(d) if d.is_zero() => {
-                    err(field, "must be greater than zero".into());
-                    default
-                }
-                // Far beyond any sensible setting, and small enough that `Instant + d` cannot
-                // overflow (found by fuzz/fuzz_targets/config_file.rs).
-                Ok(d) if d > MAX_DURATION => {
-                    err(field, format!("{s:?} is longer than the maximum of 7 days"));
-                    default
-                }
-                Ok(d) => d,
-                Err(e) => {
-                    err(field, format!("{s:?} is not a duration like \"5s\" or \"250ms\" ({e})"));
-                    default
-                }
-            },
-        };
-        let interval = dur("poll.interval", &self.poll.interval, Duration::from_secs(5), &mut err);
-        let timeout = dur("poll.timeout", &self.poll.timeout, Duration::from_secs(4), &mut err);
-        let hard_timeout = dur("poll.hard_timeout", &self.poll.hard_timeout, Duration::from_secs(20), &mut err);
-        let retry_delay = dur("poll.retry_delay", &self.poll.retry_delay, Duration::from_millis(200), &mut err);
-        let backoff_min = dur("breaker.backoff_min", &self.breaker.backoff_min, Duration::from_secs(1), &mut err);
-        let backoff_max = dur("breaker.backoff_max", &self.breaker.backoff_max, Duration::from_secs(60), &mut err);
-        let staleness = dur("breaker.staleness", &self.breaker.staleness, Duration::from_secs(120), &mut err);
+        let mut check = Check::default();
+        let interval = check.duration("poll.interval", &self.poll.interval, Duration::from_secs(5));
+        let timeout = check.duration("poll.timeout", &self.poll.timeout, Duration::from_secs(4));
+        let hard_timeout = check.duration("poll.hard_timeout", &self.poll.hard_timeout, Duration::from_secs(20));
+        let retry_delay = check.duration("poll.retry_delay", &self.poll.retry_delay, Duration::from_millis(200));
+        let backoff_min = check.duration("breaker.backoff_min", &self.breaker.backoff_min, Duration::from_secs(1));
+        let backoff_max = check.duration("breaker.backoff_max", &self.breaker.backoff_max, Duration::from_secs(60));
+        let staleness = check.duration("breaker.staleness", &self.breaker.staleness, Duration::from_secs(120));
 
         let listen_s = self.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
         let listen = listen_s.parse::<SocketAddr>().unwrap_or_else(|_| {
-            err("listen", format!("{listen_s:?} is not an address like \"0.0.0.0:9977\" or \"[::1]:9977\""));
+            check.err("listen", format!("{listen_s:?} is not an address like \"0.0.0.0:9977\" or \"[::1]:9977\""));
             SocketAddr::from(([0, 0, 0, 0], 9977))
         });
         let debug_listen = match self.debug_listen.as_deref().unwrap_or("127.0.0.1:9978") {
@@ -471,7 +342,7 @@ impl FileConfig {
             a => match a.parse::<SocketAddr>() {
                 Ok(addr) => Some(addr),
                 Err(_) => {
-                    err("debug_listen", format!("{a:?} is not an address like \"127.0.0.1:9978\" (or \"off\")"));
+                    check.err("debug_listen", format!("{a:?} is not an address like \"127.0.0.1:9978\" (or \"off\")"));
                     None
                 }
             },
@@ -481,11 +352,11 @@ impl FileConfig {
             Some(p) => match std::fs::read_to_string(p) {
                 Ok(t) if t.trim().len() >= 16 => Some(t.trim().to_owned()),
                 Ok(_) => {
-                    err("debug_token_file", format!("{p}: the token must be at least 16 characters"));
+                    check.err("debug_token_file", format!("{p}: the token must be at least 16 characters"));
                     None
                 }
                 Err(e) => {
-                    err("debug_token_file", format!("cannot read {p}: {e}"));
+                    check.err("debug_token_file", format!("cannot read {p}: {e}"));
                     None
                 }
             },
@@ -500,76 +371,76 @@ impl FileConfig {
                     // The optional Secret is not mounted (yet): serve HTTPS with a generated one.
                     (false, false) => Some(crate::tls::CertSource::SelfSigned),
                     (false, true) => {
-                        err("tls.cert", format!("{c} does not exist but the key does"));
+                        check.err("tls.cert", format!("{c} does not exist but the key does"));
                         None
                     }
                     (true, false) => {
-                        err("tls.key", format!("{k} does not exist but the certificate does"));
+                        check.err("tls.key", format!("{k} does not exist but the certificate does"));
                         None
                     }
                 }
             }
             (Some(_), None, _) => {
-                err("tls.key", "is required with tls.cert".into());
+                check.err("tls.key", "is required with tls.cert");
                 None
             }
             (None, Some(_), _) => {
-                err("tls.cert", "is required with tls.key".into());
+                check.err("tls.cert", "is required with tls.key");
                 None
             }
         };
         if hard_timeout < timeout {
-            err("poll.hard_timeout", format!("must be at least poll.timeout ({timeout:?})"));
+            check.err("poll.hard_timeout", format!("must be at least poll.timeout ({timeout:?})"));
         }
         if backoff_max < backoff_min {
-            err("breaker.backoff_max", format!("must be at least breaker.backoff_min ({backoff_min:?})"));
+            check.err("breaker.backoff_max", format!("must be at least breaker.backoff_min ({backoff_min:?})"));
         }
         if staleness < interval {
-            err("breaker.staleness", format!("must be at least poll.interval ({interval:?})"));
+            check.err("breaker.staleness", format!("must be at least poll.interval ({interval:?})"));
         }
         let failure_threshold = self.breaker.failure_threshold.unwrap_or(3);
         if failure_threshold == 0 {
-            err("breaker.failure_threshold", "must be at least 1".into());
+            check.err("breaker.failure_threshold", "must be at least 1");
         }
         let history = self.breaker.history.unwrap_or(16);
         if history > 1000 {
-            err("breaker.history", "must be at most 1000".into());
+            check.err("breaker.history", "must be at most 1000");
         }
         let errors_kept = self.poll.errors_kept.unwrap_or(8);
         if errors_kept > 1000 {
-            err("poll.errors_kept", "must be at most 1000".into());
+            check.err("poll.errors_kept", "must be at most 1000");
         }
         let max_concurrent_calls = self.libvirt.max_concurrent_calls.unwrap_or(16);
         if max_concurrent_calls == 0 {
-            err("libvirt.max_concurrent_calls", "must be at least 1".into());
+            check.err("libvirt.max_concurrent_calls", "must be at least 1");
         }
         let uris = self.libvirt.uris.clone().unwrap_or_else(|| vec![DEFAULT_URI.to_owned()]);
         if uris.is_empty() && self.vms.is_empty() {
-            err("libvirt.uris", "needs at least one URI (or VMs under [[vms]])".into());
+            check.err("libvirt.uris", "needs at least one URI (or VMs under [[vms]])");
         }
         for (i, u) in uris.iter().enumerate() {
             if !u.contains(":/") {
-                err(&format!("libvirt.uris[{i}]"), format!("{u:?} is not a libvirt URI like \"qemu:///system\""));
+                check.err(&format!("libvirt.uris[{i}]"), format!("{u:?} is not a libvirt URI like \"qemu:///system\""));
             }
         }
         let mut seen = std::collections::BTreeSet::new();
         for u in &uris {
             if !seen.insert(u) {
-                err("libvirt.uris", format!("{u:?} is listed twice"));
+                check.err("libvirt.uris", format!("{u:?} is listed twice"));
             }
         }
         let default_namespace = self.default_namespace.clone().unwrap_or_else(|| "default".to_owned());
         if crate::vm::VmId::from_domain(&format!("{default_namespace}_x"), DomainNaming::Auto, "").namespace
             != default_namespace
         {
-            err(
+            check.err(
                 "default_namespace",
                 format!("{default_namespace:?} is not a valid Kubernetes namespace (lowercase letters, digits, '-')"),
             );
         }
         let node_name = self.node_name.clone().unwrap_or_else(|| fallback_node.to_owned());
         if node_name.is_empty() {
-            err("node_name", "must not be empty".into());
+            check.err("node_name", "must not be empty");
         }
         let launchers = match self.discovery.unwrap_or_default() {
             DiscoveryMode::Uris => None,
@@ -577,12 +448,12 @@ impl FileConfig {
                 let d = crate::source::libvirt::launchers::LauncherScan::default();
                 let k = &self.kubevirt;
                 if k.process_names.as_ref().is_some_and(Vec::is_empty) {
-                    err("kubevirt.process_names", "must not be empty".into());
+                    check.err("kubevirt.process_names", "must not be empty");
                 }
                 if k.socket_paths.as_ref().is_some_and(|p| p.is_empty() || p.iter().any(|x| x.starts_with('/'))) {
-                    err(
+                    check.err(
                         "kubevirt.socket_paths",
-                        "must be a non-empty list of paths relative to the daemon's root (no leading /)".into(),
+                        "must be a non-empty list of paths relative to the daemon's root (no leading /)",
                     );
                 }
                 Some(crate::source::libvirt::launchers::LauncherScan {
@@ -592,60 +463,19 @@ impl FileConfig {
                 })
             }
         };
-        let q = &self.qga;
-        let qga_timeout = dur("qga.timeout", &q.timeout, Duration::from_secs(5), &mut err);
-        let mut periods = std::collections::BTreeMap::new();
-        for (key, v) in q.periods.entries() {
-            let d = dur(&format!("qga.periods.{key}"), v, crate::source::qga::poller::default_period(key), &mut err);
-            periods.insert(key.to_owned(), d);
-        }
-        let max_reply_bytes = q.max_reply_bytes.unwrap_or(1 << 20);
-        if !(4096..=64 << 20).contains(&max_reply_bytes) {
-            err("qga.max_reply_bytes", "must be between 4096 and 67108864".into());
-        }
-        let defaults = crate::source::qga::GuestLimits::default();
-        let mut limit = |field: &str, v: Option<usize>, default: usize, min: usize| {
-            let v = v.unwrap_or(default);
-            if v < min || v > 100_000 {
-                err(&format!("qga.limits.{field}"), format!("must be between {min} and 100000"));
-            }
-            v
-        };
-        let limits = crate::source::qga::GuestLimits {
-            filesystems: limit("filesystems", q.limits.filesystems, defaults.filesystems, 1),
-            interfaces: limit("interfaces", q.limits.interfaces, defaults.interfaces, 1),
-            addresses: limit("addresses", q.limits.addresses, defaults.addresses, 1),
-            disks: limit("disks", q.limits.disks, defaults.disks, 1),
-            cpus: limit("cpus", q.limits.cpus, defaults.cpus, 1),
-            label_bytes: limit("label_bytes", q.limits.label_bytes, defaults.label_bytes, 16),
-        };
-        let transport = q.transport.unwrap_or(if q.socket_pattern.is_some() {
-            QgaTransportKind::Socket
-        } else {
-            QgaTransportKind::Libvirt
-        });
-        if transport == QgaTransportKind::Socket && q.socket_pattern.is_none() {
-            err("qga.socket_pattern", "is required when qga.transport is \"socket\"".into());
-        }
-        if let Some(p) = &q.socket_pattern {
-            if !["{domain}", "{name}"].iter().any(|ph| p.contains(ph)) {
-                err(
-                    "qga.socket_pattern",
-                    format!("{p:?} must contain {{domain}} or {{name}} so each VM gets its own socket"),
-                );
-            }
-        }
+        let qga = crate::source::qga::config::validate(&self.qga, &mut check);
+        let qmp = crate::source::qmp::config::validate(&self.qmp, &mut check);
         let mut static_vms = Vec::new();
         for (i, v) in self.vms.iter().enumerate() {
             let namespace = v.namespace.clone().unwrap_or_else(|| default_namespace.clone());
             if v.name.is_empty() {
-                err(&format!("vms[{i}].name"), "must not be empty".into());
+                check.err(&format!("vms[{i}].name"), "must not be empty");
             }
             if crate::vm::VmId::from_domain(&format!("{namespace}_x"), DomainNaming::Auto, "").namespace != namespace {
-                err(&format!("vms[{i}].namespace"), format!("{namespace:?} is not a valid Kubernetes namespace"));
+                check.err(&format!("vms[{i}].namespace"), format!("{namespace:?} is not a valid Kubernetes namespace"));
             }
             if v.qga_socket.is_none() && v.qmp_socket.is_none() {
-                err(&format!("vms[{i}]"), "needs at least one socket (qga_socket or qmp_socket)".into());
+                check.err(&format!("vms[{i}]"), "needs at least one socket (qga_socket or qmp_socket)");
             }
             static_vms.push(StaticVm {
                 id: crate::vm::VmId { namespace, name: v.name.clone() },
@@ -653,21 +483,8 @@ impl FileConfig {
                 qmp_socket: v.qmp_socket.clone().map(Into::into),
             });
         }
-        let qmp_timeout = dur("qmp.timeout", &self.qmp.timeout, Duration::from_secs(3), &mut err);
-        let max_message_bytes = self.qmp.max_message_bytes.unwrap_or(1 << 20);
-        if !(4096..=64 << 20).contains(&max_message_bytes) {
-            err("qmp.max_message_bytes", "must be between 4096 and 67108864".into());
-        }
-        if let Some(p) = &self.qmp.socket_pattern {
-            if !["{domain}", "{name}"].iter().any(|ph| p.contains(ph)) {
-                err(
-                    "qmp.socket_pattern",
-                    format!("{p:?} must contain {{domain}} or {{name}} so each VM gets its own socket"),
-                );
-            }
-        }
-        if !errs.is_empty() {
-            return Err(ConfigError::Invalid(errs));
+        if !check.errors.is_empty() {
+            return Err(ConfigError::Invalid(check.errors));
         }
         Ok(Settings {
             listen,
@@ -690,29 +507,20 @@ impl FileConfig {
                 breaker: BreakerConfig { failure_threshold, backoff_min, backoff_max, history },
             },
             staleness,
-            qga: QgaRuntime {
-                enabled: q.enabled.unwrap_or(true),
-                transport,
-                socket_pattern: q.socket_pattern.clone(),
-                poll: crate::source::qga::poller::QgaSettings {
-                    timeout: qga_timeout,
-                    max_reply_bytes,
-                    periods,
-                    limits,
-                },
-            },
             static_vms,
-            qmp: QmpRuntime {
-                socket_pattern: self.qmp.socket_pattern.clone(),
-                timeout: qmp_timeout,
-                max_message_bytes,
-            },
             export_all_known: self.export_all_known.unwrap_or(false),
             keep_ephemeral: self.keep_ephemeral.unwrap_or(false),
-            process_root: self
-                .process_metrics
-                .unwrap_or(true)
-                .then(|| self.kubevirt.proc_root.clone().unwrap_or_else(|| "/proc".to_owned()).into()),
+            sources: Sources {
+                libvirt: crate::source::libvirt::LibvirtSettings::default(),
+                qga,
+                qmp,
+                process: crate::source::process::ProcessSettings {
+                    root: self
+                        .process_metrics
+                        .unwrap_or(true)
+                        .then(|| self.kubevirt.proc_root.clone().unwrap_or_else(|| "/proc".to_owned()).into()),
+                },
+            },
         })
     }
 }

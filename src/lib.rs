@@ -119,22 +119,13 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> Result<(), RunE
         ));
     }
     drop(tx);
-    let naming = Naming { naming: settings.domain_naming, default_namespace: settings.default_namespace.clone() };
-    let sources = supervisor::Sources {
-        qga: settings.qga.clone(),
+    let plan = supervisor::Plan {
+        naming: Naming { naming: settings.domain_naming, default_namespace: settings.default_namespace.clone() },
+        poll: settings.poll.clone(),
+        sources: settings.sources.clone(),
         static_vms: settings.static_vms.clone(),
-        qmp: settings.qmp.clone(),
-        process_root: settings.process_root.clone(),
     };
-    tokio::spawn(supervisor::run(
-        rx,
-        store.clone(),
-        naming,
-        settings.poll.clone(),
-        sources,
-        limiter,
-        stop.child_token(),
-    ));
+    tokio::spawn(supervisor::run(rx, store.clone(), plan, limiter, stop.child_token()));
 
     let options =
         ExportOptions { export_all_known: settings.export_all_known, keep_ephemeral: settings.keep_ephemeral };

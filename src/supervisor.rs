@@ -12,14 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::breaker::{Admission, Breaker, BreakerConfig, BreakerState};
 use crate::clock::now_unix;
-use crate::config::{QgaRuntime, QgaTransportKind, QmpRuntime, StaticVm};
+use crate::config::StaticVm;
 use crate::source::libvirt::discovery::VmEvent;
-use crate::source::libvirt::poller::LibvirtPoller;
-use crate::source::process::ProcessPoller;
-use crate::source::qga::poller::QgaPoller;
-use crate::source::qga::transport::{LibvirtAgent, SocketAgent, Transport};
-use crate::source::qmp::poller::QmpPoller;
-use crate::source::{ErrorKind, PollError, Poller, SourceKind, SourceSample};
+use crate::source::{ErrorKind, PollError, Poller, Source, SourceKind, SourceSample, Sources, Visit, VmStart};
 use crate::store::{ErrorRecord, SourceSnapshot, Store, VmKey, VmSnapshot};
 use crate::vm::{DomainNaming, VmId};
 
@@ -170,41 +165,38 @@ pub struct Naming {
     pub default_namespace: String,
 }
 
-/// Which sources run for each VM, besides libvirt's.
-#[derive(Debug, Clone)]
-pub struct Sources {
-    /// The guest agent.
-    pub qga: QgaRuntime,
-    /// VMs without libvirt.
-    pub static_vms: Vec<StaticVm>,
-    /// The direct QMP monitor.
-    pub qmp: QmpRuntime,
-    /// Infra process metrics from this proc root.
-    pub process_root: Option<std::path::PathBuf>,
+/// Starts every source that applies to one VM, each as its own task under `token`.
+struct Start<'a> {
+    vm: VmStart<'a>,
+    key: &'a VmKey,
+    ctx: &'a Ctx,
+    token: &'a CancellationToken,
 }
 
-/// Starts one (VM, source) task under the VM's cancel token.
-fn spawn_source<P: Poller>(id: &VmId, key: &VmKey, poller: P, ctx: &Ctx, token: &CancellationToken) {
-    tokio::spawn(run_source(id.clone(), key.clone(), poller, ctx.store.clone(), ctx.settings.clone(), token.clone()));
-}
-
-/// Starts the QMP task of a VM when it has a monitor socket.
-fn spawn_qmp(id: &VmId, key: &VmKey, socket: Option<std::path::PathBuf>, ctx: &Ctx, token: &CancellationToken) {
-    if let Some(path) = socket {
-        let q = &ctx.sources.qmp;
-        let poller = QmpPoller::new(path, q.timeout, q.max_message_bytes);
-        spawn_source(id, key, poller, ctx, token);
+impl Visit for Start<'_> {
+    fn visit<S: Source>(&mut self) {
+        if let Some(poller) = S::poller(&self.vm, S::settings(&self.ctx.sources)) {
+            debug_assert_eq!(poller.kind(), S::KIND);
+            let (id, ctx) = (self.vm.id.clone(), self.ctx);
+            tokio::spawn(run_source(
+                id,
+                self.key.clone(),
+                poller,
+                ctx.store.clone(),
+                ctx.settings.clone(),
+                self.token.clone(),
+            ));
+        }
     }
 }
 
-/// Starts the guest-agent task of a VM, if one applies.
-fn spawn_qga(id: &VmId, key: &VmKey, transport: Option<Transport>, ctx: &Ctx, token: &CancellationToken) {
-    if !ctx.sources.qga.enabled {
-        return;
-    }
-    if let Some(t) = transport {
-        let poller = QgaPoller::new(t, ctx.sources.qga.poll.clone());
-        spawn_source(id, key, poller, ctx, token);
+impl Ctx {
+    /// Starts `vm`'s sources (the one `match` over the sources is [`SourceKind::visit`]).
+    fn start(&self, vm: VmStart<'_>, key: &VmKey, token: &CancellationToken) {
+        let mut start = Start { vm, key, ctx: self, token };
+        for kind in SourceKind::ALL {
+            kind.visit(&mut start);
+        }
     }
 }
 
@@ -214,18 +206,30 @@ struct Ctx {
     sources: Sources,
 }
 
+/// What the supervisor runs for each VM.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// How domains become VMs.
+    pub naming: Naming,
+    /// How each (VM, source) task polls.
+    pub poll: PollSettings,
+    /// Every source's settings.
+    pub sources: Sources,
+    /// VMs without libvirt, reached through their sockets.
+    pub static_vms: Vec<StaticVm>,
+}
+
 /// Starts and stops per-VM tasks as discovery reports domains.
 pub async fn run(
     mut events: mpsc::Receiver<VmEvent>,
     store: Arc<Store>,
-    naming: Naming,
-    settings: PollSettings,
-    sources: Sources,
+    plan: Plan,
     limiter: Arc<Semaphore>,
     cancel: CancellationToken,
 ) {
+    let Plan { naming, poll: settings, sources, static_vms } = plan;
     let ctx = Ctx { store: store.clone(), settings: settings.clone(), sources };
-    for vm in &ctx.sources.static_vms {
+    for vm in &static_vms {
         let uuid = format!("static:{}/{}", vm.id.namespace, vm.id.name);
         tracing::info!(namespace = %vm.id.namespace, name = %vm.id.name, "static VM added");
         store.insert_vm(VmSnapshot {
@@ -236,11 +240,17 @@ pub async fn run(
             discovered_at: now_unix(),
             sources: BTreeMap::new(),
         });
-        let transport =
-            vm.qga_socket.clone().map(|p| Transport::Socket(SocketAgent::new(p, ctx.sources.qga.poll.max_reply_bytes)));
-        let key = VmKey::new("static", uuid);
-        spawn_qga(&vm.id, &key, transport, &ctx, &cancel);
-        spawn_qmp(&vm.id, &key, vm.qmp_socket.clone(), &ctx, &cancel);
+        let key = VmKey::new("static", uuid.clone());
+        let start = VmStart {
+            id: &vm.id,
+            domain: &vm.id.name,
+            uuid: &uuid,
+            endpoint: None,
+            sockets: Some(vm),
+            poll: &settings,
+            limiter: &limiter,
+        };
+        ctx.start(start, &key, &cancel);
     }
     // The VM's key (endpoint and UUID, as in the store) → its name and its tasks' cancel token.
     let mut running: BTreeMap<VmKey, (VmId, CancellationToken)> = BTreeMap::new();
@@ -267,34 +277,16 @@ pub async fn run(
                     sources: BTreeMap::new(),
                 });
                 let token = cancel.child_token();
-                let poller = LibvirtPoller::new(
-                    found.endpoint.clone(),
-                    found.uuid.clone(),
-                    limiter.clone(),
-                    settings.timeout,
-                    settings.hard_timeout,
-                    settings.carry_window,
-                );
-                debug_assert_eq!(poller.kind(), SourceKind::Libvirt);
-                spawn_source(&id, &key, poller, &ctx, &token);
-                let qga = &ctx.sources.qga;
-                let transport = match qga.transport {
-                    QgaTransportKind::Socket => qga
-                        .socket_for(&found.name, &id)
-                        .map(|p| Transport::Socket(SocketAgent::new(p, qga.poll.max_reply_bytes))),
-                    QgaTransportKind::Libvirt => Some(Transport::Libvirt(LibvirtAgent::new(
-                        found.endpoint.clone(),
-                        found.uuid.clone(),
-                        limiter.clone(),
-                        qga.poll.max_reply_bytes,
-                    ))),
+                let start = VmStart {
+                    id: &id,
+                    domain: &found.name,
+                    uuid: &found.uuid,
+                    endpoint: Some(&found.endpoint),
+                    sockets: None,
+                    poll: &settings,
+                    limiter: &limiter,
                 };
-                spawn_qga(&id, &key, transport, &ctx, &token);
-                spawn_qmp(&id, &key, ctx.sources.qmp.socket_for(&found.name, &id), &ctx, &token);
-                if let Some(root) = &ctx.sources.process_root {
-                    let poller = ProcessPoller::new(found.name.clone(), root.clone(), settings.timeout);
-                    spawn_source(&id, &key, poller, &ctx, &token);
-                }
+                ctx.start(start, &key, &token);
                 running.insert(key, (id, token));
             }
             VmEvent::Removed { uri, uuid } => {

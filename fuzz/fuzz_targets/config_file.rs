@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
     assert!(s.poll.hard_timeout >= s.poll.timeout);
     assert!(s.poll.breaker.backoff_max >= s.poll.breaker.backoff_min);
     assert!(s.staleness >= s.poll.interval);
-    let lim = &s.qga.poll.limits;
+    let lim = &s.sources.qga.poll.limits;
     assert!(lim.label_bytes >= 16 && lim.filesystems >= 1 && lim.cpus >= 1);
 
     let mut durations: Vec<(String, Duration)> = vec![
@@ -29,10 +29,10 @@ fuzz_target!(|data: &[u8]| {
         ("breaker.backoff_min".into(), s.poll.breaker.backoff_min),
         ("breaker.backoff_max".into(), s.poll.breaker.backoff_max),
         ("breaker.staleness".into(), s.staleness),
-        ("qga.timeout".into(), s.qga.poll.timeout),
-        ("qmp.timeout".into(), s.qmp.timeout),
+        ("qga.timeout".into(), s.sources.qga.poll.timeout),
+        ("qmp.timeout".into(), s.sources.qmp.timeout),
     ];
-    durations.extend(s.qga.poll.periods.iter().map(|(k, d)| (format!("qga.periods.{k}"), *d)));
+    durations.extend(s.sources.qga.poll.periods.iter().map(|(k, d)| (format!("qga.periods.{k}"), *d)));
     let now = Instant::now();
     for (field, d) in durations {
         assert!(!d.is_zero(), "{field} validated as zero");

@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-use vmbridge::source::qga::allow::ALLOWED;
+use vmbridge::source::qga::allow::allowed;
 use vmbridge::source::qga::{Dropped, GuestData, GuestLimits};
 
 fn check_label(what: &str, s: &str, lim: &GuestLimits) {
@@ -75,7 +75,7 @@ fn check(g: &GuestData, lim: &GuestLimits) {
 fn run(v: &Value, lim: &GuestLimits) {
     let mut g = GuestData::default();
     let mut dropped = Dropped::new();
-    for name in ALLOWED {
+    for name in allowed() {
         let before = g.clone();
         let r = g.apply(name, v.clone(), lim, &mut dropped);
         if r.is_err() {

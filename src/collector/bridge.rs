@@ -7,7 +7,7 @@ use prometheus_client::encoding::DescriptorEncoder;
 use super::{BuildInfo, VmView, family};
 use crate::breaker::{BreakerState, TransitionReason};
 use crate::catalogue as c;
-use crate::source::{ErrorKind, SourceKind, SourceSample};
+use crate::source::ErrorKind;
 use crate::store::{EndpointStatus, SourceSnapshot};
 
 fn sources<'a>(vm: &'a VmView<'_>) -> impl Iterator<Item = (&'static str, &'a SourceSnapshot)> {
@@ -80,25 +80,6 @@ pub(super) fn encode(
         for (src, s) in sources(vm) {
             let n = s.stuck_calls.load(std::sync::atomic::Ordering::Acquire);
             f.vm_sample(vm, &[("source", src)], Some(n as f64))?;
-        }
-    }
-    let mut f = family(enc, &c::SOURCE_PARTIAL)?;
-    for vm in vms {
-        for (src, s) in sources(vm) {
-            let Some(SourceSample::Libvirt(l)) = s.sample.as_deref() else { continue };
-            for (group, n) in &l.partial_total {
-                f.vm_sample(vm, &[("source", src), ("group", group)], Some(*n as f64))?;
-            }
-        }
-    }
-    let mut f = family(enc, &c::GUEST_DROPPED)?;
-    for vm in vms {
-        let Some(SourceSample::Qga(q)) = vm.vm.sources.get(&SourceKind::Qga).and_then(|s| s.sample.as_deref()) else {
-            continue;
-        };
-        for kind in ["filesystem", "interface", "address", "disk", "cpu"] {
-            let n = q.dropped.get(kind).copied().unwrap_or(0);
-            f.vm_sample(vm, &[("kind", kind)], Some(n as f64))?;
         }
     }
     let mut f = family(enc, &c::VMS)?;

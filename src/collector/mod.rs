@@ -1,13 +1,11 @@
 //! The scrape path: a `prometheus-client` [`Collector`] that encodes the snapshot store and
 //! nothing else. `encode` is synchronous and pure: no I/O, no locks held while encoding, no
-//! waiting on any VM. Families are grouped in one file per group (`core`, `hypervisor`,
-//! `bridge`), each writing the catalogue entries it owns.
+//! waiting on any VM. Each source encodes its own families ([`crate::source::Source::encode`]);
+//! here are the helpers they share, the event and migration families (which come from one of
+//! two sources per VM, `events`) and vmbridge's own health (`bridge`).
 
-mod bridge;
-mod core;
-mod guest;
-mod hypervisor;
-mod qmp;
+pub(crate) mod bridge;
+pub(crate) mod events;
 pub mod text;
 
 use std::sync::Arc;
@@ -20,10 +18,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::catalogue::{self, Kind, MetricDef};
 use crate::clock::now_unix;
-use crate::source::libvirt::DomainSample;
-use crate::source::qga::QgaSample;
-use crate::source::qmp::{EventCounts, Migration, QmpSample};
-use crate::source::{SourceKind, SourceSample};
+use crate::source::{Source, SourceKind, Visit};
 use crate::store::{SourceSnapshot, Store, VmSnapshot};
 
 /// What `vmbridge_build_info` says.
@@ -87,84 +82,44 @@ impl VmCollector {
     }
 }
 
-/// One VM as the encoders see it: its labels and its fresh samples.
-pub(crate) struct VmView<'a> {
+/// One VM as the encoders see it: its labels and, per source, its fresh sample.
+pub struct VmView<'a> {
     pub(crate) vm: &'a VmSnapshot,
     pub(crate) namespace: &'a str,
     pub(crate) name: &'a str,
     pub(crate) node: &'a str,
-    /// The libvirt sample, when one exists and is within the staleness window.
-    pub(crate) libvirt: Option<&'a DomainSample>,
-    /// The guest-agent sample, when fresh.
-    pub(crate) qga: Option<&'a QgaSample>,
-    /// The QMP sample, when fresh.
-    pub(crate) qmp: Option<&'a QmpSample>,
-    /// The migration to export (QMP's view for a VM with a QMP source, else libvirt's job
-    /// stats), honouring `keep_ephemeral`, and when the last one completed.
-    pub(crate) migration: Option<(&'a Migration, Option<f64>)>,
-    /// Domain events from libvirt's event API (only for a VM without a QMP source).
-    pub(crate) libvirt_events: Option<&'a EventCounts>,
-    /// The infra process sample, when fresh.
-    pub(crate) processes: Option<&'a crate::source::process::ProcessSample>,
+    now: f64,
+    staleness: f64,
     /// `export_all_known`: absent per-VM values are written as NaN.
     pub(crate) all_known: bool,
+    /// `keep_ephemeral`: the last migration stays exported after it ended.
+    pub(crate) keep_ephemeral: bool,
 }
 
 impl<'a> VmView<'a> {
     fn new(vm: &'a VmSnapshot, node: &'a str, now: f64, staleness: Duration, opts: ExportOptions) -> Self {
-        let fresh = |s: &'a SourceSnapshot| {
-            s.last_success_at
-                .is_some_and(|t| now - t <= staleness.as_secs_f64())
-                .then_some(s.sample.as_deref())
-                .flatten()
-        };
-        let source = |k: SourceKind| vm.sources.get(&k).and_then(|s| fresh(s));
-        let libvirt = source(SourceKind::Libvirt).and_then(|s| match s {
-            SourceSample::Libvirt(l) => Some(&l.parsed),
-            _ => None,
-        });
-        let qga = source(SourceKind::Qga).and_then(|s| match s {
-            SourceSample::Qga(q) => Some(q),
-            _ => None,
-        });
-        let qmp = source(SourceKind::Qmp).and_then(|s| match s {
-            SourceSample::Qmp(q) => Some(q),
-            _ => None,
-        });
-        // Event counters and migration data come from one source per VM, fixed for its life:
-        // the direct QMP monitor when the VM has one configured, else libvirt. Switching to
-        // libvirt while QMP is stale would make `…_total` counters jump or go backwards (two
-        // sources count from different starts); a stale QMP source's series are absent instead.
-        let qmp_owned = vm.sources.contains_key(&SourceKind::Qmp);
-        let libvirt_events = source(SourceKind::Libvirt).filter(|_| !qmp_owned).and_then(|s| match s {
-            SourceSample::Libvirt(l) => Some(&l.events),
-            _ => None,
-        });
-        let libvirt_job = source(SourceKind::Libvirt).filter(|_| !qmp_owned).and_then(|s| match s {
-            SourceSample::Libvirt(l) => l.job.as_ref().map(|j| (j, l.job_completed_at)),
-            _ => None,
-        });
-        let migration = qmp
-            .and_then(|q| q.migration.as_ref().map(|m| (m, q.migration_last_completed_at)))
-            .or(libvirt_job)
-            .filter(|(m, _)| m.active || opts.keep_ephemeral);
-        let processes = source(SourceKind::Process).and_then(|s| match s {
-            SourceSample::Process(p) => Some(p),
-            _ => None,
-        });
         VmView {
             vm,
             namespace: &vm.id.namespace,
             name: &vm.id.name,
             node,
-            libvirt,
-            qga,
-            qmp,
-            migration,
-            processes,
-            libvirt_events,
+            now,
+            staleness: staleness.as_secs_f64(),
             all_known: opts.export_all_known,
+            keep_ephemeral: opts.keep_ephemeral,
         }
+    }
+
+    /// Source `S`'s sample of this VM, when it is within the staleness window.
+    pub fn sample<S: Source>(&self) -> Option<&'a S::Sample> {
+        let s: &'a SourceSnapshot = self.vm.sources.get(&S::KIND)?;
+        let fresh = s.last_success_at.is_some_and(|t| self.now - t <= self.staleness);
+        fresh.then_some(s.sample.as_deref()).flatten().and_then(S::sample)
+    }
+
+    /// Whether source `kind` runs for this VM (fresh or not).
+    pub fn runs(&self, kind: SourceKind) -> bool {
+        self.vm.sources.contains_key(&kind)
     }
 }
 
@@ -251,10 +206,25 @@ impl Collector for VmCollector {
         let now = now_unix();
         let views: Vec<VmView<'_>> =
             vms.iter().map(|vm| VmView::new(vm, &self.node, now, self.staleness, self.options)).collect();
-        core::encode(&mut encoder, &views)?;
-        hypervisor::encode(&mut encoder, &views)?;
-        qmp::encode(&mut encoder, &views)?;
-        guest::encode(&mut encoder, &views)?;
+        /// Each source's families, in [`SourceKind::ALL`] order; the first error stops it.
+        struct Encode<'e, 'v, 'w> {
+            enc: &'e mut DescriptorEncoder<'w>,
+            views: &'e [VmView<'v>],
+            result: std::fmt::Result,
+        }
+        impl Visit for Encode<'_, '_, '_> {
+            fn visit<S: Source>(&mut self) {
+                if self.result.is_ok() {
+                    self.result = S::encode(self.enc, self.views);
+                }
+            }
+        }
+        let mut each = Encode { enc: &mut encoder, views: &views, result: Ok(()) };
+        for kind in SourceKind::ALL {
+            kind.visit(&mut each);
+        }
+        each.result?;
+        events::encode(&mut encoder, &views)?;
         bridge::encode(
             &mut encoder,
             &views,

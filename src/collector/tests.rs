@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::breaker::{Breaker, BreakerConfig};
+use crate::source::SourceSample;
 use crate::source::libvirt::{LibvirtSample, ParamValue};
 use crate::store::{SourceSnapshot, VmSnapshot};
 use crate::vm::VmId;
@@ -220,7 +221,7 @@ fn every_declared_family_is_emitted() {
         vec![("a", source(Some(sample), Some(crate::clock::now_unix())))],
         Some(guest_source(rich_guest())),
     ));
-    for def in crate::catalogue::ALL {
+    for def in crate::catalogue::all() {
         let name = def.exposed_name();
         assert!(
             text.lines().any(|l| l.starts_with(&format!("{name}{{"))),

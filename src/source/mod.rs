@@ -1,5 +1,13 @@
 //! Sources: where a VM's facts come from. Each (VM, source) pair is polled by its own task
 //! behind its own breaker (see `supervisor`), so one slow source never delays another.
+//!
+//! Every source is one module implementing [`Source`]: its validated settings, its sample,
+//! when it applies to a VM (and the poller then), its metric families and their encoder.
+//! [`SourceKind::visit`] is the one exhaustive `match` over the sources; the supervisor
+//! (starting pollers), the collector (encoding) and the catalogue (listing families) all go
+//! through it. Adding a source is its module, a [`SourceKind`] variant and a [`SourceSample`]
+//! variant, the settings field in [`Sources`], and its section in `config`: the compiler
+//! points at each `match` arm still missing.
 
 pub mod libvirt;
 pub mod process;
@@ -7,7 +15,16 @@ pub mod qga;
 pub mod qmp;
 pub mod wire;
 
+use std::sync::Arc;
+
+use prometheus_client::encoding::DescriptorEncoder;
 use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use crate::catalogue::MetricDef;
+use crate::collector::VmView;
+use crate::supervisor::PollSettings;
+use crate::vm::VmId;
 
 /// The sources vmbridge polls. Adding one is a variant here plus its module; the compiler's
 /// exhaustive matches find the rest.
@@ -25,6 +42,20 @@ pub enum SourceKind {
 }
 
 impl SourceKind {
+    /// Every source, in the order their families are exposed.
+    pub const ALL: [SourceKind; 4] = [SourceKind::Libvirt, SourceKind::Qmp, SourceKind::Process, SourceKind::Qga];
+
+    /// Calls `visitor` with this kind's [`Source`] type: the one exhaustive `match` over the
+    /// sources.
+    pub fn visit<V: Visit>(self, visitor: &mut V) {
+        match self {
+            SourceKind::Libvirt => visitor.visit::<libvirt::Libvirt>(),
+            SourceKind::Qga => visitor.visit::<qga::Qga>(),
+            SourceKind::Qmp => visitor.visit::<qmp::Qmp>(),
+            SourceKind::Process => visitor.visit::<process::Process>(),
+        }
+    }
+
     /// The `source` label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -131,4 +162,78 @@ pub trait Poller: Send + 'static {
     fn poll(&mut self) -> impl std::future::Future<Output = Result<SourceSample, PollError>> + Send;
     /// Calls abandoned at their deadline and still running, for `vmbridge_stuck_calls`.
     fn stuck_calls(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64>;
+}
+
+/// Something done once per source type (see [`SourceKind::visit`]).
+pub trait Visit {
+    /// Called with the source's type.
+    fn visit<S: Source>(&mut self);
+}
+
+/// Every source's validated settings (built by `config`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sources {
+    /// libvirt.
+    pub libvirt: libvirt::LibvirtSettings,
+    /// The guest agent.
+    pub qga: qga::config::QgaRuntime,
+    /// The direct QMP monitor.
+    pub qmp: qmp::config::QmpRuntime,
+    /// /proc.
+    pub process: process::ProcessSettings,
+}
+
+/// What the supervisor knows of a VM when it starts its sources.
+pub struct VmStart<'a> {
+    /// Its labels.
+    pub id: &'a VmId,
+    /// The libvirt domain name (for a VM under `[[vms]]`, its name).
+    pub domain: &'a str,
+    /// The domain UUID.
+    pub uuid: &'a str,
+    /// The daemon that reported it; `None` for a VM under `[[vms]]`.
+    pub endpoint: Option<&'a Arc<libvirt::endpoint::Endpoint>>,
+    /// Its own sockets, for a VM under `[[vms]]`.
+    pub sockets: Option<&'a crate::config::StaticVm>,
+    /// Polling settings (deadlines).
+    pub poll: &'a PollSettings,
+    /// The pool-wide bound on running libvirt calls.
+    pub limiter: &'a Arc<Semaphore>,
+}
+
+/// One source: one module owning its settings, its sample, its poller, its families and
+/// their encoder.
+pub trait Source: 'static {
+    /// Which one.
+    const KIND: SourceKind;
+    /// Its per-VM sample (inside [`SourceSample`]).
+    type Sample: 'static;
+    /// Its validated settings.
+    type Settings: 'static;
+    /// Its poller.
+    type Poller: Poller;
+    /// Its settings among all sources'.
+    fn settings(all: &Sources) -> &Self::Settings;
+    /// Its sample, if `sample` is one.
+    fn sample(sample: &SourceSample) -> Option<&Self::Sample>;
+    /// The poller for `vm`, when this source applies to it.
+    fn poller(vm: &VmStart<'_>, settings: &Self::Settings) -> Option<Self::Poller>;
+    /// Its metric families, in the order `encode` writes them.
+    fn families() -> Vec<&'static MetricDef>;
+    /// Writes its families for `vms` (each VM's fresh sample: [`VmView::sample`]).
+    fn encode(enc: &mut DescriptorEncoder<'_>, vms: &[VmView<'_>]) -> std::fmt::Result;
+}
+
+/// Makes a string from outside vmbridge (a guest, a process name) safe to use as a label
+/// value: control characters become `?`, and it is cut at `max` bytes on a character boundary.
+pub fn label(s: &str, max: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max));
+    for c in s.chars() {
+        let c = if c.is_control() { '?' } else { c };
+        if out.len() + c.len_utf8() > max {
+            break;
+        }
+        out.push(c);
+    }
+    out
 }

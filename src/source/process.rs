@@ -7,10 +7,13 @@
 
 use std::path::{Path, PathBuf};
 
+use prometheus_client::encoding::DescriptorEncoder;
 use serde::Serialize;
 
+use crate::catalogue::{self as c, MetricDef};
+use crate::collector::{VmView, family};
 use crate::source::libvirt::ffi::{clock_ticks_per_second, page_size};
-use crate::source::{ErrorKind, PollError, Poller, SourceKind, SourceSample};
+use crate::source::{ErrorKind, PollError, Poller, Source, SourceKind, SourceSample, Sources, VmStart};
 
 /// Most processes reported per VM.
 const MAX_PROCESSES: usize = 16;
@@ -56,7 +59,7 @@ pub fn read_stats(proc_root: &Path, pid: u32, ticks: u64, page: u64) -> Option<P
     let m: Vec<u64> = statm.split_whitespace().filter_map(|x| x.parse().ok()).collect();
     Some(ProcessStats {
         pid,
-        name: crate::source::qga::guest::label(&name, 32),
+        name: crate::source::label(&name, 32),
         cpu_user_seconds: utime as f64 / ticks as f64,
         cpu_system_seconds: stime as f64 / ticks as f64,
         virtual_bytes: m.first()? * page,
@@ -148,6 +151,71 @@ impl Poller for ProcessPoller {
             return Err(PollError::new(ErrorKind::NoDomain, format!("no QEMU process found for {}", self.domain)));
         }
         Ok(SourceSample::Process(ProcessSample { processes: stats }))
+    }
+}
+
+/// The process source.
+#[derive(Debug)]
+pub enum Process {}
+
+/// The process source's settings.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProcessSettings {
+    /// The proc filesystem to read; `None` when `process_metrics` is off.
+    pub root: Option<PathBuf>,
+}
+
+type ProcField = fn(&ProcessStats) -> f64;
+
+const FIELDS: [(&MetricDef, ProcField); 5] = [
+    (&c::INFRA_CPU_USER, |p| p.cpu_user_seconds),
+    (&c::INFRA_CPU_SYSTEM, |p| p.cpu_system_seconds),
+    (&c::INFRA_MEM_RESIDENT, |p| p.resident_bytes as f64),
+    (&c::INFRA_MEM_VIRTUAL, |p| p.virtual_bytes as f64),
+    (&c::INFRA_MEM_SHARED, |p| p.shared_bytes as f64),
+];
+
+impl Source for Process {
+    const KIND: SourceKind = SourceKind::Process;
+    type Sample = ProcessSample;
+    type Settings = ProcessSettings;
+    type Poller = ProcessPoller;
+
+    fn settings(all: &Sources) -> &ProcessSettings {
+        &all.process
+    }
+
+    fn sample(sample: &SourceSample) -> Option<&ProcessSample> {
+        match sample {
+            SourceSample::Process(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// A VM a libvirt daemon reported (its QEMU is found by domain name), when enabled.
+    fn poller(vm: &VmStart<'_>, settings: &ProcessSettings) -> Option<ProcessPoller> {
+        vm.endpoint?;
+        Some(ProcessPoller::new(vm.domain.to_owned(), settings.root.clone()?, vm.poll.timeout))
+    }
+
+    fn families() -> Vec<&'static MetricDef> {
+        FIELDS.iter().map(|(d, _)| *d).collect()
+    }
+
+    fn encode(enc: &mut DescriptorEncoder<'_>, vms: &[VmView<'_>]) -> std::fmt::Result {
+        for (def, get) in FIELDS {
+            let mut f = family(enc, def)?;
+            for vm in vms {
+                let mut seen = std::collections::BTreeSet::new();
+                for p in vm.sample::<Process>().map(|p| p.processes.as_slice()).unwrap_or_default() {
+                    // One series per process name (a second process of the same name is skipped).
+                    if seen.insert(p.name.as_str()) {
+                        f.vm_sample(vm, &[("process", &p.name)], Some(get(p)))?;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod blocking;
 pub mod discovery;
+mod encode;
 pub mod endpoint;
 pub mod ffi;
 pub mod launchers;
@@ -64,6 +65,57 @@ impl LibvirtSample {
             carried: BTreeMap::new(),
             partial_total: BTreeMap::new(),
         }
+    }
+}
+
+/// The libvirt source.
+#[derive(Debug)]
+pub enum Libvirt {}
+
+/// The libvirt source's per-VM settings (its deadlines are the `[poll]` ones; its
+/// connections are discovery's).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LibvirtSettings {}
+
+impl crate::source::Source for Libvirt {
+    const KIND: crate::source::SourceKind = crate::source::SourceKind::Libvirt;
+    type Sample = LibvirtSample;
+    type Settings = LibvirtSettings;
+    type Poller = poller::LibvirtPoller;
+
+    fn settings(all: &crate::source::Sources) -> &LibvirtSettings {
+        &all.libvirt
+    }
+
+    fn sample(sample: &crate::source::SourceSample) -> Option<&LibvirtSample> {
+        match sample {
+            crate::source::SourceSample::Libvirt(l) => Some(l),
+            _ => None,
+        }
+    }
+
+    /// Every VM a libvirt daemon reported.
+    fn poller(vm: &crate::source::VmStart<'_>, _: &LibvirtSettings) -> Option<poller::LibvirtPoller> {
+        let p = vm.poll;
+        Some(poller::LibvirtPoller::new(
+            vm.endpoint?.clone(),
+            vm.uuid.to_owned(),
+            vm.limiter.clone(),
+            p.timeout,
+            p.hard_timeout,
+            p.carry_window,
+        ))
+    }
+
+    fn families() -> Vec<&'static crate::catalogue::MetricDef> {
+        encode::families()
+    }
+
+    fn encode(
+        enc: &mut prometheus_client::encoding::DescriptorEncoder<'_>,
+        vms: &[crate::collector::VmView<'_>],
+    ) -> std::fmt::Result {
+        encode::encode(enc, vms)
     }
 }
 

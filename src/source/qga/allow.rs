@@ -1,64 +1,80 @@
 //! The guest-agent allow-list, enforced by type: [`AgentRequest`] is the only way to build an
 //! agent command's wire text, and it only accepts types implementing the sealed
-//! [`ReadOnlyAgentCommand`], which this file implements for read-only `guest-*` queries and
-//! nothing else (vmbridge is read-only). `virt`'s `qemu_agent_command` is banned by clippy outside the
+//! [`ReadOnlyAgentCommand`], which only `allow_list!` implements (beside each command in
+//! `commands`), for read-only `guest-*` queries and nothing else (vmbridge is read-only). `virt`'s `qemu_agent_command` is banned by clippy outside the
 //! transport module, so no other path can reach a guest.
 
 use qapi::qga;
-use serde::{Deserialize, Serialize};
 
-mod sealed {
+pub(super) mod sealed {
     pub trait Sealed {}
 }
 
-/// A guest-agent command vmbridge may send. Sealed: only this module can implement it.
+/// A guest-agent command vmbridge may send. Sealed: only the guest source can implement it,
+/// through `allow_list!`, which also checks at compile time that the command is a
+/// read-only query ([`read_only`]).
 pub trait ReadOnlyAgentCommand: qapi::Command + sealed::Sealed {}
 
-/// `guest-get-load` (QEMU ≥ 10.0), which the `qapi-qga` 0.13 schema predates.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct GuestGetLoad {}
-
-/// Its reply.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
-pub struct GuestLoadInfo {
-    /// 1-minute load average.
-    pub load1: f64,
-    /// 5-minute load average.
-    pub load5: f64,
-    /// 15-minute load average.
-    pub load15: f64,
+/// Whether `name` is a read-only guest-agent query: the protocol's `guest-sync`,
+/// `guest-ping` and `guest-info`, `guest-network-get-interfaces`, and `guest-get-*`.
+pub const fn read_only(name: &str) -> bool {
+    const fn eq(a: &[u8], b: &[u8]) -> bool {
+        if a.len() != b.len() {
+            return false;
+        }
+        let mut i = 0;
+        while i < a.len() {
+            if a[i] != b[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
+    const fn starts_with(a: &[u8], p: &[u8]) -> bool {
+        if a.len() < p.len() {
+            return false;
+        }
+        let mut i = 0;
+        while i < p.len() {
+            if a[i] != p[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
+    let b = name.as_bytes();
+    starts_with(b, b"guest-get-")
+        || eq(b, b"guest-sync")
+        || eq(b, b"guest-ping")
+        || eq(b, b"guest-info")
+        || eq(b, b"guest-network-get-interfaces")
 }
 
-impl qapi::Command for GuestGetLoad {
-    type Ok = GuestLoadInfo;
-    const NAME: &'static str = "guest-get-load";
-    const ALLOW_OOB: bool = false;
-}
-
-macro_rules! allow {
+/// Puts `qapi` command types on the allow-list; refuses to compile for one that is not a
+/// read-only query.
+macro_rules! allow_list {
     ($($t:ty),* $(,)?) => {
-        $( impl sealed::Sealed for $t {} impl ReadOnlyAgentCommand for $t {} )*
-        /// Every command name vmbridge can send to a guest agent.
-        pub const ALLOWED: &[&str] = &[$(<$t as qapi::Command>::NAME),*];
+        $(
+            impl $crate::source::qga::allow::sealed::Sealed for $t {}
+            impl $crate::source::qga::allow::ReadOnlyAgentCommand for $t {}
+            const _: () = assert!(
+                $crate::source::qga::allow::read_only(<$t as qapi::Command>::NAME),
+                "only read-only guest queries can be allow-listed"
+            );
+        )*
     };
 }
+pub(super) use allow_list;
 
-allow!(
-    qga::guest_sync,
-    qga::guest_ping,
-    qga::guest_info,
-    qga::guest_get_fsinfo,
-    qga::guest_network_get_interfaces,
-    qga::guest_get_vcpus,
-    qga::guest_get_osinfo,
-    qga::guest_get_users,
-    qga::guest_get_timezone,
-    qga::guest_get_host_name,
-    qga::guest_get_diskstats,
-    qga::guest_get_cpustats,
-    qga::guest_get_memory_block_info,
-    GuestGetLoad,
-);
+/// Every command name vmbridge can send to a guest agent: the protocol's and the polled ones.
+pub fn allowed() -> Vec<&'static str> {
+    let mut names =
+        vec![AgentRequest::new(qga::guest_sync { id: 0 }).name(), AgentRequest::new(qga::guest_ping {}).name()];
+    names.extend(super::commands::COMMANDS.iter().map(super::commands::Command::name));
+    names
+}
 
 /// A serialised, allow-listed agent request.
 ///
@@ -130,32 +146,49 @@ mod tests {
 
     #[test]
     fn the_allow_list_is_read_only_guest_queries() {
+        let mut names = allowed();
+        names.sort_unstable();
         assert_eq!(
-            ALLOWED,
-            &[
-                "guest-sync",
-                "guest-ping",
-                "guest-info",
-                "guest-get-fsinfo",
-                "guest-network-get-interfaces",
-                "guest-get-vcpus",
-                "guest-get-osinfo",
-                "guest-get-users",
-                "guest-get-timezone",
-                "guest-get-host-name",
-                "guest-get-diskstats",
+            names,
+            [
                 "guest-get-cpustats",
-                "guest-get-memory-block-info",
+                "guest-get-diskstats",
+                "guest-get-fsinfo",
+                "guest-get-host-name",
                 "guest-get-load",
+                "guest-get-memory-block-info",
+                "guest-get-osinfo",
+                "guest-get-timezone",
+                "guest-get-users",
+                "guest-get-vcpus",
+                "guest-info",
+                "guest-network-get-interfaces",
+                "guest-ping",
+                "guest-sync",
             ]
         );
-        for name in ALLOWED {
-            let read_only = *name == "guest-sync"
-                || *name == "guest-ping"
-                || *name == "guest-info"
-                || *name == "guest-network-get-interfaces"
-                || name.starts_with("guest-get-");
-            assert!(read_only, "{name} is not a read-only query");
+        for name in allowed() {
+            assert!(read_only(name), "{name} is not a read-only query");
+        }
+    }
+
+    #[test]
+    fn the_compile_time_check_refuses_mutating_commands() {
+        for name in [
+            "guest-exec",
+            "guest-exec-status",
+            "guest-shutdown",
+            "guest-file-open",
+            "guest-file-write",
+            "guest-set-vcpus",
+            "guest-set-user-password",
+            "guest-fsfreeze-freeze",
+            "guest-fstrim",
+            "guest-get",
+            "guest-sync-delimited-x",
+            "",
+        ] {
+            assert!(!read_only(name), "{name} passed the read-only check");
         }
     }
 
@@ -169,6 +202,6 @@ mod tests {
             AgentRequest::new(qga::guest_sync { id: 5 }).json(),
             r#"{"execute":"guest-sync","arguments":{"id":5}}"#
         );
-        assert_eq!(AgentRequest::new(GuestGetLoad {}).name(), "guest-get-load");
+        assert_eq!(AgentRequest::new(super::super::commands::GuestGetLoad {}).name(), "guest-get-load");
     }
 }

@@ -3,21 +3,33 @@
 //! since the agent is where guests hang (absent during boot, stalled when the guest is busy,
 //! controlled by the tenant).
 //!
+//! - [`commands`]: every polled command in one place each (allow-list entry, period, parser,
+//!   families and encoder).
 //! - [`allow`]: the read-only allow-list, enforced by type.
 //! - [`transport`]: through libvirt, or a direct socket over [`crate::source::wire`].
-//! - [`guest`]: parsing replies into bounded, label-safe values.
+//! - [`guest`]: the shapes of parsed replies and the per-VM caps.
 //! - [`poller`]: capability discovery (`guest-info`) and per-command periods.
+//! - [`config`]: the `[qga]` section.
 
 pub mod allow;
+pub mod commands;
+pub mod config;
 pub mod guest;
 pub mod poller;
 pub mod transport;
 
 use std::collections::BTreeMap;
 
+use prometheus_client::encoding::DescriptorEncoder;
 use serde::Serialize;
 
-pub use guest::{Dropped, GuestData, GuestLimits};
+pub use commands::GuestData;
+pub use guest::{Dropped, GuestLimits};
+
+use crate::catalogue::{MetricDef, N, family};
+use crate::collector::{VmView, family as start};
+use crate::source::{Source, SourceKind, SourceSample, Sources, VmStart, label};
+use transport::{LibvirtAgent, SocketAgent, Transport};
 
 /// What vmbridge knows about one agent command of one VM.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, schemars::JsonSchema)]
@@ -51,4 +63,86 @@ pub struct QgaSample {
     pub data: GuestData,
     /// Items left out by the per-VM caps since discovery, by kind.
     pub dropped: Dropped,
+}
+
+/// The guest-agent source.
+#[derive(Debug)]
+pub enum Qga {}
+
+family!(
+    GUEST_DROPPED,
+    "vmbridge_guest_items_dropped",
+    Counter,
+    N,
+    ["kind"],
+    Bridge,
+    "vmbridge",
+    Vm,
+    "Guest items (filesystem, interface, address, disk, cpu) left out because a per-VM cap was reached since discovery."
+);
+
+/// The kinds of items a per-VM cap can leave out.
+const DROPPED_KINDS: [&str; 5] = ["filesystem", "interface", "address", "disk", "cpu"];
+
+impl Source for Qga {
+    const KIND: SourceKind = SourceKind::Qga;
+    type Sample = QgaSample;
+    type Settings = config::QgaRuntime;
+    type Poller = poller::QgaPoller;
+
+    fn settings(all: &Sources) -> &config::QgaRuntime {
+        &all.qga
+    }
+
+    fn sample(sample: &SourceSample) -> Option<&QgaSample> {
+        match sample {
+            SourceSample::Qga(q) => Some(q),
+            _ => None,
+        }
+    }
+
+    /// When enabled: a VM under `[[vms]]` with a `qga_socket`; a discovered VM through libvirt,
+    /// or through its socket from `qga.socket_pattern`.
+    fn poller(vm: &VmStart<'_>, q: &config::QgaRuntime) -> Option<poller::QgaPoller> {
+        if !q.enabled {
+            return None;
+        }
+        let max = q.poll.max_reply_bytes;
+        let transport = match (vm.sockets, vm.endpoint, q.transport) {
+            (Some(s), _, _) => Transport::Socket(SocketAgent::new(s.qga_socket.clone()?, max)),
+            (None, Some(_), config::QgaTransportKind::Socket) => {
+                Transport::Socket(SocketAgent::new(q.socket_for(vm.domain, vm.id)?, max))
+            }
+            (None, Some(e), config::QgaTransportKind::Libvirt) => {
+                Transport::Libvirt(LibvirtAgent::new(e.clone(), vm.uuid.to_owned(), vm.limiter.clone(), max))
+            }
+            (None, None, _) => return None,
+        };
+        Some(poller::QgaPoller::new(transport, q.poll.clone()))
+    }
+
+    fn families() -> Vec<&'static MetricDef> {
+        let mut out: Vec<&'static MetricDef> = commands::COMMANDS.iter().flat_map(|c| c.families).copied().collect();
+        out.push(&GUEST_DROPPED);
+        out
+    }
+
+    fn encode(enc: &mut DescriptorEncoder<'_>, vms: &[VmView<'_>]) -> std::fmt::Result {
+        for c in commands::COMMANDS {
+            (c.encode)(enc, vms)?;
+        }
+        let mut f = start(enc, &GUEST_DROPPED)?;
+        for vm in vms {
+            // Counted since discovery: exported from the last sample whatever its age.
+            let Some(q) = vm.vm.sources.get(&SourceKind::Qga).and_then(|s| s.sample.as_deref()).and_then(Qga::sample)
+            else {
+                continue;
+            };
+            for kind in DROPPED_KINDS {
+                let n = q.dropped.get(kind).copied().unwrap_or(0);
+                f.vm_sample(vm, &[("kind", kind)], Some(n as f64))?;
+            }
+        }
+        Ok(())
+    }
 }

@@ -10,39 +10,17 @@ use qapi::qga;
 use tokio::time::Instant;
 
 use super::QgaSample;
-use super::allow::{AgentRequest, GuestGetLoad};
+use super::allow::AgentRequest;
+use super::commands::{COMMANDS, by_key};
 use super::guest::GuestLimits;
 use super::transport::{AgentError, Transport};
 use crate::clock::{now_unix, unix_seconds};
 use crate::source::wire::truncate;
 use crate::source::{ErrorKind, PollError, Poller, SourceKind, SourceSample};
 
-/// Builds one allow-listed request.
-pub type RequestBuilder = fn() -> AgentRequest;
-
-/// Polled commands: config key, request builder.
-pub const COMMANDS: [(&str, RequestBuilder); 12] = [
-    ("fsinfo", || AgentRequest::new(qga::guest_get_fsinfo {})),
-    ("network", || AgentRequest::new(qga::guest_network_get_interfaces {})),
-    ("users", || AgentRequest::new(qga::guest_get_users {})),
-    ("osinfo", || AgentRequest::new(qga::guest_get_osinfo {})),
-    ("vcpus", || AgentRequest::new(qga::guest_get_vcpus {})),
-    ("load", || AgentRequest::new(GuestGetLoad {})),
-    ("diskstats", || AgentRequest::new(qga::guest_get_diskstats {})),
-    ("cpustats", || AgentRequest::new(qga::guest_get_cpustats {})),
-    ("timezone", || AgentRequest::new(qga::guest_get_timezone {})),
-    ("hostname", || AgentRequest::new(qga::guest_get_host_name {})),
-    ("memory_block_info", || AgentRequest::new(qga::guest_get_memory_block_info {})),
-    ("info", || AgentRequest::new(qga::guest_info {})),
-];
-
-/// Default period per config key (like oVirt vdsm and KubeVirt).
+/// Default period of the command with config key `key`.
 pub fn default_period(key: &str) -> Duration {
-    Duration::from_secs(match key {
-        "load" | "diskstats" | "cpustats" => 15,
-        "osinfo" | "timezone" | "hostname" | "memory_block_info" | "info" => 300,
-        _ => 30,
-    })
+    by_key(key).map_or(Duration::from_secs(30), |c| c.period)
 }
 
 /// How the guest source polls.
@@ -63,7 +41,7 @@ impl Default for QgaSettings {
         QgaSettings {
             timeout: Duration::from_secs(5),
             max_reply_bytes: 1 << 20,
-            periods: COMMANDS.iter().map(|(k, _)| ((*k).to_owned(), default_period(k))).collect(),
+            periods: COMMANDS.iter().map(|c| (c.key.to_owned(), c.period)).collect(),
             limits: GuestLimits::default(),
         }
     }
@@ -146,9 +124,9 @@ impl QgaPoller {
             .map_err(|e| PollError::new(ErrorKind::Protocol, format!("guest-info: {e}")))?;
         let enabled: Vec<String> = info.supported_commands.into_iter().filter(|c| c.enabled).map(|c| c.name).collect();
         let polled: Vec<String> =
-            COMMANDS.iter().map(|(_, build)| build().name().to_owned()).filter(|n| enabled.contains(n)).collect();
-        for (_, build) in COMMANDS {
-            let name = build().name();
+            COMMANDS.iter().map(|c| c.name().to_owned()).filter(|n| enabled.contains(n)).collect();
+        for c in COMMANDS {
+            let name = c.name();
             self.sample.commands.entry(name.to_owned()).or_default().supported = Some(polled.iter().any(|p| p == name));
         }
         self.sample.supported_commands = polled.clone();
@@ -180,11 +158,12 @@ impl Poller for QgaPoller {
             self.discover().await?;
             contacted = true;
         }
-        for (key, build) in COMMANDS {
+        for c in COMMANDS {
+            let key = c.key;
             if key == "info" {
                 continue;
             }
-            let req = build();
+            let req = (c.request)();
             let enabled = self.enabled.as_ref().is_some_and(|e| e.iter().any(|n| n == req.name()));
             let due = self.due.get(key).is_none_or(|d| Instant::now() >= *d);
             if enabled && due {

@@ -7,13 +7,58 @@
 //! - [`poller`]: the per-VM poll and event counting.
 
 pub mod allow;
+pub mod config;
 pub mod conn;
+mod encode;
 pub mod poller;
 
 use std::collections::{BTreeMap, VecDeque};
 
 use serde::Serialize;
 use serde_json::Value;
+
+/// The QMP source.
+#[derive(Debug)]
+pub enum Qmp {}
+
+impl crate::source::Source for Qmp {
+    const KIND: crate::source::SourceKind = crate::source::SourceKind::Qmp;
+    type Sample = QmpSample;
+    type Settings = config::QmpRuntime;
+    type Poller = poller::QmpPoller;
+
+    fn settings(all: &crate::source::Sources) -> &config::QmpRuntime {
+        &all.qmp
+    }
+
+    fn sample(sample: &crate::source::SourceSample) -> Option<&QmpSample> {
+        match sample {
+            crate::source::SourceSample::Qmp(q) => Some(q),
+            _ => None,
+        }
+    }
+
+    /// A VM under `[[vms]]` with a `qmp_socket`, or a discovered VM when `qmp.socket_pattern`
+    /// is set.
+    fn poller(vm: &crate::source::VmStart<'_>, settings: &config::QmpRuntime) -> Option<poller::QmpPoller> {
+        let path = match vm.sockets {
+            Some(s) => s.qmp_socket.clone(),
+            None => settings.socket_for(vm.domain, vm.id),
+        }?;
+        Some(poller::QmpPoller::new(path, settings.timeout, settings.max_message_bytes))
+    }
+
+    fn families() -> Vec<&'static crate::catalogue::MetricDef> {
+        encode::families()
+    }
+
+    fn encode(
+        enc: &mut prometheus_client::encoding::DescriptorEncoder<'_>,
+        vms: &[crate::collector::VmView<'_>],
+    ) -> std::fmt::Result {
+        encode::encode(enc, vms)
+    }
+}
 
 /// Extended per-drive block statistics that libvirt's bulk stats do not carry.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, schemars::JsonSchema)]

@@ -1,0 +1,165 @@
+//! The guest-agent source's configuration: the `[qga]` section as written, and validated. The
+//! keys of `[qga.periods]` and their defaults come from `commands::COMMANDS`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::GuestLimits;
+use super::commands::{COMMANDS, by_key};
+use super::poller::QgaSettings;
+use crate::config::Check;
+
+/// How the guest agent is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum QgaTransportKind {
+    /// `virDomainQemuAgentCommand` on a read-write libvirt connection (libvirt owns the channel).
+    Libvirt,
+    /// A direct Unix socket per VM, from `qga.socket_pattern`.
+    Socket,
+}
+
+/// `[qga]`.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QgaFileConfig {
+    /// Poll guest agents at all. Default true.
+    pub enabled: Option<bool>,
+    /// Default `socket` when `socket_pattern` is set, else `libvirt`.
+    pub transport: Option<QgaTransportKind>,
+    /// Socket path per VM, with `{domain}`, `{namespace}` and `{name}` replaced, e.g.
+    /// `/run/vms/{domain}.qga`.
+    pub socket_pattern: Option<String>,
+    /// Deadline per agent command. Default `5s`.
+    pub timeout: Option<String>,
+    /// Largest agent reply accepted, in bytes; a larger one fails the poll. Default 1048576.
+    pub max_reply_bytes: Option<usize>,
+    /// Poll period per command.
+    #[serde(default)]
+    pub periods: QgaPeriodsFile,
+    /// Per-VM caps on what a guest can make vmbridge export.
+    #[serde(default)]
+    pub limits: QgaLimitsFile,
+}
+
+/// `[qga.periods]`: a duration per command, keyed as in `commands::COMMANDS`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(transparent)]
+pub struct QgaPeriodsFile(pub BTreeMap<String, String>);
+
+impl JsonSchema for QgaPeriodsFile {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "QgaPeriodsFile".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let properties: serde_json::Map<String, serde_json::Value> = COMMANDS
+            .iter()
+            .map(|c| {
+                let default = humantime::format_duration(c.period);
+                let description = format!("`{}` ({}). Default `{default}`.", c.name(), c.about);
+                (c.key.to_owned(), serde_json::json!({ "description": description, "type": ["string", "null"] }))
+            })
+            .collect();
+        schemars::json_schema!({
+            "description": "`[qga.periods]`: durations per command.",
+            "type": "object",
+            "properties": properties,
+            "additionalProperties": false,
+        })
+    }
+}
+
+/// `[qga.limits]`.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QgaLimitsFile {
+    /// Filesystems per VM. Default 64.
+    pub filesystems: Option<usize>,
+    /// Network interfaces per VM. Default 32.
+    pub interfaces: Option<usize>,
+    /// IP addresses per VM. Default 64.
+    pub addresses: Option<usize>,
+    /// Disks per VM. Default 64.
+    pub disks: Option<usize>,
+    /// CPUs per VM. Default 512.
+    pub cpus: Option<usize>,
+    /// Longest label value from a guest, in bytes. Default 128.
+    pub label_bytes: Option<usize>,
+}
+
+/// Validated guest-agent settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QgaRuntime {
+    /// Poll agents at all.
+    pub enabled: bool,
+    /// Transport for libvirt-discovered VMs.
+    pub transport: QgaTransportKind,
+    /// Socket pattern for the socket transport.
+    pub socket_pattern: Option<String>,
+    /// Per-command settings.
+    pub poll: QgaSettings,
+}
+
+impl QgaRuntime {
+    /// The socket path of a VM, from the pattern.
+    pub fn socket_for(&self, domain: &str, id: &crate::vm::VmId) -> Option<std::path::PathBuf> {
+        self.socket_pattern.as_ref().map(|p| {
+            p.replace("{domain}", domain).replace("{namespace}", &id.namespace).replace("{name}", &id.name).into()
+        })
+    }
+}
+
+/// Validates `[qga]`.
+pub fn validate(q: &QgaFileConfig, check: &mut Check) -> QgaRuntime {
+    let timeout = check.duration("qga.timeout", &q.timeout, Duration::from_secs(5));
+    for key in q.periods.0.keys().filter(|k| by_key(k).is_none()) {
+        let known: Vec<&str> = COMMANDS.iter().map(|c| c.key).collect();
+        check.err(&format!("qga.periods.{key}"), format!("is not a polled command (known: {})", known.join(", ")));
+    }
+    let periods = COMMANDS
+        .iter()
+        .map(|c| {
+            let field = format!("qga.periods.{}", c.key);
+            (c.key.to_owned(), check.duration(&field, &q.periods.0.get(c.key).cloned(), c.period))
+        })
+        .collect();
+    let max_reply_bytes = q.max_reply_bytes.unwrap_or(1 << 20);
+    if !(4096..=64 << 20).contains(&max_reply_bytes) {
+        check.err("qga.max_reply_bytes", "must be between 4096 and 67108864");
+    }
+    let defaults = GuestLimits::default();
+    let mut limit = |field: &str, v: Option<usize>, default: usize, min: usize| {
+        let v = v.unwrap_or(default);
+        if v < min || v > 100_000 {
+            check.err(&format!("qga.limits.{field}"), format!("must be between {min} and 100000"));
+        }
+        v
+    };
+    let limits = GuestLimits {
+        filesystems: limit("filesystems", q.limits.filesystems, defaults.filesystems, 1),
+        interfaces: limit("interfaces", q.limits.interfaces, defaults.interfaces, 1),
+        addresses: limit("addresses", q.limits.addresses, defaults.addresses, 1),
+        disks: limit("disks", q.limits.disks, defaults.disks, 1),
+        cpus: limit("cpus", q.limits.cpus, defaults.cpus, 1),
+        label_bytes: limit("label_bytes", q.limits.label_bytes, defaults.label_bytes, 16),
+    };
+    let transport = q.transport.unwrap_or(if q.socket_pattern.is_some() {
+        QgaTransportKind::Socket
+    } else {
+        QgaTransportKind::Libvirt
+    });
+    if transport == QgaTransportKind::Socket && q.socket_pattern.is_none() {
+        check.err("qga.socket_pattern", "is required when qga.transport is \"socket\"");
+    }
+    check.socket_pattern("qga.socket_pattern", &q.socket_pattern);
+    QgaRuntime {
+        enabled: q.enabled.unwrap_or(true),
+        transport,
+        socket_pattern: q.socket_pattern.clone(),
+        poll: QgaSettings { timeout, max_reply_bytes, periods, limits },
+    }
+}
