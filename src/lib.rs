@@ -9,29 +9,36 @@
 //! discovery ──VmEvent(Added/Removed, endpoint + UUID)──▶ supervisor
 //!   (source::libvirt::discovery;                           one task per (VM, source), each
 //!    KubeVirt: one per launcher)                           behind its own breaker and deadline
-//!        │ endpoint status                                        │ polls (source::*::poller)
+//!        │ endpoint status                                        │ polls (Source::poller)
 //!        ▼                                                        ▼
 //!    store: VMs keyed by endpoint + domain UUID (namespace/name are labels), each with the
 //!           last good snapshot per source; endpoint status for readiness
 //!        │  read only
 //!        ├──────────────────────────────┬──────────────────────────────┐
-//!  collector (pure, sync) → /metrics   debug → /debug/vms/…          status → /
+//!  collector (pure, sync; Source::encode) → /metrics   debug → /debug/vms/…   status → /
 //! ```
 //!
+//! - [`source`]: every source (libvirt, qga, qmp, process) is one module implementing
+//!   [`source::Source`]: its validated settings, its sample, whether it applies to a VM (and
+//!   its poller), its metric families and their encoder. [`source::SourceKind::visit`] is the
+//!   one exhaustive `match` over the sources; the supervisor, the collector and the catalogue
+//!   go through it.
 //! - [`source::libvirt`]: one read-only connection per daemon; per-domain bulk stats with
 //!   `NOWAIT` and job stats in one blocking call, at most one in flight per VM
 //!   (`blocking::BlockingSlot`); parts libvirt skipped are carried (`merge`).
 //! - [`source::qga`], [`source::qmp`]: guest agent and QEMU monitor, over sealed allow-lists;
-//!   [`source::process`]: QEMU and launcher processes from `/proc`.
+//!   each guest-agent command is declared once in `source::qga::commands` (allow-list entry,
+//!   period, parser, families, encoder). [`source::process`]: QEMU and launcher processes
+//!   from `/proc`.
 //! - [`supervisor`]: starts and stops per-VM tasks; owns time (each poll's deadline, one poll
 //!   in flight, stuck calls); its tasks are the only writers of VM entries in [`store`]
 //!   (discovery writes only endpoint status).
 //! - [`breaker`]: Closed / Open / HalfOpen with `backon` back-off.
-//! - [`collector`]: encodes the store with `prometheus-client`; [`catalogue`] declares every
-//!   family. Event counters and migration data of a VM come from one source for its life
-//!   (QMP when configured, else libvirt).
+//! - [`collector`]: runs each source's encoder over the store, then the event and migration
+//!   families (from one source per VM for its life: QMP when configured, else libvirt) and
+//!   vmbridge's own; [`catalogue`] lists every family.
 //! - [`http`]: the endpoints, with a bounded drain at shutdown; [`config`] and [`cli`]: typed,
-//!   validated settings.
+//!   validated settings (each source's section is validated by its module).
 //!
 //! vmbridge is read-only: it opens libvirt read-only (the guest-agent transport through
 //! libvirt needs a read-write connection and sends only allow-listed queries), never execs,

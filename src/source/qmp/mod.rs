@@ -294,11 +294,7 @@ impl EventCounts {
             }
             DomainEvent::IoError { device } => {
                 // Devices libvirt did not define (e.g. added by <qemu:commandline>) have no alias.
-                let drive = if device.is_empty() {
-                    "unknown".to_owned()
-                } else {
-                    crate::source::qga::guest::label(device, 128)
-                };
+                let drive = if device.is_empty() { "unknown".to_owned() } else { crate::source::label(device, 128) };
                 if self.block_io_errors.len() < MAX_DRIVES || self.block_io_errors.contains_key(&drive) {
                     *self.block_io_errors.entry(drive).or_default().entry("unknown".to_owned()).or_default() += 1;
                 }
@@ -412,7 +408,7 @@ impl BlockExt {
         let st = &v["stats"];
         let u = |k: &str| st.get(k).and_then(Value::as_u64);
         Some(BlockExt {
-            drive: crate::source::qga::guest::label(drive, 128),
+            drive: crate::source::label(drive, 128),
             failed_rd_operations: u("failed_rd_operations"),
             failed_wr_operations: u("failed_wr_operations"),
             failed_flush_operations: u("failed_flush_operations"),

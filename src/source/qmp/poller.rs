@@ -145,8 +145,7 @@ impl Poller for QmpPoller {
             self.connect().await?;
         }
         if let Some(st) = self.run(qmp::query_status {}).await? {
-            self.sample.status =
-                st.get("status").and_then(Value::as_str).map(|s| crate::source::qga::guest::label(s, 64));
+            self.sample.status = st.get("status").and_then(Value::as_str).map(|s| crate::source::label(s, 64));
         }
         if let Some(Value::Array(list)) = self.run(qmp::query_blockstats { query_nodes: None }).await? {
             self.sample.blocks = list.iter().take(64).filter_map(BlockExt::from_blockstats).collect();
