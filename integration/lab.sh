@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # lab.sh - a lab of REAL libvirtd + QEMU domains on this machine, for vmbridge
-# integration tests. See DESIGN.md section 6 "The lab".
+# integration tests (libvirtd, QEMU, a guest with qemu-guest-agent; see the README, "The lab").
 #
 # Usage: lab.sh <command> [args]
 #   install               apt packages (only if missing), libvirt-qemu user/group,

@@ -31,8 +31,11 @@ pub enum Unit {
     Bytes,
 }
 
-/// Which group a family belongs to (see the README).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which group a family belongs to (see the README); `metrics_groups` selects them.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Deserialize, schemars::JsonSchema, clap::ValueEnum,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum Group {
     /// CPU, vCPU, NIC and block counters.
     Core,
@@ -40,8 +43,30 @@ pub enum Group {
     Hypervisor,
     /// What only the guest agent knows.
     Guest,
+    /// What only a direct QMP monitor tells (run status, extended block and accelerator stats).
+    Qmp,
+    /// The VM's processes, from /proc.
+    Process,
     /// vmbridge's own health.
     Bridge,
+}
+
+impl Group {
+    /// Every group, in documentation order.
+    pub const ALL: [Group; 6] =
+        [Group::Core, Group::Hypervisor, Group::Guest, Group::Qmp, Group::Process, Group::Bridge];
+
+    /// The name used in `metrics_groups` and the docs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Group::Core => "core",
+            Group::Hypervisor => "hypervisor",
+            Group::Guest => "guest",
+            Group::Qmp => "qmp",
+            Group::Process => "process",
+            Group::Bridge => "bridge",
+        }
+    }
 }
 
 /// Whether a family is per VM (labels `namespace`, `name`, `node` first) or per node.
@@ -49,6 +74,8 @@ pub enum Group {
 pub enum Scope {
     /// One series (or several, by extra labels) per VM.
     Vm,
+    /// Per VM with `namespace` and `name` only (KubeVirt's panic counter has no `node`).
+    VmWithoutNode,
     /// Per node: label `node` only, plus extra labels.
     Node,
 }
@@ -91,10 +118,17 @@ impl MetricDef {
         n
     }
 
+    /// Whether KubeVirt's virt-handler exports this family too (same name, type and labels):
+    /// left out by the `kubevirt-complement` profile.
+    pub fn from_virt_handler(&self) -> bool {
+        VIRT_HANDLER.contains(&self.name)
+    }
+
     /// Every label, scope labels first.
     pub fn all_labels(&self) -> Vec<&'static str> {
         let mut l = match self.scope {
             Scope::Vm => vec!["namespace", "name", "node"],
+            Scope::VmWithoutNode => vec!["namespace", "name"],
             Scope::Node => vec!["node"],
         };
         l.extend_from_slice(self.labels);
@@ -277,6 +311,17 @@ family!(
     "The total number of tx packets dropped on vNIC interfaces."
 );
 family!(
+    NET_TRAFFIC,
+    "kubevirt_vmi_network_traffic",
+    Counter,
+    B,
+    ["interface", "type"],
+    Core,
+    "libvirt net.N.rx.bytes / net.N.tx.bytes",
+    Vm,
+    "[Deprecated in KubeVirt; kept for its dashboards] Network traffic in bytes, type rx or tx."
+);
+family!(
     STORAGE_IOPS_READ,
     "kubevirt_vmi_storage_iops_read",
     Counter,
@@ -450,9 +495,9 @@ family!(
     B,
     [],
     Hypervisor,
-    "libvirt balloon.maximum",
+    "libvirt balloon.current",
     Vm,
-    "The amount of memory in bytes allocated to the domain. The memory value in domain xml file."
+    "The amount of memory in bytes allocated to the domain: its current balloon size (libvirt balloon.current, as KubeVirt)."
 );
 family!(
     MEMORY_SWAP_IN,
@@ -530,6 +575,17 @@ family!(
     "libvirt vcpu.maximum",
     Vm,
     "Maximum number of vCPUs the domain may have."
+);
+family!(
+    CPU_AFFINITY,
+    "kubevirt_vmi_node_cpu_affinity",
+    Gauge,
+    N,
+    [],
+    Hypervisor,
+    "libvirt virDomainGetVcpuPinInfo",
+    Vm,
+    "Number of VMI CPU affinities to node physical cores: the set (vCPU, host CPU) pairs of the pinning map, as KubeVirt."
 );
 family!(
     NET_INTERFACES,
@@ -616,7 +672,7 @@ family!(
     Gauge,
     N,
     ["status"],
-    Hypervisor,
+    Qmp,
     "qmp query-status",
     Vm,
     "QEMU's run state as a label (running, paused, guest-panicked, io-error, …); the value is always 1."
@@ -627,7 +683,7 @@ family!(
     Counter,
     N,
     ["drive"],
-    Hypervisor,
+    Qmp,
     "qmp query-blockstats failed_rd_operations",
     Vm,
     "Failed read operations (drive is QEMU's device id)."
@@ -638,7 +694,7 @@ family!(
     Counter,
     N,
     ["drive"],
-    Hypervisor,
+    Qmp,
     "qmp query-blockstats failed_wr_operations",
     Vm,
     "Failed write operations."
@@ -649,7 +705,7 @@ family!(
     Counter,
     N,
     ["drive"],
-    Hypervisor,
+    Qmp,
     "qmp query-blockstats failed_flush_operations",
     Vm,
     "Failed flush operations."
@@ -660,7 +716,7 @@ family!(
     Counter,
     N,
     ["drive"],
-    Hypervisor,
+    Qmp,
     "qmp query-blockstats invalid_rd_operations",
     Vm,
     "Invalid read operations."
@@ -671,7 +727,7 @@ family!(
     Counter,
     N,
     ["drive"],
-    Hypervisor,
+    Qmp,
     "qmp query-blockstats invalid_wr_operations",
     Vm,
     "Invalid write operations."
@@ -682,7 +738,7 @@ family!(
     Counter,
     N,
     ["drive"],
-    Hypervisor,
+    Qmp,
     "qmp query-blockstats invalid_flush_operations",
     Vm,
     "Invalid flush operations."
@@ -693,7 +749,7 @@ family!(
     Counter,
     N,
     ["drive"],
-    Hypervisor,
+    Qmp,
     "qmp query-blockstats unmap_operations",
     Vm,
     "Unmap (discard) operations."
@@ -704,7 +760,7 @@ family!(
     Counter,
     B,
     ["drive"],
-    Hypervisor,
+    Qmp,
     "qmp query-blockstats unmap_bytes",
     Vm,
     "Bytes unmapped (discarded)."
@@ -715,7 +771,7 @@ family!(
     Counter,
     N,
     ["drive"],
-    Hypervisor,
+    Qmp,
     "qmp query-blockstats rd_merged",
     Vm,
     "Read operations merged into others."
@@ -726,7 +782,7 @@ family!(
     Counter,
     N,
     ["drive"],
-    Hypervisor,
+    Qmp,
     "qmp query-blockstats wr_merged",
     Vm,
     "Write operations merged into others."
@@ -737,7 +793,7 @@ family!(
     Gauge,
     S,
     ["drive"],
-    Hypervisor,
+    Qmp,
     "qmp query-blockstats idle_time_ns",
     Vm,
     "Time since the drive's last I/O."
@@ -748,7 +804,7 @@ family!(
     Gauge,
     N,
     ["stat"],
-    Hypervisor,
+    Qmp,
     "qmp query-stats target vm",
     Vm,
     "Accelerator statistics QEMU reports for the VM (query-stats; KVM only), by provider/name."
@@ -777,14 +833,14 @@ family!(
 );
 family!(
     MIG_DATA_TOTAL,
-    "kubevirt_vmi_migration_data_total",
-    Gauge,
+    "kubevirt_vmi_migration_data",
+    Counter,
     B,
     [],
     Hypervisor,
     "libvirt job data_total / qmp ram+disk total",
     Vm,
-    "Bytes the migration has to transfer (memory and disks)."
+    "The total Guest OS data to be migrated to the new VM (memory and disks), as KubeVirt."
 );
 family!(
     MIG_DATA_PROCESSED,
@@ -843,14 +899,14 @@ family!(
 );
 family!(
     MIG_MEM_BPS,
-    "kubevirt_vmi_migration_memory_bps",
+    "kubevirt_vmi_migration_memory_transfer_rate",
     Gauge,
-    N,
+    B,
     [],
     Hypervisor,
     "libvirt job memory_bps / qmp ram.mbps",
     Vm,
-    "Memory transfer rate in bytes per second."
+    "The rate at which the memory is being transferred, in bytes per second."
 );
 family!(
     MIG_CONSTANT,
@@ -876,14 +932,14 @@ family!(
 );
 family!(
     MIG_DIRTY_RATE,
-    "kubevirt_vmi_migration_dirty_rate_pages_per_second",
+    "kubevirt_vmi_migration_dirty_memory_rate",
     Gauge,
-    N,
+    B,
     [],
     Hypervisor,
-    "libvirt job memory_dirty_rate / qmp ram.dirty-pages-rate",
+    "libvirt job memory_dirty_rate x memory_page_size / qmp ram.dirty-pages-rate x ram.page-size",
     Vm,
-    "Pages the guest dirties per second during migration."
+    "The rate of memory being dirtied in the Guest OS during migration, in bytes per second."
 );
 family!(
     MIG_ITERATION,
@@ -909,14 +965,14 @@ family!(
 );
 family!(
     GUEST_PANICS,
-    "kubevirt_vmi_guest_panics",
+    "kubevirt_vmi_guest_os_panic",
     Counter,
     N,
-    [],
+    ["type", "bugcheck_code"],
     Hypervisor,
-    "qmp event GUEST_PANICKED / libvirt CRASHED event",
-    Vm,
-    "Guest panics vmbridge has seen since it discovered the VM."
+    "qmp event GUEST_PANICKED (info.type, info.arg1) / libvirt CRASHED event (unknown, unknown)",
+    VmWithoutNode,
+    "Guest OS panics vmbridge has seen since it discovered the VM, by panic type and (Hyper-V) bugcheck code, as KubeVirt (no node label)."
 );
 family!(
     BLOCK_IO_ERRORS,
@@ -981,7 +1037,7 @@ family!(
     Counter,
     S,
     ["process"],
-    Hypervisor,
+    Process,
     "/proc/<pid>/stat utime",
     Vm,
     "User CPU time of the VM's QEMU process and, in a virt-launcher, of the processes beside it."
@@ -992,7 +1048,7 @@ family!(
     Counter,
     S,
     ["process"],
-    Hypervisor,
+    Process,
     "/proc/<pid>/stat stime",
     Vm,
     "System CPU time of the VM's QEMU process and launcher-side processes."
@@ -1003,7 +1059,7 @@ family!(
     Gauge,
     B,
     ["process"],
-    Hypervisor,
+    Process,
     "/proc/<pid>/statm resident",
     Vm,
     "Resident memory of the VM's QEMU process and launcher-side processes."
@@ -1014,7 +1070,7 @@ family!(
     Gauge,
     B,
     ["process"],
-    Hypervisor,
+    Process,
     "/proc/<pid>/statm size",
     Vm,
     "Virtual memory size of the VM's QEMU process and launcher-side processes."
@@ -1025,10 +1081,21 @@ family!(
     Gauge,
     B,
     ["process"],
-    Hypervisor,
+    Process,
     "/proc/<pid>/statm shared",
     Vm,
     "Shared (file-backed resident) memory of the VM's QEMU process and launcher-side processes."
+);
+family!(
+    START_TIME,
+    "kubevirt_vmi_start_time",
+    Gauge,
+    S,
+    [],
+    Process,
+    "/proc/<pid>/stat starttime + /proc/stat btime",
+    Vm,
+    "Start time of the VM's QEMU process, seconds since the Unix epoch (uptime is time() minus this; a restart changes it)."
 );
 
 // Guest group: the qemu-guest-agent.
@@ -1179,6 +1246,110 @@ family!(
     "vmbridge build information; the value is always 1."
 );
 
+/// The families virt-handler exports too (base names), checked against
+/// `integration/fixtures/kubevirt-virt-handler-metrics.tsv` by a test.
+pub const VIRT_HANDLER: &[&str] = &[
+    "kubevirt_vmi_cpu_usage",
+    "kubevirt_vmi_cpu_user_usage",
+    "kubevirt_vmi_cpu_system_usage",
+    "kubevirt_vmi_guest_load_1m",
+    "kubevirt_vmi_guest_load_5m",
+    "kubevirt_vmi_guest_load_15m",
+    "kubevirt_vmi_vcpu",
+    "kubevirt_vmi_vcpu_wait",
+    "kubevirt_vmi_vcpu_delay",
+    "kubevirt_vmi_memory_resident",
+    "kubevirt_vmi_memory_available",
+    "kubevirt_vmi_memory_unused",
+    "kubevirt_vmi_memory_cached",
+    "kubevirt_vmi_memory_swap_in_traffic",
+    "kubevirt_vmi_memory_swap_out_traffic",
+    "kubevirt_vmi_memory_pgmajfault",
+    "kubevirt_vmi_memory_pgminfault",
+    "kubevirt_vmi_memory_actual_balloon",
+    "kubevirt_vmi_memory_usable",
+    "kubevirt_vmi_memory_domain",
+    "kubevirt_vmi_network_traffic",
+    "kubevirt_vmi_network_receive",
+    "kubevirt_vmi_network_transmit",
+    "kubevirt_vmi_network_receive_packets",
+    "kubevirt_vmi_network_transmit_packets",
+    "kubevirt_vmi_network_receive_errors",
+    "kubevirt_vmi_network_transmit_errors",
+    "kubevirt_vmi_network_receive_packets_dropped",
+    "kubevirt_vmi_network_transmit_packets_dropped",
+    "kubevirt_vmi_storage_iops_read",
+    "kubevirt_vmi_storage_iops_write",
+    "kubevirt_vmi_storage_read_traffic",
+    "kubevirt_vmi_storage_write_traffic",
+    "kubevirt_vmi_storage_read_times",
+    "kubevirt_vmi_storage_write_times",
+    "kubevirt_vmi_storage_flush_requests",
+    "kubevirt_vmi_storage_flush_times",
+    "kubevirt_vmi_filesystem_capacity",
+    "kubevirt_vmi_filesystem_used",
+    "kubevirt_vmi_node_cpu_affinity",
+    "kubevirt_vmi_dirty_rate_bytes_per_second",
+    "kubevirt_vmi_migration_data",
+    "kubevirt_vmi_migration_data_remaining",
+    "kubevirt_vmi_migration_data_processed",
+    "kubevirt_vmi_migration_dirty_memory_rate",
+    "kubevirt_vmi_migration_memory_transfer_rate",
+    "kubevirt_vmi_guest_os_panic",
+];
+
+/// Which families a vmbridge exports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Profile {
+    /// Every family.
+    #[default]
+    Full,
+    /// None that KubeVirt's virt-handler exports too, so vmbridge can run beside it without
+    /// doubling any series: what only vmbridge has (guest agent beyond KubeVirt's, QMP, events,
+    /// processes, per-VM health).
+    KubevirtComplement,
+}
+
+impl Profile {
+    /// The name in `metrics_profile`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Profile::Full => "full",
+            Profile::KubevirtComplement => "kubevirt-complement",
+        }
+    }
+}
+
+/// The families a vmbridge exports: a profile and the groups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selection {
+    /// The profile.
+    pub profile: Profile,
+    /// The groups exported.
+    pub groups: Vec<Group>,
+}
+
+impl Default for Selection {
+    fn default() -> Self {
+        Selection { profile: Profile::Full, groups: Group::ALL.to_vec() }
+    }
+}
+
+impl Selection {
+    /// Whether `def` is exported. vmbridge's build info always is.
+    pub fn includes(&self, def: &MetricDef) -> bool {
+        if def.name == BUILD_INFO.name {
+            return true;
+        }
+        let profile = match self.profile {
+            Profile::Full => true,
+            Profile::KubevirtComplement => !def.from_virt_handler(),
+        };
+        profile && self.groups.contains(&def.group)
+    }
+}
+
 /// vmbridge's own families (written by `collector::bridge`), in order.
 pub const BRIDGE: [&MetricDef; 12] = [
     &SOURCE_UP,
@@ -1226,24 +1397,25 @@ fn kind_str(k: Kind) -> &'static str {
 }
 
 fn group_str(g: Group) -> &'static str {
-    match g {
-        Group::Core => "core",
-        Group::Hypervisor => "hypervisor",
-        Group::Guest => "guest",
-        Group::Bridge => "bridge",
-    }
+    g.as_str()
 }
 
-/// The catalogue as plain text, one family per line (`--list-metrics`).
-pub fn list_text() -> String {
+/// The profiles that export `d`.
+fn profiles(d: &MetricDef) -> &'static str {
+    if d.from_virt_handler() { "full" } else { "full,kubevirt-complement" }
+}
+
+/// The families `selection` exports as plain text, one per line (`--list-metrics`).
+pub fn list_text(selection: &Selection) -> String {
     let mut out = String::new();
-    for d in all() {
+    for d in all().iter().filter(|d| selection.includes(d)) {
         let _ = writeln!(
             out,
-            "{:<58} {:<8} {:<10} {{{}}}  {}",
+            "{:<58} {:<8} {:<10} {:<19} {{{}}}  {}",
             d.exposed_name(),
             kind_str(d.kind),
             group_str(d.group),
+            profiles(d),
             d.all_labels().join(","),
             d.help
         );
@@ -1262,22 +1434,33 @@ pub fn markdown() -> String {
          VM does not have (no balloon driver, no measurement yet) has no sample for that VM: \
          vmbridge never invents zeros. When a source's breaker is open, its last good values \
          stay exported for the staleness window (`breaker.staleness`), then disappear, while \
-         `vmbridge_source_up` and `vmbridge_source_last_success_timestamp_seconds` say why.\n",
+         `vmbridge_source_up` and `vmbridge_source_last_success_timestamp_seconds` say why.\n\n\
+         Profiles (`metrics_profile`, `--metrics-profile`): `full` exports every family; \
+         `kubevirt-complement` leaves out every family KubeVirt's virt-handler exports too, so \
+         vmbridge can run beside virt-handler without doubling a series. Groups \
+         (`metrics_groups`, `--metrics-groups`) select the sections below by the name in parentheses.\n",
     );
     for (group, title) in [
         (Group::Core, "Core"),
         (Group::Hypervisor, "Hypervisor"),
         (Group::Guest, "Guest (qemu-guest-agent)"),
+        (Group::Qmp, "QMP (direct monitor)"),
+        (Group::Process, "Process (/proc)"),
         (Group::Bridge, "Bridge health"),
     ] {
-        let _ = write!(out, "\n## {title}\n\n| name | type | labels | source | help |\n|---|---|---|---|---|\n");
+        let _ = write!(
+            out,
+            "\n## {title} (`{}`)\n\n| name | type | labels | profiles | source | help |\n|---|---|---|---|---|---|\n",
+            group.as_str()
+        );
         for d in all().iter().filter(|d| d.group == group) {
             let _ = writeln!(
                 out,
-                "| `{}` | {} | {} | {} | {} |",
+                "| `{}` | {} | {} | {} | {} | {} |",
                 d.exposed_name(),
                 kind_str(d.kind),
                 d.all_labels().join(", "),
+                profiles(d),
                 d.source,
                 d.help
             );
@@ -1289,6 +1472,81 @@ pub fn markdown() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// KubeVirt virt-handler families vmbridge deliberately does not export, with the reason.
+    const NOT_EXPORTED: &[(&str, &str)] = &[
+        // Needs the kubelet's pod-resources API (which GPU a pod holds); vmbridge reads only
+        // libvirt, QEMU and /proc.
+        ("kubevirt_vmi_gpu_info", "needs the kubelet pod-resources API"),
+        // Counts virt-handler's own reconciliations of a VMI; vmbridge reconciles nothing.
+        ("kubevirt_vmi_sync_total", "counts virt-handler's own work"),
+    ];
+
+    fn type_str(d: &MetricDef) -> &'static str {
+        // An info family is a gauge of value 1 to Prometheus.
+        match d.kind {
+            Kind::Counter => "counter",
+            Kind::Gauge | Kind::Info => "gauge",
+        }
+    }
+
+    /// Names, types and label sets of every family virt-handler exports, against a checked-in
+    /// copy of KubeVirt's table. (KubeVirt also adds `kubernetes_vmi_label_*` from the VMI's
+    /// labels, which needs the Kubernetes API; vmbridge never does, and the table leaves them
+    /// out.)
+    #[test]
+    fn every_virt_handler_family_has_kubevirts_name_type_and_labels_or_a_reason() {
+        let table = include_str!("../integration/fixtures/kubevirt-virt-handler-metrics.tsv");
+        let mut kubevirt = std::collections::BTreeSet::new();
+        let mut problems = Vec::new();
+        for line in table.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+            let cols: Vec<&str> = line.split('\t').collect();
+            let [name, ty, labels, _file] = cols[..] else { panic!("bad fixture line {line:?}") };
+            kubevirt.insert(name);
+            if NOT_EXPORTED.iter().any(|(n, _)| *n == name) {
+                assert!(all().iter().all(|d| d.exposed_name() != name), "{name} is listed as not exported but is");
+                continue;
+            }
+            let Some(d) = all().iter().find(|d| d.exposed_name() == name) else {
+                problems.push(format!("{name}: not exported and no reason given"));
+                continue;
+            };
+            if type_str(d) != ty {
+                problems.push(format!("{name}: type {} here, {ty} in KubeVirt", type_str(d)));
+            }
+            let ours: std::collections::BTreeSet<&str> = d.all_labels().into_iter().collect();
+            let theirs: std::collections::BTreeSet<&str> = labels.split(',').collect();
+            if ours != theirs {
+                problems.push(format!("{name}: labels {ours:?} here, {theirs:?} in KubeVirt"));
+            }
+            if !d.from_virt_handler() {
+                problems.push(format!("{name}: shared with virt-handler but not in VIRT_HANDLER"));
+            }
+        }
+        for d in all().iter().filter(|d| d.from_virt_handler()) {
+            if !kubevirt.contains(d.exposed_name().as_str()) {
+                problems.push(format!("{}: in VIRT_HANDLER but virt-handler does not export it", d.exposed_name()));
+            }
+        }
+        for (n, _) in NOT_EXPORTED {
+            assert!(kubevirt.contains(n), "{n} is not a virt-handler family");
+        }
+        assert_eq!(VIRT_HANDLER.len() + NOT_EXPORTED.len(), kubevirt.len(), "VIRT_HANDLER has duplicates or strays");
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+
+    #[test]
+    fn the_complement_profile_shares_no_family_with_virt_handler_and_keeps_the_rest() {
+        let complement = Selection { profile: Profile::KubevirtComplement, ..Selection::default() };
+        for d in all() {
+            assert_eq!(complement.includes(d), !d.from_virt_handler(), "{}", d.exposed_name());
+            assert!(Selection::default().includes(d), "full leaves out {}", d.exposed_name());
+        }
+        let guest_only = Selection { groups: vec![Group::Guest], ..Selection::default() };
+        let listed = list_text(&guest_only);
+        assert!(listed.lines().all(|l| l.contains(" guest ") || l.starts_with("vmbridge_build_info")), "{listed}");
+        assert!(listed.contains("kubevirt_vmi_filesystem_used_bytes"), "{listed}");
+    }
 
     #[test]
     fn names_are_unique_and_valid() {

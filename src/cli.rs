@@ -79,6 +79,14 @@ pub struct Cli {
     /// Log as JSON lines instead of text.
     #[arg(long)]
     pub log_json: bool,
+    /// Which families to export: all, or none that KubeVirt's virt-handler exports too (to run
+    /// beside it) [default: full].
+    #[arg(long, value_enum, value_name = "PROFILE")]
+    pub metrics_profile: Option<crate::catalogue::Profile>,
+    /// Export only these groups, comma-separated (core, hypervisor, guest, qmp, process,
+    /// bridge) [default: all].
+    #[arg(long, value_enum, value_name = "GROUPS", value_delimiter = ',')]
+    pub metrics_groups: Option<Vec<crate::catalogue::Group>>,
     /// Print the metric catalogue and exit, without connecting anywhere.
     #[arg(long)]
     pub list_metrics: bool,
@@ -160,6 +168,12 @@ impl Cli {
         if let Some(v) = &self.default_namespace {
             file.default_namespace = Some(v.clone());
         }
+        if let Some(p) = self.metrics_profile {
+            file.metrics_profile = Some(p);
+        }
+        if let Some(g) = &self.metrics_groups {
+            file.metrics_groups = Some(g.clone());
+        }
         if let Some(v) = self.domain_naming {
             file.domain_naming = Some(match v {
                 NamingArg::Auto => DomainNaming::Auto,
@@ -193,6 +207,33 @@ mod tests {
         assert_eq!(s.listen.port(), 2);
         assert_eq!(s.uris, vec!["qemu:///a", "qemu:///b"]);
         assert_eq!(s.poll.interval, std::time::Duration::from_secs(9));
+    }
+
+    #[test]
+    fn the_metrics_profile_and_groups_come_from_flags_or_the_file() {
+        use crate::catalogue::{Group, Profile};
+        let file =
+            FileConfig::parse("metrics_profile = \"kubevirt-complement\"\nmetrics_groups = [\"guest\", \"bridge\"]\n")
+                .expect("parses");
+        let s = Cli::parse_from(["vmbridge"]).overlay(file.clone()).validate("n").expect("valid");
+        assert_eq!(s.selection.profile, Profile::KubevirtComplement);
+        assert_eq!(s.selection.groups, [Group::Guest, Group::Bridge]);
+        let s = Cli::parse_from(["vmbridge", "--metrics-profile", "full", "--metrics-groups", "core,qmp"])
+            .overlay(file)
+            .validate("n")
+            .expect("valid");
+        assert_eq!(s.selection.profile, Profile::Full);
+        assert_eq!(s.selection.groups, [Group::Core, Group::Qmp]);
+        let e = FileConfig::parse("metrics_profile = \"partial\"\n").expect_err("unknown profile");
+        assert!(e.contains("metrics_profile") || e.contains("partial"), "{e}");
+        let e = FileConfig::parse("metrics_groups = [\"disks\"]\n").expect_err("unknown group");
+        assert!(e.contains("disks"), "{e}");
+        let Err(crate::config::ConfigError::Invalid(errs)) =
+            FileConfig::parse("metrics_groups = []\n").expect("parses").validate("n")
+        else {
+            panic!("an empty group list must be invalid")
+        };
+        assert_eq!(errs[0].field, "metrics_groups");
     }
 
     /// The Debian package's conffile (`/etc/vmbridge/vmbridge.toml`) parses and validates, and

@@ -80,6 +80,12 @@ pub struct FileConfig {
     /// VMs without libvirt (plain QEMU), reached through their sockets only.
     #[serde(default)]
     pub vms: Vec<StaticVmFile>,
+    /// Which families to export: `full` (all) or `kubevirt-complement` (none that KubeVirt's
+    /// virt-handler exports too, to run beside it). Default `full`.
+    pub metrics_profile: Option<crate::catalogue::Profile>,
+    /// Groups to export (`core`, `hypervisor`, `guest`, `qmp`, `process`, `bridge`). Default
+    /// all.
+    pub metrics_groups: Option<Vec<crate::catalogue::Group>>,
 }
 
 /// `[[vms]]`: a VM without libvirt.
@@ -144,6 +150,10 @@ pub struct LibvirtFileConfig {
     /// Most libvirt calls running at once across all VMs (calls abandoned at their deadline
     /// do not count). Default 16.
     pub max_concurrent_calls: Option<usize>,
+    /// `drive` and `interface` label values: `auto` uses a device's user alias without its
+    /// `ua-` prefix when it has one, as KubeVirt does (`rootdisk`, `default`), else the target
+    /// name; `target` always uses the target name (`vda`, the tap device). Default `auto`.
+    pub device_labels: Option<crate::source::libvirt::aliases::DeviceLabels>,
 }
 
 /// `[poll]`.
@@ -291,9 +301,11 @@ pub struct Settings {
     pub static_vms: Vec<StaticVm>,
     /// Every source's settings.
     pub sources: Sources,
-    /// Seed 003 normalisation: every family for every VM, NaN where absent.
+    /// The families exported.
+    pub selection: crate::catalogue::Selection,
+    /// Every family for every VM, NaN where absent.
     pub export_all_known: bool,
-    /// Seed 003 normalisation: keep the last migration values.
+    /// Keep the last migration values after the job ends.
     pub keep_ephemeral: bool,
 }
 
@@ -463,6 +475,11 @@ impl FileConfig {
                 })
             }
         };
+        let groups = self.metrics_groups.clone().unwrap_or_else(|| crate::catalogue::Group::ALL.to_vec());
+        if groups.is_empty() {
+            check.err("metrics_groups", "must name at least one group (or be left out for all)");
+        }
+        let selection = crate::catalogue::Selection { profile: self.metrics_profile.unwrap_or_default(), groups };
         let qga = crate::source::qga::config::validate(&self.qga, &mut check);
         let qmp = crate::source::qmp::config::validate(&self.qmp, &mut check);
         let mut static_vms = Vec::new();
@@ -510,8 +527,11 @@ impl FileConfig {
             static_vms,
             export_all_known: self.export_all_known.unwrap_or(false),
             keep_ephemeral: self.keep_ephemeral.unwrap_or(false),
+            selection,
             sources: Sources {
-                libvirt: crate::source::libvirt::LibvirtSettings::default(),
+                libvirt: crate::source::libvirt::LibvirtSettings {
+                    device_labels: self.libvirt.device_labels.unwrap_or_default(),
+                },
                 qga,
                 qmp,
                 process: crate::source::process::ProcessSettings {

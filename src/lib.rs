@@ -138,6 +138,7 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> Result<(), RunE
         ExportOptions { export_all_known: settings.export_all_known, keep_ephemeral: settings.keep_ephemeral };
     let registry = VmCollector::new(store.clone(), settings.node_name.clone(), settings.staleness)
         .with_options(options)
+        .with_selection(settings.selection.clone())
         .into_registry();
     let app = Arc::new(http::App {
         store,

@@ -16,7 +16,13 @@ fn hostname() -> String {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if cli.list_metrics {
-        print!("{}", vmbridge::catalogue::list_text());
+        // With --metrics-profile / --metrics-groups: the families that selection exports.
+        let all = vmbridge::catalogue::Selection::default();
+        let selection = vmbridge::catalogue::Selection {
+            profile: cli.metrics_profile.unwrap_or(all.profile),
+            groups: cli.metrics_groups.clone().unwrap_or(all.groups),
+        };
+        print!("{}", vmbridge::catalogue::list_text(&selection));
         return ExitCode::SUCCESS;
     }
     let file = match &cli.config {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # build.sh - build the vmbridge lab guest: a Debian kernel plus a small initramfs
 # (busybox-static, the real qemu-guest-agent with its libraries, virtio/ext4 modules and
-# integration/guest/init as /init). See DESIGN.md section 6.
+# integration/guest/init as /init).
 #
 # Idempotent: installs missing apt packages, rebuilds only when an input changed or an
 # output is missing. Output: ${VMB_LAB_DIR:-/var/lib/vmbridge-lab}/guest/{kernel,

@@ -2,8 +2,6 @@
 //! (endpoints, VM count, build info). Exported for every VM whatever its data's age, so a
 //! VM whose data went stale is still visible, and flagged.
 
-use prometheus_client::encoding::DescriptorEncoder;
-
 use super::{BuildInfo, VmView, family};
 use crate::breaker::{BreakerState, TransitionReason};
 use crate::catalogue as c;
@@ -16,7 +14,7 @@ fn sources<'a>(vm: &'a VmView<'_>) -> impl Iterator<Item = (&'static str, &'a So
 
 /// Writes the bridge families.
 pub(super) fn encode(
-    enc: &mut DescriptorEncoder<'_>,
+    enc: &mut crate::collector::Out<'_, '_>,
     vms: &[VmView<'_>],
     endpoints: &[EndpointStatus],
     conflicts: usize,

@@ -4,8 +4,6 @@
 //! backwards (two sources count from different starts); a stale QMP source's series are
 //! absent instead.
 
-use prometheus_client::encoding::DescriptorEncoder;
-
 use super::{VmView, family, num};
 use crate::catalogue::{self as c, MetricDef};
 use crate::source::SourceKind;
@@ -26,7 +24,7 @@ const MIGRATION: [(&MetricDef, MigField); 13] = [
     (&c::MIG_MEM_BPS, |m| m.memory_bps),
     (&c::MIG_CONSTANT, |m| num(m.memory_constant_pages)),
     (&c::MIG_COMPRESSION, |m| num(m.compression_bytes)),
-    (&c::MIG_DIRTY_RATE, |m| num(m.dirty_rate_pages_per_second)),
+    (&c::MIG_DIRTY_RATE, Migration::dirty_rate_bytes_per_second),
     (&c::MIG_ITERATION, |m| num(m.iteration)),
 ];
 
@@ -75,7 +73,7 @@ fn migration<'a>(vm: &VmView<'a>) -> Option<(&'a Migration, Option<f64>)> {
 }
 
 /// Writes the migration and event families.
-pub(super) fn encode(enc: &mut DescriptorEncoder<'_>, vms: &[VmView<'_>]) -> std::fmt::Result {
+pub(super) fn encode(enc: &mut crate::collector::Out<'_, '_>, vms: &[VmView<'_>]) -> std::fmt::Result {
     let migrations: Vec<_> = vms.iter().map(migration).collect();
     for (def, get) in MIGRATION {
         let mut f = family(enc, def)?;
@@ -90,7 +88,17 @@ pub(super) fn encode(enc: &mut DescriptorEncoder<'_>, vms: &[VmView<'_>]) -> std
     let events: Vec<_> = vms.iter().map(events).collect();
     let mut f = family(enc, &c::GUEST_PANICS)?;
     for (vm, e) in vms.iter().zip(&events) {
-        f.vm_sample(vm, &[], e.map(|e| e.guest_panics as f64))?;
+        let Some(e) = e else { continue };
+        // `unknown/unknown` is exported from the start (at 0), so the first panic shows as an
+        // increase: a series that appears at 1 gives increase() nothing.
+        if !e.panics.get("unknown").is_some_and(|c| c.contains_key("unknown")) {
+            f.vm_sample(vm, &[("type", "unknown"), ("bugcheck_code", "unknown")], Some(0.0))?;
+        }
+        for (ty, codes) in &e.panics {
+            for (code, n) in codes {
+                f.vm_sample(vm, &[("type", ty), ("bugcheck_code", code)], Some(*n as f64))?;
+            }
+        }
     }
     let mut f = family(enc, &c::REBOOTS)?;
     for (vm, e) in vms.iter().zip(&events) {
@@ -112,7 +120,7 @@ pub(super) fn encode(enc: &mut DescriptorEncoder<'_>, vms: &[VmView<'_>]) -> std
     for (vm, e) in vms.iter().zip(&events) {
         for (drive, ops) in e.map(|e| &e.block_io_errors).into_iter().flatten() {
             for (op, n) in ops {
-                f.vm_sample(vm, &[("drive", drive), ("operation", op)], Some(*n as f64))?;
+                f.vm_sample(vm, &[("drive", vm.drive_label(drive)), ("operation", op)], Some(*n as f64))?;
             }
         }
     }

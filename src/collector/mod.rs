@@ -16,7 +16,7 @@ use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::catalogue::{self, Kind, MetricDef};
+use crate::catalogue::{self, Kind, MetricDef, Selection};
 use crate::clock::now_unix;
 use crate::source::{Source, SourceKind, Visit};
 use crate::store::{SourceSnapshot, Store, VmSnapshot};
@@ -43,7 +43,7 @@ impl BuildInfo {
     }
 }
 
-/// Seed 003's normalisation options.
+/// How absent and ended values are exported.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ExportOptions {
     /// Every per-VM family for every VM, NaN where the value is absent.
@@ -60,17 +60,31 @@ pub struct VmCollector {
     staleness: Duration,
     build: BuildInfo,
     options: ExportOptions,
+    selection: Selection,
 }
 
 impl VmCollector {
     /// A collector over `store`. Data older than `staleness` is no longer exported.
     pub fn new(store: Arc<Store>, node: String, staleness: Duration) -> Self {
-        VmCollector { store, node, staleness, build: BuildInfo::current(), options: ExportOptions::default() }
+        VmCollector {
+            store,
+            node,
+            staleness,
+            build: BuildInfo::current(),
+            options: ExportOptions::default(),
+            selection: Selection::default(),
+        }
     }
 
     /// With the export options (`export_all_known`, `keep_ephemeral`).
     pub fn with_options(mut self, options: ExportOptions) -> Self {
         self.options = options;
+        self
+    }
+
+    /// Exporting only the families `selection` includes (profile and groups).
+    pub fn with_selection(mut self, selection: Selection) -> Self {
+        self.selection = selection;
         self
     }
 
@@ -117,15 +131,35 @@ impl<'a> VmView<'a> {
         fresh.then_some(s.sample.as_deref()).flatten().and_then(S::sample)
     }
 
+    /// The `drive` label of a disk QEMU or libvirt names by its device id (`ua-rootdisk`,
+    /// `virtio-disk0`, or a QOM path `/machine/peripheral/<id>/…`): the label libvirt's sample
+    /// gives the disk with that alias, so every family labels a disk alike; without one, the
+    /// id with a user alias's `ua-` removed.
+    pub fn drive_label(&self, id: &'a str) -> &'a str {
+        let id = id.strip_prefix("/machine/peripheral/").map_or(id, |rest| rest.split('/').next().unwrap_or(rest));
+        let libvirt = self.sample::<crate::source::libvirt::Libvirt>();
+        if let Some(b) = libvirt.and_then(|l| l.parsed.blocks.iter().find(|b| b.alias.as_deref() == Some(id))) {
+            return b.label();
+        }
+        crate::source::libvirt::aliases::user_name(id).unwrap_or(id)
+    }
+
     /// Whether source `kind` runs for this VM (fresh or not).
     pub fn runs(&self, kind: SourceKind) -> bool {
         self.vm.sources.contains_key(&kind)
     }
 }
 
-/// A family being written.
+/// Where the encoders write: the exposition, and which families it is to contain.
+pub struct Out<'a, 'w> {
+    enc: &'a mut DescriptorEncoder<'w>,
+    selection: &'a Selection,
+}
+
+/// A family being written (`me` is `None` for a family the selection leaves out: its samples
+/// are dropped).
 pub(crate) struct Family<'s> {
-    me: MetricEncoder<'s>,
+    me: Option<MetricEncoder<'s>>,
     def: &'static MetricDef,
 }
 
@@ -137,10 +171,11 @@ impl Family<'_> {
             "labels of {} do not match the catalogue",
             self.def.name
         );
+        let Some(me) = self.me.as_mut() else { return Ok(()) };
         match self.def.kind {
-            Kind::Counter => self.me.encode_family(&labels)?.encode_counter::<NoLabelSet, f64, f64>(&value, None),
-            Kind::Gauge => self.me.encode_family(&labels)?.encode_gauge(&value),
-            Kind::Info => self.me.encode_info(&labels),
+            Kind::Counter => me.encode_family(&labels)?.encode_counter::<NoLabelSet, f64, f64>(&value, None),
+            Kind::Gauge => me.encode_family(&labels)?.encode_gauge(&value),
+            Kind::Info => me.encode_info(&labels),
         }
     }
 
@@ -151,6 +186,9 @@ impl Family<'_> {
         extra: &[(&str, &str)],
         value: Option<f64>,
     ) -> std::fmt::Result {
+        if self.me.is_none() {
+            return Ok(());
+        }
         // With `export_all_known`, an absent value of a family without extra labels is written
         // as NaN ("no value"), never as zero.
         let value = match value {
@@ -159,17 +197,21 @@ impl Family<'_> {
             None => return Ok(()),
         };
         let mut labels: Vec<(&str, &str)> = Vec::with_capacity(3 + extra.len());
-        labels.extend([("namespace", vm.namespace), ("name", vm.name), ("node", vm.node)]);
+        labels.extend([("namespace", vm.namespace), ("name", vm.name)]);
+        if self.def.scope == catalogue::Scope::Vm {
+            labels.push(("node", vm.node));
+        }
         labels.extend_from_slice(extra);
         self.sample(&labels, value)
     }
 }
 
-/// Starts a family from its catalogue entry.
-pub(crate) fn family<'s>(
-    enc: &'s mut DescriptorEncoder<'_>,
-    def: &'static MetricDef,
-) -> Result<Family<'s>, std::fmt::Error> {
+/// Starts a family from its catalogue entry (nothing is written for one the selection leaves
+/// out).
+pub(crate) fn family<'s>(out: &'s mut Out<'_, '_>, def: &'static MetricDef) -> Result<Family<'s>, std::fmt::Error> {
+    if !out.selection.includes(def) {
+        return Ok(Family { me: None, def });
+    }
     static SECONDS: Unit = Unit::Seconds;
     static BYTES: Unit = Unit::Bytes;
     let unit = def.unit.map(|u| match u {
@@ -181,8 +223,8 @@ pub(crate) fn family<'s>(
         Kind::Gauge => MetricType::Gauge,
         Kind::Info => MetricType::Info,
     };
-    let me = enc.encode_descriptor(def.name, def.help, unit, ty)?;
-    Ok(Family { me, def })
+    let me = out.enc.encode_descriptor(def.name, def.help, unit, ty)?;
+    Ok(Family { me: Some(me), def })
 }
 
 /// Nanoseconds to seconds.
@@ -207,32 +249,26 @@ impl Collector for VmCollector {
         let views: Vec<VmView<'_>> =
             vms.iter().map(|vm| VmView::new(vm, &self.node, now, self.staleness, self.options)).collect();
         /// Each source's families, in [`SourceKind::ALL`] order; the first error stops it.
-        struct Encode<'e, 'v, 'w> {
-            enc: &'e mut DescriptorEncoder<'w>,
-            views: &'e [VmView<'v>],
+        struct Encode<'e, 'o, 'a, 'w, 'v> {
+            out: &'e mut Out<'a, 'w>,
+            views: &'o [VmView<'v>],
             result: std::fmt::Result,
         }
-        impl Visit for Encode<'_, '_, '_> {
+        impl Visit for Encode<'_, '_, '_, '_, '_> {
             fn visit<S: Source>(&mut self) {
                 if self.result.is_ok() {
-                    self.result = S::encode(self.enc, self.views);
+                    self.result = S::encode(self.out, self.views);
                 }
             }
         }
-        let mut each = Encode { enc: &mut encoder, views: &views, result: Ok(()) };
+        let mut out = Out { enc: &mut encoder, selection: &self.selection };
+        let mut each = Encode { out: &mut out, views: &views, result: Ok(()) };
         for kind in SourceKind::ALL {
             kind.visit(&mut each);
         }
         each.result?;
-        events::encode(&mut encoder, &views)?;
-        bridge::encode(
-            &mut encoder,
-            &views,
-            &self.store.endpoints(),
-            self.store.conflict_count(),
-            &self.node,
-            &self.build,
-        )
+        events::encode(&mut out, &views)?;
+        bridge::encode(&mut out, &views, &self.store.endpoints(), self.store.conflict_count(), &self.node, &self.build)
     }
 }
 

@@ -142,7 +142,7 @@ fn rich_qmp() -> crate::source::qmp::QmpSample {
     q.stats.insert("kvm/exits".into(), 42.0);
     q.migration = Migration::from_query_migrate(
         &json!({"status": "active", "total-time": 1000, "expected-downtime": 300,
-        "ram": {"total": 100, "transferred": 50, "remaining": 50, "mbps": 8.0, "duplicate": 3, "dirty-pages-rate": 4, "dirty-sync-count": 1},
+        "ram": {"total": 100, "transferred": 50, "remaining": 50, "mbps": 8.0, "duplicate": 3, "dirty-pages-rate": 4, "page-size": 4096, "dirty-sync-count": 1},
         "compression": {"compressed-size": 5}}),
     );
     q.migration_last_completed_at = Some(1.0);
@@ -182,6 +182,7 @@ fn store_with_guest(vms: Vec<(&str, Arc<SourceSnapshot>)>, guest: Option<Arc<Sou
                 pid: 1,
                 name: "qemu-kvm".into(),
                 cpu_user_seconds: 1.5,
+                start_time_seconds: Some(1_700_000_000.5),
                 ..Default::default()
             };
             p.sample =
@@ -217,6 +218,7 @@ fn value(text: &str, series_prefix: &str) -> f64 {
 fn every_declared_family_is_emitted() {
     let mut sample = LibvirtSample::new(rich_params(), rich_memory());
     sample.partial_total.insert("block".into(), 1);
+    sample.parsed.cpu_affinity = Some(2);
     let text = scrape(store_with_guest(
         vec![("a", source(Some(sample), Some(crate::clock::now_unix())))],
         Some(guest_source(rich_guest())),
@@ -239,8 +241,8 @@ fn values_are_in_base_units() {
     assert_eq!(value(&text, &format!("kubevirt_vmi_storage_read_times_seconds_total{vm},drive=\"vda\"}}")), 0.25);
     // rss tag (7) = 107 KiB.
     assert_eq!(value(&text, &format!("kubevirt_vmi_memory_resident_bytes{vm}}}")), 107.0 * 1024.0);
-    // balloon.maximum 65536 KiB.
-    assert_eq!(value(&text, &format!("kubevirt_vmi_memory_domain_bytes{vm}}}")), 65536.0 * 1024.0);
+    // balloon.current 32768 KiB, as KubeVirt (not balloon.maximum, 65536).
+    assert_eq!(value(&text, &format!("kubevirt_vmi_memory_domain_bytes{vm}}}")), 32768.0 * 1024.0);
     assert_eq!(value(&text, &format!("kubevirt_vmi_dirty_rate_bytes_per_second{vm}}}")), 2.0 * 1_048_576.0);
     assert_eq!(value(&text, &format!("kubevirt_vmi_domain_state{vm},state=\"paused\",reason=\"user\"}}")), 1.0);
     assert_eq!(value(&text, &format!("kubevirt_vmi_vcpu_seconds_total{vm},id=\"0\",state=\"running\"}}")), 2.0);
@@ -304,8 +306,18 @@ fn guest_values_are_converted_and_described() {
     assert_eq!(value(&text, &format!("kubevirt_vmi_guest_users{vm}}}")), 1.0);
     assert!(!text.contains("root"), "user names are never exported");
     assert!(text.contains("kubevirt_vmi_guest_interface_address_info{namespace=\"ns\",name=\"g\",node=\"node-1\",interface=\"eth0\",address=\"10.0.2.15\",family=\"ipv4\",prefix=\"24\",mac=\"52:54:00:12:34:56\"} 1"), "{text}");
-    assert!(text.contains("guest_os_pretty_name=\"Debian GNU/Linux 12 (bookworm)\""), "{text}");
-    assert!(text.contains("guest_hostname=\"guest-1\""));
+    // KubeVirt's own labels for this family (os_name, os_version, os_id, kernel_release, machine).
+    let os = text.lines().find(|l| l.starts_with("kubevirt_vmi_guest_os_info{")).expect("os info");
+    for label in ["os_name=", "os_version=", "os_id=\"debian\"", "kernel_release=", "machine="] {
+        assert!(os.contains(label), "{label} missing in {os}");
+    }
+    assert!(!os.contains("pretty_name") && !os.contains("hostname"), "{os}");
+    assert!(
+        text.contains(
+            "kubevirt_vmi_guest_hostname_info{namespace=\"ns\",name=\"g\",node=\"node-1\",hostname=\"guest-1\"} 1"
+        ),
+        "{text}"
+    );
 }
 
 #[test]
@@ -391,7 +403,7 @@ fn a_qmp_source_going_stale_leaves_every_counter_monotonic() {
     let scrapes = [scrape(store_at(now)), scrape(store_at(now - 600.0)), scrape(store_at(now))];
     let fresh = totals(&scrapes[0], "q");
     assert!(fresh.keys().any(|k| k.starts_with("kubevirt_vmi_reboots_total")), "{fresh:?}");
-    assert!(fresh.keys().any(|k| k.starts_with("kubevirt_vmi_guest_panics_total")), "{fresh:?}");
+    assert!(fresh.keys().any(|k| k.starts_with("kubevirt_vmi_guest_os_panic_total")), "{fresh:?}");
     let mut last: BTreeMap<String, f64> = BTreeMap::new();
     for (i, text) in scrapes.iter().enumerate() {
         for (series, v) in totals(text, "q") {
@@ -409,4 +421,189 @@ fn a_qmp_source_going_stale_leaves_every_counter_monotonic() {
         "libvirt's job stats do not stand in for a stale QMP source"
     );
     assert_eq!(totals(&scrapes[2], "q"), fresh, "fresh again: the same series and values");
+}
+
+#[test]
+fn kubevirt_parity_values_migration_rates_and_panic_labels() {
+    use crate::source::qmp::QmpSample;
+    use serde_json::json;
+    let mut sample = LibvirtSample::new(rich_params(), rich_memory());
+    sample.parsed.cpu_affinity = Some(3);
+    let text = scrape(store_with_guest(
+        vec![("k", source(Some(sample), Some(crate::clock::now_unix())))],
+        Some(guest_source(rich_guest())),
+    ));
+    let vm = "{namespace=\"ns\",name=\"k\",node=\"node-1\"";
+    assert_eq!(value(&text, &format!("kubevirt_vmi_node_cpu_affinity{vm}}}")), 3.0);
+    // KubeVirt's deprecated combined family equals the per-direction ones.
+    assert_eq!(
+        value(
+            &text,
+            &format!("kubevirt_vmi_network_traffic_bytes_total{vm},interface=\"vnet\\\"0\\\\\\n\",type=\"rx\"}}")
+        ),
+        10.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            &format!("kubevirt_vmi_network_traffic_bytes_total{vm},interface=\"vnet\\\"0\\\\\\n\",type=\"tx\"}}")
+        ),
+        20.0
+    );
+    // Migration: the total is KubeVirt's counter; rates are bytes per second (4 pages of 4 KiB;
+    // 8 Mbit/s).
+    assert_eq!(value(&text, &format!("kubevirt_vmi_migration_data_bytes_total{vm}}}")), 100.0);
+    assert_eq!(value(&text, &format!("kubevirt_vmi_migration_dirty_memory_rate_bytes{vm}}}")), 4.0 * 4096.0);
+    assert_eq!(value(&text, &format!("kubevirt_vmi_migration_memory_transfer_rate_bytes{vm}}}")), 1e6);
+    assert!(text.contains("# TYPE kubevirt_vmi_migration_data_bytes counter"), "{text}");
+    assert_eq!(value(&text, &format!("kubevirt_vmi_start_time_seconds{vm}}}")), 1_700_000_000.5);
+    // The panic counter has KubeVirt's labels and, like KubeVirt's, no node.
+    assert_eq!(
+        value(
+            &text,
+            "kubevirt_vmi_guest_os_panic_total{namespace=\"ns\",name=\"k\",type=\"unknown\",bugcheck_code=\"unknown\"}"
+        ),
+        1.0
+    );
+    let mut q = QmpSample::default();
+    for ev in [
+        json!({"event": "GUEST_PANICKED", "data": {"action": "pause", "info": {"type": "hyper-v", "arg1": 159, "arg2": 3}}}),
+        json!({"event": "GUEST_PANICKED", "data": {"action": "pause", "info": {"type": "hyper-v", "arg1": 159}}}),
+        json!({"event": "GUEST_PANICKED", "data": {"action": "pause", "info": {"type": "s390", "core": 0}}}),
+    ] {
+        q.events.count(&ev, |_| true);
+    }
+    let mut sources = BTreeMap::new();
+    sources.insert(SourceKind::Qmp, qmp_source(q));
+    let store = Arc::new(Store::new(["qemu:///system"]));
+    store.insert_vm(VmSnapshot {
+        id: VmId { namespace: "ns".into(), name: "w".into() },
+        domain: "ns_w".into(),
+        uuid: "uuid-w".into(),
+        endpoint: "qemu:///system".into(),
+        discovered_at: 0.0,
+        sources,
+    });
+    let text = scrape(store);
+    let panic = |ty: &str, code: &str| {
+        value(
+            &text,
+            &format!(
+                "kubevirt_vmi_guest_os_panic_total{{namespace=\"ns\",name=\"w\",type=\"{ty}\",bugcheck_code=\"{code}\"}}"
+            ),
+        )
+    };
+    assert_eq!(panic("hyper-v", "0x9f"), 2.0);
+    assert_eq!(panic("s390", "unknown"), 1.0);
+    // Exported at 0 from the start, so a first panic is an increase.
+    assert_eq!(panic("unknown", "unknown"), 0.0);
+}
+
+#[test]
+fn drive_and_interface_labels_are_kubevirts_alias_names_in_every_family() {
+    use crate::source::libvirt::aliases::{Aliases, DeviceLabels};
+    use crate::source::qmp::{BlockExt, QmpSample};
+    use serde_json::json;
+    let mut sample = LibvirtSample::new(rich_params(), rich_memory());
+    let aliases = Aliases {
+        disks: [("vda".to_owned(), "ua-rootdisk".to_owned())].into(),
+        nets: [("vnet\"0\\\n".to_owned(), "ua-default".to_owned())].into(),
+    };
+    sample.parsed.apply_aliases(&aliases, DeviceLabels::Auto);
+    // QEMU names the disk by its device id, or by the QOM path of its backend.
+    let mut q = QmpSample {
+        blocks: vec![
+            BlockExt::from_blockstats(&json!({"device": "", "qdev": "/machine/peripheral/ua-rootdisk/virtio-backend",
+                "stats": {"failed_rd_operations": 1}}))
+            .expect("block"),
+        ],
+        ..Default::default()
+    };
+    q.events
+        .count(&json!({"event": "BLOCK_IO_ERROR", "data": {"device": "ua-rootdisk", "operation": "write"}}), |_| true);
+    let mut sources = BTreeMap::new();
+    sources.insert(SourceKind::Libvirt, source(Some(sample.clone()), Some(crate::clock::now_unix())));
+    sources.insert(SourceKind::Qmp, qmp_source(q));
+    let store = Arc::new(Store::new(["qemu:///system"]));
+    store.insert_vm(VmSnapshot {
+        id: VmId { namespace: "ns".into(), name: "a".into() },
+        domain: "ns_a".into(),
+        uuid: "uuid-a".into(),
+        endpoint: "qemu:///system".into(),
+        discovered_at: 0.0,
+        sources,
+    });
+    let text = scrape(store);
+    let vm = "{namespace=\"ns\",name=\"a\",node=\"node-1\"";
+    assert_eq!(value(&text, &format!("kubevirt_vmi_storage_iops_read_total{vm},drive=\"rootdisk\"}}")), 3.0);
+    assert_eq!(
+        value(&text, &format!("kubevirt_vmi_storage_capacity_bytes{vm},drive=\"rootdisk\"}}")),
+        (1u64 << 30) as f64
+    );
+    assert_eq!(value(&text, &format!("kubevirt_vmi_network_receive_bytes_total{vm},interface=\"default\"}}")), 10.0);
+    assert_eq!(
+        value(&text, &format!("kubevirt_vmi_storage_failed_read_operations_total{vm},drive=\"rootdisk\"}}")),
+        1.0
+    );
+    assert_eq!(
+        value(&text, &format!("kubevirt_vmi_block_io_errors_total{vm},drive=\"rootdisk\",operation=\"write\"}}")),
+        1.0
+    );
+    assert!(!text.contains("drive=\"vda\""), "no family keeps the target name:\n{text}");
+    // `target`: the target name everywhere, QMP's too (mapped through libvirt's alias).
+    sample.parsed.apply_aliases(&aliases, DeviceLabels::Target);
+    assert_eq!(sample.parsed.blocks[0].label(), "vda");
+    assert_eq!(sample.parsed.nets[0].label(), "vnet\"0\\\n");
+}
+
+#[test]
+fn the_complement_profile_exports_no_virt_handler_family_and_groups_select() {
+    use crate::catalogue::{Group, Profile, Selection};
+    let store = || {
+        let sample = LibvirtSample::new(rich_params(), rich_memory());
+        store_with_guest(
+            vec![("a", source(Some(sample), Some(crate::clock::now_unix())))],
+            Some(guest_source(rich_guest())),
+        )
+    };
+    let encode = |selection: Selection| {
+        let registry = VmCollector::new(store(), "node-1".into(), Duration::from_secs(60))
+            .with_selection(selection)
+            .into_registry();
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
+        text
+    };
+    let full = encode(Selection::default());
+    let complement = encode(Selection { profile: Profile::KubevirtComplement, ..Selection::default() });
+    let families = |t: &str| -> std::collections::BTreeSet<String> {
+        t.lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| l.split(' ').next().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let (f, c) = (families(&full), families(&complement));
+    // `# TYPE` names a family by its name and unit, without `_total` or `_info`.
+    let type_name = |d: &crate::catalogue::MetricDef| {
+        let n = d.exposed_name();
+        n.strip_suffix("_total").or_else(|| n.strip_suffix("_info")).unwrap_or(&n).to_owned()
+    };
+    for d in crate::catalogue::all() {
+        let base = type_name(d);
+        assert!(f.contains(&base), "full lacks {base}");
+        assert_eq!(c.contains(&base), !d.from_virt_handler(), "{base} under kubevirt-complement");
+    }
+    assert!(
+        complement.contains("kubevirt_vmi_guest_vcpus_online{")
+            && !complement.contains("kubevirt_vmi_cpu_usage_seconds_total{")
+    );
+    let guest = encode(Selection { groups: vec![Group::Guest], ..Selection::default() });
+    for t in families(&guest) {
+        let d = crate::catalogue::all().iter().find(|d| type_name(d) == t).expect("a catalogue family");
+        assert!(
+            d.group == Group::Guest || d.name == crate::catalogue::BUILD_INFO.name,
+            "{t} is not in the guest group"
+        );
+    }
+    assert!(guest.contains("kubevirt_vmi_filesystem_used_bytes{"), "{guest}");
 }

@@ -7,7 +7,6 @@
 
 use std::path::{Path, PathBuf};
 
-use prometheus_client::encoding::DescriptorEncoder;
 use serde::Serialize;
 
 use crate::catalogue::{self as c, MetricDef};
@@ -35,6 +34,8 @@ pub struct ProcessStats {
     pub virtual_bytes: u64,
     /// Shared (file-backed resident) bytes.
     pub shared_bytes: u64,
+    /// When the process started, seconds since the Unix epoch (`starttime` after `btime`).
+    pub start_time_seconds: Option<f64>,
 }
 
 /// The process source's sample.
@@ -44,17 +45,24 @@ pub struct ProcessSample {
     pub processes: Vec<ProcessStats>,
 }
 
-/// Reads one process's stats from `proc/<pid>`.
-pub fn read_stats(proc_root: &Path, pid: u32, ticks: u64, page: u64) -> Option<ProcessStats> {
+/// The boot time (`btime` of `proc/stat`), seconds since the Unix epoch.
+pub fn boot_time(proc_root: &Path) -> Option<u64> {
+    let stat = std::fs::read_to_string(proc_root.join("stat")).ok()?;
+    stat.lines().find_map(|l| l.strip_prefix("btime ")).and_then(|v| v.trim().parse().ok())
+}
+
+/// Reads one process's stats from `proc/<pid>`; `btime` dates its start.
+pub fn read_stats(proc_root: &Path, pid: u32, ticks: u64, page: u64, btime: Option<u64>) -> Option<ProcessStats> {
     let dir = proc_root.join(pid.to_string());
     let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
     // The name is in parentheses and may contain spaces: split after the last ')'.
     let (head, rest) = stat.rsplit_once(')')?;
     let name = head.split_once('(')?.1.to_owned();
     let f: Vec<&str> = rest.split_whitespace().collect();
-    // After ")": state(0) ppid(1) … utime(11) stime(12).
+    // After ")": state(0) ppid(1) … utime(11) stime(12) … starttime(19), in clock ticks since boot.
     let utime: u64 = f.get(11)?.parse().ok()?;
     let stime: u64 = f.get(12)?.parse().ok()?;
+    let start: Option<u64> = f.get(19).and_then(|v| v.parse().ok());
     let statm = std::fs::read_to_string(dir.join("statm")).ok()?;
     let m: Vec<u64> = statm.split_whitespace().filter_map(|x| x.parse().ok()).collect();
     Some(ProcessStats {
@@ -65,6 +73,7 @@ pub fn read_stats(proc_root: &Path, pid: u32, ticks: u64, page: u64) -> Option<P
         virtual_bytes: m.first()? * page,
         resident_bytes: m.get(1)? * page,
         shared_bytes: m.get(2)? * page,
+        start_time_seconds: btime.zip(start).map(|(b, st)| b as f64 + st as f64 / ticks as f64),
     })
 }
 
@@ -140,7 +149,9 @@ impl Poller for ProcessPoller {
             if pids.first().is_none_or(|q| !alive(q)) {
                 pids = find(&root, &domain);
             }
-            let stats: Vec<ProcessStats> = pids.iter().filter_map(|p| read_stats(&root, *p, ticks, page)).collect();
+            let btime = boot_time(&root);
+            let stats: Vec<ProcessStats> =
+                pids.iter().filter_map(|p| read_stats(&root, *p, ticks, page, btime)).collect();
             (pids, stats)
         };
         let (pids, stats) = tokio::task::spawn_blocking(work)
@@ -199,10 +210,12 @@ impl Source for Process {
     }
 
     fn families() -> Vec<&'static MetricDef> {
-        FIELDS.iter().map(|(d, _)| *d).collect()
+        let mut out: Vec<&'static MetricDef> = FIELDS.iter().map(|(d, _)| *d).collect();
+        out.push(&c::START_TIME);
+        out
     }
 
-    fn encode(enc: &mut DescriptorEncoder<'_>, vms: &[VmView<'_>]) -> std::fmt::Result {
+    fn encode(enc: &mut crate::collector::Out<'_, '_>, vms: &[VmView<'_>]) -> std::fmt::Result {
         for (def, get) in FIELDS {
             let mut f = family(enc, def)?;
             for vm in vms {
@@ -214,6 +227,12 @@ impl Source for Process {
                     }
                 }
             }
+        }
+        let mut f = family(enc, &c::START_TIME)?;
+        for vm in vms {
+            // The QEMU process is the first.
+            let qemu = vm.sample::<Process>().and_then(|p| p.processes.first());
+            f.vm_sample(vm, &[], qemu.and_then(|p| p.start_time_seconds))?;
         }
         Ok(())
     }
@@ -235,8 +254,13 @@ mod tests {
     #[test]
     fn reads_our_own_stats() {
         let me = std::process::id();
-        let s = read_stats(Path::new("/proc"), me, clock_ticks_per_second(), page_size()).expect("own stats");
+        let btime = boot_time(Path::new("/proc"));
+        let s = read_stats(Path::new("/proc"), me, clock_ticks_per_second(), page_size(), btime).expect("own stats");
         assert_eq!(s.pid, me);
         assert!(s.resident_bytes > 0 && s.virtual_bytes >= s.resident_bytes);
+        // This test process started after boot and before now (within the clock tick).
+        let now = crate::clock::now_unix();
+        let started = s.start_time_seconds.expect("start time");
+        assert!(started > btime.expect("btime") as f64 && started <= now + 0.02, "{started} vs now {now}");
     }
 }

@@ -2,8 +2,6 @@
 //! stats) and its part of the hypervisor group (state, memory and balloon, vCPU and device
 //! counts, block sizes), and how often libvirt answered in part.
 
-use prometheus_client::encoding::DescriptorEncoder;
-
 use super::stats::{BlockSample, NetSample, VcpuSample};
 use super::{DomainSample, Libvirt};
 use crate::catalogue::{self as c, MetricDef};
@@ -43,14 +41,14 @@ const BLOCK: [(&MetricDef, BlockField); 8] = [
 
 type VmField = fn(&DomainSample) -> Option<f64>;
 
-const PER_VM: [(&MetricDef, VmField); 17] = [
+const PER_VM: [(&MetricDef, VmField); 18] = [
     (&c::MEMORY_RESIDENT, |s| kib(s.memory.rss_kib)),
     (&c::MEMORY_AVAILABLE, |s| kib(s.memory.available_kib)),
     (&c::MEMORY_UNUSED, |s| kib(s.memory.unused_kib)),
     (&c::MEMORY_USABLE, |s| kib(s.memory.usable_kib)),
     (&c::MEMORY_CACHED, |s| kib(s.memory.disk_caches_kib)),
     (&c::MEMORY_ACTUAL_BALLOON, |s| kib(s.memory.actual_balloon_kib)),
-    (&c::MEMORY_DOMAIN, |s| kib(s.memory.maximum_kib)),
+    (&c::MEMORY_DOMAIN, |s| kib(s.memory.current_kib)),
     (&c::MEMORY_SWAP_IN, |s| kib(s.memory.swap_in_kib)),
     (&c::MEMORY_SWAP_OUT, |s| kib(s.memory.swap_out_kib)),
     (&c::MEMORY_PGMAJFAULT, |s| num(s.memory.major_fault)),
@@ -59,6 +57,7 @@ const PER_VM: [(&MetricDef, VmField); 17] = [
     (&c::MEMORY_STATS_UPDATED, |s| num(s.memory.last_update.filter(|t| *t > 0))),
     (&c::VCPU_CURRENT, |s| num(s.vcpu_current)),
     (&c::VCPU_MAXIMUM, |s| num(s.vcpu_maximum)),
+    (&c::CPU_AFFINITY, |s| num(s.cpu_affinity)),
     (&c::NET_INTERFACES, |s| num(s.net_count)),
     (&c::STORAGE_DEVICES, |s| num(s.block_count)),
     // libvirt reports MiB/s (2^20 bytes).
@@ -84,6 +83,7 @@ pub(super) fn families() -> Vec<&'static MetricDef> {
     out.push(&c::VCPU_TIME);
     out.extend(VCPU.iter().map(|(d, _)| *d));
     out.extend(NET.iter().map(|(d, _)| *d));
+    out.push(&c::NET_TRAFFIC);
     out.extend(BLOCK.iter().map(|(d, _)| *d));
     out.push(&c::DOMAIN_STATE);
     out.extend(PER_VM.iter().map(|(d, _)| *d));
@@ -93,7 +93,7 @@ pub(super) fn families() -> Vec<&'static MetricDef> {
 }
 
 /// Writes the libvirt families.
-pub(super) fn encode(enc: &mut DescriptorEncoder<'_>, vms: &[VmView<'_>]) -> std::fmt::Result {
+pub(super) fn encode(enc: &mut crate::collector::Out<'_, '_>, vms: &[VmView<'_>]) -> std::fmt::Result {
     for (def, get) in CPU {
         let mut f = family(enc, def)?;
         for vm in vms {
@@ -118,15 +118,23 @@ pub(super) fn encode(enc: &mut DescriptorEncoder<'_>, vms: &[VmView<'_>]) -> std
         let mut f = family(enc, def)?;
         for vm in vms {
             for n in parsed(vm).map(|s| s.nets.as_slice()).unwrap_or_default() {
-                f.vm_sample(vm, &[("interface", &n.name)], num(get(n)))?;
+                f.vm_sample(vm, &[("interface", n.label())], num(get(n)))?;
             }
+        }
+    }
+    // KubeVirt's deprecated combined family, which its dashboards still use.
+    let mut f = family(enc, &c::NET_TRAFFIC)?;
+    for vm in vms {
+        for n in parsed(vm).map(|s| s.nets.as_slice()).unwrap_or_default() {
+            f.vm_sample(vm, &[("interface", n.label()), ("type", "rx")], num(n.rx_bytes))?;
+            f.vm_sample(vm, &[("interface", n.label()), ("type", "tx")], num(n.tx_bytes))?;
         }
     }
     for (def, get) in BLOCK {
         let mut f = family(enc, def)?;
         for vm in vms {
             for b in parsed(vm).map(|s| s.blocks.as_slice()).unwrap_or_default() {
-                f.vm_sample(vm, &[("drive", &b.name)], get(b))?;
+                f.vm_sample(vm, &[("drive", b.label())], get(b))?;
             }
         }
     }
@@ -147,7 +155,7 @@ pub(super) fn encode(enc: &mut DescriptorEncoder<'_>, vms: &[VmView<'_>]) -> std
         let mut f = family(enc, def)?;
         for vm in vms {
             for b in parsed(vm).map(|s| s.blocks.as_slice()).unwrap_or_default() {
-                f.vm_sample(vm, &[("drive", &b.name)], num(get(b)))?;
+                f.vm_sample(vm, &[("drive", b.label())], num(get(b)))?;
             }
         }
     }

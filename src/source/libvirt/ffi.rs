@@ -162,6 +162,42 @@ pub fn control_info(dom: &Domain) -> Result<(u32, Duration), virt::error::Error>
     Ok((info.state, Duration::from_millis(info.stateTime)))
 }
 
+/// `virDomainGetVcpuPinInfo`: how many (vCPU, host CPU) pairs the domain's current pinning
+/// map allows, for its first `vcpus` vCPUs (KubeVirt's `node_cpu_affinity`). Read-only: libvirt
+/// answers from the domain definition, without QEMU. Blocking (two round trips to libvirtd).
+pub fn vcpu_affinity(dom: &Domain, vcpus: u32) -> Result<u64, virt::error::Error> {
+    // SAFETY: `dom` is a live domain reference; the connection pointer it returns is borrowed
+    // (no reference taken) and lives as long as the domain.
+    let conn = unsafe { sys::virDomainGetConnect(dom.as_ptr()) };
+    if conn.is_null() {
+        return Err(virt::error::Error::last_error());
+    }
+    // SAFETY: with null map and online pointers libvirt only returns the host's CPU count.
+    let host = unsafe { sys::virNodeGetCPUMap(conn, std::ptr::null_mut(), std::ptr::null_mut(), 0) };
+    let Ok(host) = usize::try_from(host) else { return Err(virt::error::Error::last_error()) };
+    let maplen = host.div_ceil(8).max(1);
+    let n = usize::try_from(vcpus.min(4096)).unwrap_or(0);
+    if n == 0 {
+        return Ok(0);
+    }
+    let mut maps = vec![0u8; n * maplen];
+    let (n_i, maplen_i) = (i32::try_from(n).unwrap_or(0), i32::try_from(maplen).unwrap_or(0));
+    // SAFETY: `maps` holds `n` maps of `maplen` bytes each, as the call is told.
+    let r = unsafe {
+        sys::virDomainGetVcpuPinInfo(dom.as_ptr(), n_i, maps.as_mut_ptr(), maplen_i, sys::VIR_DOMAIN_AFFECT_CURRENT)
+    };
+    let Ok(filled) = usize::try_from(r) else { return Err(virt::error::Error::last_error()) };
+    Ok(affinity_count(&maps, maplen, filled.min(n), host))
+}
+
+/// Set bits below `host` in the first `filled` maps of `maplen` bytes.
+fn affinity_count(maps: &[u8], maplen: usize, filled: usize, host: usize) -> u64 {
+    maps.chunks(maplen)
+        .take(filled)
+        .map(|m| (0..host).filter(|cpu| m.get(cpu / 8).is_some_and(|b| b & (1 << (cpu % 8)) != 0)).count() as u64)
+        .sum()
+}
+
 /// Clock ticks per second (`sysconf(_SC_CLK_TCK)`), the unit of `/proc/<pid>/stat` times.
 pub fn clock_ticks_per_second() -> u64 {
     // SAFETY: sysconf has no preconditions; it only reads a configuration value.
@@ -349,5 +385,20 @@ pub fn deregister_events(conn: &virt::connect::Connect, ids: &[i32]) {
     for id in ids {
         // SAFETY: `conn` is live and `id` came from virConnectDomainEventRegisterAny on it.
         unsafe { sys::virConnectDomainEventDeregisterAny(conn.as_ptr(), *id) };
+    }
+}
+
+#[cfg(test)]
+mod affinity_tests {
+    use super::affinity_count;
+
+    #[test]
+    fn affinity_counts_allowed_pairs_below_the_host_cpu_count() {
+        // 2 vCPUs on a 10-CPU host (2-byte maps): vCPU 0 on CPUs 0-9, vCPU 1 on CPUs 1 and 3.
+        let maps = [0xff, 0x03, 0b0000_1010, 0x00];
+        assert_eq!(affinity_count(&maps, 2, 2, 10), 12);
+        // Bits past the host count (a wider map) and maps past `filled` are ignored.
+        assert_eq!(affinity_count(&[0xff, 0xff, 0xff, 0xff], 2, 1, 10), 10);
+        assert_eq!(affinity_count(&maps, 2, 0, 10), 0);
     }
 }

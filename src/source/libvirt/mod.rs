@@ -2,6 +2,7 @@
 //! discovery (`discovery`), and per-domain polling of bulk stats and memory stats (`poller`),
 //! all through bounded blocking slots (`blocking`). `ffi` holds the only `unsafe` code.
 
+pub mod aliases;
 pub mod blocking;
 pub mod discovery;
 mod encode;
@@ -75,7 +76,10 @@ pub enum Libvirt {}
 /// The libvirt source's per-VM settings (its deadlines are the `[poll]` ones; its
 /// connections are discovery's).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct LibvirtSettings {}
+pub struct LibvirtSettings {
+    /// How `drive` and `interface` are labelled (`libvirt.device_labels`).
+    pub device_labels: aliases::DeviceLabels,
+}
 
 impl crate::source::Source for Libvirt {
     const KIND: crate::source::SourceKind = crate::source::SourceKind::Libvirt;
@@ -95,7 +99,7 @@ impl crate::source::Source for Libvirt {
     }
 
     /// Every VM a libvirt daemon reported.
-    fn poller(vm: &crate::source::VmStart<'_>, _: &LibvirtSettings) -> Option<poller::LibvirtPoller> {
+    fn poller(vm: &crate::source::VmStart<'_>, settings: &LibvirtSettings) -> Option<poller::LibvirtPoller> {
         let p = vm.poll;
         Some(poller::LibvirtPoller::new(
             vm.endpoint?.clone(),
@@ -104,6 +108,7 @@ impl crate::source::Source for Libvirt {
             p.timeout,
             p.hard_timeout,
             p.carry_window,
+            settings.device_labels,
         ))
     }
 
@@ -111,10 +116,7 @@ impl crate::source::Source for Libvirt {
         encode::families()
     }
 
-    fn encode(
-        enc: &mut prometheus_client::encoding::DescriptorEncoder<'_>,
-        vms: &[crate::collector::VmView<'_>],
-    ) -> std::fmt::Result {
+    fn encode(enc: &mut crate::collector::Out<'_, '_>, vms: &[crate::collector::VmView<'_>]) -> std::fmt::Result {
         encode::encode(enc, vms)
     }
 }

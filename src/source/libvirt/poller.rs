@@ -1,5 +1,6 @@
 //! Polls one domain: bulk stats (state, cpu-total, balloon, vcpu, interface, block, dirtyrate)
-//! with `NOWAIT`, plus the job stats, in one blocking call per poll. Nothing here waits for the
+//! with `NOWAIT`, plus the job stats, the vCPU pinning and (when the devices changed) the
+//! device aliases from the domain XML, in one blocking call per poll. Nothing here waits for the
 //! domain's job (job stats are asked only while the monitor's state says no job is held, else
 //! the last reading is kept within the staleness window): a part libvirt skips because another client holds it is carried from the last
 //! answer (`merge`). (`virDomainMemoryStats` is not called: it queues for the job, and the
@@ -17,10 +18,11 @@ use tokio::sync::Semaphore;
 use virt::domain::Domain;
 use virt::sys;
 
+use super::aliases::{Aliases, DeviceLabels};
 use super::blocking::{BlockingSlot, SlotError};
 use super::endpoint::{Conn, Endpoint};
 use super::merge::Carry;
-use super::{LibvirtSample, classify, ffi};
+use super::{DomainSample, LibvirtSample, classify, ffi};
 use crate::source::{ErrorKind, PollError, Poller, SourceKind, SourceSample};
 
 /// The bulk-stats groups vmbridge asks for.
@@ -48,9 +50,21 @@ enum JobRead {
     Busy,
 }
 
-/// Bulk-stats parameters, job stats, and the monitor's state and time in it
-/// (`virDomainGetControlInfo`) when available.
-type Raw = Result<(Vec<(String, ffi::ParamValue)>, JobRead, Option<(u32, Duration)>), virt::error::Error>;
+/// What one call read besides the bulk stats.
+#[derive(Debug, Clone)]
+struct Extra {
+    /// Job stats (or why not).
+    job: JobRead,
+    /// The monitor's state and time in it (`virDomainGetControlInfo`), when available.
+    control: Option<(u32, Duration)>,
+    /// (vCPU, host CPU) pairs of the pinning map, when libvirt answered.
+    affinity: Option<u64>,
+    /// The device aliases, read again because the devices changed (or never were read).
+    aliases: Option<(Vec<String>, Aliases)>,
+}
+
+/// Bulk-stats parameters and the rest of one call.
+type Raw = Result<(Vec<(String, ffi::ParamValue)>, Extra), virt::error::Error>;
 
 /// The current job, or else the last completed one (kept for other readers).
 fn job(dom: &Domain) -> Option<Job> {
@@ -87,6 +101,10 @@ pub struct LibvirtPoller {
     carry_window: Duration,
     /// The last job stats read, and when (reused while another caller holds the job).
     last_job: Option<(Option<Job>, tokio::time::Instant)>,
+    /// The devices (as bulk stats name them) when the aliases were read, and the aliases.
+    aliases: Option<(Vec<String>, Aliases)>,
+    /// How `drive` and `interface` are labelled.
+    device_labels: DeviceLabels,
 }
 
 impl LibvirtPoller {
@@ -98,6 +116,7 @@ impl LibvirtPoller {
         timeout: Duration,
         hard_timeout: Duration,
         carry_window: Duration,
+        device_labels: DeviceLabels,
     ) -> Self {
         LibvirtPoller {
             endpoint,
@@ -110,11 +129,13 @@ impl LibvirtPoller {
             carry: Carry::new(),
             carry_window,
             last_job: None,
+            aliases: None,
+            device_labels,
         }
     }
 }
 
-fn call(conn: Conn, uuid: String, cached: Option<(u64, Domain)>) -> CallOutput {
+fn call(conn: Conn, uuid: String, cached: Option<(u64, Domain)>, devices: Option<Vec<String>>) -> CallOutput {
     let generation = conn.generation;
     let dom = match cached {
         Some((g, d)) if g == generation => d,
@@ -133,7 +154,14 @@ fn call(conn: Conn, uuid: String, cached: Option<(u64, Domain)>) -> CallOutput {
             Some((state, _)) if state != sys::VIR_DOMAIN_CONTROL_OK => JobRead::Busy,
             _ => JobRead::Read(job(&dom)),
         };
-        (params, job, control)
+        let vcpus = params.iter().find(|(k, _)| k == "vcpu.current").and_then(|(_, v)| v.as_u64());
+        let affinity = vcpus.and_then(|n| ffi::vcpu_affinity(&dom, u32::try_from(n).unwrap_or(0)).ok());
+        // The aliases come from the domain XML, read again only when the devices changed.
+        let now = DomainSample::device_names(&params);
+        let aliases = (devices.as_ref() != Some(&now))
+            .then(|| dom.xml_desc(0).ok().map(|xml| (now, Aliases::parse(&xml))))
+            .flatten();
+        (params, Extra { job, control, affinity, aliases })
     });
     CallOutput { raw, generation, domain: Some((generation, dom)) }
 }
@@ -163,7 +191,8 @@ impl Poller for LibvirtPoller {
             .current()
             .ok_or_else(|| PollError::new(ErrorKind::Connection, format!("no connection to {}", self.endpoint.uri)))?;
         let (uuid, cached) = (self.uuid.clone(), self.domain.take());
-        let out = match self.slot.run(self.timeout, move || call(conn, uuid, cached)).await {
+        let devices = self.aliases.as_ref().map(|(d, _)| d.clone());
+        let out = match self.slot.run(self.timeout, move || call(conn, uuid, cached, devices)).await {
             Ok(out) => out,
             Err(SlotError::Timeout { running_for }) => {
                 return Err(PollError {
@@ -181,7 +210,10 @@ impl Poller for LibvirtPoller {
         };
         self.domain = out.domain;
         match out.raw {
-            Ok((params, job, control)) => {
+            Ok((params, Extra { job, control, affinity, aliases })) => {
+                if let Some(a) = aliases {
+                    self.aliases = Some(a);
+                }
                 let merged = self.carry.merge(params, tokio::time::Instant::now(), self.carry_window);
                 // With NOWAIT, a domain whose QEMU stopped answering still answers promptly when
                 // another client's command is the one stuck in its monitor: libvirt leaves out
@@ -200,6 +232,10 @@ impl Poller for LibvirtPoller {
                     });
                 }
                 let mut sample = LibvirtSample::new(merged.params, Vec::new());
+                sample.parsed.cpu_affinity = affinity;
+                if let Some((_, aliases)) = &self.aliases {
+                    sample.parsed.apply_aliases(aliases, self.device_labels);
+                }
                 sample.carried = merged.carried.into_iter().map(|(g, n)| (g.to_owned(), n)).collect();
                 sample.partial_total = self.carry.partial_total().iter().map(|(g, n)| ((*g).to_owned(), *n)).collect();
                 let now = tokio::time::Instant::now();

@@ -92,6 +92,8 @@ impl DomainState {
 pub struct MemorySample {
     /// Current balloon size, KiB (`actual`, `balloon.current`).
     pub actual_balloon_kib: Option<u64>,
+    /// Current memory of the domain, KiB (`balloon.current` only; KubeVirt's domain memory).
+    pub current_kib: Option<u64>,
     /// Maximum memory of the domain, KiB (`balloon.maximum`).
     pub maximum_kib: Option<u64>,
     /// Swapped in, KiB.
@@ -148,6 +150,10 @@ impl VcpuSample {
 pub struct NetSample {
     /// Host-side interface name (the tap device).
     pub name: String,
+    /// libvirt's alias of the interface (`ua-default`, `net0`), from the domain XML.
+    pub alias: Option<String>,
+    /// The `interface` label: see `aliases::label`. Empty until labelled: then `name`.
+    pub label: String,
     /// Bytes received.
     pub rx_bytes: Option<u64>,
     /// Packets received.
@@ -169,8 +175,12 @@ pub struct NetSample {
 /// One block device's counters and sizes.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct BlockSample {
-    /// Target name (`vda`), KubeVirt's `drive` label.
+    /// Target name (`vda`).
     pub name: String,
+    /// libvirt's alias of the disk (`ua-rootdisk`, `virtio-disk0`), from the domain XML.
+    pub alias: Option<String>,
+    /// The `drive` label: see `aliases::label`. Empty until labelled: then `name`.
+    pub label: String,
     /// Source path on the host, if any (not exported as a label: paths are unbounded).
     pub path: Option<String>,
     /// Read requests.
@@ -228,6 +238,45 @@ pub struct DomainSample {
     pub blocks: Vec<BlockSample>,
     /// Last measured dirty-page rate, MiB/s (`dirtyrate.megabytes_per_second`).
     pub dirty_rate_mib_per_second: Option<u64>,
+    /// (vCPU, host CPU) pairs the pinning map allows (`virDomainGetVcpuPinInfo`).
+    pub cpu_affinity: Option<u64>,
+}
+
+impl NetSample {
+    /// The `interface` label value.
+    pub fn label(&self) -> &str {
+        if self.label.is_empty() { &self.name } else { &self.label }
+    }
+}
+
+impl BlockSample {
+    /// The `drive` label value.
+    pub fn label(&self) -> &str {
+        if self.label.is_empty() { &self.name } else { &self.label }
+    }
+}
+
+impl DomainSample {
+    /// Labels devices from their aliases (`aliases::label`).
+    pub fn apply_aliases(&mut self, aliases: &super::aliases::Aliases, mode: super::aliases::DeviceLabels) {
+        for n in &mut self.nets {
+            n.alias = aliases.nets.get(&n.name).cloned();
+            n.label = super::aliases::label(n.alias.as_deref(), &n.name, mode);
+        }
+        for b in &mut self.blocks {
+            b.alias = aliases.disks.get(&b.name).cloned();
+            b.label = super::aliases::label(b.alias.as_deref(), &b.name, mode);
+        }
+    }
+
+    /// The devices named in bulk stats, to notice a hot-plug.
+    pub fn device_names(params: &[(String, ParamValue)]) -> Vec<String> {
+        params
+            .iter()
+            .filter(|(k, _)| (k.starts_with("net.") || k.starts_with("block.")) && k.ends_with(".name"))
+            .filter_map(|(k, v)| Some(format!("{k}={}", v.as_str()?)))
+            .collect()
+    }
 }
 
 /// Splits `prefix.N.rest` into `(N, rest)`.
@@ -256,7 +305,10 @@ impl DomainSample {
                 "cpu.time" => s.cpu_time_ns = u,
                 "cpu.user" => s.cpu_user_ns = u,
                 "cpu.system" => s.cpu_system_ns = u,
-                "balloon.current" => s.memory.actual_balloon_kib = u,
+                "balloon.current" => {
+                    s.memory.actual_balloon_kib = u;
+                    s.memory.current_kib = u;
+                }
                 "balloon.maximum" => s.memory.maximum_kib = u,
                 "balloon.swap_in" => s.memory.swap_in_kib = u,
                 "balloon.swap_out" => s.memory.swap_out_kib = u,

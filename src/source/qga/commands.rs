@@ -13,7 +13,6 @@
 
 use std::time::Duration;
 
-use prometheus_client::encoding::DescriptorEncoder;
 use qapi::qga;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -43,7 +42,7 @@ pub struct Command {
     /// The families it feeds, in the order `encode` writes them.
     pub families: &'static [&'static MetricDef],
     /// Writes them.
-    pub encode: fn(&mut DescriptorEncoder<'_>, &[VmView<'_>]) -> std::fmt::Result,
+    pub encode: fn(&mut crate::collector::Out<'_, '_>, &[VmView<'_>]) -> std::fmt::Result,
 }
 
 impl Command {
@@ -452,7 +451,7 @@ const USERS: Command = Command {
 };
 
 // ---------------------------------------------------------------------------------------------
-// guest-get-osinfo: the OS, exported with the host name as one info series.
+// guest-get-osinfo: the OS (its pretty name, version id and kernel version stay in `/debug`).
 
 allow_list!(qga::guest_get_osinfo);
 
@@ -461,21 +460,11 @@ family!(
     "kubevirt_vmi_guest_os",
     Info,
     N,
-    [
-        "guest_os_id",
-        "guest_os_name",
-        "guest_os_pretty_name",
-        "guest_os_version",
-        "guest_os_version_id",
-        "guest_os_kernel_release",
-        "guest_os_kernel_version",
-        "guest_os_machine",
-        "guest_hostname"
-    ],
+    ["os_name", "os_version", "os_id", "kernel_release", "machine"],
     Guest,
-    "qga guest-get-osinfo, guest-get-host-name",
+    "qga guest-get-osinfo name, version, id, kernel-release, machine",
     Vm,
-    "The guest's operating system and host name; the value is always 1."
+    "The guest's operating system, with the labels of KubeVirt's own family of this name; the value is always 1."
 );
 
 const OSINFO: Command = Command {
@@ -502,23 +491,9 @@ const OSINFO: Command = Command {
     encode: |enc, vms| {
         let mut f = start(enc, &GUEST_OS_INFO)?;
         for vm in vms {
-            let Some(g) = data(vm) else { continue };
-            if g.os.is_none() && g.hostname.is_none() {
-                continue;
-            }
-            let os = g.os.clone().unwrap_or_default();
+            let Some(os) = data(vm).and_then(|g| g.os.as_ref()) else { continue };
             let s = |v: &Option<String>| v.clone().unwrap_or_default();
-            let values = [
-                s(&os.id),
-                s(&os.name),
-                s(&os.pretty_name),
-                s(&os.version),
-                s(&os.version_id),
-                s(&os.kernel_release),
-                s(&os.kernel_version),
-                s(&os.machine),
-                s(&g.hostname),
-            ];
+            let values = [s(&os.name), s(&os.version), s(&os.id), s(&os.kernel_release), s(&os.machine)];
             let labels: Vec<(&str, &str)> =
                 GUEST_OS_INFO.labels.iter().copied().zip(values.iter().map(String::as_str)).collect();
             f.vm_sample(vm, &labels, Some(1.0))?;
@@ -926,13 +901,25 @@ const TIMEZONE: Command = Command {
 };
 
 // ---------------------------------------------------------------------------------------------
-// guest-get-host-name: a label of the OS info series (no family of its own).
+// guest-get-host-name: the guest's own host name.
 
 allow_list!(qga::guest_get_host_name);
 
+family!(
+    GUEST_HOSTNAME,
+    "kubevirt_vmi_guest_hostname",
+    Info,
+    N,
+    ["hostname"],
+    Guest,
+    "qga guest-get-host-name",
+    Vm,
+    "The host name the guest gives itself; the value is always 1."
+);
+
 const HOSTNAME: Command = Command {
     key: "hostname",
-    about: "host name, a label of the OS info",
+    about: "host name",
     request: || AgentRequest::new(qga::guest_get_host_name {}),
     period: secs(300),
     parse: |g, reply, lim, _| {
@@ -940,8 +927,16 @@ const HOSTNAME: Command = Command {
         g.hostname = Some(label(&h.host_name, lim.label_bytes));
         Ok(())
     },
-    families: &[],
-    encode: |_, _| Ok(()),
+    families: &[&GUEST_HOSTNAME],
+    encode: |enc, vms| {
+        let mut f = start(enc, &GUEST_HOSTNAME)?;
+        for vm in vms {
+            if let Some(h) = data(vm).and_then(|g| g.hostname.as_deref()) {
+                f.vm_sample(vm, &[("hostname", h)], Some(1.0))?;
+            }
+        }
+        Ok(())
+    },
 };
 
 // ---------------------------------------------------------------------------------------------

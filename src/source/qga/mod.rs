@@ -20,7 +20,6 @@ pub mod transport;
 
 use std::collections::BTreeMap;
 
-use prometheus_client::encoding::DescriptorEncoder;
 use serde::Serialize;
 
 pub use commands::GuestData;
@@ -127,7 +126,7 @@ impl Source for Qga {
         out
     }
 
-    fn encode(enc: &mut DescriptorEncoder<'_>, vms: &[VmView<'_>]) -> std::fmt::Result {
+    fn encode(enc: &mut crate::collector::Out<'_, '_>, vms: &[VmView<'_>]) -> std::fmt::Result {
         for c in commands::COMMANDS {
             (c.encode)(enc, vms)?;
         }

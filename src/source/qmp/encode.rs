@@ -2,8 +2,6 @@
 //! (Its event counters and migration data are written by `collector::events`, which picks one
 //! source per VM for them.)
 
-use prometheus_client::encoding::DescriptorEncoder;
-
 use super::{BlockExt, Qmp};
 use crate::catalogue::{self as c, MetricDef};
 use crate::collector::{VmView, family, num};
@@ -32,7 +30,7 @@ pub(super) fn families() -> Vec<&'static MetricDef> {
 }
 
 /// Writes the QMP families.
-pub(super) fn encode(enc: &mut DescriptorEncoder<'_>, vms: &[VmView<'_>]) -> std::fmt::Result {
+pub(super) fn encode(enc: &mut crate::collector::Out<'_, '_>, vms: &[VmView<'_>]) -> std::fmt::Result {
     let mut f = family(enc, &c::QEMU_STATUS)?;
     for vm in vms {
         if let Some(st) = vm.sample::<Qmp>().and_then(|q| q.status.as_deref()) {
@@ -42,8 +40,14 @@ pub(super) fn encode(enc: &mut DescriptorEncoder<'_>, vms: &[VmView<'_>]) -> std
     for (def, get) in BLOCK {
         let mut f = family(enc, def)?;
         for vm in vms {
+            // Two QEMU devices never share a label, but a duplicate would make Prometheus
+            // reject the scrape's second sample: keep the first.
+            let mut seen = std::collections::BTreeSet::new();
             for b in vm.sample::<Qmp>().map(|q| q.blocks.as_slice()).unwrap_or_default() {
-                f.vm_sample(vm, &[("drive", &b.drive)], get(b))?;
+                let drive = vm.drive_label(&b.drive);
+                if seen.insert(drive) {
+                    f.vm_sample(vm, &[("drive", drive)], get(b))?;
+                }
             }
         }
     }

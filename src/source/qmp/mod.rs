@@ -52,10 +52,7 @@ impl crate::source::Source for Qmp {
         encode::families()
     }
 
-    fn encode(
-        enc: &mut prometheus_client::encoding::DescriptorEncoder<'_>,
-        vms: &[crate::collector::VmView<'_>],
-    ) -> std::fmt::Result {
+    fn encode(enc: &mut crate::collector::Out<'_, '_>, vms: &[crate::collector::VmView<'_>]) -> std::fmt::Result {
         encode::encode(enc, vms)
     }
 }
@@ -121,6 +118,8 @@ pub struct Migration {
     pub compression_bytes: Option<u64>,
     /// Pages dirtied per second.
     pub dirty_rate_pages_per_second: Option<u64>,
+    /// The size of those pages, bytes.
+    pub page_size_bytes: Option<u64>,
     /// Memory iterations (dirty-sync count).
     pub iteration: Option<u64>,
 }
@@ -156,6 +155,7 @@ impl Migration {
             memory_constant_pages: u(ram, "duplicate"),
             compression_bytes: v.get("compression").and_then(|c| u(c, "compressed-size")),
             dirty_rate_pages_per_second: u(ram, "dirty-pages-rate"),
+            page_size_bytes: u(ram, "page-size"),
             iteration: u(ram, "dirty-sync-count"),
             status,
             active,
@@ -164,6 +164,11 @@ impl Migration {
 }
 
 impl Migration {
+    /// The dirty-page rate in bytes per second, when both figures are known.
+    pub fn dirty_rate_bytes_per_second(&self) -> Option<f64> {
+        Some(self.dirty_rate_pages_per_second? as f64 * self.page_size_bytes? as f64)
+    }
+
     /// From `virDomainGetJobStats`: the job type and its typed parameters; `None` when no job
     /// ran (type NONE).
     pub fn from_libvirt_job(
@@ -195,6 +200,7 @@ impl Migration {
             memory_constant_pages: u("memory_constant"),
             compression_bytes: u("compression_bytes"),
             dirty_rate_pages_per_second: u("memory_dirty_rate"),
+            page_size_bytes: u("memory_page_size"),
             iteration: u("memory_iteration"),
         })
     }
@@ -203,8 +209,11 @@ impl Migration {
 /// Event counts since vmbridge discovered the VM (they survive reconnects).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct EventCounts {
-    /// `GUEST_PANICKED`.
+    /// Guest panics (`GUEST_PANICKED`, libvirt's CRASHED/panicked).
     pub guest_panics: u64,
+    /// The same by panic type (`hyper-v`, `s390`, `unknown`), then bugcheck code (`0x…` or
+    /// `unknown`), as KubeVirt labels them; bounded.
+    pub panics: BTreeMap<String, BTreeMap<String, u64>>,
     /// `RESET` the guest itself initiated (reboot, triple fault, firmware).
     pub reboots_guest: u64,
     /// `RESET` the host initiated (`virsh reset`, `system_reset`).
@@ -245,7 +254,31 @@ fn event_time(ev: &Value) -> Option<f64> {
 /// Most distinct drives counted per VM; QEMU names drives, but keep the label set bounded.
 const MAX_DRIVES: usize = 64;
 
+/// Most distinct (panic type, bugcheck code) pairs counted per VM: the guest chooses the code.
+const MAX_PANIC_KINDS: usize = 16;
+
+/// KubeVirt's label values of a panic: the type (`unknown` when none is given) and the Hyper-V
+/// bugcheck code (`arg1`) in hex (`unknown` when zero or absent).
+pub fn panic_labels(info: Option<&Value>) -> (String, String) {
+    let ty = info.and_then(|i| i.get("type")).and_then(Value::as_str).filter(|t| !t.is_empty());
+    let code = info.and_then(|i| i.get("arg1")).and_then(Value::as_u64).filter(|c| *c != 0);
+    (
+        ty.map_or_else(|| "unknown".to_owned(), |t| crate::source::label(t, 32)),
+        code.map_or_else(|| "unknown".to_owned(), |c| format!("{c:#x}")),
+    )
+}
+
 impl EventCounts {
+    /// Counts one panic of type `ty` with bugcheck code `code`.
+    fn panic(&mut self, ty: String, code: String) {
+        self.guest_panics += 1;
+        let pairs: usize = self.panics.values().map(BTreeMap::len).sum();
+        let known = self.panics.get(&ty).is_some_and(|c| c.contains_key(&code));
+        let (ty, code) =
+            if known || pairs < MAX_PANIC_KINDS { (ty, code) } else { ("unknown".into(), "unknown".into()) };
+        *self.panics.entry(ty).or_default().entry(code).or_default() += 1;
+    }
+
     /// Counts entering `to`, unless the VM is already in it.
     fn enter(&mut self, to: &'static str) {
         if self.state != Some(to) {
@@ -283,7 +316,8 @@ impl EventCounts {
                     self.enter(to);
                 }
                 if *event == 8 && *detail == 0 {
-                    self.guest_panics += 1;
+                    // libvirt's event carries no panic information.
+                    self.panic("unknown".into(), "unknown".into());
                 }
             }
             // libvirt does not say who reset: any reset soon after another is its follow-up.
@@ -326,7 +360,10 @@ impl EventCounts {
             self.enter(to);
         }
         match name {
-            "GUEST_PANICKED" => self.guest_panics += 1,
+            "GUEST_PANICKED" => {
+                let (ty, code) = panic_labels(data.get("info"));
+                self.panic(ty, code);
+            }
             "RESET" => {
                 let guest = data.get("guest").and_then(Value::as_bool) == Some(true);
                 // QEMU's own timestamp, so a late read does not split or merge resets; a guest
