@@ -90,9 +90,13 @@ fn libvirt_transport_values_equal_the_real_guest_agent() {
     let host = agent(name, "guest-get-host-name");
     let info = e.find("kubevirt_vmi_guest_os_info", &vm);
     assert_eq!(info.len(), 1);
-    assert_eq!(info[0].labels["guest_os_pretty_name"], os["pretty-name"].as_str().unwrap_or_default());
-    assert_eq!(info[0].labels["guest_os_kernel_release"], os["kernel-release"].as_str().unwrap_or_default());
-    assert_eq!(info[0].labels["guest_hostname"], host["host-name"].as_str().unwrap_or_default());
+    // KubeVirt's labels for this family.
+    assert_eq!(info[0].labels["os_name"], os["name"].as_str().unwrap_or_default());
+    assert_eq!(info[0].labels["os_id"], os["id"].as_str().unwrap_or_default());
+    assert_eq!(info[0].labels["kernel_release"], os["kernel-release"].as_str().unwrap_or_default());
+    assert_eq!(info[0].labels["machine"], os["machine"].as_str().unwrap_or_default());
+    let host = host["host-name"].as_str().unwrap_or_default();
+    assert_eq!(e.value("kubevirt_vmi_guest_hostname_info", &[("name", name), ("hostname", host)]), Some(1.0));
     let version = agent(name, "guest-info")["version"].as_str().expect("version").to_owned();
     assert_eq!(e.value("kubevirt_vmi_guest_agent_info", &[("name", name), ("version", &version)]), Some(1.0));
     assert_eq!(
@@ -131,6 +135,35 @@ fn libvirt_transport_values_equal_the_real_guest_agent() {
     let (_, _) = bridge.wait_for(Duration::from_secs(20), "balloon statistics", |e| {
         e.value("kubevirt_vmi_memory_usable_bytes", &vm).is_some()
     });
+
+    // KubeVirt's domain memory is the current balloon size: inflate the real guest's balloon
+    // (its virtio_balloon driver gives the pages back) and the value follows virsh's
+    // balloon.current, not the unchanged maximum.
+    let balloon = || -> (f64, f64) {
+        let out = virsh(&["domstats", "--balloon", name]);
+        let get = |k: &str| {
+            out.lines()
+                .find_map(|l| l.trim().strip_prefix(&format!("{k}=")))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("no {k} in {out}"))
+        };
+        (get("balloon.current"), get("balloon.maximum"))
+    };
+    let (_, maximum) = balloon();
+    virsh(&["setmem", name, &format!("{}K", (maximum * 0.75) as u64), "--live"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while balloon().0 >= maximum && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (b, _) = balloon();
+    assert!(b < maximum, "the guest's balloon did not inflate: current {b} KiB of {maximum}");
+    let (e, _) = bridge.wait_for(Duration::from_secs(20), "domain memory to follow the balloon", |e| {
+        e.value("kubevirt_vmi_memory_domain_bytes", &vm).is_some_and(|v| v < maximum * 1024.0)
+    });
+    let (a, _) = balloon();
+    let got = e.value("kubevirt_vmi_memory_domain_bytes", &vm).expect("domain memory");
+    assert!(got >= b.min(a) * 1024.0 && got <= b.max(a) * 1024.0, "domain memory {got}, virsh said {b} then {a} KiB");
+
     let doc: Value = serde_json::from_str(&bridge.get(&format!("/debug/vms/default/{name}"), None).body).expect("json");
     let q = &doc["sources"]["qga"]["sample"];
     assert_eq!(q["transport"], "libvirt");

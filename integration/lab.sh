@@ -27,7 +27,8 @@
 # Environment: VMB_LAB_DIR (default /var/lib/vmbridge-lab), VMB_LAB_BATCH (parallel
 # creates per batch, default 10), VMB_LAB_MEM_MIB (default 32).
 # Domains are transient, TCG (type='qemu', never kvm), q35, 1 vCPU, qcow2 virtio
-# disk, <interface type='ethernet'> (libvirt-created tap), virtio balloon with
+# disk, <interface type='ethernet'> (libvirt-created tap), both with KubeVirt's user aliases
+# (ua-rootdisk, ua-default; name a domain <namespace>_<name> for KubeVirt's naming), virtio balloon with
 # stats period 5 s, a guest-agent channel LABDIR/NAME.qga (no agent answers: a hung
 # agent) and a second direct QMP monitor LABDIR/NAME.qmp.
 # add-guest domains: the same but VMB_GUEST_MEM_MIB (default 128), balloon stats period
@@ -364,9 +365,11 @@ write_domain_xml() { # NAME -> path of xml
       <driver name='qemu' type='qcow2'/>
       <source file='$dir/disk.qcow2'/>
       <target dev='vda' bus='virtio'/>
+      <alias name='ua-rootdisk'/>
     </disk>
     <interface type='ethernet'>
       <model type='virtio'/>
+      <alias name='ua-default'/>
     </interface>
     <serial type='file'>
       <source path='$dir/console.log'/>
@@ -427,9 +430,11 @@ write_guest_domain_xml() { # NAME -> path of xml
       <driver name='qemu' type='raw'/>
       <source file='$dir/data.raw'/>
       <target dev='vda' bus='virtio'/>
+      <alias name='ua-rootdisk'/>
     </disk>
     <interface type='ethernet'>
       <model type='virtio'/>
+      <alias name='ua-default'/>
     </interface>
     <serial type='file'>
       <source path='$dir/console.log'/>

@@ -17,7 +17,8 @@ const VM_MAP: &[(&str, &str, &str, f64)] = &[
     ("kubevirt_vmi_cpu_usage_seconds_total", "counter", "cpu.time", 1e-9),
     ("kubevirt_vmi_cpu_user_usage_seconds_total", "counter", "cpu.user", 1e-9),
     ("kubevirt_vmi_cpu_system_usage_seconds_total", "counter", "cpu.system", 1e-9),
-    ("kubevirt_vmi_memory_domain_bytes", "gauge", "balloon.maximum", 1024.0),
+    // KubeVirt's value: the current balloon size, not the maximum.
+    ("kubevirt_vmi_memory_domain_bytes", "gauge", "balloon.current", 1024.0),
     ("kubevirt_vmi_vcpu_current", "gauge", "vcpu.current", 1.0),
     ("kubevirt_vmi_vcpu_maximum", "gauge", "vcpu.maximum", 1.0),
     ("kubevirt_vmi_network_interfaces", "gauge", "net.count", 1.0),
@@ -75,6 +76,64 @@ fn type_of<'a>(e: &'a Exposition, sample: &str) -> Option<&'a str> {
     e.types.get(sample).map(String::as_str)
 }
 
+/// The `drive` and `interface` label values KubeVirt would give the domain's devices, from
+/// `virsh dumpxml` (read here with roxmltree, independently of vmbridge's own reader): the user
+/// alias without `ua-`, else the target name. Target name → label, for disks and interfaces.
+fn device_labels(dom: &str) -> BTreeMap<String, String> {
+    let xml = virsh(&["dumpxml", dom]);
+    let doc = roxmltree::Document::parse(&xml).expect("domain XML");
+    let mut out = BTreeMap::new();
+    for dev in doc.descendants().filter(|n| n.has_tag_name("disk") || n.has_tag_name("interface")) {
+        let attr = |tag: &str, a: &str| dev.children().find(|c| c.has_tag_name(tag)).and_then(|c| c.attribute(a));
+        if let Some(target) = attr("target", "dev") {
+            let label = attr("alias", "name").and_then(|a| a.strip_prefix("ua-")).unwrap_or(target);
+            out.insert(target.to_owned(), label.to_owned());
+        }
+    }
+    out
+}
+
+/// (vCPU, host CPU) pairs `virsh vcpupin` lists as allowed, e.g. `0  0-1` and `1  0,3`.
+fn vcpupin_pairs(dom: &str) -> f64 {
+    let mut n = 0usize;
+    for line in virsh(&["vcpupin", dom]).lines() {
+        let mut cols = line.split_whitespace();
+        let (Some(vcpu), Some(set)) = (cols.next(), cols.next()) else { continue };
+        if vcpu.parse::<u32>().is_err() {
+            continue;
+        }
+        for part in set.split(',') {
+            n += match part.split_once('-') {
+                Some((a, b)) => b.parse::<usize>().expect("cpu") - a.parse::<usize>().expect("cpu") + 1,
+                None => 1,
+            };
+        }
+    }
+    n as f64
+}
+
+/// When a process started, Unix seconds, from `/proc/<pid>/stat` (field 22, clock ticks after
+/// boot) and `/proc/stat`'s `btime`.
+fn process_start(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let after_name = stat.rsplit_once(')').expect("comm").1;
+    let ticks: f64 = after_name.split_whitespace().nth(19).expect("starttime").parse().expect("number");
+    let btime: f64 = std::fs::read_to_string("/proc/stat")
+        .expect("/proc/stat")
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .expect("btime")
+        .trim()
+        .parse()
+        .expect("number");
+    let hz: f64 = String::from_utf8(std::process::Command::new("getconf").arg("CLK_TCK").output().expect("getconf").stdout)
+        .expect("utf8")
+        .trim()
+        .parse()
+        .expect("CLK_TCK");
+    btime + ticks / hz
+}
+
 /// Every core/hypervisor value vmbridge exports for a VM equals what `virsh domstats` and
 /// `virsh dommemstat` report for it, after unit conversion, with the right type. The VM is
 /// paused (`virsh suspend`) so its counters hold still; each value must lie between a virsh
@@ -82,9 +141,12 @@ fn type_of<'a>(e: &'a Exposition, sample: &str) -> Option<&'a str> {
 #[test]
 fn values_equal_virsh_domstats_and_dommemstat() {
     let _serial = serial();
-    let dom = Domain::new("itv-values");
+    // A KubeVirt-shaped domain: named <namespace>_<name>, with user aliases on its devices.
+    let dom = Domain::new("itv_values");
     let bridge = Bridge::start(&["--poll-interval", "1s", "--poll-timeout", "3s"]);
-    let vm = [("namespace", "default"), ("name", dom.name.as_str()), ("node", "it-node")];
+    let vm = [("namespace", "itv"), ("name", "values"), ("node", "it-node")];
+    let labels = device_labels(&dom.name);
+    assert_eq!(labels.get("vda").map(String::as_str), Some("rootdisk"), "the lab gives its disk KubeVirt's alias");
     bridge.wait_for(Duration::from_secs(20), "first sample", |e| {
         e.value("kubevirt_vmi_cpu_usage_seconds_total", &vm).is_some()
     });
@@ -92,7 +154,7 @@ fn values_equal_virsh_domstats_and_dommemstat() {
     let (before, mem_before) = (domstats(&dom.name), dommemstat(&dom.name));
     let t0 = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64();
     let (e, _) = bridge.wait_for(Duration::from_secs(20), "a poll after the virsh reading", |e| {
-        e.value("vmbridge_source_last_success_timestamp_seconds", &[("source", "libvirt"), ("name", dom.name.as_str())])
+        e.value("vmbridge_source_last_success_timestamp_seconds", &[("source", "libvirt"), ("name", "values")])
             .is_some_and(|t| t > t0)
     });
     let (after, mem_after) = (domstats(&dom.name), dommemstat(&dom.name));
@@ -139,14 +201,23 @@ fn values_equal_virsh_domstats_and_dommemstat() {
         }
     }
     for i in 0..num(&after, "net.count").unwrap_or(0.0) as usize {
-        let name = after[&format!("net.{i}.name")].clone();
+        let target = after[&format!("net.{i}.name")].clone();
+        let name = labels.get(&target).cloned().unwrap_or(target);
+        assert_eq!(name, "default", "the lab gives its NIC KubeVirt's alias");
         for (metric, ty, key, scale) in NET_MAP {
             let k = format!("net.{i}.{key}");
             expect(metric, ty, &[("interface", name.clone())], num(&before, &k), num(&after, &k), *scale);
         }
+        // KubeVirt's deprecated combined family.
+        for (ty, key) in [("rx", "rx.bytes"), ("tx", "tx.bytes")] {
+            let k = format!("net.{i}.{key}");
+            let extra = [("interface", name.clone()), ("type", ty.to_owned())];
+            expect("kubevirt_vmi_network_traffic_bytes_total", "counter", &extra, num(&before, &k), num(&after, &k), 1.0);
+        }
     }
     for i in 0..num(&after, "block.count").unwrap_or(0.0) as usize {
-        let name = after[&format!("block.{i}.name")].clone();
+        let target = after[&format!("block.{i}.name")].clone();
+        let name = labels.get(&target).cloned().unwrap_or(target);
         for (metric, ty, key, scale) in BLOCK_MAP {
             let k = format!("block.{i}.{key}");
             expect(metric, ty, &[("drive", name.clone())], num(&before, &k), num(&after, &k), *scale);
@@ -161,7 +232,10 @@ fn values_equal_virsh_domstats_and_dommemstat() {
     for initiator in ["guest", "host", "unknown"] {
         expect("kubevirt_vmi_reboots_total", "counter", &[("initiator", initiator.into())], Some(0.0), Some(0.0), 1.0);
     }
-    expect("kubevirt_vmi_guest_panics_total", "counter", &[], Some(0.0), Some(0.0), 1.0);
+    let pairs = vcpupin_pairs(&dom.name);
+    expect("kubevirt_vmi_node_cpu_affinity", "gauge", &[], Some(pairs), Some(pairs), 1.0);
+    let started = process_start(dom.pid());
+    expect("kubevirt_vmi_start_time_seconds", "gauge", &[], Some(started), Some(started), 1.0);
     expect("kubevirt_vmi_agent_connects_total", "counter", &[], Some(0.0), Some(0.0), 1.0);
     expect(
         "kubevirt_vmi_domain_state",
@@ -170,6 +244,18 @@ fn values_equal_virsh_domstats_and_dommemstat() {
         Some(1.0),
         Some(1.0),
         1.0,
+    );
+
+    // KubeVirt's panic counter has no node label.
+    expected.insert(
+        (
+            "kubevirt_vmi_guest_os_panic_total".to_owned(),
+            [("namespace", "itv"), ("name", "values"), ("type", "unknown"), ("bugcheck_code", "unknown")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
+        ("counter".to_owned(), 0.0, 0.0),
     );
 
     // Every expected series is exported with a value inside the virsh bracket and the right type…
@@ -184,7 +270,7 @@ fn values_equal_virsh_domstats_and_dommemstat() {
         checked += 1;
     }
     // …and vmbridge exports no kubevirt_vmi_* series for this VM that virsh cannot vouch for.
-    for s in e.of_vm(&dom.name).iter().filter(|s| s.name.starts_with("kubevirt_vmi_")) {
+    for s in e.of_vm("values").iter().filter(|s| s.name.starts_with("kubevirt_vmi_")) {
         assert!(
             expected.contains_key(&(s.name.clone(), s.labels.clone())),
             "unchecked series {} {:?}",
@@ -195,6 +281,13 @@ fn values_equal_virsh_domstats_and_dommemstat() {
     assert!(checked >= 30, "only {checked} values compared");
     eprintln!("compared {checked} values with virsh");
     virsh(&["resume", &dom.name]);
+
+    // Pinning the vCPU to one host CPU (a read-only call shows it) makes the affinity 1.
+    virsh(&["vcpupin", &dom.name, "0", "0", "--live"]);
+    assert_eq!(vcpupin_pairs(&dom.name), 1.0, "virsh vcpupin shows the new pinning");
+    bridge.wait_for(Duration::from_secs(20), "the new affinity", |e| {
+        e.value("kubevirt_vmi_node_cpu_affinity", &[("name", "values")]) == Some(1.0)
+    });
 }
 
 /// With one of four VMs SIGSTOPped: scrapes stay prompt, the other VMs keep every series and
