@@ -585,7 +585,7 @@ family!(
     Hypervisor,
     "libvirt virDomainGetVcpuPinInfo",
     Vm,
-    "Number of VMI CPU affinities to node physical cores: the set (vCPU, host CPU) pairs of the pinning map, as KubeVirt."
+    "Number of VMI CPU affinities to node physical cores: the (vCPU, host CPU) pairs the pinning map allows, as KubeVirt."
 );
 family!(
     NET_INTERFACES,
