@@ -126,11 +126,12 @@ fn process_start(pid: u32) -> f64 {
         .trim()
         .parse()
         .expect("number");
-    let hz: f64 = String::from_utf8(std::process::Command::new("getconf").arg("CLK_TCK").output().expect("getconf").stdout)
-        .expect("utf8")
-        .trim()
-        .parse()
-        .expect("CLK_TCK");
+    let hz: f64 =
+        String::from_utf8(std::process::Command::new("getconf").arg("CLK_TCK").output().expect("getconf").stdout)
+            .expect("utf8")
+            .trim()
+            .parse()
+            .expect("CLK_TCK");
     btime + ticks / hz
 }
 
@@ -212,7 +213,14 @@ fn values_equal_virsh_domstats_and_dommemstat() {
         for (ty, key) in [("rx", "rx.bytes"), ("tx", "tx.bytes")] {
             let k = format!("net.{i}.{key}");
             let extra = [("interface", name.clone()), ("type", ty.to_owned())];
-            expect("kubevirt_vmi_network_traffic_bytes_total", "counter", &extra, num(&before, &k), num(&after, &k), 1.0);
+            expect(
+                "kubevirt_vmi_network_traffic_bytes_total",
+                "counter",
+                &extra,
+                num(&before, &k),
+                num(&after, &k),
+                1.0,
+            );
         }
     }
     for i in 0..num(&after, "block.count").unwrap_or(0.0) as usize {
@@ -715,4 +723,50 @@ fn sigterm_with_a_stopped_vm_and_open_connections_exits_0_within_5s() {
     let log = bridge.log.lock().unwrap().join("\n");
     assert!(log.contains("shutting down") && log.contains("vmbridge stopped"), "{log}");
     drop((half, idle, debug_half));
+}
+
+/// A disk hot-plugged into a running VM gets KubeVirt's label (its user alias without `ua-`)
+/// on every drive family, without restarting anything: the changed device set makes vmbridge
+/// read the domain XML again. Unplugged, its series go.
+#[test]
+fn a_hot_plugged_disk_is_labelled_by_its_alias_and_unplugged_goes() {
+    let _serial = serial();
+    let dom = Domain::new("ith_plug");
+    let bridge = Bridge::start(&["--poll-interval", "1s"]);
+    let vm = |drive: &'static str| [("namespace", "ith"), ("name", "plug"), ("drive", drive)];
+    bridge.wait_for(Duration::from_secs(20), "the lab disk by its alias", |e| {
+        e.value("kubevirt_vmi_storage_iops_read_total", &vm("rootdisk")).is_some()
+    });
+    let dir = std::env::temp_dir().join(format!("vmbridge-hotplug-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let image = dir.join("hot.qcow2");
+    let out = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", image.to_str().expect("path"), "16M"])
+        .output()
+        .expect("qemu-img");
+    assert!(out.status.success(), "qemu-img: {}", String::from_utf8_lossy(&out.stderr));
+    let xml = dir.join("hot.xml");
+    std::fs::write(
+        &xml,
+        format!(
+            "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{}'/>\
+             <target dev='sdb' bus='usb'/><alias name='ua-hotdisk'/></disk>",
+            image.display()
+        ),
+    )
+    .expect("xml");
+    virsh(&["attach-device", &dom.name, xml.to_str().expect("path"), "--live"]);
+    let (e, _) = bridge.wait_for(Duration::from_secs(20), "the hot-plugged disk by its alias", |e| {
+        e.value("kubevirt_vmi_storage_capacity_bytes", &vm("hotdisk")).is_some()
+    });
+    assert_eq!(e.value("kubevirt_vmi_storage_capacity_bytes", &vm("hotdisk")), Some(16.0 * 1024.0 * 1024.0));
+    assert!(e.value("kubevirt_vmi_storage_iops_read_total", &vm("hotdisk")).is_some());
+    assert_eq!(e.value("kubevirt_vmi_storage_devices", &[("name", "plug")]), Some(2.0));
+    assert!(e.find("kubevirt_vmi_storage_iops_read_total", &[("name", "plug"), ("drive", "sdb")]).is_empty());
+    virsh(&["detach-device", &dom.name, xml.to_str().expect("path"), "--live"]);
+    bridge.wait_for(Duration::from_secs(20), "the unplugged disk's series to go", |e| {
+        e.value("kubevirt_vmi_storage_capacity_bytes", &vm("hotdisk")).is_none()
+            && e.value("kubevirt_vmi_storage_devices", &[("name", "plug")]) == Some(1.0)
+    });
+    let _ = std::fs::remove_dir_all(&dir);
 }
