@@ -9,7 +9,8 @@
 #   owns-libvirtd         exit 0 (print its pid) if the lab started the running libvirtd,
 #                         else say why not on stderr and exit 1
 #   up N [PREFIX]         install, start virtlogd/libvirtd if not running, create
-#                         domains PREFIX01..PREFIXNN (default prefix "vmblab-");
+#                         domains PREFIX01..PREFIXNN (default prefix "lab_vm-": KubeVirt's
+#                         <namespace>_<name>, so VMs vm-01.. of namespace lab);
 #                         stdout: "uri qemu:///system" then one name per line
 #   add NAME              create one lab domain (NAME may contain '_', e.g. ns1_vm-a)
 #   add-guest NAME        create one lab domain running a real Linux guest with the real
@@ -51,7 +52,7 @@ readonly GUEST_MEM_MIB="${VMB_GUEST_MEM_MIB:-128}"
 readonly GUEST_BOOT_TIMEOUT="${VMB_GUEST_BOOT_TIMEOUT:-90}"
 GUEST_BUILD="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/guest/build.sh"
 readonly GUEST_BUILD
-readonly DEFAULT_PREFIX="vmblab-"
+readonly DEFAULT_PREFIX="lab_vm-"
 readonly QEMU_CONF="/etc/libvirt/qemu.conf"
 readonly LIBVIRTD_CONF="/etc/libvirt/libvirtd.conf"
 readonly QEMU_RUN_DIR="/var/run/libvirt/qemu"

@@ -12,17 +12,18 @@ lab=integration/lab.sh
 
 bash "$lab" install
 cargo build --release --locked
-bash "$lab" up "$n" vmblab- >/dev/null
-[ "${KEEP_LAB:-0}" = 1 ] || trap 'echo; bash "$lab" down vmblab- >&2' EXIT
+bash "$lab" up "$n" lab_vm- >/dev/null
+[ "${KEEP_LAB:-0}" = 1 ] || trap 'echo; bash "$lab" down lab_vm- >&2' EXIT
 
 cat <<MSG
 
-vmbridge is starting on http://$listen with $n lab VMs (vmblab-01..). Try, in another shell:
+vmbridge is starting on http://$listen with $n lab VMs, named as KubeVirt names them
+(<namespace>_<name>: lab_vm-01.. are VMs vm-01.. of namespace lab). Try, in another shell:
   curl -s http://$listen/metrics | grep '^kubevirt_vmi_cpu_usage'
   curl -s http://127.0.0.1:9978/                      # status page (open it in a browser)
-  curl -s http://127.0.0.1:9978/debug/vms/default/vmblab-01
-  bash $lab stop-vm vmblab-02    # hang one VM: watch vmbridge_breaker_state{name="vmblab-02"}
-  bash $lab cont-vm vmblab-02
+  curl -s http://127.0.0.1:9978/debug/vms/lab/vm-01
+  bash $lab stop-vm lab_vm-02    # hang one VM: watch vmbridge_breaker_state{name="vm-02"}
+  bash $lab cont-vm lab_vm-02
 Ctrl-C stops vmbridge and removes the lab VMs.
 
 MSG
