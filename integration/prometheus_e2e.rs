@@ -859,6 +859,10 @@ const MASKED_VALUES: &[&str] = &[
     "vmbridge_source_last_success_timestamp_seconds",
     "vmbridge_source_poll_duration_seconds",
     "vmbridge_source_polls_total",
+    // How many scrapers are connected, and how many connections ended, depend on the test's
+    // own polling.
+    "vmbridge_http_connections",
+    "vmbridge_http_connections_closed_total",
 ];
 /// Series with build-dependent labels: those label values become `<masked>`.
 const MASKED_LABELS: &[(&str, &[&str])] = &[("vmbridge_build_info", &["revision", "rustc"])];
@@ -924,6 +928,17 @@ fn golden_exposition() {
         stable
     });
     let raw = e.text;
+    // The agent named two users: they are counted, and named nowhere, not in the debug
+    // documents' raw replies nor on the status page.
+    assert!(
+        raw.contains("kubevirt_vmi_guest_users{namespace=\"golden\",name=\"fake-vm\",node=\"it-node\"} 2"),
+        "{raw}"
+    );
+    let doc = bridge.get("/debug/vms/golden/fake-vm", None).body;
+    assert!(doc.contains("guest-get-users") && doc.contains("<redacted>"), "{doc}");
+    for page in [doc, bridge.get("/debug/vms", None).body, http_get(bridge.debug_addr, "/", None).body, raw.clone()] {
+        assert!(!page.contains("alice") && !page.contains("bob"), "a user name leaked: {page}");
+    }
     assert_promtool_clean("the golden exposition", &raw);
     assert_valid("golden text exposition", &raw, false);
     let om = bridge.get("/metrics", Some(OPENMETRICS_ACCEPT));

@@ -1235,6 +1235,28 @@ family!(
     "Running domains at the last listing of this libvirt endpoint."
 );
 family!(
+    HTTP_CONNECTIONS,
+    "vmbridge_http_connections",
+    Gauge,
+    N,
+    ["listener"],
+    Bridge,
+    "vmbridge",
+    Node,
+    "HTTP connections open now, per listener (public or debug); at most http.max_connections."
+);
+family!(
+    HTTP_CLOSED,
+    "vmbridge_http_connections_closed",
+    Counter,
+    N,
+    ["listener", "reason"],
+    Bridge,
+    "vmbridge",
+    Node,
+    "HTTP connections vmbridge closed or refused, per listener and reason: header_timeout, idle_timeout, evicted (room for a new one), refused (503 at the cap), error (the client's)."
+);
+family!(
     BUILD_INFO,
     "vmbridge_build",
     Info,
@@ -1351,7 +1373,7 @@ impl Selection {
 }
 
 /// vmbridge's own families (written by `collector::bridge`), in order.
-pub const BRIDGE: [&MetricDef; 12] = [
+pub const BRIDGE: [&MetricDef; 14] = [
     &SOURCE_UP,
     &BREAKER_STATE,
     &SOURCE_LAST_SUCCESS,
@@ -1364,6 +1386,8 @@ pub const BRIDGE: [&MetricDef; 12] = [
     &VM_CONFLICTS,
     &ENDPOINT_UP,
     &ENDPOINT_DOMAINS,
+    &HTTP_CONNECTIONS,
+    &HTTP_CLOSED,
 ];
 
 /// Every family, in exposition order: each source's (in [`SourceKind::ALL`] order), the

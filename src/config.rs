@@ -59,6 +59,9 @@ pub struct FileConfig {
     /// Polling.
     #[serde(default)]
     pub poll: PollFileConfig,
+    /// Limits on HTTP clients, per listener.
+    #[serde(default)]
+    pub http: HttpFileConfig,
     /// Circuit breakers.
     #[serde(default)]
     pub breaker: BreakerFileConfig,
@@ -154,6 +157,21 @@ pub struct LibvirtFileConfig {
     /// `ua-` prefix when it has one, as KubeVirt does (`rootdisk`, `default`), else the target
     /// name; `target` always uses the target name (`vda`, the tap device). Default `auto`.
     pub device_labels: Option<crate::source::libvirt::aliases::DeviceLabels>,
+}
+
+/// `[http]`: limits on HTTP clients, per listener (public and debug alike).
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpFileConfig {
+    /// From a request's first byte (or the accept, or the TLS handshake's start) to its complete
+    /// head; a slower client is disconnected. Default `10s`.
+    pub header_timeout: Option<String>,
+    /// A keep-alive connection without a new request this long is closed; keep it above the
+    /// scrape interval. Default `2m`.
+    pub idle_timeout: Option<String>,
+    /// Open connections at most; past it the longest-parked connection (at least 1 s in its
+    /// state) makes room, else the new one gets a 503. Default 256.
+    pub max_connections: Option<usize>,
 }
 
 /// `[poll]`.
@@ -301,6 +319,8 @@ pub struct Settings {
     pub static_vms: Vec<StaticVm>,
     /// Every source's settings.
     pub sources: Sources,
+    /// HTTP client limits.
+    pub http: crate::http::limits::Limits,
     /// The families exported.
     pub selection: crate::catalogue::Selection,
     /// Every family for every VM, NaN where absent.
@@ -479,6 +499,19 @@ impl FileConfig {
         if groups.is_empty() {
             check.err("metrics_groups", "must name at least one group (or be left out for all)");
         }
+        let http_defaults = crate::http::limits::Limits::default();
+        let http = crate::http::limits::Limits {
+            header_timeout: check.duration(
+                "http.header_timeout",
+                &self.http.header_timeout,
+                http_defaults.header_timeout,
+            ),
+            idle_timeout: check.duration("http.idle_timeout", &self.http.idle_timeout, http_defaults.idle_timeout),
+            max_connections: self.http.max_connections.unwrap_or(http_defaults.max_connections),
+        };
+        if !(1..=100_000).contains(&http.max_connections) {
+            check.err("http.max_connections", "must be between 1 and 100000");
+        }
         let selection = crate::catalogue::Selection { profile: self.metrics_profile.unwrap_or_default(), groups };
         let qga = crate::source::qga::config::validate(&self.qga, &mut check);
         let qmp = crate::source::qmp::config::validate(&self.qmp, &mut check);
@@ -528,6 +561,7 @@ impl FileConfig {
             export_all_known: self.export_all_known.unwrap_or(false),
             keep_ephemeral: self.keep_ephemeral.unwrap_or(false),
             selection,
+            http,
             sources: Sources {
                 libvirt: crate::source::libvirt::LibvirtSettings {
                     device_labels: self.libvirt.device_labels.unwrap_or_default(),

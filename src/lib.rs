@@ -136,9 +136,11 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> Result<(), RunE
 
     let options =
         ExportOptions { export_all_known: settings.export_all_known, keep_ephemeral: settings.keep_ephemeral };
+    let http_stats = Arc::new(http::limits::HttpStats::default());
     let registry = VmCollector::new(store.clone(), settings.node_name.clone(), settings.staleness)
         .with_options(options)
         .with_selection(settings.selection.clone())
+        .with_http(http_stats.clone())
         .into_registry();
     let app = Arc::new(http::App {
         store,
@@ -146,25 +148,34 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> Result<(), RunE
         node: settings.node_name.clone(),
         debug_token: settings.debug_token.clone(),
     });
+    let listener_of = |socket, name, stats: &Arc<http::limits::ListenerStats>, tls| http::Listener {
+        socket,
+        name,
+        tracker: http::limits::Tracker::new(settings.http, stats.clone()),
+        stats: stats.clone(),
+        tls,
+    };
     if let Some(addr) = settings.debug_listen {
-        let listener = http::bind(addr).await.map_err(|source| RunError::Bind { addr, source })?;
-        let local = listener.local_addr().unwrap_or(addr);
+        let socket = http::bind(addr).await.map_err(|source| RunError::Bind { addr, source })?;
+        let local = socket.local_addr().unwrap_or(addr);
         tracing::info!(addr = %local, "vmbridge debug listening");
-        tokio::spawn(http::serve_debug(listener, app.clone(), stop.clone()));
+        let debug = listener_of(socket, "debug", &http_stats.debug, None);
+        tokio::spawn(http::serve(debug, http::debug_listener_routes(app.clone()), stop.clone()));
     }
-    match &settings.tls {
-        Some(source) => {
-            let tls = tls::ReloadingAcceptor::start(
+    let tls = match &settings.tls {
+        Some(source) => Some(
+            tls::ReloadingAcceptor::start(
                 source,
                 &settings.node_name,
                 std::time::Duration::from_secs(10),
                 stop.clone(),
             )
-            .map_err(RunError::Tls)?;
-            http::serve_public_tls(listener, tls, app, stop).await;
-        }
-        None => http::serve_public(listener, app, stop).await,
-    }
+            .map_err(RunError::Tls)?,
+        ),
+        None => None,
+    };
+    let public = listener_of(listener, "public", &http_stats.public, tls);
+    http::serve(public, http::public_routes(app), stop).await;
     tracing::info!("vmbridge stopped");
     Ok(())
 }

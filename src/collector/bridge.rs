@@ -20,6 +20,7 @@ pub(super) fn encode(
     conflicts: usize,
     node: &str,
     build: &BuildInfo,
+    http: &crate::http::limits::HttpStats,
 ) -> std::fmt::Result {
     let mut f = family(enc, &c::SOURCE_UP)?;
     for vm in vms {
@@ -91,6 +92,17 @@ pub(super) fn encode(
     let mut f = family(enc, &c::ENDPOINT_DOMAINS)?;
     for e in endpoints.iter().filter(|e| e.listed_once) {
         f.sample(&[("node", node), ("uri", &e.uri)], e.domains as f64)?;
+    }
+    let listeners = [("public", &http.public), ("debug", &http.debug)];
+    let mut f = family(enc, &c::HTTP_CONNECTIONS)?;
+    for (name, l) in listeners {
+        f.sample(&[("node", node), ("listener", name)], l.open.load(std::sync::atomic::Ordering::Relaxed) as f64)?;
+    }
+    let mut f = family(enc, &c::HTTP_CLOSED)?;
+    for (name, l) in listeners {
+        for (reason, n) in l.closed() {
+            f.sample(&[("node", node), ("listener", name), ("reason", reason)], n as f64)?;
+        }
     }
     let mut f = family(enc, &c::BUILD_INFO)?;
     f.sample(&[("node", node), ("version", build.version), ("revision", build.revision), ("rustc", build.rustc)], 1.0)

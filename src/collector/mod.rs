@@ -61,6 +61,7 @@ pub struct VmCollector {
     build: BuildInfo,
     options: ExportOptions,
     selection: Selection,
+    http: Arc<crate::http::limits::HttpStats>,
 }
 
 impl VmCollector {
@@ -73,6 +74,7 @@ impl VmCollector {
             build: BuildInfo::current(),
             options: ExportOptions::default(),
             selection: Selection::default(),
+            http: Arc::default(),
         }
     }
 
@@ -85,6 +87,12 @@ impl VmCollector {
     /// Exporting only the families `selection` includes (profile and groups).
     pub fn with_selection(mut self, selection: Selection) -> Self {
         self.selection = selection;
+        self
+    }
+
+    /// Exporting these HTTP listener figures.
+    pub fn with_http(mut self, http: Arc<crate::http::limits::HttpStats>) -> Self {
+        self.http = http;
         self
     }
 
@@ -268,7 +276,15 @@ impl Collector for VmCollector {
         }
         each.result?;
         events::encode(&mut out, &views)?;
-        bridge::encode(&mut out, &views, &self.store.endpoints(), self.store.conflict_count(), &self.node, &self.build)
+        bridge::encode(
+            &mut out,
+            &views,
+            &self.store.endpoints(),
+            self.store.conflict_count(),
+            &self.node,
+            &self.build,
+            &self.http,
+        )
     }
 }
 

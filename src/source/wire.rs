@@ -44,6 +44,9 @@ pub enum WireError {
     /// An earlier failure made this connection unusable.
     #[error("connection unusable after an earlier failure; reconnecting")]
     Poisoned,
+    /// The peer sent more than one poll may read.
+    #[error("more than {0} bytes in one poll")]
+    OverBudget(u64),
 }
 
 /// A JSON-lines connection over a Unix socket.
@@ -51,6 +54,10 @@ pub struct LineConn {
     framed: Framed<UnixStream, LinesCodec>,
     max_line: usize,
     poisoned: bool,
+    /// Bytes read since the connection opened.
+    read: u64,
+    /// Reading past this many bytes (of `read`) fails with [`WireError::OverBudget`].
+    read_limit: Option<(u64, u64)>,
 }
 
 impl std::fmt::Debug for LineConn {
@@ -81,6 +88,8 @@ impl LineConn {
         Ok(LineConn {
             framed: Framed::new(stream, LinesCodec::new_with_max_length(max_line)),
             max_line,
+            read: 0,
+            read_limit: None,
             poisoned: false,
         })
     }
@@ -121,6 +130,12 @@ impl LineConn {
                 Ok(Some(Err(e))) => return Err(self.poison(io_error(e, self.max_line))),
                 Ok(Some(Ok(line))) => line,
             };
+            self.read += next.len() as u64 + 1;
+            if let Some((limit, budget)) = self.read_limit {
+                if self.read > limit {
+                    return Err(self.poison(WireError::OverBudget(budget)));
+                }
+            }
             // QGA may emit a 0xFF sentinel byte before a reply (after guest-sync-delimited);
             // it arrives as a stray character and is not JSON.
             let trimmed = next.trim_matches(|c: char| c.is_whitespace() || c == '\u{FF}' || c == '\u{FFFD}');
@@ -133,6 +148,11 @@ impl LineConn {
                 return Ok(t);
             }
         }
+    }
+
+    /// From now on, at most `budget` more bytes may be read (until the next call).
+    pub fn budget_reads(&mut self, budget: u64) {
+        self.read_limit = Some((self.read.saturating_add(budget), budget));
     }
 
     fn poison(&mut self, e: WireError) -> WireError {

@@ -43,6 +43,30 @@ pub struct Command {
     pub families: &'static [&'static MetricDef],
     /// Writes them.
     pub encode: fn(&mut crate::collector::Out<'_, '_>, &[VmView<'_>]) -> std::fmt::Result,
+    /// Fields of its reply that are personal data: never kept, not even in `/debug`'s raw view.
+    pub private: &'static [&'static str],
+}
+
+/// What `/debug` may show of a reply: its private fields (at any depth) replaced.
+pub fn shown(command: &Command, reply: &Value) -> Value {
+    fn redact(v: &mut Value, private: &[&str]) {
+        match v {
+            Value::Object(map) => {
+                for (k, v) in map.iter_mut() {
+                    if private.contains(&k.as_str()) {
+                        *v = Value::String("<redacted>".into());
+                    } else {
+                        redact(v, private);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|v| redact(v, private)),
+            _ => {}
+        }
+    }
+    let mut v = reply.clone();
+    redact(&mut v, command.private);
+    v
 }
 
 impl Command {
@@ -209,6 +233,7 @@ const FSINFO: Command = Command {
         }
         Ok(())
     },
+    private: &[],
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -417,6 +442,7 @@ const NETWORK: Command = Command {
         }
         Ok(())
     },
+    private: &[],
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -448,6 +474,7 @@ const USERS: Command = Command {
     },
     families: &[&GUEST_USERS],
     encode: |enc, vms| per_vm(&mut start(enc, &GUEST_USERS)?, vms, |g| num(g.users)),
+    private: &["user", "domain"],
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -500,6 +527,7 @@ const OSINFO: Command = Command {
         }
         Ok(())
     },
+    private: &[],
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -546,6 +574,7 @@ const VCPUS: Command = Command {
         per_vm(&mut start(enc, &GUEST_VCPUS)?, vms, |g| num(g.vcpus_total))?;
         per_vm(&mut start(enc, &GUEST_VCPUS_ONLINE)?, vms, |g| num(g.vcpus_online))
     },
+    private: &[],
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -623,6 +652,7 @@ const LOAD: Command = Command {
         per_vm(&mut start(enc, &GUEST_LOAD_5M)?, vms, |g| g.load.map(|l| l.load5))?;
         per_vm(&mut start(enc, &GUEST_LOAD_15M)?, vms, |g| g.load.map(|l| l.load15))
     },
+    private: &[],
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -806,6 +836,7 @@ const DISKSTATS: Command = Command {
         }
         Ok(())
     },
+    private: &[],
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -867,6 +898,7 @@ const CPUSTATS: Command = Command {
         }
         Ok(())
     },
+    private: &[],
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -898,6 +930,7 @@ const TIMEZONE: Command = Command {
     },
     families: &[&GUEST_TIMEZONE],
     encode: |enc, vms| per_vm(&mut start(enc, &GUEST_TIMEZONE)?, vms, |g| g.timezone_offset_seconds.map(|v| v as f64)),
+    private: &[],
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -937,6 +970,7 @@ const HOSTNAME: Command = Command {
         }
         Ok(())
     },
+    private: &[],
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -968,6 +1002,7 @@ const MEMORY_BLOCK_INFO: Command = Command {
     },
     families: &[&GUEST_MEMORY_BLOCK],
     encode: |enc, vms| per_vm(&mut start(enc, &GUEST_MEMORY_BLOCK)?, vms, |g| num(g.memory_block_size_bytes)),
+    private: &[],
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -1007,6 +1042,7 @@ const INFO: Command = Command {
         }
         Ok(())
     },
+    private: &[],
 };
 
 // The protocol's own commands: no data, no period.
@@ -1042,6 +1078,18 @@ mod tests {
         for f in crate::catalogue::all().iter().filter(|f| f.group == crate::catalogue::Group::Guest) {
             assert!(seen.contains_key(f.name), "{} is a guest family no command declares", f.name);
         }
+    }
+
+    #[test]
+    fn user_names_never_reach_the_raw_view() {
+        let users = by_key("users").expect("users");
+        let reply = serde_json::json!([{"user": "alice", "domain": "CORP", "login-time": 1.5}, {"user": "bob"}]);
+        let text = shown(users, &reply).to_string();
+        assert!(!text.contains("alice") && !text.contains("bob") && !text.contains("CORP"), "{text}");
+        assert!(text.contains("login-time"), "{text}");
+        // Other commands are shown as they came.
+        let fs = serde_json::json!([{"name": "vda1", "mountpoint": "/"}]);
+        assert_eq!(shown(by_key("fsinfo").expect("fsinfo"), &fs), fs);
     }
 
     #[test]

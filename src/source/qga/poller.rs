@@ -86,7 +86,10 @@ impl QgaPoller {
         state.next_due_at = Some(unix_seconds(SystemTime::now() + period));
         match result {
             Ok(reply) => {
-                state.last_reply = Some(truncate(&reply.value.to_string(), 2048));
+                // Personal data (user names) never reaches `/debug`.
+                let shown =
+                    by_key(key).map_or_else(|| reply.value.clone(), |c| super::commands::shown(c, &reply.value));
+                state.last_reply = Some(truncate(&shown.to_string(), 2048));
                 state.last_reply_bytes = Some(reply.bytes);
                 let applied =
                     self.sample.data.apply(name, reply.value.clone(), &self.settings.limits, &mut self.sample.dropped);

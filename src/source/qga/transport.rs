@@ -62,7 +62,7 @@ fn unwrap_reply(v: Value, bytes: usize) -> Result<Reply, AgentError> {
 fn wire_error(e: WireError) -> AgentError {
     let kind = match e {
         WireError::Timeout(_) => ErrorKind::Timeout,
-        WireError::TooLong(_) | WireError::Garbage(_) => ErrorKind::Protocol,
+        WireError::TooLong(_) | WireError::Garbage(_) | WireError::OverBudget(_) => ErrorKind::Protocol,
         WireError::Connect { .. } | WireError::Closed | WireError::Io(_) | WireError::Poisoned => ErrorKind::Connection,
     };
     AgentError::Transport(PollError::new(kind, e.to_string()))

@@ -18,6 +18,9 @@ pub struct QmpFileConfig {
     pub timeout: Option<String>,
     /// Largest QMP message accepted, in bytes. Default 1048576.
     pub max_message_bytes: Option<usize>,
+    /// Most bytes one poll reads from a monitor, events and replies together; past it the
+    /// connection is dropped and the poll fails (the breaker does the rest). Default 8388608.
+    pub max_poll_bytes: Option<u64>,
 }
 
 /// Validated QMP settings.
@@ -29,6 +32,8 @@ pub struct QmpRuntime {
     pub timeout: Duration,
     /// Largest message.
     pub max_message_bytes: usize,
+    /// Most bytes per poll.
+    pub max_poll_bytes: u64,
 }
 
 impl QmpRuntime {
@@ -47,6 +52,10 @@ pub fn validate(file: &QmpFileConfig, check: &mut Check) -> QmpRuntime {
     if !(4096..=64 << 20).contains(&max_message_bytes) {
         check.err("qmp.max_message_bytes", "must be between 4096 and 67108864");
     }
+    let max_poll_bytes = file.max_poll_bytes.unwrap_or(8 << 20);
+    if max_poll_bytes < max_message_bytes as u64 || max_poll_bytes > 1 << 30 {
+        check.err("qmp.max_poll_bytes", "must be at least qmp.max_message_bytes and at most 1073741824");
+    }
     check.socket_pattern("qmp.socket_pattern", &file.socket_pattern);
-    QmpRuntime { socket_pattern: file.socket_pattern.clone(), timeout, max_message_bytes }
+    QmpRuntime { socket_pattern: file.socket_pattern.clone(), timeout, max_message_bytes, max_poll_bytes }
 }

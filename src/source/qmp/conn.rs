@@ -107,6 +107,12 @@ impl QmpConn {
         std::mem::take(&mut self.events)
     }
 
+    /// From now on, at most `budget` bytes (events and replies) may be read, until the next
+    /// call: past it the connection fails (and is dropped) with [`WireError::OverBudget`].
+    pub fn budget_reads(&mut self, budget: u64) {
+        self.line.budget_reads(budget);
+    }
+
     /// True once the connection must be replaced.
     pub fn is_poisoned(&self) -> bool {
         self.line.is_poisoned()

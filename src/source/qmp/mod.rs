@@ -45,7 +45,7 @@ impl crate::source::Source for Qmp {
             Some(s) => s.qmp_socket.clone(),
             None => settings.socket_for(vm.domain, vm.id),
         }?;
-        Some(poller::QmpPoller::new(path, settings.timeout, settings.max_message_bytes))
+        Some(poller::QmpPoller::new(path, settings.timeout, settings.max_message_bytes, settings.max_poll_bytes))
     }
 
     fn families() -> Vec<&'static crate::catalogue::MetricDef> {
@@ -381,13 +381,14 @@ impl EventCounts {
             "BLOCK_IO_ERROR" => {
                 let drive = data.get("device").and_then(Value::as_str).filter(|d| !d.is_empty());
                 let drive = drive.or_else(|| data.get("node-name").and_then(Value::as_str)).unwrap_or("unknown");
+                let drive = crate::source::label(drive, 128);
                 let op = match data.get("operation").and_then(Value::as_str) {
                     Some("read") => "read",
                     Some("write") => "write",
                     _ => "other",
                 };
-                if self.block_io_errors.len() < MAX_DRIVES || self.block_io_errors.contains_key(drive) {
-                    *self.block_io_errors.entry(drive.to_owned()).or_default().entry(op.to_owned()).or_default() += 1;
+                if self.block_io_errors.len() < MAX_DRIVES || self.block_io_errors.contains_key(&drive) {
+                    *self.block_io_errors.entry(drive).or_default().entry(op.to_owned()).or_default() += 1;
                 }
             }
             "VSERPORT_CHANGE" => {

@@ -21,6 +21,10 @@ use crate::source::{ErrorKind, PollError, Poller, SourceKind, SourceSample};
 /// Events kept for `/debug`.
 const RECENT_EVENTS: usize = 32;
 
+/// `qom-get` lookups of unknown virtio-serial ports per poll: a monitor inventing a new port id
+/// in every event must not make vmbridge send a command per event.
+const PORT_LOOKUPS_PER_POLL: usize = 4;
+
 /// The QMP poller for one VM.
 #[derive(Debug)]
 pub struct QmpPoller {
@@ -28,6 +32,10 @@ pub struct QmpPoller {
     conn: Option<QmpConn>,
     timeout: Duration,
     max_reply: usize,
+    /// Bytes one poll may read (events and replies).
+    max_poll_bytes: u64,
+    /// Port lookups left in this poll.
+    lookups_left: usize,
     sample: QmpSample,
     /// virtio-serial port id → whether it is the guest agent's channel.
     ports: BTreeMap<String, bool>,
@@ -37,7 +45,7 @@ pub struct QmpPoller {
 fn transport(e: WireError) -> PollError {
     let kind = match e {
         WireError::Timeout(_) => ErrorKind::Timeout,
-        WireError::TooLong(_) | WireError::Garbage(_) => ErrorKind::Protocol,
+        WireError::TooLong(_) | WireError::Garbage(_) | WireError::OverBudget(_) => ErrorKind::Protocol,
         _ => ErrorKind::Connection,
     };
     PollError::new(kind, e.to_string())
@@ -45,12 +53,14 @@ fn transport(e: WireError) -> PollError {
 
 impl QmpPoller {
     /// A poller for the monitor socket at `path`.
-    pub fn new(path: PathBuf, timeout: Duration, max_reply: usize) -> Self {
+    pub fn new(path: PathBuf, timeout: Duration, max_reply: usize, max_poll_bytes: u64) -> Self {
         QmpPoller {
             path,
             conn: None,
             timeout,
             max_reply,
+            max_poll_bytes,
+            lookups_left: PORT_LOOKUPS_PER_POLL,
             sample: QmpSample::default(),
             ports: BTreeMap::new(),
             last_completed_key: None,
@@ -94,6 +104,11 @@ impl QmpPoller {
         if let Some(known) = self.ports.get(id) {
             return Ok(*known);
         }
+        if self.lookups_left == 0 {
+            // Unknown and out of lookups for this poll: not counted as the agent's.
+            return Ok(false);
+        }
+        self.lookups_left -= 1;
         let cmd = qmp::qom_get { path: format!("/machine/peripheral/{id}"), property: "name".into() };
         let is_agent = self.run(cmd).await?.is_some_and(|v| v.as_str() == Some("org.qemu.guest_agent.0"));
         if self.ports.len() < 64 {
@@ -144,6 +159,10 @@ impl Poller for QmpPoller {
             self.conn = None;
             self.connect().await?;
         }
+        self.lookups_left = PORT_LOOKUPS_PER_POLL;
+        if let Some(c) = self.conn.as_mut() {
+            c.budget_reads(self.max_poll_bytes);
+        }
         if let Some(st) = self.run(qmp::query_status {}).await? {
             self.sample.status = st.get("status").and_then(Value::as_str).map(|s| crate::source::label(s, 64));
         }
@@ -178,9 +197,11 @@ impl Poller for QmpPoller {
         if let Some(Value::Array(results)) = self.run(QueryStats { target: "vm" }).await? {
             for r in results.iter().take(16) {
                 let provider = r["provider"].as_str().unwrap_or("unknown");
+                // Label values from the monitor are capped like the guest's (128 bytes).
                 for s in r["stats"].as_array().into_iter().flatten().take(128) {
                     if let (Some(name), Some(v)) = (s["name"].as_str(), s["value"].as_f64()) {
-                        self.sample.stats.insert(format!("{provider}/{name}"), v);
+                        let stat = format!("{}/{}", crate::source::label(provider, 32), crate::source::label(name, 95));
+                        self.sample.stats.insert(stat, v);
                     }
                 }
             }

@@ -13,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 use warp::Filter;
 use warp::http::{Response, StatusCode, header::CONTENT_TYPE};
 
+pub mod limits;
+
 use crate::collector::text::{Format, openmetrics_to_prometheus};
 use crate::debug;
 use crate::store::Store;
@@ -173,66 +175,143 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
 /// the pod's grace period is 30 s, and a SIGKILL loses the last log lines.
 pub const DRAIN: Duration = Duration::from_secs(2);
 
-/// Runs `server` (which begins its graceful drain when `stop` fires) and gives that drain at
-/// most [`DRAIN`].
-async fn with_drain_deadline(server: impl std::future::Future<Output = ()>, stop: &CancellationToken) {
-    tokio::pin!(server);
-    tokio::select! {
-        _ = &mut server => return,
-        _ = stop.cancelled() => {}
+/// One listener: its name (the `listener` label), its limits and counters, and TLS if any.
+pub struct Listener {
+    /// The socket.
+    pub socket: tokio::net::TcpListener,
+    /// `public` or `debug`.
+    pub name: &'static str,
+    /// Admission and deadlines.
+    pub tracker: Arc<limits::Tracker>,
+    /// Its counters (the same the tracker counts into).
+    pub stats: Arc<limits::ListenerStats>,
+    /// HTTPS, when set.
+    pub tls: Option<ReloadingAcceptor>,
+}
+
+/// Logs connection errors at debug, plus at most one summary a minute at info: a client that
+/// resets or abandons connections must not flood the log.
+#[derive(Debug)]
+struct ErrorSummary {
+    state: std::sync::Mutex<(tokio::time::Instant, u64)>,
+    listener: &'static str,
+}
+
+impl ErrorSummary {
+    const EVERY: Duration = Duration::from_secs(60);
+
+    fn record(&self, e: &dyn std::fmt::Display) {
+        tracing::debug!(listener = self.listener, error = %e, "client connection ended with an error");
+        let Ok(mut s) = self.state.lock() else { return };
+        s.1 += 1;
+        if s.0.elapsed() >= Self::EVERY {
+            tracing::info!(listener = self.listener, errors = s.1, last = %e, "client connections ended with errors since the last summary");
+            *s = (tokio::time::Instant::now(), 0);
+        }
     }
-    if tokio::time::timeout(DRAIN, server).await.is_err() {
-        tracing::info!(drain = ?DRAIN, "connections still open after the drain deadline; closing them");
+}
+
+/// Whether an I/O error is one of ours (a deadline or an eviction, already counted).
+fn ours(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if matches!(io.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::ConnectionAborted) {
+                return true;
+            }
+        }
+        cur = err.source();
     }
+    false
 }
 
-/// Serves the public routes over plain HTTP until `stop` fires.
-pub async fn serve_public(listener: tokio::net::TcpListener, app: Arc<App>, stop: CancellationToken) {
-    let s = stop.clone();
-    let server = warp::serve(public_routes(app)).incoming(listener).graceful(async move { s.cancelled().await }).run();
-    with_drain_deadline(server, &stop).await;
-}
+/// Refused connections answered at once (each holds its descriptor up to 250 ms).
+pub const REFUSING: usize = 64;
 
-/// Serves the debug listener's routes over plain HTTP until `stop` fires.
-pub async fn serve_debug(listener: tokio::net::TcpListener, app: Arc<App>, stop: CancellationToken) {
-    let s = stop.clone();
-    let server =
-        warp::serve(debug_listener_routes(app)).incoming(listener).graceful(async move { s.cancelled().await }).run();
-    with_drain_deadline(server, &stop).await;
-}
+/// The reply to a connection over the cap (plain HTTP only; a TLS one is just closed).
+const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 21\r\n\
+Retry-After: 1\r\nConnection: close\r\n\r\ntoo many connections\n";
 
-/// Serves the public routes over HTTPS until `stop` fires; drains for at most [`DRAIN`].
-pub async fn serve_public_tls(
-    listener: tokio::net::TcpListener,
-    tls: ReloadingAcceptor,
-    app: Arc<App>,
-    stop: CancellationToken,
-) {
+/// Serves `routes` on `listener` until `stop` fires, under the listener's limits; open
+/// connections then get at most [`DRAIN`] to finish.
+pub async fn serve<F>(listener: Listener, routes: F, stop: CancellationToken)
+where
+    F: Filter<Extract = (Reply,), Error = warp::Rejection> + Clone + Send + Sync + 'static,
+{
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use hyper_util::server::conn::auto::Builder;
     use hyper_util::service::TowerToHyperService;
-    let svc = warp::service(public_routes(app));
+    use tokio::io::AsyncWriteExt;
+    let svc = warp::service(routes);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let summary = Arc::new(ErrorSummary {
+        state: std::sync::Mutex::new((tokio::time::Instant::now(), 0)),
+        listener: listener.name,
+    });
+    let Listener { socket, tracker, stats, tls, .. } = listener;
+    let refusing = Arc::new(tokio::sync::Semaphore::new(REFUSING));
     loop {
         let (tcp, _peer) = tokio::select! {
-            res = listener.accept() => match res {
+            res = socket.accept() => match res {
                 Ok(x) => x,
+                // Out of file descriptors, or a connection reset before accept: retry shortly.
                 Err(_) => { tokio::time::sleep(Duration::from_millis(100)).await; continue }
             },
             _ = stop.cancelled() => break,
         };
-        let (acceptor, svc, watcher) = (tls.current(), svc.clone(), graceful.watcher());
+        let slot = match tracker.admit() {
+            limits::Admission::Admitted(slot) => slot,
+            limits::Admission::Refused => {
+                // At most REFUSING refusals are answered at once, each within 250 ms; past
+                // that a refused connection is just closed, so refusing costs no more fds.
+                if let (None, Ok(permit)) = (&tls, refusing.clone().try_acquire_owned()) {
+                    tokio::spawn(async move {
+                        let _permit = permit;
+                        // Reply, then read what the client sent before closing, so the close
+                        // is a FIN and not a reset that would hide the 503 from the client.
+                        let mut tcp = tcp;
+                        let polite = async {
+                            tcp.write_all(REFUSED).await?;
+                            tcp.shutdown().await?;
+                            let mut sink = [0u8; 4096];
+                            while tokio::io::AsyncReadExt::read(&mut tcp, &mut sink).await? > 0 {}
+                            Ok::<(), std::io::Error>(())
+                        };
+                        let _ = tokio::time::timeout(Duration::from_millis(250), polite).await;
+                    });
+                }
+                continue;
+            }
+        };
+        let io = limits::Limited::new(tcp, slot);
+        let (acceptor, svc, watcher) = (tls.as_ref().map(ReloadingAcceptor::current), svc.clone(), graceful.watcher());
+        let (stats, summary) = (stats.clone(), summary.clone());
         tokio::spawn(async move {
-            // A client that never finishes the handshake is dropped after 10 s.
-            let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await else {
-                return;
-            };
             let builder = Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(svc));
-            let _ = watcher.watch(conn.into_owned()).await;
+            let result = match acceptor {
+                // The handshake is bounded by the request deadline of the wrapped socket.
+                Some(acceptor) => match acceptor.accept(io).await {
+                    Ok(stream) => {
+                        let conn =
+                            builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(svc));
+                        watcher.watch(conn.into_owned()).await
+                    }
+                    Err(e) => Err(Box::new(e) as Box<dyn std::error::Error + Send + Sync>),
+                },
+                None => {
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(svc));
+                    watcher.watch(conn.into_owned()).await
+                }
+            };
+            if let Err(e) = result {
+                if !ours(e.as_ref()) {
+                    stats.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    summary.record(&e);
+                }
+            }
         });
     }
-    drop(listener);
+    drop(socket);
     if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
         tracing::info!(drain = ?DRAIN, "connections still open after the drain deadline; closing them");
     }

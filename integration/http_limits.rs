@@ -1,0 +1,212 @@
+//! Hostile HTTP clients against a real vmbridge process: a thousand half-sent requests, a
+//! thousand idle keep-alive connections, silent TLS clients. Scrapes keep being answered, file
+//! descriptors and memory stay bounded and fall back once the deadlines pass, nothing is logged
+//! at error level, and SIGTERM is still honoured.
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a failed expectation is the report
+#![allow(clippy::disallowed_methods)] // tests drive real processes (vmbridge, curl)
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Resident set size of a process, bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS");
+    kib * 1024
+}
+
+/// GET `path`: the status code, or 0 when the connection failed (refused at the cap).
+fn try_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let attempt = || -> std::io::Result<(u16, String)> {
+        let mut s = TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+        Ok((status, text))
+    };
+    attempt().unwrap_or((0, String::new()))
+}
+
+fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+fn config(dir: &std::path::Path) -> std::path::PathBuf {
+    let cfg = dir.join("vmbridge.toml");
+    std::fs::write(
+        &cfg,
+        "[libvirt]\nuris = [\"test:///default\"]\n[http]\nheader_timeout = \"2s\"\nidle_timeout = \"4s\"\nmax_connections = 256\n",
+    )
+    .expect("config");
+    cfg
+}
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("vmbridge-http-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    dir
+}
+
+/// Waits until `cond` holds, for at most `limit`.
+fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "{what} did not happen within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    start.elapsed()
+}
+
+#[test]
+fn half_sent_and_idle_connections_cannot_starve_scrapes_memory_or_descriptors() {
+    let _serial = serial();
+    let dir = scratch("plain");
+    let cfg = config(&dir);
+    let mut bridge = Bridge::start_without_libvirt(&["--config", cfg.to_str().unwrap()]);
+    let pid = bridge.pid();
+    eventually(Duration::from_secs(20), "the first scrape", || bridge.get("/metrics", None).status == 200);
+    let (fds0, rss0) = (fds(pid), rss(pid));
+
+    // 1,000 requests that never finish their head, then 1,000 keep-alive connections that
+    // finish one request and stay idle.
+    let mut held: Vec<TcpStream> = Vec::new();
+    for _ in 0..1000 {
+        let mut s = TcpStream::connect(bridge.addr).expect("connect");
+        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n");
+        held.push(s);
+    }
+    // Past EVICTABLE_AFTER (1 s) the stalled requests make room for the keep-alive clients.
+    std::thread::sleep(Duration::from_millis(1200));
+    let mut idle_served = 0;
+    for _ in 0..1000 {
+        let mut s = TcpStream::connect(bridge.addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut buf = [0u8; 512];
+        if let Ok(n) = s.read(&mut buf) {
+            if buf[..n].starts_with(b"HTTP/1.1 200") {
+                idle_served += 1;
+            }
+        }
+        held.push(s);
+    }
+    // And 100 more stalled requests, which nothing newer evicts: they meet the header timeout.
+    for _ in 0..100 {
+        let mut s = TcpStream::connect(bridge.addr).expect("connect");
+        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n");
+        held.push(s);
+    }
+    let peak_fds = fds(pid);
+    let peak_rss = rss(pid);
+
+    // While all 2,100 are held, fresh scrapes are answered (one that arrives while every slot
+    // is younger than a second may get a 503 and retries).
+    let mut answered = 0;
+    for _ in 0..10 {
+        let start = Instant::now();
+        loop {
+            let (status, body) = try_get(bridge.addr, "/metrics");
+            if status == 200 {
+                let open = Exposition::parse(body.split("\r\n\r\n").nth(1).unwrap_or_default())
+                    .value("vmbridge_http_connections", &[("listener", "public")])
+                    .expect("open connections gauge");
+                assert!(open <= 256.0, "{open} connections open with the cap at 256");
+                answered += 1;
+                break;
+            }
+            assert!(status == 503 || status == 0, "{status}: {body}");
+            assert!(start.elapsed() < Duration::from_secs(3), "no scrape answered within 3 s");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(answered, 10);
+    assert!(idle_served >= 100, "only {idle_served} of the keep-alive requests were served");
+    // The cap, plus at most 64 refusals being answered.
+    assert!(peak_fds <= fds0 + 256 + 64 + 16, "fds {fds0} -> {peak_fds} with the cap at 256");
+    assert!(peak_rss < 100 << 20, "RSS {rss0} -> {peak_rss} bytes");
+
+    // Past the deadlines (2 s per request, 4 s idle) every held connection is closed by vmbridge.
+    let took = eventually(Duration::from_secs(15), "descriptors to fall back", || fds(pid) <= fds0 + 4);
+    eprintln!(
+        "fds {fds0} -> {peak_fds} -> {} ({took:?} after the flood); RSS {} -> {} MiB; {idle_served} keep-alive requests served",
+        fds(pid),
+        rss0 >> 20,
+        peak_rss >> 20
+    );
+    let e = bridge.metrics();
+    let closed = |reason: &str| {
+        e.value("vmbridge_http_connections_closed_total", &[("listener", "public"), ("reason", reason)]).unwrap_or(0.0)
+    };
+    assert!(closed("header_timeout") > 0.0, "no header timeouts counted");
+    assert!(closed("idle_timeout") > 0.0, "no idle timeouts counted");
+    eprintln!(
+        "closed: header_timeout {}, idle_timeout {}, evicted {}, refused {}, error {}",
+        closed("header_timeout"),
+        closed("idle_timeout"),
+        closed("evicted"),
+        closed("refused"),
+        closed("error")
+    );
+    assert!(closed("evicted") > 0.0 && closed("refused") > 0.0, "the cap was not enforced");
+    // Every one of the 2,100 was admitted and closed, or refused.
+    assert!(closed("header_timeout") + closed("idle_timeout") + closed("evicted") + closed("refused") >= 2100.0);
+    drop(held);
+
+    // Nothing about these clients at error level.
+    let errors: Vec<String> =
+        bridge.log.lock().unwrap().iter().filter(|l| l.contains("\"level\":\"ERROR\"")).cloned().collect();
+    assert!(errors.is_empty(), "{} error lines, e.g. {:?}", errors.len(), errors.first());
+
+    // With 600 half-sent requests open, SIGTERM still ends vmbridge within 5 s, with status 0.
+    let mut again = Vec::new();
+    for _ in 0..600 {
+        let mut s = TcpStream::connect(bridge.addr).expect("connect");
+        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\n");
+        again.push(s);
+    }
+    let (status, took) = bridge.terminate(Duration::from_secs(5)).expect("vmbridge still running 5 s after SIGTERM");
+    assert!(status.success(), "exit status {status}");
+    eprintln!("SIGTERM with 600 open connections: exit in {took:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn silent_tls_clients_are_dropped_at_the_header_timeout_and_https_keeps_answering() {
+    let _serial = serial();
+    let dir = scratch("tls");
+    let cfg = config(&dir);
+    let bridge = Bridge::start_without_libvirt(&["--config", cfg.to_str().unwrap(), "--tls-self-signed"]);
+    let pid = bridge.pid();
+    let url = format!("https://127.0.0.1:{}/metrics", bridge.addr.port());
+    let curl = || {
+        let out = Command::new("curl")
+            .args(["-sk", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}", &url])
+            .output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+    };
+    eventually(Duration::from_secs(20), "the first HTTPS scrape", || curl() == "200");
+    let fds0 = fds(pid);
+    // 500 clients that connect and never start the TLS handshake.
+    let held: Vec<TcpStream> = (0..500).map(|_| TcpStream::connect(bridge.addr).expect("connect")).collect();
+    assert!(fds(pid) <= fds0 + 256 + 16, "the cap holds under TLS (refused TLS clients are closed at once)");
+    std::thread::sleep(Duration::from_millis(1200));
+    eventually(Duration::from_secs(5), "an HTTPS scrape among the silent clients", || curl() == "200");
+    let took = eventually(Duration::from_secs(10), "silent TLS clients to be dropped", || fds(pid) <= fds0 + 4);
+    eprintln!("500 silent TLS clients: fds back to {} within {took:?}", fds(pid));
+    drop(held);
+    let _ = std::fs::remove_dir_all(&dir);
+}
