@@ -140,3 +140,40 @@ fn launchers_are_discovered_isolated_and_dropped() {
     eprintln!("killed launcher's VM gone {gone:?} after kill returned");
     drop(l1);
 }
+
+/// A libvirt daemon that only has a launcher's name (started outside any virt-launcher, as any
+/// pod could run one) is rejected and counted, even while it claims the very VM a real
+/// launcher serves; the real launcher's VM is exported from the real one, undisturbed.
+#[test]
+fn an_impostor_daemon_is_rejected_and_counted_and_the_real_launcher_is_unaffected() {
+    let _serial = serial();
+    let real = Launcher::start("kvt-real", "kvt-ns_web");
+    let _ = Command::new("bash").arg(root().join("integration/launcher.sh")).args(["kill", "kvt-fake"]).output();
+    let fake_out = launcher(&["start-impostor", "kvt-fake", "kvt-ns_web"]);
+    let fake = Launcher("kvt-fake".to_owned());
+    let fake_pid = fake_out.lines().find_map(|l| l.strip_prefix("pid ")).expect("pid").trim().to_owned();
+    let real_pid = launcher(&["pid", &real.0]).trim().to_owned();
+    let bridge = Bridge::start_without_libvirt(&["--discovery", "kubevirt", "--poll-interval", "1s", "--no-qga"]);
+    let vm = [("namespace", "kvt-ns"), ("name", "web")];
+    let (e, _) = bridge.wait_for(Duration::from_secs(30), "the real launcher's VM and the scan's counts", |e| {
+        e.value("vmbridge_source_up", &[("namespace", "kvt-ns"), ("name", "web"), ("source", "libvirt")]) == Some(1.0)
+            && e.value("vmbridge_launcher_daemons", &[("status", "untrusted")]).is_some_and(|n| n >= 1.0)
+    });
+    assert!(e.value("vmbridge_launcher_daemons", &[("status", "accepted")]).is_some_and(|n| n >= 1.0));
+    // Only the real daemon is an endpoint; the impostor's socket is never connected to.
+    let endpoints: Vec<String> =
+        e.find("vmbridge_endpoint_up", &[]).iter().filter_map(|s| s.labels.get("uri").cloned()).collect();
+    assert!(endpoints.iter().any(|u| u.contains(&format!("/proc/{real_pid}/"))), "{endpoints:?}");
+    assert!(
+        !endpoints.iter().any(|u| u.contains(&format!("/proc/{fake_pid}/"))),
+        "the impostor became an endpoint: {endpoints:?}"
+    );
+    assert_eq!(e.value("vmbridge_vm_conflicts", &[]), Some(0.0), "the impostor's claim reached the store");
+    assert!(e.value("kubevirt_vmi_cpu_usage_seconds_total", &vm).is_some());
+    assert!(
+        bridge.log.lock().unwrap().iter().any(|l| l.contains("not taken for launchers") && l.contains(&fake_pid)),
+        "the rejection is logged with the impostor's PID"
+    );
+    drop(fake);
+    drop(real);
+}

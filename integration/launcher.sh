@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # launcher.sh - emulate KubeVirt virt-launcher pods on one machine, without Kubernetes:
-# each "launcher" is a libvirtd in its own private mount (and network) namespace, with
-# one transient TCG domain. From the host (hostPID) its sockets are reachable only
+# each "launcher" is a libvirtd in its own private mount (and network) namespace, the child of
+# a process named virt-launcher (as virtqemud is virt-launcher's), with one transient TCG domain. From the host (hostPID) its sockets are reachable only
 # through /proc/PID/root, exactly as vmbridge finds them on a KubeVirt node.
 #
 # Usage: launcher.sh <command> [args]
@@ -11,6 +11,9 @@
 #                           uri qemu+unix:///system?socket=/proc/PID/root/var/run/libvirt/libvirt-sock
 #                           domain DOMAIN
 #                         (libvirt-sock-ro next to it is the read-only socket)
+#   start-impostor NAME [DOMAIN]
+#                         the same, but its libvirtd daemonizes instead of running under a
+#                         virt-launcher process: what any pod could run (vmbridge rejects it)
 #   pid NAME              the launcher's libvirtd PID
 #   stop-daemon NAME      SIGSTOP the launcher's libvirtd (a hung launcher)
 #   cont-daemon NAME      SIGCONT it
@@ -233,7 +236,11 @@ mount --bind "$d/etc" /etc/libvirt
 mount --bind "$d/log" /var/log/libvirt
 ip link set lo up 2>/dev/null || true
 virtlogd -d -p "$d/virtlogd.pid"
-libvirtd -d -p "$d/libvirtd.pid"
+if [ "${2:-launcher}" = impostor ]; then
+    libvirtd -d -p "$d/libvirtd.pid"
+else
+    setsid "$d/virt-launcher" "$d" </dev/null >>"$d/daemon.log" 2>&1 &
+fi
 '
 
 # Does /proc/PID/root/var/run/libvirt/libvirt-sock reach the launcher's own socket (and
@@ -292,16 +299,29 @@ _start() { # NAME DOMAIN
     xml=$(write_domain_xml "$d" "$dom")
     # Record before starting: a crash half-way still leaves something for kill/down.
     printf 'name %s\ndomain %s\n' "$name" "$dom" >"$d/state"
+    # KubeVirt's virt-launcher starts the daemon as its child; this stand-in (its comm is
+    # "virt-launcher", the script's name) does the same, so the daemon passes vmbridge's
+    # launcher trust check. An impostor (start-impostor) daemonizes instead: no such parent.
+    cat >"$d/virt-launcher" <<'SCRIPT'
+#!/bin/bash
+libvirtd -p "$1/libvirtd.pid" &
+wait
+SCRIPT
+    chmod +x "$d/virt-launcher"
     # No fd of ours may survive in the daemons (callers capture our stdout).
-    if ! unshare --mount --net --propagation private -- bash -c "$INNER" inner "$d" \
+    if ! unshare --mount --net --propagation private -- bash -c "$INNER" inner "$d" "${VMB_LAUNCHER_KIND:-launcher}" \
         </dev/null >>"$d/daemon.log" 2>&1 {LOCK_FD}>&-; then
         cleanup_failed_start "$name"
         die "unshare/daemon start failed for $name (see $d/daemon.log)"
     fi
-    local ns vlpid
-    # libvirtd -d returns when the daemon is up and its pidfile written.
-    pid=$(tr -dc '0-9' <"$d/libvirtd.pid" 2>/dev/null || true)
-    ns=$(readlink "/proc/$pid/ns/mnt" 2>/dev/null || true)
+    local ns vlpid i
+    # The daemon writes its pidfile once it is up (an impostor's `libvirtd -d` before returning).
+    for i in $(seq 100); do
+        pid=$(tr -dc '0-9' <"$d/libvirtd.pid" 2>/dev/null || true)
+        ns=$(readlink "/proc/$pid/ns/mnt" 2>/dev/null || true)
+        [[ -n "$ns" && "$ns" != "$selfns" ]] && break
+        sleep 0.1
+    done
     if [[ -z "$ns" || "$ns" == "$selfns" ]] || ! pid=$(read_pidfile "$d/libvirtd.pid" libvirtd "$ns"); then
         cleanup_failed_start "$name"
         die "libvirtd of $name did not start in its own mount namespace"
@@ -502,6 +522,7 @@ main() {
     [[ $# -gt 0 ]] && shift
     case "$cmd" in
         start) cmd_start "$@" ;;
+        start-impostor) VMB_LAUNCHER_KIND=impostor cmd_start "$@" ;;
         pid) cmd_pid "$@" ;;
         stop-daemon) cmd_signal STOP "$@" ;;
         cont-daemon) cmd_signal CONT "$@" ;;

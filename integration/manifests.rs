@@ -803,13 +803,18 @@ fn the_optional_network_policy_admits_only_the_metrics_port() {
     let spec = np.spec.expect("spec");
     let selector = spec.pod_selector.and_then(|s| s.match_labels).expect("pod selector labels");
     for (k, v) in &selector {
-        assert_eq!(pod_labels.as_ref().and_then(|l| l.get(k)), Some(v), "the policy selects {k}={v}, the pods do not carry it");
+        assert_eq!(
+            pod_labels.as_ref().and_then(|l| l.get(k)),
+            Some(v),
+            "the policy selects {k}={v}, the pods do not carry it"
+        );
     }
     assert_eq!(spec.policy_types.as_deref(), Some(&["Ingress".to_owned()][..]));
     let rules = spec.ingress.expect("ingress rules");
     assert_eq!(rules.len(), 1);
     let ports: Vec<IntOrString> = rules[0].ports.iter().flatten().filter_map(|p| p.port.clone()).collect();
-    let metrics = container(&m).ports.iter().flatten().find(|p| p.name.as_deref() == Some("metrics")).map(|p| p.container_port);
+    let metrics =
+        container(&m).ports.iter().flatten().find(|p| p.name.as_deref() == Some("metrics")).map(|p| p.container_port);
     assert_eq!(ports, [IntOrString::Int(metrics.expect("a metrics port"))]);
     let from = rules[0].from.as_ref().expect("from");
     assert!(from.iter().all(|f| f.namespace_selector.is_some() && f.ip_block.is_none()), "{from:?}");

@@ -1257,6 +1257,17 @@ family!(
     "HTTP connections vmbridge closed or refused, per listener and reason: header_timeout, idle_timeout, evicted (room for a new one), refused (503 at the cap), error (the client's)."
 );
 family!(
+    LAUNCHER_DAEMONS,
+    "vmbridge_launcher_daemons",
+    Gauge,
+    N,
+    ["status"],
+    Bridge,
+    "vmbridge",
+    Node,
+    "KubeVirt mode: libvirt daemons in other mount namespaces at the last scan, by status: accepted (a virt-launcher's, polled), untrusted (not below a virt-launcher nor in a pod's cgroup: ignored), over_cap (past kubevirt.max_launchers)."
+);
+family!(
     BUILD_INFO,
     "vmbridge_build",
     Info,
@@ -1373,7 +1384,7 @@ impl Selection {
 }
 
 /// vmbridge's own families (written by `collector::bridge`), in order.
-pub const BRIDGE: [&MetricDef; 14] = [
+pub const BRIDGE: [&MetricDef; 15] = [
     &SOURCE_UP,
     &BREAKER_STATE,
     &SOURCE_LAST_SUCCESS,
@@ -1388,6 +1399,7 @@ pub const BRIDGE: [&MetricDef; 14] = [
     &ENDPOINT_DOMAINS,
     &HTTP_CONNECTIONS,
     &HTTP_CLOSED,
+    &LAUNCHER_DAEMONS,
 ];
 
 /// Every family, in exposition order: each source's (in [`SourceKind::ALL`] order), the

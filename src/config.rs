@@ -127,6 +127,12 @@ pub struct KubevirtFileConfig {
     pub socket_paths: Option<Vec<String>>,
     /// The proc filesystem. Default `/proc`.
     pub proc_root: Option<String>,
+    /// Which daemons count as launchers: `launcher` (below a `virt-launcher` process, or in a
+    /// pod's kubepods cgroup) or `any` (any daemon of those names in another mount namespace;
+    /// for test rigs). Default `launcher`.
+    pub trust: Option<crate::source::libvirt::launchers::Trust>,
+    /// Launchers polled at most; more are counted (`over_cap`) and ignored. Default 512.
+    pub max_launchers: Option<usize>,
 }
 
 /// `[tls]`: HTTPS on the public port, as KubeVirt components serve metrics. With `cert` and
@@ -488,10 +494,16 @@ impl FileConfig {
                         "must be a non-empty list of paths relative to the daemon's root (no leading /)",
                     );
                 }
+                let max_launchers = k.max_launchers.unwrap_or(d.max_launchers);
+                if !(1..=100_000).contains(&max_launchers) {
+                    check.err("kubevirt.max_launchers", "must be between 1 and 100000");
+                }
                 Some(crate::source::libvirt::launchers::LauncherScan {
                     proc_root: k.proc_root.clone().map(Into::into).unwrap_or(d.proc_root),
                     process_names: k.process_names.clone().unwrap_or(d.process_names),
                     socket_paths: k.socket_paths.clone().unwrap_or(d.socket_paths),
+                    trust: k.trust.unwrap_or(d.trust),
+                    max_launchers,
                 })
             }
         };

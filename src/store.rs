@@ -176,6 +176,19 @@ pub struct Store {
     awaiting_scan: std::sync::atomic::AtomicBool,
     /// Set once the first discovery pass ended: ready from then on, whatever VMs do.
     ready_latched: std::sync::atomic::AtomicBool,
+    /// KubeVirt mode, after a scan: launcher daemons accepted, untrusted, over the cap.
+    launchers: std::sync::Mutex<Option<LauncherCounts>>,
+}
+
+/// What the last launcher scan found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LauncherCounts {
+    /// Trusted and polled.
+    pub accepted: usize,
+    /// Rejected: not below a virt-launcher, not in a pod's cgroup.
+    pub untrusted: usize,
+    /// Trusted, past `kubevirt.max_launchers`.
+    pub over_cap: usize,
 }
 
 impl Store {
@@ -190,6 +203,7 @@ impl Store {
             endpoints: RwLock::new(endpoints),
             awaiting_scan: std::sync::atomic::AtomicBool::new(false),
             ready_latched: std::sync::atomic::AtomicBool::new(false),
+            launchers: std::sync::Mutex::new(None),
         }
     }
 
@@ -198,6 +212,17 @@ impl Store {
         let s = Store::new([]);
         s.awaiting_scan.store(true, Ordering::Release);
         s
+    }
+
+    /// A launcher scan found these daemons.
+    pub fn launchers_scanned(&self, accepted: usize, untrusted: usize, over_cap: usize) {
+        *self.launchers.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(LauncherCounts { accepted, untrusted, over_cap });
+    }
+
+    /// What the last launcher scan found (KubeVirt mode only).
+    pub fn launcher_counts(&self) -> Option<LauncherCounts> {
+        *self.launchers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The first launcher scan finished.

@@ -12,16 +12,24 @@ fn sources<'a>(vm: &'a VmView<'_>) -> impl Iterator<Item = (&'static str, &'a So
     vm.vm.sources.iter().map(|(k, s)| (k.as_str(), s.as_ref()))
 }
 
+/// The node-level inputs of the bridge families.
+pub(super) struct NodeView<'a> {
+    pub(super) endpoints: &'a [EndpointStatus],
+    pub(super) conflicts: usize,
+    pub(super) node: &'a str,
+    pub(super) build: &'a BuildInfo,
+    pub(super) http: &'a crate::http::limits::HttpStats,
+    /// KubeVirt mode only.
+    pub(super) launchers: Option<crate::store::LauncherCounts>,
+}
+
 /// Writes the bridge families.
 pub(super) fn encode(
     enc: &mut crate::collector::Out<'_, '_>,
     vms: &[VmView<'_>],
-    endpoints: &[EndpointStatus],
-    conflicts: usize,
-    node: &str,
-    build: &BuildInfo,
-    http: &crate::http::limits::HttpStats,
+    n: &NodeView<'_>,
 ) -> std::fmt::Result {
+    let NodeView { endpoints, conflicts, node, build, http, launchers } = *n;
     let mut f = family(enc, &c::SOURCE_UP)?;
     for vm in vms {
         for (src, s) in sources(vm) {
@@ -102,6 +110,12 @@ pub(super) fn encode(
     for (name, l) in listeners {
         for (reason, n) in l.closed() {
             f.sample(&[("node", node), ("listener", name), ("reason", reason)], n as f64)?;
+        }
+    }
+    let mut f = family(enc, &c::LAUNCHER_DAEMONS)?;
+    if let Some(l) = launchers {
+        for (status, n) in [("accepted", l.accepted), ("untrusted", l.untrusted), ("over_cap", l.over_cap)] {
+            f.sample(&[("node", node), ("status", status)], n as f64)?;
         }
     }
     let mut f = family(enc, &c::BUILD_INFO)?;

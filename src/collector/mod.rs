@@ -276,15 +276,16 @@ impl Collector for VmCollector {
         }
         each.result?;
         events::encode(&mut out, &views)?;
-        bridge::encode(
-            &mut out,
-            &views,
-            &self.store.endpoints(),
-            self.store.conflict_count(),
-            &self.node,
-            &self.build,
-            &self.http,
-        )
+        let endpoints = self.store.endpoints();
+        let node = bridge::NodeView {
+            endpoints: &endpoints,
+            conflicts: self.store.conflict_count(),
+            node: &self.node,
+            build: &self.build,
+            http: &self.http,
+            launchers: self.store.launcher_counts(),
+        };
+        bridge::encode(&mut out, &views, &node)
     }
 }
 

@@ -219,10 +219,13 @@ fn every_declared_family_is_emitted() {
     let mut sample = LibvirtSample::new(rich_params(), rich_memory());
     sample.partial_total.insert("block".into(), 1);
     sample.parsed.cpu_affinity = Some(2);
-    let text = scrape(store_with_guest(
+    let store = store_with_guest(
         vec![("a", source(Some(sample), Some(crate::clock::now_unix())))],
         Some(guest_source(rich_guest())),
-    ));
+    );
+    // KubeVirt mode's launcher counts.
+    store.launchers_scanned(3, 1, 0);
+    let text = scrape(store);
     for def in crate::catalogue::all() {
         let name = def.exposed_name();
         assert!(

@@ -77,26 +77,30 @@ pub fn read_stats(proc_root: &Path, pid: u32, ticks: u64, page: u64, btime: Opti
     })
 }
 
-/// Whether a NUL-separated command line names libvirt domain `domain`.
-fn names_domain(cmdline: &[u8], domain: &str) -> bool {
+/// Whether a NUL-separated command line is the QEMU of domain `domain` with UUID `uuid`:
+/// libvirt passes both (`-name guest=<domain>,…` and `-uuid <uuid>`). The UUID decides: a
+/// process that merely borrows the name (another pod's, or a leftover) is not the VM's.
+fn is_vms_qemu(cmdline: &[u8], domain: &str, uuid: &str) -> bool {
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    args.windows(2).any(|w| {
+    let named = args.windows(2).any(|w| {
         w[0] == b"-name"
             && (w[1] == domain.as_bytes()
                 || w[1]
                     .strip_prefix(b"guest=")
                     .is_some_and(|v| v.split(|b| *b == b',').next() == Some(domain.as_bytes())))
-    })
+    });
+    let same_uuid = args.windows(2).any(|w| w[0] == b"-uuid" && w[1].eq_ignore_ascii_case(uuid.as_bytes()));
+    named && same_uuid
 }
 
-/// Finds the QEMU process of `domain` and, when it lives in another network namespace (a
+/// Finds the QEMU process of `domain` (by name and UUID) and, when it lives in another network namespace (a
 /// virt-launcher pod: every process of a pod shares its network namespace, while libvirt
 /// may give QEMU a mount namespace of its own), the other processes of that namespace.
-pub fn find(proc_root: &Path, domain: &str) -> Vec<u32> {
+pub fn find(proc_root: &Path, domain: &str, uuid: &str) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir(proc_root) else { return Vec::new() };
     let pids: Vec<u32> = entries.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
     let Some(qemu) = pids.iter().copied().find(|pid| {
-        std::fs::read(proc_root.join(pid.to_string()).join("cmdline")).is_ok_and(|c| names_domain(&c, domain))
+        std::fs::read(proc_root.join(pid.to_string()).join("cmdline")).is_ok_and(|c| is_vms_qemu(&c, domain, uuid))
     }) else {
         return Vec::new();
     };
@@ -113,6 +117,7 @@ pub fn find(proc_root: &Path, domain: &str) -> Vec<u32> {
 #[derive(Debug)]
 pub struct ProcessPoller {
     domain: String,
+    uuid: String,
     proc_root: PathBuf,
     pids: Vec<u32>,
     timeout: std::time::Duration,
@@ -121,8 +126,8 @@ pub struct ProcessPoller {
 impl ProcessPoller {
     /// A poller for libvirt domain `domain`; one scan of `/proc` may take `timeout` (the
     /// supervisor enforces it: a `/proc` read can block, e.g. on a process in D state).
-    pub fn new(domain: String, proc_root: PathBuf, timeout: std::time::Duration) -> Self {
-        ProcessPoller { domain, proc_root, pids: Vec::new(), timeout }
+    pub fn new(domain: String, uuid: String, proc_root: PathBuf, timeout: std::time::Duration) -> Self {
+        ProcessPoller { domain, uuid, proc_root, pids: Vec::new(), timeout }
     }
 }
 
@@ -141,13 +146,14 @@ impl Poller for ProcessPoller {
     }
 
     async fn poll(&mut self) -> Result<SourceSample, PollError> {
-        let (domain, root, known) = (self.domain.clone(), self.proc_root.clone(), std::mem::take(&mut self.pids));
+        let (domain, uuid, root, known) =
+            (self.domain.clone(), self.uuid.clone(), self.proc_root.clone(), std::mem::take(&mut self.pids));
         let work = move || {
             let (ticks, page) = (clock_ticks_per_second(), page_size());
             let mut pids = known;
             let alive = |p: &u32| root.join(p.to_string()).join("stat").exists();
             if pids.first().is_none_or(|q| !alive(q)) {
-                pids = find(&root, &domain);
+                pids = find(&root, &domain, &uuid);
             }
             let btime = boot_time(&root);
             let stats: Vec<ProcessStats> =
@@ -206,7 +212,7 @@ impl Source for Process {
     /// A VM a libvirt daemon reported (its QEMU is found by domain name), when enabled.
     fn poller(vm: &VmStart<'_>, settings: &ProcessSettings) -> Option<ProcessPoller> {
         vm.endpoint?;
-        Some(ProcessPoller::new(vm.domain.to_owned(), settings.root.clone()?, vm.poll.timeout))
+        Some(ProcessPoller::new(vm.domain.to_owned(), vm.uuid.to_owned(), settings.root.clone()?, vm.poll.timeout))
     }
 
     fn families() -> Vec<&'static MetricDef> {
@@ -243,12 +249,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn recognises_libvirt_qemu_command_lines() {
-        let c = b"/usr/bin/qemu-system-x86_64\0-name\0guest=ns1_vm-a,debug-threads=on\0-S\0";
-        assert!(names_domain(c, "ns1_vm-a"));
-        assert!(!names_domain(c, "ns1_vm"));
-        assert!(names_domain(b"qemu\0-name\0plain\0", "plain"));
-        assert!(!names_domain(b"qemu\0-name=x\0", "x"));
+    fn recognises_the_vms_qemu_by_name_and_uuid() {
+        let u = "1b2c3d4e-1111-2222-3333-444455556666";
+        let c = format!("/usr/bin/qemu-system-x86_64\0-name\0guest=ns1_vm-a,debug-threads=on\0-S\0-uuid\0{u}\0");
+        let c = c.as_bytes();
+        assert!(is_vms_qemu(c, "ns1_vm-a", u));
+        assert!(is_vms_qemu(c, "ns1_vm-a", &u.to_uppercase()), "UUIDs compare without case");
+        assert!(!is_vms_qemu(c, "ns1_vm", u));
+        // The right name but another VM's UUID (or none): not this VM's QEMU.
+        assert!(!is_vms_qemu(c, "ns1_vm-a", "99999999-1111-2222-3333-444455556666"));
+        assert!(!is_vms_qemu(b"qemu\0-name\0plain\0", "plain", u));
+        assert!(is_vms_qemu(format!("qemu\0-name\0plain\0-uuid\0{u}\0").as_bytes(), "plain", u));
+        assert!(!is_vms_qemu(b"qemu\0-name=x\0", "x", u));
     }
 
     #[test]

@@ -189,8 +189,8 @@ pub async fn run_launchers(
     cancel: CancellationToken,
 ) {
     let mut running: BTreeMap<u32, (super::launchers::Launcher, CancellationToken)> = BTreeMap::new();
-    let mut scan_in_flight: Option<(tokio::task::JoinHandle<Vec<super::launchers::Launcher>>, tokio::time::Instant)> =
-        None;
+    let mut scan_in_flight: Option<(tokio::task::JoinHandle<super::launchers::Found>, tokio::time::Instant)> = None;
+    let mut untrusted_seen: Vec<u32> = Vec::new();
     let mut stuck_scans: u64 = 0;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -228,6 +228,21 @@ pub async fn run_launchers(
                 continue;
             }
         };
+        store.launchers_scanned(found.launchers.len(), found.untrusted.len(), found.over_cap);
+        if found.untrusted != untrusted_seen {
+            let new: Vec<u32> = found.untrusted.iter().copied().filter(|p| !untrusted_seen.contains(p)).collect();
+            if !new.is_empty() {
+                tracing::warn!(pids = ?new, "libvirt daemons in other mount namespaces that are not below a virt-launcher nor in a pod's cgroup: not taken for launchers");
+            }
+            untrusted_seen = found.untrusted.clone();
+        }
+        if found.over_cap > 0 {
+            tracing::warn!(
+                over_cap = found.over_cap,
+                "more launchers than kubevirt.max_launchers: the rest are not polled"
+            );
+        }
+        let found = found.launchers;
         let known = running.iter().map(|(pid, (l, _))| (*pid, l.clone())).collect();
         let (added, gone) = super::launchers::diff(&known, &found);
         for pid in gone {
