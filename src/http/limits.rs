@@ -185,6 +185,11 @@ impl Tracker {
         Admission::Admitted(Slot { tracker: self.clone(), id, ctl })
     }
 
+    /// Its limits.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
     /// Connections open now.
     pub fn open(&self) -> usize {
         self.conns.lock().map(|c| c.len()).unwrap_or(0)

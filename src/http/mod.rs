@@ -286,17 +286,23 @@ where
         let io = limits::Limited::new(tcp, slot);
         let (acceptor, svc, watcher) = (tls.as_ref().map(ReloadingAcceptor::current), svc.clone(), graceful.watcher());
         let (stats, summary) = (stats.clone(), summary.clone());
+        let handshake = tracker.limits().header_timeout;
         tokio::spawn(async move {
             let builder = Builder::new(TokioExecutor::new());
             let result = match acceptor {
-                // The handshake is bounded by the request deadline of the wrapped socket.
-                Some(acceptor) => match acceptor.accept(io).await {
-                    Ok(stream) => {
+                // The whole handshake within the header timeout: the socket's own deadline turns
+                // idle once the server's first handshake bytes are written.
+                Some(acceptor) => match tokio::time::timeout(handshake, acceptor.accept(io)).await {
+                    Err(_) => {
+                        stats.header_timeout.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        return;
+                    }
+                    Ok(Ok(stream)) => {
                         let conn =
                             builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(svc));
                         watcher.watch(conn.into_owned()).await
                     }
-                    Err(e) => Err(Box::new(e) as Box<dyn std::error::Error + Send + Sync>),
+                    Ok(Err(e)) => Err(Box::new(e) as Box<dyn std::error::Error + Send + Sync>),
                 },
                 None => {
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(svc));
