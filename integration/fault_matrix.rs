@@ -337,9 +337,9 @@ fn fault_matrix() {
         assert!(r.recovered.is_some(), "{}: never recovered", r.fault);
     }
     // Not a latency goal (that is the figure above): a scrape that waited on a hung VM or on a
-    // poll would wait for its timeout or for ever, and 5 s is far beyond anything a scrape
-    // from memory takes here (slowest seen over 10,000s of scrapes: well under 1 s).
-    assert!(latency.slowest < Duration::from_secs(5), "a scrape took {:?}", latency.slowest);
+    // poll would wait for its timeout or for ever, and 10 s is far beyond anything a scrape
+    // from memory takes here (slowest seen over 10,000s of scrapes: 0.59 s debug, 0.75 s release).
+    assert!(latency.slowest < Duration::from_secs(10), "a scrape took {:?}", latency.slowest);
     drop(healthy);
 }
 

@@ -103,17 +103,6 @@ fn monitor(path: PathBuf, mode: Mode) -> Arc<AtomicU64> {
     qom_gets
 }
 
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse::<u64>().ok())
-        .expect("VmRSS")
-        * 1024
-}
-
 fn config(dir: &Path, vms: &[(&str, &Path)]) -> PathBuf {
     let mut toml = String::from(
         "[libvirt]\nuris = []\n[poll]\ninterval = \"1s\"\ntimeout = \"3s\"\n[breaker]\nbackoff_min = \"500ms\"\nbackoff_max = \"2s\"\n",
@@ -156,7 +145,7 @@ fn hostile_monitors_are_bounded_and_the_honest_one_stays_fresh() {
     let mut polls_seen = 0.0;
     for _ in 0..20 {
         std::thread::sleep(Duration::from_secs(1));
-        peak = peak.max(rss(bridge.pid()));
+        peak = peak.max(rss_bytes(bridge.pid()));
         let e = bridge.metrics();
         assert_eq!(up(&e, "honest"), Some(1.0), "the honest monitor's VM went stale beside the hostile ones");
         polls_seen = e.value("vmbridge_source_polls_total", &[("name", "ports"), ("source", "qmp")]).unwrap_or(0.0);

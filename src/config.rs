@@ -260,6 +260,11 @@ impl Check {
     }
 }
 
+/// A VM's socket from a `*.socket_pattern` (`{domain}`, `{namespace}`, `{name}` replaced).
+pub fn expand_socket_pattern(pattern: &str, domain: &str, id: &crate::vm::VmId) -> std::path::PathBuf {
+    pattern.replace("{domain}", domain).replace("{namespace}", &id.namespace).replace("{name}", &id.name).into()
+}
+
 /// One problem in the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldError {

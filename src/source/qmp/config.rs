@@ -39,9 +39,7 @@ pub struct QmpRuntime {
 impl QmpRuntime {
     /// The monitor socket of a VM, from the pattern.
     pub fn socket_for(&self, domain: &str, id: &crate::vm::VmId) -> Option<std::path::PathBuf> {
-        self.socket_pattern.as_ref().map(|p| {
-            p.replace("{domain}", domain).replace("{namespace}", &id.namespace).replace("{name}", &id.name).into()
-        })
+        self.socket_pattern.as_ref().map(|p| crate::config::expand_socket_pattern(p, domain, id))
     }
 }
 
