@@ -8,10 +8,9 @@
 //!
 //! For each profile and size it builds a snapshot store the way `src/collector/tests.rs`
 //! does, with realistic per-VM data (every VM its own sample, values differ per VM), and
-//! measures what `src/http.rs` does on a scrape: `prometheus_client::encoding::text::encode`
-//! of the collector's registry (OpenMetrics text), then
-//! `vmbridge::collector::text::openmetrics_to_prometheus` (the classic text format that a
-//! Prometheus server without an OpenMetrics `Accept` header gets). No HTTP, no sockets.
+//! measures what `/metrics` does (`VmCollector::render`: each family's header, then every
+//! VM's pre-encoded sample lines of that family), against a plain copy of the same
+//! exposition into a new buffer (`memcpy`, the floor). No HTTP, no sockets.
 //!
 //! Profiles:
 //!   `libvirt`      libvirt source only: 2 vCPUs, 1 NIC, 2 disks, every balloon and memory
@@ -20,12 +19,16 @@
 //!   `libvirt+qga`  the same plus a full guest-agent sample (filesystems, interfaces,
 //!                  OS info, users, load, disk and CPU stats)
 //!
-//! Per size and profile it reports p50/p99 wall time of encode, convert and both, the CPU
-//! time of one scrape (thread CPU clock), exposition bytes and series, bytes per VM, the
-//! process RSS growth per VM of holding the store (measured in a fresh child process per
-//! size, so memory freed by a previous size cannot be reused and hide the growth), and the
-//! CPU of the non-I/O half of one poll cycle (parse every VM's libvirt reply with
-//! `LibvirtSample::new` and publish it to the store). The last stdout line is one JSON object.
+//! Per size and profile it reports: scrape p50/p99 in both formats and the thread CPU of one;
+//! the memcpy peer and the ratio; a cold encode of every VM (what every scrape did before
+//! the series were pre-encoded, and what a poll cycle's publishes now do); gzip at levels 1,
+//! 3 and 6 (bytes, ratio, time, CPU per scrape with and without it) and a gzip scrape that
+//! reuses the compressed body; exposition bytes, series and series per VM by family group;
+//! the process RSS growth per VM of holding the store and the pre-encoded series (in a fresh
+//! child process per size, so memory freed by a previous size cannot hide the growth); and
+//! the CPU of the non-I/O half of one poll cycle (parse every VM's libvirt reply and publish
+//! it), with the encode the publish triggers and without it. The last stdout line is one
+//! JSON object.
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
@@ -37,7 +40,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use vmbridge::breaker::{Breaker, BreakerConfig};
 use vmbridge::collector::VmCollector;
-use vmbridge::collector::text::openmetrics_to_prometheus;
+use vmbridge::collector::text::Format;
 use vmbridge::source::libvirt::{LibvirtSample, ParamValue};
 use vmbridge::source::qga::{GuestLimits, QgaSample};
 use vmbridge::source::{SourceKind, SourceSample};
@@ -262,6 +265,7 @@ fn build_store(n: usize, profile: Profile) -> Arc<Store> {
             endpoint: URI.into(),
             discovered_at: now_unix - 3600.0,
             sources,
+            revision: 0,
         });
     }
     store
@@ -292,29 +296,29 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[k.min(sorted.len()) - 1]
 }
 
-/// Child mode: RSS growth of building and holding a store of `n` VMs (one encode included
-/// separately), printed as one JSON line.
+/// Child mode: RSS growth of building and holding a store of `n` VMs and the collector's
+/// pre-encoded series, and after one scrape, printed as one JSON line.
 fn rss_child(profile: Profile, n: usize) {
     // Touch the allocator and the encoder once with a tiny store so their fixed start-up
     // cost is not charged to the VMs.
     {
-        let s = build_store(1, profile);
-        let r = VmCollector::new(s, NODE.into(), STALENESS).into_registry();
-        let mut t = String::new();
-        prometheus_client::encoding::text::encode(&mut t, &r).expect("encode");
+        let c = VmCollector::new(build_store(1, profile), NODE.into(), STALENESS).observing();
+        std::hint::black_box(c.render(Format::Prometheus));
     }
     let before = rss_kib();
     let store = build_store(n, profile);
     let held = rss_kib();
-    let registry = VmCollector::new(store.clone(), NODE.into(), STALENESS).into_registry();
-    let mut body = String::with_capacity(64 * 1024);
-    prometheus_client::encoding::text::encode(&mut body, &registry).expect("encode");
-    let text = openmetrics_to_prometheus(&body);
+    let collector = VmCollector::new(store.clone(), NODE.into(), STALENESS).observing();
+    // The first scrape encodes every VM (as the publishes of a poll cycle would).
+    drop(collector.render(Format::Prometheus));
+    let encoded = rss_kib();
+    let text = collector.render(Format::Prometheus);
     let after_scrape = rss_kib();
     println!(
         "{}",
         json!({"n": n, "profile": profile.name(), "rss_before_kib": before, "rss_store_kib": held,
-               "rss_after_scrape_kib": after_scrape, "vms": store.vms().len(), "bytes": text.len()})
+               "rss_encoded_kib": encoded, "rss_after_scrape_kib": after_scrape,
+               "vms": store.vms().len(), "bytes": text.len()})
     );
 }
 
@@ -358,67 +362,106 @@ fn poll_cycle_cpu(store: &Store, n: usize, rounds: usize) -> (f64, f64) {
     (pct(&wall, 50.0), pct(&cpu, 50.0))
 }
 
+/// Series per VM by the catalogue's family group, from an exposition of `n` VMs.
+fn series_by_group(text: &str, n: usize) -> serde_json::Value {
+    let mut by_name: BTreeMap<String, &'static str> = BTreeMap::new();
+    for d in vmbridge::catalogue::all() {
+        by_name.insert(d.exposed_name(), d.group.as_str());
+    }
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for l in text.lines().filter(|l| !l.starts_with('#') && l.contains("name=\"vm-")) {
+        let name = l.split(['{', ' ']).next().unwrap_or_default();
+        *counts.entry(by_name.get(name).copied().unwrap_or("other")).or_default() += 1;
+    }
+    counts.into_iter().map(|(g, c)| (g.to_owned(), json!(c as f64 / n as f64))).collect()
+}
+
+/// p50 and p99 wall time and p50 thread CPU of `f`, run `iters` times after 10 warm-ups.
+fn time<T>(iters: usize, mut f: impl FnMut() -> T) -> (f64, f64, f64) {
+    for _ in 0..10.min(iters) {
+        std::hint::black_box(f());
+    }
+    let (mut wall, mut cpu) = (Vec::with_capacity(iters), Vec::with_capacity(iters));
+    for _ in 0..iters {
+        let (c0, t0) = (thread_cpu(), Instant::now());
+        std::hint::black_box(f());
+        wall.push(t0.elapsed().as_secs_f64());
+        cpu.push((thread_cpu() - c0).as_secs_f64());
+    }
+    wall.sort_by(f64::total_cmp);
+    cpu.sort_by(f64::total_cmp);
+    (pct(&wall, 50.0), pct(&wall, 99.0), pct(&cpu, 50.0))
+}
+
 fn run(profile: Profile, n: usize, iters: usize) -> serde_json::Value {
     let store = build_store(n, profile);
-    let registry = VmCollector::new(store.clone(), NODE.into(), STALENESS).into_registry();
-    let scrape = || {
-        let mut body = String::with_capacity(64 * 1024);
-        prometheus_client::encoding::text::encode(&mut body, &registry).expect("encode");
-        body
-    };
-    for _ in 0..10.min(iters) {
-        std::hint::black_box(openmetrics_to_prometheus(&scrape()));
-    }
-    let (mut enc, mut conv, mut total, mut cpu) = (vec![], vec![], vec![], vec![]);
-    let (mut om_bytes, mut prom_bytes, mut series) = (0, 0, 0);
     let started = Instant::now();
-    for k in 0..iters {
-        let c0 = thread_cpu();
-        let t0 = Instant::now();
-        let body = scrape();
-        let t1 = Instant::now();
-        let text = openmetrics_to_prometheus(&body);
-        let t2 = Instant::now();
-        cpu.push((thread_cpu() - c0).as_secs_f64());
-        enc.push((t1 - t0).as_secs_f64());
-        conv.push((t2 - t1).as_secs_f64());
-        total.push((t2 - t0).as_secs_f64());
-        if k == 0 {
-            om_bytes = body.len();
-            prom_bytes = text.len();
-            series = text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).count();
-        }
-        std::hint::black_box(text);
+    // Encoding every VM from scratch: what each scrape did before the series were pre-encoded,
+    // and what a poll cycle's publishes now do, spread over the cycle.
+    let cold_iters = if n >= 1000 { 20 } else { 50 };
+    let (cold_p50, cold_p99, cold_cpu) =
+        time(cold_iters, || VmCollector::new(store.clone(), NODE.into(), STALENESS).render(Format::Prometheus));
+    let collector = VmCollector::new(store.clone(), NODE.into(), STALENESS).observing();
+    let (text, first) = collector.render_with_stats(Format::Prometheus);
+    assert_eq!(first.encoded, n, "the first scrape encodes every VM");
+    let (_, again) = collector.render_with_stats(Format::Prometheus);
+    assert_eq!((again.reused, again.encoded), (n, 0), "later scrapes reuse every VM");
+    let om = collector.render(Format::OpenMetrics);
+    let series = text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).count();
+    // A scrape: headers plus every VM's pre-encoded runs, family by family.
+    let (scrape_p50, scrape_p99, scrape_cpu) = time(iters, || collector.render(Format::Prometheus));
+    let (om_p50, om_p99, _) = time(iters, || collector.render(Format::OpenMetrics));
+    // The peer: a plain copy of the same exposition into a new buffer.
+    let (memcpy_p50, memcpy_p99, _) = time(iters, || text.as_bytes().to_vec());
+    // gzip at several levels, compressing every time (what a scrape pays when anything changed).
+    let gz_iters = (iters / 4).max(20);
+    let mut gzip = serde_json::Map::new();
+    for level in [1u32, 3, 6] {
+        let z = vmbridge::collector::expo::gzip(text.as_bytes(), level);
+        let (p50, p99, cpu) = time(gz_iters, || vmbridge::collector::expo::gzip(text.as_bytes(), level));
+        gzip.insert(
+            format!("level_{level}"),
+            json!({"bytes": z.len(), "ratio": text.len() as f64 / z.len() as f64,
+                   "compress_p50_s": p50, "compress_p99_s": p99, "compress_cpu_p50_s": cpu,
+                   "scrape_cpu_with_gzip_p50_s": scrape_cpu + cpu}),
+        );
     }
+    // A gzip scrape while nothing changed: the compressed body is reused.
+    let (reuse_p50, reuse_p99, _) = time(iters, || collector.render_gzip(Format::Prometheus, 1));
     let elapsed = started.elapsed().as_secs_f64();
-    for v in [&mut enc, &mut conv, &mut total, &mut cpu] {
-        v.sort_by(f64::total_cmp);
-    }
     let (poll_wall, poll_cpu) = poll_cycle_cpu(&store, n, if n >= 1000 { 20 } else { 50 });
+    drop(collector);
+    let (poll_wall_noenc, poll_cpu_noenc) = poll_cycle_cpu(&store, n, if n >= 1000 { 20 } else { 50 });
     let rss = measure_rss(profile, n);
-    let store_kib =
-        rss["rss_store_kib"].as_u64().unwrap_or(0).saturating_sub(rss["rss_before_kib"].as_u64().unwrap_or(0));
-    let scrape_kib =
-        rss["rss_after_scrape_kib"].as_u64().unwrap_or(0).saturating_sub(rss["rss_before_kib"].as_u64().unwrap_or(0));
+    let kib = |k: &str| rss[k].as_u64().unwrap_or(0).saturating_sub(rss["rss_before_kib"].as_u64().unwrap_or(0));
     json!({
         "profile": profile.name(),
         "n": n,
         "iterations": iters,
         "elapsed_s": elapsed,
-        "encode_p50_s": pct(&enc, 50.0), "encode_p99_s": pct(&enc, 99.0),
-        "convert_p50_s": pct(&conv, 50.0), "convert_p99_s": pct(&conv, 99.0),
-        "scrape_p50_s": pct(&total, 50.0), "scrape_p99_s": pct(&total, 99.0), "scrape_max_s": total[total.len() - 1],
-        "scrape_cpu_p50_s": pct(&cpu, 50.0),
-        "openmetrics_bytes": om_bytes,
-        "prometheus_bytes": prom_bytes,
-        "bytes_per_vm": prom_bytes as f64 / n as f64,
+        "scrape_p50_s": scrape_p50, "scrape_p99_s": scrape_p99, "scrape_cpu_p50_s": scrape_cpu,
+        "scrape_openmetrics_p50_s": om_p50, "scrape_openmetrics_p99_s": om_p99,
+        "memcpy_p50_s": memcpy_p50, "memcpy_p99_s": memcpy_p99,
+        "scrape_over_memcpy_p50": scrape_p50 / memcpy_p50,
+        "scrape_over_memcpy_p99": scrape_p99 / memcpy_p99,
+        "cold_encode_p50_s": cold_p50, "cold_encode_p99_s": cold_p99, "cold_encode_cpu_p50_s": cold_cpu,
+        "gzip": gzip,
+        "gzip_reused_p50_s": reuse_p50, "gzip_reused_p99_s": reuse_p99,
+        "openmetrics_bytes": om.len(),
+        "prometheus_bytes": text.len(),
+        "bytes_per_vm": text.len() as f64 / n as f64,
         "series": series,
         "series_per_vm": series as f64 / n as f64,
-        "rss_store_kib": store_kib,
-        "rss_store_per_vm_kib": store_kib as f64 / n as f64,
-        "rss_store_and_scrape_kib": scrape_kib,
-        "poll_cycle_parse_publish_wall_p50_s": poll_wall,
-        "poll_cycle_parse_publish_cpu_p50_s": poll_cpu,
+        "series_per_vm_by_group": series_by_group(&text, n),
+        "rss_store_kib": kib("rss_store_kib"),
+        "rss_store_per_vm_kib": kib("rss_store_kib") as f64 / n as f64,
+        "rss_store_and_encoded_kib": kib("rss_encoded_kib"),
+        "rss_store_and_encoded_per_vm_kib": kib("rss_encoded_kib") as f64 / n as f64,
+        "rss_store_and_scrape_kib": kib("rss_after_scrape_kib"),
+        "poll_cycle_parse_publish_encode_wall_p50_s": poll_wall,
+        "poll_cycle_parse_publish_encode_cpu_p50_s": poll_cpu,
+        "poll_cycle_parse_publish_wall_p50_s": poll_wall_noenc,
+        "poll_cycle_parse_publish_cpu_p50_s": poll_cpu_noenc,
     })
 }
 
@@ -453,15 +496,17 @@ fn main() {
     let t0 = Instant::now();
     let mut results = vec![];
     println!(
-        "{:<12} {:>5} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8} {:>9} {:>11} {:>12}",
+        "{:<12} {:>5} {:>10} {:>10} {:>10} {:>7} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>11} {:>12}",
         "profile",
         "VMs",
         "scrape p50",
         "scrape p99",
-        "encode p50",
-        "conv p50",
-        "cpu p50",
+        "memcpy p50",
+        "ratio",
+        "cold enc",
+        "gzip1 p50",
         "bytes",
+        "gz1 B",
         "B/VM",
         "series",
         "RSS KiB/VM",
@@ -471,20 +516,23 @@ fn main() {
         for &n in &sizes {
             let r = run(profile, n, iters);
             println!(
-                "{:<12} {:>5} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8.0} {:>9} {:>11.1} {:>12}",
+                "{:<12} {:>5} {:>10} {:>10} {:>10} {:>7.2} {:>10} {:>10} {:>10} {:>9} {:>9.0} {:>9} {:>11.1} {:>12}",
                 profile.name(),
                 n,
                 fmt_t(r["scrape_p50_s"].as_f64().unwrap_or(0.0)),
                 fmt_t(r["scrape_p99_s"].as_f64().unwrap_or(0.0)),
-                fmt_t(r["encode_p50_s"].as_f64().unwrap_or(0.0)),
-                fmt_t(r["convert_p50_s"].as_f64().unwrap_or(0.0)),
-                fmt_t(r["scrape_cpu_p50_s"].as_f64().unwrap_or(0.0)),
+                fmt_t(r["memcpy_p50_s"].as_f64().unwrap_or(0.0)),
+                r["scrape_over_memcpy_p50"].as_f64().unwrap_or(0.0),
+                fmt_t(r["cold_encode_p50_s"].as_f64().unwrap_or(0.0)),
+                fmt_t(r["gzip"]["level_1"]["compress_p50_s"].as_f64().unwrap_or(0.0)),
                 r["prometheus_bytes"],
+                r["gzip"]["level_1"]["bytes"],
                 r["bytes_per_vm"].as_f64().unwrap_or(0.0),
                 r["series"],
-                r["rss_store_per_vm_kib"].as_f64().unwrap_or(0.0),
-                fmt_t(r["poll_cycle_parse_publish_cpu_p50_s"].as_f64().unwrap_or(0.0)),
+                r["rss_store_and_encoded_per_vm_kib"].as_f64().unwrap_or(0.0),
+                fmt_t(r["poll_cycle_parse_publish_encode_cpu_p50_s"].as_f64().unwrap_or(0.0)),
             );
+            println!("    series per VM by group: {}", r["series_per_vm_by_group"]);
             results.push(r);
         }
     }

@@ -105,7 +105,7 @@ fn monitor(path: PathBuf, mode: Mode) -> Arc<AtomicU64> {
 
 fn config(dir: &Path, vms: &[(&str, &Path)]) -> PathBuf {
     let mut toml = String::from(
-        "[libvirt]\nuris = []\n[poll]\ninterval = \"1s\"\ntimeout = \"3s\"\n[breaker]\nbackoff_min = \"500ms\"\nbackoff_max = \"2s\"\n",
+        "health_detail = true\n[libvirt]\nuris = []\n[poll]\ninterval = \"1s\"\ntimeout = \"3s\"\n[breaker]\nbackoff_min = \"500ms\"\nbackoff_max = \"2s\"\n",
     );
     for (name, sock) in vms {
         toml.push_str(&format!(

@@ -58,6 +58,8 @@ fn launchers_are_discovered_isolated_and_dropped() {
     let l1 = Launcher::start("kvt1", "kvt-ns1_vm-a");
     let l2 = Launcher::start("kvt2", "kvt-ns2_vm-b");
     let bridge = Bridge::start_without_libvirt(&[
+        // Poll counts are read below; they are exported only with --health-detail.
+        "--health-detail",
         "--discovery",
         "kubevirt",
         "--poll-interval",

@@ -433,7 +433,8 @@ fn a_hung_vm_whose_monitor_another_client_holds_is_flagged() {
     }
     let cfg = std::env::temp_dir().join("vmbridge-it-held.toml");
     std::fs::write(&cfg, "[poll]\ninterval = \"1s\"\ntimeout = \"1s\"\nretry_delay = \"100ms\"\n[breaker]\nfailure_threshold = 3\nbackoff_min = \"500ms\"\nbackoff_max = \"2s\"\n").expect("config");
-    let bridge = Bridge::start(&["--config", cfg.to_str().expect("utf-8")]);
+    // --health-detail: the stuck-call gauge is read at 0 below (by default it is exported only while a call is stuck).
+    let bridge = Bridge::start(&["--config", cfg.to_str().expect("utf-8"), "--health-detail"]);
     let (e, flagged) = bridge.wait_for(Duration::from_secs(30), "the hung VM flagged", |e| {
         e.value("vmbridge_breaker_state", &[("source", "libvirt"), ("name", "ith-hung"), ("state", "open")])
             == Some(1.0)
@@ -648,7 +649,8 @@ fn no_fd_or_thread_growth_with_a_stuck_vm() {
         "[poll]\ninterval = \"200ms\"\ntimeout = \"200ms\"\nretry_delay = \"50ms\"\n[breaker]\nbackoff_min = \"200ms\"\nbackoff_max = \"400ms\"\n",
     )
     .expect("config");
-    let bridge = Bridge::start(&["--config", cfg.to_str().expect("utf-8")]);
+    // --health-detail: poll counts are only exported with it.
+    let bridge = Bridge::start(&["--config", cfg.to_str().expect("utf-8"), "--health-detail"]);
     bridge.wait_for(Duration::from_secs(15), "both VMs", |e| {
         [&ok.name, &stuck.name]
             .iter()

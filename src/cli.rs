@@ -57,6 +57,10 @@ pub struct Cli {
     /// Keep the last migration values after the job ends.
     #[arg(long)]
     pub keep_ephemeral: bool,
+    /// Export every bridge-health series (each breaker state, error kind and transition
+    /// reason at zero too, poll counts and durations), not only the ones that say something.
+    #[arg(long)]
+    pub health_detail: bool,
     /// Where libvirt daemons come from: the --libvirt-uri list, or every KubeVirt
     /// virt-launcher's daemon found through /proc (needs hostPID) [default: uris].
     #[arg(long, value_enum, value_name = "MODE")]
@@ -152,6 +156,9 @@ impl Cli {
         }
         if self.keep_ephemeral {
             file.keep_ephemeral = Some(true);
+        }
+        if self.health_detail {
+            file.health_detail = Some(true);
         }
         if let Some(d) = self.discovery {
             file.discovery = Some(match d {

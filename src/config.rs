@@ -77,6 +77,12 @@ pub struct FileConfig {
     /// Keep the last migration values after the job ends, with
     /// `kubevirt_vmi_migration_last_completed_timestamp_seconds`. Default false.
     pub keep_ephemeral: Option<bool>,
+    /// Export every bridge-health series: each breaker state, error kind and transition
+    /// reason at zero too, and poll counts and durations. Default false: at most three
+    /// series per VM and source while it is well (`vmbridge_source_up`,
+    /// `vmbridge_source_last_success_timestamp_seconds`, the breaker's current state), plus
+    /// counters of the error kinds and transitions that occurred. `/debug` always has it all.
+    pub health_detail: Option<bool>,
     /// Export CPU and memory of each VM's QEMU and launcher-side processes (from /proc).
     /// Default true.
     pub process_metrics: Option<bool>,
@@ -338,6 +344,8 @@ pub struct Settings {
     pub export_all_known: bool,
     /// Keep the last migration values after the job ends.
     pub keep_ephemeral: bool,
+    /// Every bridge-health series, at zero too.
+    pub health_detail: bool,
 }
 
 /// A validated static VM.
@@ -577,6 +585,7 @@ impl FileConfig {
             static_vms,
             export_all_known: self.export_all_known.unwrap_or(false),
             keep_ephemeral: self.keep_ephemeral.unwrap_or(false),
+            health_detail: self.health_detail.unwrap_or(false),
             selection,
             http,
             sources: Sources {

@@ -134,17 +134,20 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> Result<(), RunE
     };
     tokio::spawn(supervisor::run(rx, store.clone(), plan, limiter, stop.child_token()));
 
-    let options =
-        ExportOptions { export_all_known: settings.export_all_known, keep_ephemeral: settings.keep_ephemeral };
+    let options = ExportOptions {
+        export_all_known: settings.export_all_known,
+        keep_ephemeral: settings.keep_ephemeral,
+        health_detail: settings.health_detail,
+    };
     let http_stats = Arc::new(http::limits::HttpStats::default());
-    let registry = VmCollector::new(store.clone(), settings.node_name.clone(), settings.staleness)
+    let collector = VmCollector::new(store.clone(), settings.node_name.clone(), settings.staleness)
         .with_options(options)
         .with_selection(settings.selection.clone())
         .with_http(http_stats.clone())
-        .into_registry();
+        .observing();
     let app = Arc::new(http::App {
         store,
-        registry,
+        collector,
         node: settings.node_name.clone(),
         debug_token: settings.debug_token.clone(),
     });

@@ -92,6 +92,11 @@ pub struct VmSnapshot {
     pub discovered_at: f64,
     /// Per-source state.
     pub sources: BTreeMap<SourceKind, Arc<SourceSnapshot>>,
+    /// Set by the store on every change (insert or publish), increasing: what an encoding of
+    /// this VM was made from.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub revision: u64,
 }
 
 /// The state of one configured libvirt endpoint.
@@ -167,6 +172,15 @@ struct Vms {
     by_id: BTreeMap<VmId, Vec<VmKey>>,
 }
 
+/// Told of every change to a VM, after the store's lock is released (the collector
+/// encodes the VM's series then, so a scrape need not).
+pub trait Observer: Send + Sync + std::fmt::Debug {
+    /// `key`'s VM was inserted or one of its sources published.
+    fn changed(&self, key: &VmKey, vm: &VmSnapshot);
+    /// `key`'s VM left the store.
+    fn removed(&self, key: &VmKey);
+}
+
 /// The store.
 #[derive(Debug)]
 pub struct Store {
@@ -178,6 +192,10 @@ pub struct Store {
     ready_latched: std::sync::atomic::AtomicBool,
     /// KubeVirt mode, after a scan: launcher daemons accepted, untrusted, over the cap.
     launchers: std::sync::Mutex<Option<LauncherCounts>>,
+    /// The last revision handed out.
+    revision: AtomicU64,
+    /// Told of every change, when set.
+    observer: std::sync::OnceLock<std::sync::Weak<dyn Observer>>,
 }
 
 /// What the last launcher scan found.
@@ -204,7 +222,24 @@ impl Store {
             awaiting_scan: std::sync::atomic::AtomicBool::new(false),
             ready_latched: std::sync::atomic::AtomicBool::new(false),
             launchers: std::sync::Mutex::new(None),
+            revision: AtomicU64::new(0),
+            observer: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Tells `observer` of every change from now on (the first observer set stays).
+    pub fn observe(&self, observer: std::sync::Weak<dyn Observer>) {
+        let _ = self.observer.set(observer);
+    }
+
+    fn notify(&self, f: impl FnOnce(&dyn Observer)) {
+        if let Some(o) = self.observer.get().and_then(std::sync::Weak::upgrade) {
+            f(o.as_ref());
+        }
+    }
+
+    fn next_revision(&self) -> u64 {
+        self.revision.fetch_add(1, Ordering::AcqRel) + 1
     }
 
     /// A store for KubeVirt mode: endpoints come from scans; not ready before the first one.
@@ -265,7 +300,12 @@ impl Store {
                 "two live domains claim one namespace/name; the first discovered stays exported"
             );
         }
-        vms.by_key.insert(key, Arc::new(vm));
+        let mut vm = vm;
+        vm.revision = self.next_revision();
+        let vm = Arc::new(vm);
+        vms.by_key.insert(key.clone(), vm.clone());
+        drop(vms);
+        self.notify(|o| o.changed(&key, &vm));
     }
 
     fn unclaim(by_id: &mut BTreeMap<VmId, Vec<VmKey>>, id: &VmId, key: &VmKey) {
@@ -283,14 +323,21 @@ impl Store {
         if let Some(vm) = vms.by_key.remove(key) {
             Self::unclaim(&mut vms.by_id, &vm.id, key);
         }
+        drop(vms);
+        self.notify(|o| o.removed(key));
     }
 
     /// Publishes a source's new state for the VM `key`; ignored if the VM is gone.
     pub fn publish(&self, key: &VmKey, kind: SourceKind, state: Arc<SourceSnapshot>) {
         let mut vms = self.vms.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some(vm) = vms.by_key.get_mut(key) {
-            Arc::make_mut(vm).sources.insert(kind, state);
-        }
+        let revision = self.next_revision();
+        let Some(vm) = vms.by_key.get_mut(key) else { return };
+        let v = Arc::make_mut(vm);
+        v.sources.insert(kind, state);
+        v.revision = revision;
+        let vm = vm.clone();
+        drop(vms);
+        self.notify(|o| o.changed(key, &vm));
     }
 
     /// The exported VMs, one per namespace/name (the first discovered of its claimants),
@@ -413,6 +460,7 @@ mod tests {
             endpoint: endpoint.into(),
             discovered_at: at,
             sources: BTreeMap::new(),
+            revision: 0,
         }
     }
 

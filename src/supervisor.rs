@@ -239,6 +239,7 @@ pub async fn run(
             endpoint: "static".into(),
             discovered_at: now_unix(),
             sources: BTreeMap::new(),
+            revision: 0,
         });
         let key = VmKey::new("static", uuid.clone());
         let start = VmStart {
@@ -275,6 +276,7 @@ pub async fn run(
                     endpoint: found.endpoint.uri.clone(),
                     discovered_at: now_unix(),
                     sources: BTreeMap::new(),
+                    revision: 0,
                 });
                 let token = cancel.child_token();
                 let start = VmStart {
@@ -365,6 +367,7 @@ mod tests {
             endpoint: "test".into(),
             discovered_at: 0.0,
             sources: BTreeMap::new(),
+            revision: 0,
         });
         id
     }

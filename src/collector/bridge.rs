@@ -14,6 +14,7 @@ fn sources<'a>(vm: &'a VmView<'_>) -> impl Iterator<Item = (&'static str, &'a So
 
 /// The node-level inputs of the bridge families.
 pub(super) struct NodeView<'a> {
+    pub(super) vms: usize,
     pub(super) endpoints: &'a [EndpointStatus],
     pub(super) conflicts: usize,
     pub(super) node: &'a str,
@@ -23,74 +24,75 @@ pub(super) struct NodeView<'a> {
     pub(super) launchers: Option<crate::store::LauncherCounts>,
 }
 
-/// Writes the bridge families.
-pub(super) fn encode(
-    enc: &mut crate::collector::Out<'_, '_>,
-    vms: &[VmView<'_>],
-    n: &NodeView<'_>,
-) -> std::fmt::Result {
-    let NodeView { endpoints, conflicts, node, build, http, launchers } = *n;
+/// Writes one VM's bridge families. Without `detail` (the default) a source that is well
+/// has three series: `source_up`, `source_last_success_timestamp_seconds` and the breaker's
+/// current state; error and transition counters appear for the kinds and reasons that
+/// occurred, the stuck-call gauge while a call is stuck, and poll counts and durations not at
+/// all. With `detail`, every state, kind and reason is written, at zero too.
+pub(super) fn encode_vm(enc: &mut crate::collector::Out<'_>, vm: &VmView<'_>, detail: bool) -> std::fmt::Result {
     let mut f = family(enc, &c::SOURCE_UP)?;
-    for vm in vms {
-        for (src, s) in sources(vm) {
-            let up = s.polls_total > 0 && s.breaker.consecutive_failures == 0 && s.last_success_at.is_some();
-            f.vm_sample(vm, &[("source", src)], Some(f64::from(u8::from(up))))?;
-        }
+    for (src, s) in sources(vm) {
+        let up = s.polls_total > 0 && s.breaker.consecutive_failures == 0 && s.last_success_at.is_some();
+        f.vm_sample(vm, &[("source", src)], Some(f64::from(u8::from(up))))?;
     }
     let mut f = family(enc, &c::BREAKER_STATE)?;
-    for vm in vms {
-        for (src, s) in sources(vm) {
-            for state in BreakerState::ALL {
-                let v = f64::from(u8::from(s.breaker.state == state));
-                f.vm_sample(vm, &[("source", src), ("state", state.as_str())], Some(v))?;
+    for (src, s) in sources(vm) {
+        for state in BreakerState::ALL {
+            let current = s.breaker.state == state;
+            if detail || current {
+                f.vm_sample(vm, &[("source", src), ("state", state.as_str())], Some(f64::from(u8::from(current))))?;
             }
         }
     }
     let mut f = family(enc, &c::SOURCE_LAST_SUCCESS)?;
-    for vm in vms {
-        for (src, s) in sources(vm) {
-            f.vm_sample(vm, &[("source", src)], s.last_success_at)?;
-        }
+    for (src, s) in sources(vm) {
+        f.vm_sample(vm, &[("source", src)], s.last_success_at)?;
     }
     let mut f = family(enc, &c::SOURCE_POLL_DURATION)?;
-    for vm in vms {
+    if detail {
         for (src, s) in sources(vm) {
             f.vm_sample(vm, &[("source", src)], s.last_poll_duration_seconds)?;
         }
     }
     let mut f = family(enc, &c::SOURCE_POLLS)?;
-    for vm in vms {
+    if detail {
         for (src, s) in sources(vm) {
             f.vm_sample(vm, &[("source", src)], Some(s.polls_total as f64))?;
         }
     }
     let mut f = family(enc, &c::SOURCE_ERRORS)?;
-    for vm in vms {
-        for (src, s) in sources(vm) {
-            for kind in ErrorKind::ALL {
-                let n = s.errors_total.get(&kind).copied().unwrap_or(0);
+    for (src, s) in sources(vm) {
+        for kind in ErrorKind::ALL {
+            let n = s.errors_total.get(&kind).copied().unwrap_or(0);
+            if detail || n > 0 {
                 f.vm_sample(vm, &[("source", src), ("kind", kind.as_str())], Some(n as f64))?;
             }
         }
     }
     let mut f = family(enc, &c::BREAKER_TRANSITIONS)?;
-    for vm in vms {
-        for (src, s) in sources(vm) {
-            for reason in TransitionReason::ALL {
-                let n = s.breaker.transitions_total.get(&reason).copied().unwrap_or(0);
+    for (src, s) in sources(vm) {
+        for reason in TransitionReason::ALL {
+            let n = s.breaker.transitions_total.get(&reason).copied().unwrap_or(0);
+            if detail || n > 0 {
                 f.vm_sample(vm, &[("source", src), ("reason", reason.as_str())], Some(n as f64))?;
             }
         }
     }
     let mut f = family(enc, &c::STUCK_CALLS)?;
-    for vm in vms {
-        for (src, s) in sources(vm) {
-            let n = s.stuck_calls.load(std::sync::atomic::Ordering::Acquire);
+    for (src, s) in sources(vm) {
+        let n = s.stuck_calls.load(std::sync::atomic::Ordering::Acquire);
+        if detail || n > 0 {
             f.vm_sample(vm, &[("source", src)], Some(n as f64))?;
         }
     }
+    Ok(())
+}
+
+/// Writes the per-node bridge families.
+pub(super) fn encode_node(enc: &mut crate::collector::Out<'_>, n: &NodeView<'_>) -> std::fmt::Result {
+    let NodeView { vms, endpoints, conflicts, node, build, http, launchers } = *n;
     let mut f = family(enc, &c::VMS)?;
-    f.sample(&[("node", node)], vms.len() as f64)?;
+    f.sample(&[("node", node)], vms as f64)?;
     let mut f = family(enc, &c::VM_CONFLICTS)?;
     f.sample(&[("node", node)], conflicts as f64)?;
     let mut f = family(enc, &c::ENDPOINT_UP)?;

@@ -73,7 +73,7 @@ fn migration<'a>(vm: &VmView<'a>) -> Option<(&'a Migration, Option<f64>)> {
 }
 
 /// Writes the migration and event families.
-pub(super) fn encode(enc: &mut crate::collector::Out<'_, '_>, vms: &[VmView<'_>]) -> std::fmt::Result {
+pub(super) fn encode(enc: &mut crate::collector::Out<'_>, vms: &[VmView<'_>]) -> std::fmt::Result {
     let migrations: Vec<_> = vms.iter().map(migration).collect();
     for (def, get) in MIGRATION {
         let mut f = family(enc, def)?;

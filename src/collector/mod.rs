@@ -6,19 +6,14 @@
 
 pub(crate) mod bridge;
 pub(crate) mod events;
+pub mod expo;
 pub mod text;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
-use prometheus_client::metrics::MetricType;
-use prometheus_client::registry::{Registry, Unit};
-
 use crate::catalogue::{self, Kind, MetricDef, Selection};
-use crate::clock::now_unix;
-use crate::source::{Source, SourceKind, Visit};
+use crate::source::{Source, SourceKind};
 use crate::store::{SourceSnapshot, Store, VmSnapshot};
 
 /// What `vmbridge_build_info` says.
@@ -50,6 +45,10 @@ pub struct ExportOptions {
     pub export_all_known: bool,
     /// Keep the last migration values after the job ends.
     pub keep_ephemeral: bool,
+    /// Every bridge-health series (`--health-detail`): each breaker state, error kind and
+    /// transition reason at zero too, poll counts and durations. Off: at most three series
+    /// per VM and source while all is well (see `collector::bridge`).
+    pub health_detail: bool,
 }
 
 /// The collector.
@@ -62,6 +61,7 @@ pub struct VmCollector {
     options: ExportOptions,
     selection: Selection,
     http: Arc<crate::http::limits::HttpStats>,
+    cache: expo::Cache,
 }
 
 impl VmCollector {
@@ -75,6 +75,7 @@ impl VmCollector {
             options: ExportOptions::default(),
             selection: Selection::default(),
             http: Arc::default(),
+            cache: expo::Cache::default(),
         }
     }
 
@@ -96,11 +97,13 @@ impl VmCollector {
         self
     }
 
-    /// A registry holding only this collector.
-    pub fn into_registry(self) -> Registry {
-        let mut registry = Registry::default();
-        registry.register_collector(Box::new(self));
-        registry
+    /// Shared, and told by `store` of every change, so a VM is encoded when its sources
+    /// publish rather than at scrape time.
+    pub fn observing(self) -> Arc<Self> {
+        let me = Arc::new(self);
+        let observer: Arc<dyn crate::store::Observer> = me.clone();
+        me.store.observe(Arc::downgrade(&observer));
+        me
     }
 }
 
@@ -116,6 +119,8 @@ pub struct VmView<'a> {
     pub(crate) all_known: bool,
     /// `keep_ephemeral`: the last migration stays exported after it ended.
     pub(crate) keep_ephemeral: bool,
+    /// `health_detail`: bridge-health counters at zero too.
+    pub(crate) health_detail: bool,
 }
 
 impl<'a> VmView<'a> {
@@ -129,6 +134,7 @@ impl<'a> VmView<'a> {
             staleness: staleness.as_secs_f64(),
             all_known: opts.export_all_known,
             keep_ephemeral: opts.keep_ephemeral,
+            health_detail: opts.health_detail,
         }
     }
 
@@ -158,17 +164,29 @@ impl<'a> VmView<'a> {
     }
 }
 
-/// Where the encoders write: the exposition, and which families it is to contain.
-pub struct Out<'a, 'w> {
-    enc: &'a mut DescriptorEncoder<'w>,
+/// Where the encoders write: sample lines, one run per family, and which families the
+/// exposition is to contain. The headers (`# HELP`, `# TYPE`, `# UNIT`) are not written here:
+/// [`expo`] adds them once per family at scrape time, in the format the scraper asked for.
+pub struct Out<'a> {
+    buf: &'a mut String,
     selection: &'a Selection,
+    /// (catalogue slot, start offset in `buf`) of each family run, in the order written.
+    runs: Vec<(u16, u32)>,
 }
 
-/// A family being written (`me` is `None` for a family the selection leaves out: its samples
-/// are dropped).
+impl<'a> Out<'a> {
+    pub(crate) fn new(buf: &'a mut String, selection: &'a Selection) -> Self {
+        Out { buf, selection, runs: Vec::with_capacity(expo::layout().len()) }
+    }
+}
+
+/// A family being written (`buf` is `None` for a family the selection leaves out: its
+/// samples are dropped).
 pub(crate) struct Family<'s> {
-    me: Option<MetricEncoder<'s>>,
+    buf: Option<&'s mut String>,
     def: &'static MetricDef,
+    /// The name its samples carry (`…_total`, `…_info`, unit suffix).
+    name: &'static str,
 }
 
 impl Family<'_> {
@@ -179,12 +197,9 @@ impl Family<'_> {
             "labels of {} do not match the catalogue",
             self.def.name
         );
-        let Some(me) = self.me.as_mut() else { return Ok(()) };
-        match self.def.kind {
-            Kind::Counter => me.encode_family(&labels)?.encode_counter::<NoLabelSet, f64, f64>(&value, None),
-            Kind::Gauge => me.encode_family(&labels)?.encode_gauge(&value),
-            Kind::Info => me.encode_info(&labels),
-        }
+        let Some(buf) = self.buf.as_deref_mut() else { return Ok(()) };
+        expo::write_sample(buf, self.name, labels, self.def.kind, value);
+        Ok(())
     }
 
     /// Writes one per-VM sample: the VM's labels, then `extra`, when `value` is present.
@@ -194,7 +209,7 @@ impl Family<'_> {
         extra: &[(&str, &str)],
         value: Option<f64>,
     ) -> std::fmt::Result {
-        if self.me.is_none() {
+        if self.buf.is_none() {
             return Ok(());
         }
         // With `export_all_known`, an absent value of a family without extra labels is written
@@ -204,35 +219,39 @@ impl Family<'_> {
             None if vm.all_known && extra.is_empty() && self.def.kind != Kind::Info => f64::NAN,
             None => return Ok(()),
         };
-        let mut labels: Vec<(&str, &str)> = Vec::with_capacity(3 + extra.len());
-        labels.extend([("namespace", vm.namespace), ("name", vm.name)]);
-        if self.def.scope == catalogue::Scope::Vm {
-            labels.push(("node", vm.node));
+        let mut labels: [(&str, &str); 8] = [("", ""); 8];
+        let mut n = 0;
+        for l in [("namespace", vm.namespace), ("name", vm.name)] {
+            labels[n] = l;
+            n += 1;
         }
-        labels.extend_from_slice(extra);
-        self.sample(&labels, value)
+        if self.def.scope == catalogue::Scope::Vm {
+            labels[n] = ("node", vm.node);
+            n += 1;
+        }
+        if n + extra.len() > labels.len() {
+            let mut all: Vec<(&str, &str)> = labels[..n].to_vec();
+            all.extend_from_slice(extra);
+            return self.sample(&all, value);
+        }
+        labels[n..n + extra.len()].copy_from_slice(extra);
+        self.sample(&labels[..n + extra.len()], value)
     }
 }
 
 /// Starts a family from its catalogue entry (nothing is written for one the selection leaves
 /// out).
-pub(crate) fn family<'s>(out: &'s mut Out<'_, '_>, def: &'static MetricDef) -> Result<Family<'s>, std::fmt::Error> {
-    if !out.selection.includes(def) {
-        return Ok(Family { me: None, def });
-    }
-    static SECONDS: Unit = Unit::Seconds;
-    static BYTES: Unit = Unit::Bytes;
-    let unit = def.unit.map(|u| match u {
-        catalogue::Unit::Seconds => &SECONDS,
-        catalogue::Unit::Bytes => &BYTES,
-    });
-    let ty = match def.kind {
-        Kind::Counter => MetricType::Counter,
-        Kind::Gauge => MetricType::Gauge,
-        Kind::Info => MetricType::Info,
+pub(crate) fn family<'s>(out: &'s mut Out<'_>, def: &'static MetricDef) -> Result<Family<'s>, std::fmt::Error> {
+    let layout = expo::layout();
+    let Some(slot) = layout.slot(def) else {
+        debug_assert!(false, "{} is not in the catalogue", def.name);
+        return Ok(Family { buf: None, def, name: "" });
     };
-    let me = out.enc.encode_descriptor(def.name, def.help, unit, ty)?;
-    Ok(Family { me: Some(me), def })
+    if !out.selection.includes(def) {
+        return Ok(Family { buf: None, def, name: "" });
+    }
+    out.runs.push((slot, out.buf.len() as u32));
+    Ok(Family { buf: Some(&mut *out.buf), def, name: layout.sample_name(slot) })
 }
 
 /// Nanoseconds to seconds.
@@ -248,45 +267,6 @@ pub(crate) fn kib(v: Option<u64>) -> Option<f64> {
 /// A plain count or byte value.
 pub(crate) fn num(v: Option<u64>) -> Option<f64> {
     v.map(|v| v as f64)
-}
-
-impl Collector for VmCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let vms = self.store.vms();
-        let now = now_unix();
-        let views: Vec<VmView<'_>> =
-            vms.iter().map(|vm| VmView::new(vm, &self.node, now, self.staleness, self.options)).collect();
-        /// Each source's families, in [`SourceKind::ALL`] order; the first error stops it.
-        struct Encode<'e, 'o, 'a, 'w, 'v> {
-            out: &'e mut Out<'a, 'w>,
-            views: &'o [VmView<'v>],
-            result: std::fmt::Result,
-        }
-        impl Visit for Encode<'_, '_, '_, '_, '_> {
-            fn visit<S: Source>(&mut self) {
-                if self.result.is_ok() {
-                    self.result = S::encode(self.out, self.views);
-                }
-            }
-        }
-        let mut out = Out { enc: &mut encoder, selection: &self.selection };
-        let mut each = Encode { out: &mut out, views: &views, result: Ok(()) };
-        for kind in SourceKind::ALL {
-            kind.visit(&mut each);
-        }
-        each.result?;
-        events::encode(&mut out, &views)?;
-        let endpoints = self.store.endpoints();
-        let node = bridge::NodeView {
-            endpoints: &endpoints,
-            conflicts: self.store.conflict_count(),
-            node: &self.node,
-            build: &self.build,
-            http: &self.http,
-            launchers: self.store.launcher_counts(),
-        };
-        bridge::encode(&mut out, &views, &node)
-    }
 }
 
 #[cfg(test)]

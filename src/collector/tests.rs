@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use super::text::Format;
 use super::*;
 use crate::breaker::{Breaker, BreakerConfig};
 use crate::source::SourceSample;
@@ -196,16 +197,16 @@ fn store_with_guest(vms: Vec<(&str, Arc<SourceSnapshot>)>, guest: Option<Arc<Sou
             endpoint: "qemu:///system".into(),
             discovered_at: 0.0,
             sources,
+            revision: 0,
         });
     }
     store
 }
 
 fn scrape(store: Arc<Store>) -> String {
-    let registry = VmCollector::new(store, "node-1".into(), Duration::from_secs(60)).into_registry();
-    let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, &registry).expect("encodes");
-    out
+    VmCollector::new(store, "node-1".into(), Duration::from_secs(60))
+        .with_options(ExportOptions { health_detail: true, ..ExportOptions::default() })
+        .render(Format::OpenMetrics)
 }
 
 fn value(text: &str, series_prefix: &str) -> f64 {
@@ -327,11 +328,9 @@ fn guest_values_are_converted_and_described() {
 fn export_all_known_writes_nan_not_zero_and_keep_ephemeral_keeps_completed_migrations() {
     use crate::source::qmp::Migration;
     let store = store_with(vec![("empty", source(None, None))]);
-    let registry = VmCollector::new(store, "node-1".into(), Duration::from_secs(60))
-        .with_options(ExportOptions { export_all_known: true, keep_ephemeral: false })
-        .into_registry();
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
+    let text = VmCollector::new(store, "node-1".into(), Duration::from_secs(60))
+        .with_options(ExportOptions { export_all_known: true, ..ExportOptions::default() })
+        .render(Format::OpenMetrics);
     let line =
         text.lines().find(|l| l.starts_with("kubevirt_vmi_cpu_usage_seconds_total{")).expect("exported before data");
     assert!(line.ends_with(" NaN"), "{line}");
@@ -347,12 +346,9 @@ fn export_all_known_writes_nan_not_zero_and_keep_ephemeral_keeps_completed_migra
         s
     };
     let render = |keep: bool| {
-        let registry = VmCollector::new(store_for(&q), "node-1".into(), Duration::from_secs(60))
-            .with_options(ExportOptions { export_all_known: false, keep_ephemeral: keep })
-            .into_registry();
-        let mut t = String::new();
-        prometheus_client::encoding::text::encode(&mut t, &registry).expect("encodes");
-        t
+        VmCollector::new(store_for(&q), "node-1".into(), Duration::from_secs(60))
+            .with_options(ExportOptions { keep_ephemeral: keep, ..ExportOptions::default() })
+            .render(Format::OpenMetrics)
     };
     assert!(!render(false).contains("kubevirt_vmi_migration_memory_processed_bytes{"), "ephemeral values go away");
     let kept = render(true);
@@ -486,6 +482,7 @@ fn kubevirt_parity_values_migration_rates_and_panic_labels() {
         endpoint: "qemu:///system".into(),
         discovered_at: 0.0,
         sources,
+        revision: 0,
     });
     let text = scrape(store);
     let panic = |ty: &str, code: &str| {
@@ -535,6 +532,7 @@ fn drive_and_interface_labels_are_kubevirts_alias_names_in_every_family() {
         endpoint: "qemu:///system".into(),
         discovered_at: 0.0,
         sources,
+        revision: 0,
     });
     let text = scrape(store);
     let vm = "{namespace=\"ns\",name=\"a\",node=\"node-1\"";
@@ -570,12 +568,9 @@ fn the_complement_profile_exports_no_virt_handler_family_and_groups_select() {
         )
     };
     let encode = |selection: Selection| {
-        let registry = VmCollector::new(store(), "node-1".into(), Duration::from_secs(60))
+        VmCollector::new(store(), "node-1".into(), Duration::from_secs(60))
             .with_selection(selection)
-            .into_registry();
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
-        text
+            .render(Format::OpenMetrics)
     };
     let full = encode(Selection::default());
     let complement = encode(Selection { profile: Profile::KubevirtComplement, ..Selection::default() });
@@ -609,4 +604,136 @@ fn the_complement_profile_exports_no_virt_handler_family_and_groups_select() {
         );
     }
     assert!(guest.contains("kubevirt_vmi_filesystem_used_bytes{"), "{guest}");
+}
+
+/// Bridge-health sample lines of VM `name`, by family.
+fn bridge_lines<'t>(text: &'t str, name: &str) -> Vec<&'t str> {
+    let vm = format!("{{namespace=\"ns\",name=\"{name}\",");
+    text.lines().filter(|l| l.starts_with("vmbridge_") && l.contains(&vm)).collect()
+}
+
+#[test]
+fn health_stays_within_twelve_series_per_vm_and_shows_what_occurred() {
+    let sample = LibvirtSample::new(rich_params(), rich_memory());
+    let store = store_with_guest(
+        vec![("a", source(Some(sample), Some(crate::clock::now_unix())))],
+        Some(guest_source(rich_guest())),
+    );
+    let compact = VmCollector::new(store.clone(), "node-1".into(), Duration::from_secs(60)).render(Format::OpenMetrics);
+    let lines = bridge_lines(&compact, "a");
+    // Four sources, three series each.
+    assert_eq!(lines.len(), 12, "{lines:#?}");
+    for family in ["vmbridge_source_up{", "vmbridge_source_last_success_timestamp_seconds{", "vmbridge_breaker_state{"]
+    {
+        assert_eq!(lines.iter().filter(|l| l.starts_with(family)).count(), 4, "{family}: {lines:#?}");
+    }
+    assert!(lines.iter().all(|l| !l.contains("state=\"open\"")), "only the current state: {lines:#?}");
+    // The families are still described, for `absent()`-free queries and for the dashboard.
+    assert!(compact.contains("# TYPE vmbridge_source_errors counter"));
+
+    // Failures of one kind and the breaker transitions they caused, on the guest agent.
+    let mut failing = (*guest_source(rich_guest())).clone();
+    failing.errors_total.insert(crate::source::ErrorKind::Protocol, 3);
+    let mut breaker = Breaker::new(BreakerConfig { failure_threshold: 1, ..BreakerConfig::default() });
+    let now = tokio::time::Instant::now();
+    breaker.on_failure(now, false);
+    failing.breaker = breaker.view(now);
+    let key = crate::store::VmKey::new("qemu:///system", "uuid-a");
+    store.publish(&key, SourceKind::Qga, Arc::new(failing));
+    let text = VmCollector::new(store.clone(), "node-1".into(), Duration::from_secs(60)).render(Format::OpenMetrics);
+    let lines = bridge_lines(&text, "a");
+    let errors: Vec<_> = lines.iter().filter(|l| l.starts_with("vmbridge_source_errors_total{")).collect();
+    assert_eq!(
+        errors,
+        [
+            &"vmbridge_source_errors_total{namespace=\"ns\",name=\"a\",node=\"node-1\",source=\"qga\",kind=\"protocol\"} 3.0"
+        ]
+    );
+    assert!(lines.iter().any(|l| l.starts_with("vmbridge_breaker_transitions_total{") && l.contains("source=\"qga\"")));
+    assert!(lines.contains(
+        &"vmbridge_breaker_state{namespace=\"ns\",name=\"a\",node=\"node-1\",source=\"qga\",state=\"open\"} 1.0"
+    ));
+    assert!(lines.contains(&"vmbridge_source_up{namespace=\"ns\",name=\"a\",node=\"node-1\",source=\"qga\"} 0.0"));
+
+    // --health-detail: every state, kind and reason, at zero too, and poll counts.
+    let detail = VmCollector::new(store, "node-1".into(), Duration::from_secs(60))
+        .with_options(ExportOptions { health_detail: true, ..ExportOptions::default() })
+        .render(Format::OpenMetrics);
+    let lines = bridge_lines(&detail, "a");
+    let per_source = 1
+        + crate::breaker::BreakerState::ALL.len()
+        + 3
+        + crate::source::ErrorKind::ALL.len()
+        + crate::breaker::TransitionReason::ALL.len()
+        + 1;
+    // Plus the guest agent's five dropped-item counters.
+    assert_eq!(lines.len(), 4 * per_source + 5, "{lines:#?}");
+}
+
+#[test]
+fn pre_encoded_series_follow_publishes_removals_and_the_staleness_window() {
+    let sample = LibvirtSample::new(rich_params(), rich_memory());
+    let store = store_with(vec![
+        ("a", source(Some(sample.clone()), Some(crate::clock::now_unix()))),
+        ("b", source(Some(sample.clone()), Some(crate::clock::now_unix()))),
+    ]);
+    let collector = VmCollector::new(store.clone(), "node-1".into(), Duration::from_secs(2)).observing();
+    let first = collector.render_with_stats(Format::Prometheus);
+    assert_eq!(first.1.encoded, 2, "not seen before the first scrape: encoded by it");
+    let again = collector.render_with_stats(Format::Prometheus);
+    assert_eq!((again.1.reused, again.1.encoded), (2, 0));
+    assert_eq!(again.0, first.0, "nothing changed");
+
+    // A publish is encoded by the publisher; the scrape only concatenates.
+    let mut params = rich_params();
+    for (k, v) in &mut params {
+        if k == "cpu.time" {
+            *v = ParamValue::UInt(9_000_000_000);
+        }
+    }
+    let key_a = crate::store::VmKey::new("qemu:///system", "uuid-a");
+    store.publish(
+        &key_a,
+        SourceKind::Libvirt,
+        source(Some(LibvirtSample::new(params, rich_memory())), Some(crate::clock::now_unix())),
+    );
+    let (text, stats) = collector.render_with_stats(Format::Prometheus);
+    assert_eq!((stats.reused, stats.encoded), (2, 0), "encoded at publish, not at scrape");
+    assert_eq!(value(&text, "kubevirt_vmi_cpu_usage_seconds_total{namespace=\"ns\",name=\"a\",node=\"node-1\"}"), 9.0);
+    // What a collector that never saw the publish encodes from the same store is the same.
+    let cold = VmCollector::new(store.clone(), "node-1".into(), Duration::from_secs(2)).render(Format::Prometheus);
+    assert_eq!(text, cold);
+    let om = collector.render(Format::OpenMetrics);
+    assert_eq!(
+        om,
+        VmCollector::new(store.clone(), "node-1".into(), Duration::from_secs(2)).render(Format::OpenMetrics)
+    );
+    assert_eq!(super::text::openmetrics_to_prometheus(&om), text, "the two formats differ only in headers");
+
+    // A VM that leaves the store leaves the exposition.
+    store.remove_vm(&crate::store::VmKey::new("qemu:///system", "uuid-b"));
+    let text = collector.render(Format::Prometheus);
+    assert!(!text.contains("name=\"b\""), "{text}");
+
+    // Data ages out of the window without any publish: the scrape encodes the VM again.
+    std::thread::sleep(Duration::from_millis(2500));
+    let (text, stats) = collector.render_with_stats(Format::Prometheus);
+    assert_eq!(stats.encoded, 1);
+    assert!(!text.contains("kubevirt_vmi_cpu_usage_seconds_total{"), "{text}");
+    assert!(text.contains("vmbridge_source_up{namespace=\"ns\",name=\"a\",node=\"node-1\",source=\"libvirt\"} 1.0"));
+}
+
+#[test]
+fn gzip_bodies_decompress_to_the_plain_exposition_and_are_reused_while_nothing_changed() {
+    let sample = LibvirtSample::new(rich_params(), rich_memory());
+    let store = store_with(vec![("a", source(Some(sample), Some(crate::clock::now_unix())))]);
+    let collector = VmCollector::new(store, "node-1".into(), Duration::from_secs(60)).observing();
+    let z = collector.render_gzip(Format::Prometheus, 1);
+    let mut plain = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&z[..]), &mut plain).expect("gunzip");
+    assert_eq!(plain, collector.render(Format::Prometheus));
+    let again = collector.render_gzip(Format::Prometheus, 1);
+    assert_eq!(again.as_ptr(), z.as_ptr(), "the same body, not compressed again");
+    let om = collector.render_gzip(Format::OpenMetrics, 1);
+    assert_ne!(om.as_ptr(), z.as_ptr(), "another format is another body");
 }

@@ -8,14 +8,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 use warp::Filter;
 use warp::http::{Response, StatusCode, header::CONTENT_TYPE};
 
 pub mod limits;
 
-use crate::collector::text::{Format, openmetrics_to_prometheus};
+use crate::collector::VmCollector;
+use crate::collector::text::Format;
 use crate::debug;
 use crate::store::Store;
 use crate::tls::ReloadingAcceptor;
@@ -26,18 +26,18 @@ use crate::vm::VmId;
 pub struct App {
     /// The snapshot store.
     pub store: Arc<Store>,
-    /// The registry holding the snapshot collector.
-    pub registry: Registry,
+    /// The scrape path: pre-encoded series of the snapshot store.
+    pub collector: Arc<VmCollector>,
     /// `node` label value.
     pub node: String,
     /// When set, `/debug` is also served on the public port to requests bearing this token.
     pub debug_token: Option<String>,
 }
 
-type Reply = Response<String>;
+type Reply = Response<bytes::Bytes>;
 
-fn reply(status: StatusCode, content_type: &str, body: String) -> Reply {
-    let mut r = Response::new(body);
+fn reply(status: StatusCode, content_type: &str, body: impl Into<bytes::Bytes>) -> Reply {
+    let mut r = Response::new(body.into());
     *r.status_mut() = status;
     if let Ok(v) = content_type.parse() {
         r.headers_mut().insert(CONTENT_TYPE, v);
@@ -52,23 +52,42 @@ fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Reply {
     }
 }
 
-/// `/metrics`.
-pub fn metrics(app: &App, accept: Option<&str>) -> Reply {
+/// The gzip level of `/metrics`: level 1 of zlib's scale, chosen by `cargo bench --bench
+/// scrape_path` (docs/benchmarks.md): at 100 VMs it compresses the exposition about as well as
+/// level 6 (the default) in a fraction of the CPU.
+pub const GZIP_LEVEL: u32 = 1;
+
+/// Whether an `Accept-Encoding` header accepts gzip (`gzip` or `x-gzip`, or `*`, with a
+/// quality above zero).
+pub fn accepts_gzip(accept_encoding: Option<&str>) -> bool {
+    let Some(h) = accept_encoding else { return false };
+    h.split(',').any(|part| {
+        let mut params = part.split(';').map(str::trim);
+        let coding = params.next().unwrap_or_default().to_ascii_lowercase();
+        let q = params.filter_map(|p| p.strip_prefix("q=")).find_map(|q| q.parse::<f32>().ok()).unwrap_or(1.0);
+        matches!(coding.as_str(), "gzip" | "x-gzip" | "*") && q > 0.0
+    })
+}
+
+/// `/metrics`: the pre-encoded exposition in the format `accept` asks for, gzip-compressed
+/// when `accept_encoding` allows it.
+pub fn metrics(app: &App, accept: Option<&str>, accept_encoding: Option<&str>) -> Reply {
     let format = Format::negotiate(accept);
-    let mut body = String::with_capacity(64 * 1024);
-    if prometheus_client::encoding::text::encode(&mut body, &app.registry).is_err() {
-        return reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "encoding failed\n".into());
-    }
-    if format == Format::Prometheus {
-        body = openmetrics_to_prometheus(&body);
-    }
-    reply(StatusCode::OK, format.content_type(), body)
+    let mut r = if accepts_gzip(accept_encoding) {
+        let mut r = reply(StatusCode::OK, format.content_type(), app.collector.render_gzip(format, GZIP_LEVEL));
+        r.headers_mut().insert(warp::http::header::CONTENT_ENCODING, warp::http::HeaderValue::from_static("gzip"));
+        r
+    } else {
+        reply(StatusCode::OK, format.content_type(), app.collector.render(format))
+    };
+    r.headers_mut().insert(warp::http::header::VARY, warp::http::HeaderValue::from_static("Accept-Encoding"));
+    r
 }
 
 /// `/readyz`.
 pub fn readyz(app: &App) -> Reply {
     match app.store.ready() {
-        Ok(()) => reply(StatusCode::OK, "text/plain", "ready\n".into()),
+        Ok(()) => reply(StatusCode::OK, "text/plain", "ready\n"),
         Err(missing) => reply(
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
@@ -91,10 +110,14 @@ pub fn debug_vm(app: &App, namespace: &str, name: &str) -> Reply {
 /// `/metrics` off the async workers: encoding is pure CPU (milliseconds at hundreds of VMs,
 /// tens of milliseconds in a debug build) and several scrapers at once would otherwise hold
 /// both workers of a 2-core node, delaying the accept loop and every poll's timers behind them.
-async fn metrics_off_worker(app: Arc<App>, accept: Option<String>) -> Result<Reply, std::convert::Infallible> {
-    Ok(tokio::task::spawn_blocking(move || metrics(&app, accept.as_deref()))
+async fn metrics_off_worker(
+    app: Arc<App>,
+    accept: Option<String>,
+    accept_encoding: Option<String>,
+) -> Result<Reply, std::convert::Infallible> {
+    Ok(tokio::task::spawn_blocking(move || metrics(&app, accept.as_deref(), accept_encoding.as_deref()))
         .await
-        .unwrap_or_else(|_| reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "encoding panicked\n".into())))
+        .unwrap_or_else(|_| reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "encoding panicked\n")))
 }
 
 fn with_app(app: Arc<App>) -> impl Filter<Extract = (Arc<App>,), Error = std::convert::Infallible> + Clone {
@@ -129,6 +152,7 @@ pub fn debug_listener_routes(
         .and(warp::get())
         .and(with_app(app.clone()))
         .and(warp::header::optional::<String>("accept"))
+        .and(warp::header::optional::<String>("accept-encoding"))
         .and_then(metrics_off_worker);
     page.or(metrics).unify().or(debug_routes(app)).unify()
 }
@@ -141,8 +165,9 @@ pub fn public_routes(
         .and(warp::get())
         .and(with_app(app.clone()))
         .and(warp::header::optional::<String>("accept"))
+        .and(warp::header::optional::<String>("accept-encoding"))
         .and_then(metrics_off_worker);
-    let healthz = warp::path!("healthz").and(warp::get()).map(|| reply(StatusCode::OK, "text/plain", "ok\n".into()));
+    let healthz = warp::path!("healthz").and(warp::get()).map(|| reply(StatusCode::OK, "text/plain", "ok\n"));
     let readyz = warp::path!("readyz").and(warp::get()).and(with_app(app.clone())).map(|app: Arc<App>| readyz(&app));
     let token = app.debug_token.clone();
     let authorized = warp::header::optional::<String>("authorization")

@@ -220,7 +220,7 @@ pub trait Source: 'static {
     /// Its metric families, in the order `encode` writes them.
     fn families() -> Vec<&'static MetricDef>;
     /// Writes its families for `vms` (each VM's fresh sample: [`VmView::sample`]).
-    fn encode(enc: &mut crate::collector::Out<'_, '_>, vms: &[VmView<'_>]) -> std::fmt::Result;
+    fn encode(enc: &mut crate::collector::Out<'_>, vms: &[VmView<'_>]) -> std::fmt::Result;
 }
 
 /// Makes a string from outside vmbridge (a guest, a process name) safe to use as a label

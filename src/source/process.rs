@@ -221,7 +221,7 @@ impl Source for Process {
         out
     }
 
-    fn encode(enc: &mut crate::collector::Out<'_, '_>, vms: &[VmView<'_>]) -> std::fmt::Result {
+    fn encode(enc: &mut crate::collector::Out<'_>, vms: &[VmView<'_>]) -> std::fmt::Result {
         for (def, get) in FIELDS {
             let mut f = family(enc, def)?;
             for vm in vms {

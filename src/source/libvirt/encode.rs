@@ -93,7 +93,7 @@ pub(super) fn families() -> Vec<&'static MetricDef> {
 }
 
 /// Writes the libvirt families.
-pub(super) fn encode(enc: &mut crate::collector::Out<'_, '_>, vms: &[VmView<'_>]) -> std::fmt::Result {
+pub(super) fn encode(enc: &mut crate::collector::Out<'_>, vms: &[VmView<'_>]) -> std::fmt::Result {
     for (def, get) in CPU {
         let mut f = family(enc, def)?;
         for vm in vms {

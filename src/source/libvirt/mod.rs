@@ -116,7 +116,7 @@ impl crate::source::Source for Libvirt {
         encode::families()
     }
 
-    fn encode(enc: &mut crate::collector::Out<'_, '_>, vms: &[crate::collector::VmView<'_>]) -> std::fmt::Result {
+    fn encode(enc: &mut crate::collector::Out<'_>, vms: &[crate::collector::VmView<'_>]) -> std::fmt::Result {
         encode::encode(enc, vms)
     }
 }

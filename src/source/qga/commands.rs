@@ -42,7 +42,7 @@ pub struct Command {
     /// The families it feeds, in the order `encode` writes them.
     pub families: &'static [&'static MetricDef],
     /// Writes them.
-    pub encode: fn(&mut crate::collector::Out<'_, '_>, &[VmView<'_>]) -> std::fmt::Result,
+    pub encode: fn(&mut crate::collector::Out<'_>, &[VmView<'_>]) -> std::fmt::Result,
     /// Fields of its reply that are personal data: never kept, not even in `/debug`'s raw view.
     pub private: &'static [&'static str],
 }

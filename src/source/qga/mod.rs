@@ -126,7 +126,7 @@ impl Source for Qga {
         out
     }
 
-    fn encode(enc: &mut crate::collector::Out<'_, '_>, vms: &[VmView<'_>]) -> std::fmt::Result {
+    fn encode(enc: &mut crate::collector::Out<'_>, vms: &[VmView<'_>]) -> std::fmt::Result {
         for c in commands::COMMANDS {
             (c.encode)(enc, vms)?;
         }
@@ -139,7 +139,9 @@ impl Source for Qga {
             };
             for kind in DROPPED_KINDS {
                 let n = q.dropped.get(kind).copied().unwrap_or(0);
-                f.vm_sample(vm, &[("kind", kind)], Some(n as f64))?;
+                if vm.health_detail || n > 0 {
+                    f.vm_sample(vm, &[("kind", kind)], Some(n as f64))?;
+                }
             }
         }
         Ok(())

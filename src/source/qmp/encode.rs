@@ -30,7 +30,7 @@ pub(super) fn families() -> Vec<&'static MetricDef> {
 }
 
 /// Writes the QMP families.
-pub(super) fn encode(enc: &mut crate::collector::Out<'_, '_>, vms: &[VmView<'_>]) -> std::fmt::Result {
+pub(super) fn encode(enc: &mut crate::collector::Out<'_>, vms: &[VmView<'_>]) -> std::fmt::Result {
     let mut f = family(enc, &c::QEMU_STATUS)?;
     for vm in vms {
         if let Some(st) = vm.sample::<Qmp>().and_then(|q| q.status.as_deref()) {

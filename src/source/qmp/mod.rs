@@ -52,7 +52,7 @@ impl crate::source::Source for Qmp {
         encode::families()
     }
 
-    fn encode(enc: &mut crate::collector::Out<'_, '_>, vms: &[crate::collector::VmView<'_>]) -> std::fmt::Result {
+    fn encode(enc: &mut crate::collector::Out<'_>, vms: &[crate::collector::VmView<'_>]) -> std::fmt::Result {
         encode::encode(enc, vms)
     }
 }

@@ -1,0 +1,562 @@
+//! Pre-encoded exposition. A VM's sample lines are written once, when one of its sources
+//! publishes (the store tells the collector, [`crate::store::Observer`]), into one buffer with
+//! one run per family. A scrape then only writes each family's header, in the format asked
+//! for, and concatenates every VM's run of that family after it, so samples of a family stay
+//! contiguous. Sample lines are identical in OpenMetrics and in the classic text format
+//! (0.0.4); only headers differ, and both header sets are rendered once per process.
+//!
+//! A VM's runs depend on its snapshot (its `revision`), on which of its sources are within
+//! the staleness window and on its stuck-call gauges: a scrape that finds any of these changed
+//! encodes that VM again (that is how data that ages out of the window disappears).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+
+use crate::catalogue::{self, Kind, MetricDef};
+use crate::clock::now_unix;
+use crate::source::{Source, SourceKind, Visit};
+use crate::store::{Observer, VmKey, VmSnapshot};
+
+use super::text::Format;
+use super::{Out, VmCollector, VmView, bridge, events};
+
+/// Every family's slot (its index in [`catalogue::all`]), sample name and headers.
+pub(crate) struct Layout {
+    defs: &'static [&'static MetricDef],
+    slots: HashMap<&'static str, u16>,
+    names: Vec<String>,
+    om_headers: Vec<String>,
+    prom_headers: Vec<String>,
+}
+
+impl Layout {
+    fn build() -> Layout {
+        let defs = catalogue::all();
+        let mut l = Layout {
+            defs,
+            slots: HashMap::with_capacity(defs.len()),
+            names: Vec::with_capacity(defs.len()),
+            om_headers: Vec::with_capacity(defs.len()),
+            prom_headers: Vec::with_capacity(defs.len()),
+        };
+        for (i, d) in defs.iter().enumerate() {
+            let dup = l.slots.insert(d.name, i as u16);
+            debug_assert!(dup.is_none(), "{} twice in the catalogue", d.name);
+            l.names.push(d.exposed_name());
+            // OpenMetrics: the family is named without `_total` / `_info`, with its unit.
+            let unit = d.unit.map(|u| match u {
+                catalogue::Unit::Seconds => "seconds",
+                catalogue::Unit::Bytes => "bytes",
+            });
+            let base = match unit {
+                Some(u) => format!("{}_{u}", d.name),
+                None => d.name.to_owned(),
+            };
+            let (om_ty, prom_name, prom_ty) = match d.kind {
+                Kind::Counter => ("counter", format!("{base}_total"), "counter"),
+                Kind::Gauge => ("gauge", base.clone(), "gauge"),
+                Kind::Info => ("info", format!("{base}_info"), "gauge"),
+            };
+            let mut om = format!("# HELP {base} {}\n# TYPE {base} {om_ty}\n", d.help);
+            if let Some(u) = unit {
+                let _ = writeln!(om, "# UNIT {base} {u}");
+            }
+            l.om_headers.push(om);
+            l.prom_headers.push(format!("# HELP {prom_name} {}\n# TYPE {prom_name} {prom_ty}\n", d.help));
+        }
+        l
+    }
+
+    /// Number of families.
+    pub(crate) fn len(&self) -> usize {
+        self.defs.len()
+    }
+
+    /// `def`'s slot.
+    pub(crate) fn slot(&self, def: &'static MetricDef) -> Option<u16> {
+        self.slots.get(def.name).copied()
+    }
+
+    /// The name samples of `slot` carry.
+    pub(crate) fn sample_name(&self, slot: u16) -> &str {
+        &self.names[usize::from(slot)]
+    }
+
+    fn header(&self, slot: usize, format: Format) -> &str {
+        match format {
+            Format::OpenMetrics => &self.om_headers[slot],
+            Format::Prometheus => &self.prom_headers[slot],
+        }
+    }
+}
+
+/// The layout, built once.
+pub(crate) fn layout() -> &'static Layout {
+    static L: LazyLock<Layout> = LazyLock::new(Layout::build);
+    &L
+}
+
+/// Appends one sample line, byte for byte as `prometheus-client` 0.25.2 writes it: the name,
+/// `{labels}` (values escaped: `\\`, `"`, newline), a space, the value (`dtoa` for counters
+/// and gauges, `1` for info), a newline.
+pub(crate) fn write_sample(buf: &mut String, name: &str, labels: &[(&str, &str)], kind: Kind, value: f64) {
+    buf.push_str(name);
+    buf.push('{');
+    for (i, (k, v)) in labels.iter().enumerate() {
+        if i > 0 {
+            buf.push(',');
+        }
+        buf.push_str(k);
+        buf.push_str("=\"");
+        push_escaped(buf, v);
+        buf.push('"');
+    }
+    buf.push_str("} ");
+    match kind {
+        Kind::Info => buf.push('1'),
+        Kind::Counter | Kind::Gauge => buf.push_str(dtoa::Buffer::new().format(value)),
+    }
+    buf.push('\n');
+}
+
+fn push_escaped(buf: &mut String, v: &str) {
+    if !v.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
+        buf.push_str(v);
+        return;
+    }
+    for c in v.chars() {
+        match c {
+            '\\' => buf.push_str("\\\\"),
+            '"' => buf.push_str("\\\""),
+            '\n' => buf.push_str("\\n"),
+            c => buf.push(c),
+        }
+    }
+}
+
+/// One VM's (or the node's) sample lines, one run per family slot.
+#[derive(Debug, Default)]
+pub(crate) struct Fragments {
+    text: String,
+    /// `ends[s]..ends[s + 1]` is slot `s`'s run in `text`.
+    ends: Vec<u32>,
+}
+
+impl Fragments {
+    /// Orders the runs an encode wrote by slot (they normally already are) and indexes them.
+    fn from_runs(text: String, mut runs: Vec<(u16, u32)>) -> Fragments {
+        let n = layout().len();
+        let total = text.len() as u32;
+        let mut spans: Vec<(u16, u32, u32)> = Vec::with_capacity(runs.len());
+        runs.push((u16::MAX, total));
+        for w in runs.windows(2) {
+            if w[1].1 > w[0].1 {
+                spans.push((w[0].0, w[0].1, w[1].1));
+            }
+        }
+        let ordered = spans.windows(2).all(|w| w[0].0 < w[1].0);
+        let (text, spans) = if ordered {
+            (text, spans)
+        } else {
+            // A family written in two runs, or out of catalogue order: gather each slot's runs.
+            spans.sort_by_key(|s| s.0);
+            let mut t = String::with_capacity(text.len());
+            let mut merged: Vec<(u16, u32, u32)> = Vec::with_capacity(spans.len());
+            for (slot, a, b) in spans {
+                let start = t.len() as u32;
+                t.push_str(&text[a as usize..b as usize]);
+                match merged.last_mut() {
+                    Some(last) if last.0 == slot => last.2 = t.len() as u32,
+                    _ => merged.push((slot, start, t.len() as u32)),
+                }
+            }
+            (t, merged)
+        };
+        let mut ends = vec![0u32; n + 1];
+        let mut it = spans.iter().peekable();
+        let mut pos = 0u32;
+        for (s, end) in ends.iter_mut().enumerate().skip(1) {
+            if let Some(&&(slot, a, b)) = it.peek() {
+                if usize::from(slot) == s - 1 {
+                    debug_assert_eq!(a, pos);
+                    pos = b;
+                    it.next();
+                }
+            }
+            *end = pos;
+        }
+        Fragments { text, ends }
+    }
+
+    fn run(&self, slot: usize) -> &str {
+        if self.ends.is_empty() {
+            return "";
+        }
+        &self.text[self.ends[slot] as usize..self.ends[slot + 1] as usize]
+    }
+
+    /// Bytes of sample lines held.
+    pub(crate) fn len(&self) -> usize {
+        self.text.len()
+    }
+}
+
+/// What a VM's runs were encoded from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Basis {
+    revision: u64,
+    /// Bit `i`: source `SourceKind::ALL[i]` was within the staleness window.
+    fresh: u16,
+    /// The VM's stuck-call gauges, folded.
+    stuck: u64,
+}
+
+#[derive(Debug)]
+struct Cached {
+    basis: Basis,
+    frags: Arc<Fragments>,
+}
+
+/// The collector's pre-encoded VMs.
+#[derive(Debug, Default)]
+pub(crate) struct Cache {
+    vms: Mutex<HashMap<VmKey, Cached>>,
+    gzip: Mutex<Option<GzipCached>>,
+}
+
+#[derive(Debug)]
+struct GzipCached {
+    format: Format,
+    fingerprint: u64,
+    body: bytes::Bytes,
+}
+
+/// Figures of one rendering, for the benchmark.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RenderStats {
+    /// VMs whose runs were reused.
+    pub reused: usize,
+    /// VMs encoded during the scrape (new, changed without a publish, or data aged out).
+    pub encoded: usize,
+}
+
+fn basis(vm: &VmSnapshot, now: f64, staleness: f64) -> Basis {
+    let mut fresh = 0u16;
+    let mut stuck = 0u64;
+    for (i, kind) in SourceKind::ALL.iter().enumerate() {
+        if let Some(s) = vm.sources.get(kind) {
+            if s.last_success_at.is_some_and(|t| now - t <= staleness) {
+                fresh |= 1 << i;
+            }
+            stuck = stuck.wrapping_mul(31).wrapping_add(s.stuck_calls.load(Ordering::Acquire)).wrapping_add(1);
+        }
+    }
+    Basis { revision: vm.revision, fresh, stuck }
+}
+
+impl VmCollector {
+    /// Encodes one VM's runs.
+    fn encode_vm(&self, vm: &VmSnapshot, now: f64) -> Fragments {
+        let mut text = String::with_capacity(8 * 1024);
+        let mut out = Out::new(&mut text, &self.selection);
+        let views = [VmView::new(vm, &self.node, now, self.staleness, self.options)];
+        /// Each source's families, in [`SourceKind::ALL`] order; the first error stops it.
+        struct Encode<'e, 'o, 'a, 'v> {
+            out: &'e mut Out<'a>,
+            views: &'o [VmView<'v>],
+            result: std::fmt::Result,
+        }
+        impl Visit for Encode<'_, '_, '_, '_> {
+            fn visit<S: Source>(&mut self) {
+                if self.result.is_ok() {
+                    self.result = S::encode(self.out, self.views);
+                }
+            }
+        }
+        let mut each = Encode { out: &mut out, views: &views, result: Ok(()) };
+        for kind in SourceKind::ALL {
+            kind.visit(&mut each);
+        }
+        // Writing into a String cannot fail; the encoders return fmt::Result by convention.
+        let _ = each.result;
+        let _ = events::encode(&mut out, &views);
+        let _ = bridge::encode_vm(&mut out, &views[0], self.options.health_detail);
+        let runs = std::mem::take(&mut out.runs);
+        Fragments::from_runs(text, runs)
+    }
+
+    /// Encodes `vm` and keeps the result, unless what is kept is newer.
+    fn refresh(&self, key: &VmKey, vm: &VmSnapshot) {
+        let now = now_unix();
+        let b = basis(vm, now, self.staleness.as_secs_f64());
+        let frags = Arc::new(self.encode_vm(vm, now));
+        let mut cache = self.cache.vms.lock().unwrap_or_else(PoisonError::into_inner);
+        match cache.get(key) {
+            Some(c) if c.basis.revision > b.revision => {}
+            _ => {
+                cache.insert(key.clone(), Cached { basis: b, frags });
+            }
+        }
+    }
+
+    /// The per-node families, encoded at every scrape.
+    fn encode_node(&self, vms: usize) -> Fragments {
+        let mut text = String::with_capacity(2048);
+        let mut out = Out::new(&mut text, &self.selection);
+        let endpoints = self.store.endpoints();
+        let node = bridge::NodeView {
+            vms,
+            endpoints: &endpoints,
+            conflicts: self.store.conflict_count(),
+            node: &self.node,
+            build: &self.build,
+            http: &self.http,
+            launchers: self.store.launcher_counts(),
+        };
+        let _ = bridge::encode_node(&mut out, &node);
+        let runs = std::mem::take(&mut out.runs);
+        Fragments::from_runs(text, runs)
+    }
+
+    /// Every VM's runs for this scrape (reused, or encoded now), and the node's.
+    fn gather(&self) -> (Vec<Arc<Fragments>>, Fragments, u64, RenderStats) {
+        let vms = self.store.vms();
+        let now = now_unix();
+        let staleness = self.staleness.as_secs_f64();
+        let mut stats = RenderStats::default();
+        let mut out: Vec<Option<Arc<Fragments>>> = Vec::with_capacity(vms.len());
+        let mut missing: Vec<(usize, Basis)> = Vec::new();
+        let mut fp = std::collections::hash_map::DefaultHasher::new();
+        {
+            let cache = self.cache.vms.lock().unwrap_or_else(PoisonError::into_inner);
+            for (i, vm) in vms.iter().enumerate() {
+                let b = basis(vm, now, staleness);
+                (b.revision, b.fresh, b.stuck).hash(&mut fp);
+                match cache.get(&vm.key()) {
+                    Some(c) if c.basis == b => out.push(Some(c.frags.clone())),
+                    _ => {
+                        out.push(None);
+                        missing.push((i, b));
+                    }
+                }
+            }
+        }
+        stats.reused = vms.len() - missing.len();
+        stats.encoded = missing.len();
+        if !missing.is_empty() {
+            let encoded: Vec<(usize, Basis, Arc<Fragments>)> =
+                missing.into_iter().map(|(i, b)| (i, b, Arc::new(self.encode_vm(&vms[i], now)))).collect();
+            let mut cache = self.cache.vms.lock().unwrap_or_else(PoisonError::into_inner);
+            for (i, b, frags) in encoded {
+                let key = vms[i].key();
+                let keep = cache.get(&key).is_some_and(|c| c.basis.revision > b.revision);
+                if !keep {
+                    cache.insert(key, Cached { basis: b, frags: frags.clone() });
+                }
+                out[i] = Some(frags);
+            }
+        }
+        {
+            // VMs gone from the store (or no longer exported) leave the cache.
+            let mut cache = self.cache.vms.lock().unwrap_or_else(PoisonError::into_inner);
+            if cache.len() > vms.len() {
+                let live: std::collections::HashSet<VmKey> = vms.iter().map(|v| v.key()).collect();
+                cache.retain(|k, _| live.contains(k));
+            }
+        }
+        let node = self.encode_node(vms.len());
+        node.text.hash(&mut fp);
+        let frags = out.into_iter().map(|f| f.unwrap_or_default()).collect();
+        (frags, node, fp.finish(), stats)
+    }
+
+    /// The whole exposition in `format`.
+    pub fn render(&self, format: Format) -> String {
+        self.render_with_stats(format).0
+    }
+
+    /// The whole exposition in `format`, and what it took.
+    pub fn render_with_stats(&self, format: Format) -> (String, RenderStats) {
+        let (vms, node, _, stats) = self.gather();
+        (concat(format, &self.selection, &vms, &node), stats)
+    }
+
+    /// The exposition gzip-compressed at `level` (0–9), reused while nothing it was made from
+    /// has changed.
+    pub fn render_gzip(&self, format: Format, level: u32) -> bytes::Bytes {
+        let (vms, node, fingerprint, _) = self.gather();
+        {
+            let g = self.cache.gzip.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(g) = g.as_ref().filter(|g| g.format == format && g.fingerprint == fingerprint) {
+                return g.body.clone();
+            }
+        }
+        let text = concat(format, &self.selection, &vms, &node);
+        let body = bytes::Bytes::from(gzip(text.as_bytes(), level));
+        *self.cache.gzip.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(GzipCached { format, fingerprint, body: body.clone() });
+        body
+    }
+}
+
+/// gzip of `data` at `level`.
+pub fn gzip(data: &[u8], level: u32) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut enc =
+        flate2::write::GzEncoder::new(Vec::with_capacity(data.len() / 6 + 64), flate2::Compression::new(level));
+    // Writing into a Vec cannot fail.
+    let _ = enc.write_all(data);
+    enc.finish().unwrap_or_default()
+}
+
+/// Headers and runs, family by family.
+fn concat(format: Format, selection: &catalogue::Selection, vms: &[Arc<Fragments>], node: &Fragments) -> String {
+    let l = layout();
+    let selected: Vec<usize> = (0..l.len()).filter(|&s| selection.includes(l.defs[s])).collect();
+    let len: usize = selected.iter().map(|&s| l.header(s, format).len()).sum::<usize>()
+        + vms.iter().map(|f| f.len()).sum::<usize>()
+        + node.len()
+        + 8;
+    let mut body = String::with_capacity(len);
+    for s in selected {
+        body.push_str(l.header(s, format));
+        for f in vms {
+            body.push_str(f.run(s));
+        }
+        body.push_str(node.run(s));
+    }
+    if format == Format::OpenMetrics {
+        body.push_str("# EOF\n");
+    }
+    body
+}
+
+impl Observer for VmCollector {
+    fn changed(&self, key: &VmKey, vm: &VmSnapshot) {
+        self.refresh(key, vm);
+    }
+
+    fn removed(&self, key: &VmKey) {
+        self.cache.vms.lock().unwrap_or_else(PoisonError::into_inner).remove(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+    use prometheus_client::metrics::MetricType;
+
+    /// One sample as `prometheus-client` writes it (the reference this module must match).
+    fn reference(name: &str, kind: Kind, labels: &[(&str, &str)], value: f64) -> String {
+        #[derive(Debug)]
+        struct One(Kind, Vec<(String, String)>, f64);
+        impl EncodeMetric for One {
+            fn encode(&self, mut enc: MetricEncoder<'_>) -> std::fmt::Result {
+                let labels: Vec<(&str, &str)> = self.1.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                match self.0 {
+                    Kind::Counter => enc.encode_family(&labels)?.encode_counter::<NoLabelSet, f64, f64>(&self.2, None),
+                    Kind::Gauge => enc.encode_family(&labels)?.encode_gauge(&self.2),
+                    Kind::Info => enc.encode_info(&labels),
+                }
+            }
+            fn metric_type(&self) -> MetricType {
+                match self.0 {
+                    Kind::Counter => MetricType::Counter,
+                    Kind::Gauge => MetricType::Gauge,
+                    Kind::Info => MetricType::Info,
+                }
+            }
+        }
+        let owned = labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register(name, "h", One(kind, owned, value));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
+        text.lines().find(|l| !l.starts_with('#')).map(|l| format!("{l}\n")).unwrap_or_default()
+    }
+
+    #[test]
+    fn sample_lines_match_prometheus_client_byte_for_byte() {
+        let values = [
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            0.5,
+            1e-7,
+            123_456_789.0,
+            1.7e308,
+            4.9e-324,
+            1e21,
+            18_446_744_073_709_551_615.0,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            1_764_700_000.123_456,
+        ];
+        let labels: [&[(&str, &str)]; 4] = [
+            &[("namespace", "ns"), ("name", "vm")],
+            &[("namespace", "a\"b"), ("name", "c\\d"), ("node", "line\nbreak")],
+            &[("namespace", "ünï"), ("name", "C:\\"), ("node", "\"\"\\\\\n\n")],
+            &[("node", "")],
+        ];
+        let mut checked = 0;
+        for kind in [Kind::Counter, Kind::Gauge, Kind::Info] {
+            let name = match kind {
+                Kind::Counter => "x_total",
+                Kind::Gauge => "x",
+                Kind::Info => "x_info",
+            };
+            for l in labels {
+                for v in values {
+                    let mut mine = String::new();
+                    write_sample(&mut mine, name, l, kind, v);
+                    assert_eq!(mine, reference("x", kind, l, v), "{kind:?} {l:?} {v}");
+                    checked += 1;
+                }
+            }
+        }
+        assert_eq!(checked, 3 * 4 * values.len());
+    }
+
+    #[test]
+    fn headers_match_the_catalogue_in_both_formats() {
+        let l = layout();
+        assert_eq!(l.len(), catalogue::all().len());
+        for (s, d) in catalogue::all().iter().enumerate() {
+            let om = l.header(s, Format::OpenMetrics);
+            let prom = l.header(s, Format::Prometheus);
+            let exposed = d.exposed_name();
+            assert!(prom.contains(&format!("# TYPE {exposed} ")), "{prom}");
+            assert!(om.starts_with("# HELP "), "{om}");
+            assert_eq!(om.contains("# UNIT "), d.unit.is_some(), "{om}");
+            // The classic header is what the OpenMetrics one converts to.
+            assert_eq!(super::super::text::openmetrics_to_prometheus(om), prom);
+        }
+    }
+
+    #[test]
+    fn runs_written_out_of_order_are_gathered_by_slot() {
+        let text = "c1\nb1\nc2\n".to_owned();
+        let f = Fragments::from_runs(text, vec![(2, 0), (1, 3), (2, 6)]);
+        assert_eq!(f.run(0), "");
+        assert_eq!(f.run(1), "b1\n");
+        assert_eq!(f.run(2), "c1\nc2\n");
+        assert_eq!(f.run(3), "");
+        assert_eq!(f.len(), 9);
+    }
+
+    #[test]
+    fn gzip_round_trips() {
+        let data = "kubevirt_vmi_vcpu_seconds_total{namespace=\"a\",name=\"b\"} 1\n".repeat(1000);
+        let z = gzip(data.as_bytes(), 1);
+        assert!(z.len() * 10 < data.len(), "{} of {}", z.len(), data.len());
+        let mut back = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(z.as_slice()), &mut back).expect("gunzip");
+        assert_eq!(back, data);
+    }
+}
