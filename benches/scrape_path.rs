@@ -410,6 +410,14 @@ fn run(profile: Profile, n: usize, iters: usize) -> serde_json::Value {
     let series = text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).count();
     // A scrape: headers plus every VM's pre-encoded runs, family by family.
     let (scrape_p50, scrape_p99, scrape_cpu) = time(iters, || collector.render(Format::Prometheus));
+    let (mut gather, mut concat): (Vec<f64>, Vec<f64>) = (0..iters.min(100))
+        .map(|_| {
+            let s = collector.render_with_stats(Format::Prometheus).1;
+            (s.gather_seconds, s.concat_seconds)
+        })
+        .unzip();
+    gather.sort_by(f64::total_cmp);
+    concat.sort_by(f64::total_cmp);
     let (om_p50, om_p99, _) = time(iters, || collector.render(Format::OpenMetrics));
     // The peer: a plain copy of the same exposition into a new buffer.
     let (memcpy_p50, memcpy_p99, _) = time(iters, || text.as_bytes().to_vec());
@@ -441,6 +449,7 @@ fn run(profile: Profile, n: usize, iters: usize) -> serde_json::Value {
         "elapsed_s": elapsed,
         "scrape_p50_s": scrape_p50, "scrape_p99_s": scrape_p99, "scrape_cpu_p50_s": scrape_cpu,
         "scrape_openmetrics_p50_s": om_p50, "scrape_openmetrics_p99_s": om_p99,
+        "scrape_gather_p50_s": pct(&gather, 50.0), "scrape_concat_p50_s": pct(&concat, 50.0),
         "memcpy_p50_s": memcpy_p50, "memcpy_p99_s": memcpy_p99,
         "scrape_over_memcpy_p50": scrape_p50 / memcpy_p50,
         "scrape_over_memcpy_p99": scrape_p99 / memcpy_p99,
@@ -532,7 +541,12 @@ fn main() {
                 r["rss_store_and_encoded_per_vm_kib"].as_f64().unwrap_or(0.0),
                 fmt_t(r["poll_cycle_parse_publish_encode_cpu_p50_s"].as_f64().unwrap_or(0.0)),
             );
-            println!("    series per VM by group: {}", r["series_per_vm_by_group"]);
+            println!(
+                "    gather p50 {}, concat p50 {}; series per VM by group: {}",
+                fmt_t(r["scrape_gather_p50_s"].as_f64().unwrap_or(0.0)),
+                fmt_t(r["scrape_concat_p50_s"].as_f64().unwrap_or(0.0)),
+                r["series_per_vm_by_group"]
+            );
             results.push(r);
         }
     }

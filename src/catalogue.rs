@@ -1121,7 +1121,7 @@ family!(
     Bridge,
     "vmbridge",
     Vm,
-    "Circuit breaker state of this source: 1 for the current state (closed, open, half_open), 0 for the others."
+    "Circuit breaker state of this source (closed, open, half_open): by default one series, the current state, at 1; with --health-detail every state, 0 for the others."
 );
 family!(
     SOURCE_LAST_SUCCESS,
@@ -1143,7 +1143,7 @@ family!(
     Bridge,
     "vmbridge",
     Vm,
-    "Duration of the last poll of this source."
+    "Duration of the last poll of this source. Only with --health-detail."
 );
 family!(
     SOURCE_POLLS,
@@ -1154,7 +1154,7 @@ family!(
     Bridge,
     "vmbridge",
     Vm,
-    "Polls of this source since the VM was discovered."
+    "Polls of this source since the VM was discovered. Only with --health-detail."
 );
 family!(
     SOURCE_ERRORS,
@@ -1165,7 +1165,7 @@ family!(
     Bridge,
     "vmbridge",
     Vm,
-    "Failed polls of this source since the VM was discovered, by kind."
+    "Failed polls of this source since the VM was discovered, by kind. By default only kinds that occurred have a series; every kind with --health-detail."
 );
 family!(
     BREAKER_TRANSITIONS,
@@ -1176,7 +1176,7 @@ family!(
     Bridge,
     "vmbridge",
     Vm,
-    "Circuit breaker state changes since the VM was discovered, by reason."
+    "Circuit breaker state changes since the VM was discovered, by reason. By default only reasons that occurred have a series; every reason with --health-detail."
 );
 family!(
     STUCK_CALLS,
@@ -1187,7 +1187,7 @@ family!(
     Bridge,
     "vmbridge",
     Vm,
-    "Calls to this source abandoned at their deadline and still running (at most one per VM and source)."
+    "Calls to this source abandoned at their deadline and still running (at most one per VM and source). By default exported only while it is above 0; always with --health-detail."
 );
 family!(
     SOURCE_PARTIAL,

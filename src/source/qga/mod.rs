@@ -77,7 +77,7 @@ family!(
     Bridge,
     "vmbridge",
     Vm,
-    "Guest items (filesystem, interface, address, disk, cpu) left out because a per-VM cap was reached since discovery."
+    "Guest items (filesystem, interface, address, disk, cpu) left out because a per-VM cap was reached since discovery. By default only kinds that occurred have a series; every kind with --health-detail."
 );
 
 /// The kinds of items a per-VM cap can leave out.
