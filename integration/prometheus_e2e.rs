@@ -943,6 +943,14 @@ fn golden_exposition() {
     assert_valid("golden text exposition", &raw, false);
     let om = bridge.get("/metrics", Some(OPENMETRICS_ACCEPT));
     assert_valid("golden OpenMetrics exposition", &om.body, true);
+    // What Prometheus asks for by default: the same exposition, gzip-compressed.
+    let (head, gz) = gzip_get(bridge.addr, "/metrics");
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.contains("content-encoding: gzip") && lower.contains("vary: accept-encoding"), "{head}");
+    let mut unzipped = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(gz.as_slice()), &mut unzipped).expect("gunzip");
+    assert!(gz.len() * 4 < unzipped.len(), "compressed {} of {} bytes", gz.len(), unzipped.len());
+    assert_eq!(mask(&unzipped), mask(&raw), "gzip carries the same exposition");
 
     let actual = mask(&raw);
     let path = root().join("integration/golden/exposition.txt");
@@ -971,4 +979,19 @@ fn golden_exposition() {
             if missing.is_empty() && extra.is_empty() { "\n(same lines, different order)" } else { "" }
         );
     }
+}
+
+/// `GET path` with `Accept-Encoding: gzip`: the response head and the raw body bytes.
+fn gzip_get(addr: SocketAddr, path: &str) -> (String, Vec<u8>) {
+    use std::io::Read;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept-Encoding: gzip, deflate\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read");
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("http response");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    assert!(!head.to_ascii_lowercase().contains("transfer-encoding: chunked"), "{head}");
+    (head, raw[split + 4..].to_vec())
 }

@@ -180,6 +180,7 @@ impl Fragments {
     }
 
     /// Bytes of sample lines held.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.text.len()
     }
