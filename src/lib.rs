@@ -52,6 +52,7 @@ pub mod collector;
 pub mod config;
 pub mod debug;
 pub mod http;
+pub mod log_summary;
 pub mod schema;
 pub mod source;
 pub mod status;
