@@ -411,8 +411,10 @@ fn socket_access(path: &Path) -> String {
 fn access_fix(path: &Path) -> String {
     let Ok(m) = std::fs::metadata(path) else { return "run as root".into() };
     let group = name_of("/etc/group", m.gid());
+    // The effective uid, without libc: the owner of this process's /proc entry.
+    let user = std::fs::metadata("/proc/self").map_or_else(|_| "USER".into(), |s| name_of("/etc/passwd", s.uid()));
     if m.permissions().mode() & 0o020 != 0 && m.gid() != 0 {
-        format!("run as root or add group {group} to this user (usermod -aG {group} USER)")
+        format!("run as root or add user {user} to group {group} (usermod -aG {group} {user})")
     } else {
         "run as root, or have the socket created group-writable (0660) for a group this user is in".into()
     }
