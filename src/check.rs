@@ -8,10 +8,8 @@
 //! the diagnosis: a [`PollError`] turned into a sentence and a fix, looking at the socket
 //! involved (mode, owner, group) where a permission is the problem.
 
-use std::future::Future;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -219,13 +217,13 @@ struct Probe {
     socket: Option<(PathBuf, String)>,
     /// The guest agent goes through libvirt.
     via_libvirt: bool,
-    task: Pin<Box<dyn Future<Output = Option<Result<(), PollError>>> + Send>>,
+    task: tokio::task::JoinHandle<Result<(), PollError>>,
 }
 
 impl Probe {
     async fn finish(self) -> SourceCheck {
         let Probe { source, socket, via_libvirt, task } = self;
-        let result = task.await;
+        let result = task.await.ok();
         let (ok, kind, message, fix, detail) = match result {
             Some(Ok(())) => (true, None, "ok".to_owned(), None, None),
             Some(Err(e)) => {
@@ -259,12 +257,7 @@ fn start_probes(vm: &VmStart<'_>, settings: &Settings) -> Vec<Probe> {
                 }
             });
             let (socket, via_libvirt) = socket_of(S::KIND, self.vm, self.settings);
-            self.out.push(Probe {
-                source: S::KIND,
-                socket,
-                via_libvirt,
-                task: Box::pin(async move { task.await.ok() }),
-            });
+            self.out.push(Probe { source: S::KIND, socket, via_libvirt, task });
         }
     }
     let mut start = Start { vm, settings, out: Vec::new() };
@@ -302,9 +295,9 @@ fn explain(
 ) -> (String, Option<String>) {
     let msg = e.message.as_str();
     let denied = msg.contains("Permission denied") || msg.contains("os error 13");
-    if via_libvirt && (denied || msg.starts_with("open agent connection")) {
+    if let Some((_, libvirt_msg)) = msg.split_once("open agent connection: ").filter(|_| via_libvirt) {
         // The read-write connection the agent calls need.
-        let (m, fix) = explain_libvirt(msg.trim_start_matches("open agent connection: "), true);
+        let (m, fix) = explain_libvirt(libvirt_msg, true);
         return (format!("guest agent through libvirt: {m}"), fix);
     }
     if let Some((path, origin)) = socket {
