@@ -7,6 +7,11 @@
 //!   admission turns it half-open.
 //! - **HalfOpen**: exactly one probe. Success closes it and resets the back-off; failure
 //!   reopens it with the next, longer back-off.
+//!
+//! An *unavailable* answer (no guest agent: [`crate::source::ErrorKind::AgentUnavailable`])
+//! is a failed poll, so the source shows down, but not a fault: it never counts toward the
+//! threshold, and a probe that gets one closes the breaker, since the source answered at once
+//! and definitely. A VM without an agent therefore never cycles half-open → open.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, SystemTime};
@@ -53,7 +58,8 @@ pub enum TransitionReason {
     HardTimeout,
     /// Open → HalfOpen: the back-off elapsed.
     BackoffElapsed,
-    /// HalfOpen → Closed.
+    /// HalfOpen → Closed: the probe succeeded, or found the source unavailable (a definite
+    /// answer, re-checked on the source's own period).
     ProbeSucceeded,
     /// HalfOpen → Open.
     ProbeFailed,
@@ -134,7 +140,8 @@ pub enum Admission {
 pub struct BreakerView {
     /// Current state.
     pub state: BreakerState,
-    /// Consecutive failures counted in the current closed or half-open period.
+    /// Consecutive failed polls (unavailable answers included, which do not count toward
+    /// opening); 0 after a success.
     pub consecutive_failures: u32,
     /// When the state was entered, seconds since the Unix epoch.
     pub since: f64,
@@ -151,7 +158,10 @@ pub struct BreakerView {
 pub struct Breaker {
     cfg: BreakerConfig,
     state: BreakerState,
+    /// Consecutive failed polls of any kind (the view's `consecutive_failures`).
     failures: u32,
+    /// Consecutive failures that count toward the threshold.
+    strikes: u32,
     since: SystemTime,
     open_until: Option<Instant>,
     backoff: ExponentialBackoff,
@@ -167,6 +177,7 @@ impl Breaker {
             cfg,
             state: BreakerState::Closed,
             failures: 0,
+            strikes: 0,
             since: SystemTime::now(),
             open_until: None,
             backoff,
@@ -208,6 +219,19 @@ impl Breaker {
     /// Records a successful poll. Returns the transition it caused, if any.
     pub fn on_success(&mut self) -> Option<Transition> {
         self.failures = 0;
+        self.strikes = 0;
+        self.close()
+    }
+
+    /// Records an unavailable answer: a failed poll that does not count toward opening; a
+    /// probe that gets one closes the breaker. Returns the transition it caused, if any.
+    pub fn on_unavailable(&mut self) -> Option<Transition> {
+        self.failures = self.failures.saturating_add(1);
+        self.strikes = 0;
+        self.close()
+    }
+
+    fn close(&mut self) -> Option<Transition> {
         match self.state {
             BreakerState::Closed => None,
             BreakerState::HalfOpen | BreakerState::Open => {
@@ -222,11 +246,10 @@ impl Breaker {
     /// transition it caused, if any.
     pub fn on_failure(&mut self, now: Instant, hard: bool) -> Option<Transition> {
         self.failures = self.failures.saturating_add(1);
+        self.strikes = self.strikes.saturating_add(1);
         let reason = match self.state {
             BreakerState::Closed if hard => TransitionReason::HardTimeout,
-            BreakerState::Closed if self.failures >= self.cfg.failure_threshold => {
-                TransitionReason::ConsecutiveFailures
-            }
+            BreakerState::Closed if self.strikes >= self.cfg.failure_threshold => TransitionReason::ConsecutiveFailures,
             BreakerState::Closed | BreakerState::Open => return None,
             BreakerState::HalfOpen => TransitionReason::ProbeFailed,
         };
@@ -242,7 +265,7 @@ impl Breaker {
         self.state = to;
         self.since = SystemTime::now();
         if to == BreakerState::Closed {
-            self.failures = 0;
+            self.strikes = 0;
         }
         *self.transitions_total.entry(reason).or_default() += 1;
         if self.cfg.history > 0 {
@@ -331,6 +354,34 @@ mod tests {
         assert!(waits[1] >= Duration::from_secs(2), "{waits:?}");
         assert!(waits[7] >= Duration::from_secs(8), "back-off reaches the maximum: {waits:?}");
         assert_eq!(b.view(Instant::now()).history.len(), 4, "history is bounded");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unavailable_answers_never_open_it_and_close_a_probe() {
+        let mut b = Breaker::new(cfg());
+        let now = Instant::now();
+        for _ in 0..20 {
+            assert_eq!(b.on_unavailable(), None);
+        }
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert_eq!(b.view(now).consecutive_failures, 20, "still a failed poll: the source shows down");
+        // Timeouts between unavailable answers start counting afresh.
+        b.on_failure(now, false);
+        b.on_failure(now, false);
+        b.on_unavailable();
+        b.on_failure(now, false);
+        b.on_failure(now, false);
+        assert_eq!(b.state(), BreakerState::Closed);
+        b.on_failure(now, false).expect("three timeouts in a row open it");
+        let Admission::WaitUntil(until) = b.admit(now) else { panic!("open") };
+        tokio::time::advance(until - now).await;
+        assert_eq!(b.admit(Instant::now()), Admission::Probe);
+        let t = b.on_unavailable().expect("a probe that finds no agent closes");
+        assert_eq!((t.from, t.to), (BreakerState::HalfOpen, BreakerState::Closed));
+        assert!(b.view(Instant::now()).consecutive_failures > 0);
+        assert_eq!(b.admit(Instant::now()), Admission::Poll);
+        assert!(b.on_success().is_none());
+        assert_eq!(b.view(Instant::now()).consecutive_failures, 0);
     }
 
     #[tokio::test(start_paused = true)]

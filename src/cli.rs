@@ -14,48 +14,48 @@ use crate::vm::DomainNaming;
 #[command(name = "vmbridge", version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("VMBRIDGE_GIT_REVISION"), ")"))]
 pub struct Cli {
     /// Listen address for /metrics, /healthz, /readyz and /debug [default: 0.0.0.0:9977].
-    #[arg(long, value_name = "ADDR")]
+    #[arg(global = true, long, value_name = "ADDR")]
     pub listen: Option<String>,
     /// Listen address for /debug (plain HTTP), or "off" [default: 127.0.0.1:9978].
-    #[arg(long, value_name = "ADDR")]
+    #[arg(global = true, long, value_name = "ADDR")]
     pub debug_listen: Option<String>,
     /// Also serve /debug on the public port to requests bearing the token in this file.
-    #[arg(long, value_name = "FILE")]
+    #[arg(global = true, long, value_name = "FILE")]
     pub debug_token_file: Option<String>,
     /// Serve the public port over HTTPS with this PEM certificate (reloaded on change).
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    #[arg(global = true, long, value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<String>,
     /// The PEM private key for --tls-cert.
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    #[arg(global = true, long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<String>,
     /// Serve the public port over HTTPS with a certificate generated at start.
-    #[arg(long)]
+    #[arg(global = true, long)]
     pub tls_self_signed: bool,
     /// libvirt URI to connect to (read-only); repeat for several daemons [default: qemu:///system].
-    #[arg(long = "libvirt-uri", value_name = "URI")]
+    #[arg(global = true, long = "libvirt-uri", value_name = "URI")]
     pub libvirt_uris: Vec<String>,
     /// TOML configuration file (schema: schemas/config.schema.json).
-    #[arg(long, value_name = "FILE")]
+    #[arg(global = true, long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Time between polls of each VM, e.g. 5s [default: 5s].
-    #[arg(long, value_name = "DURATION")]
+    #[arg(global = true, long, value_name = "DURATION")]
     pub poll_interval: Option<String>,
     /// Deadline of one poll, e.g. 4s [default: 4s].
-    #[arg(long, value_name = "DURATION")]
+    #[arg(global = true, long, value_name = "DURATION")]
     pub poll_timeout: Option<String>,
     /// Reach each VM's guest agent through this socket instead of libvirt; `{domain}`,
     /// `{namespace}` and `{name}` are replaced, e.g. '/run/vms/{domain}.qga'.
-    #[arg(long, value_name = "PATTERN")]
+    #[arg(global = true, long, value_name = "PATTERN")]
     pub qga_socket: Option<String>,
     /// Poll each VM's extra QMP monitor at this socket; `{domain}`, `{namespace}` and `{name}`
     /// are replaced, e.g. '/run/vms/{domain}.qmp'.
-    #[arg(long, value_name = "PATTERN")]
+    #[arg(global = true, long, value_name = "PATTERN")]
     pub qmp_socket: Option<String>,
     /// Export every known family for every VM before data exists (absent values are NaN).
-    #[arg(long)]
+    #[arg(global = true, long)]
     pub export_all_known: bool,
     /// Keep the last migration values after the job ends.
-    #[arg(long)]
+    #[arg(global = true, long)]
     pub keep_ephemeral: bool,
     /// Export every bridge-health series (each breaker state, error kind and transition
     /// reason at zero too, poll counts and durations), not only the ones that say something.
@@ -63,37 +63,62 @@ pub struct Cli {
     pub health_detail: bool,
     /// Where libvirt daemons come from: the --libvirt-uri list, or every KubeVirt
     /// virt-launcher's daemon found through /proc (needs hostPID) [default: uris].
-    #[arg(long, value_enum, value_name = "MODE")]
+    #[arg(global = true, long, value_enum, value_name = "MODE")]
     pub discovery: Option<DiscoveryArg>,
     /// Do not poll guest agents.
-    #[arg(long)]
+    #[arg(global = true, long)]
     pub no_qga: bool,
     /// Value of the `node` label [default: $NODE_NAME, else the host name].
-    #[arg(long, env = "NODE_NAME", value_name = "NAME")]
+    #[arg(global = true, long, env = "NODE_NAME", value_name = "NAME")]
     pub node_name: Option<String>,
     /// Namespace for domains whose name carries none [default: default].
-    #[arg(long, value_name = "NAMESPACE")]
+    #[arg(global = true, long, value_name = "NAMESPACE")]
     pub default_namespace: Option<String>,
     /// How domain names map to namespace/name [default: auto].
-    #[arg(long, value_enum, value_name = "RULE")]
+    #[arg(global = true, long, value_enum, value_name = "RULE")]
     pub domain_naming: Option<NamingArg>,
     /// Log filter (tracing env-filter syntax), e.g. info or vmbridge=debug.
-    #[arg(long, env = "VMBRIDGE_LOG", default_value = "info")]
+    #[arg(global = true, long, env = "VMBRIDGE_LOG", default_value = "info")]
     pub log: String,
     /// Log as JSON lines instead of text.
-    #[arg(long)]
+    #[arg(global = true, long)]
     pub log_json: bool,
     /// Which families to export: all, or none that KubeVirt's virt-handler exports too (to run
     /// beside it) [default: full].
-    #[arg(long, value_enum, value_name = "PROFILE")]
+    #[arg(global = true, long, value_enum, value_name = "PROFILE")]
     pub metrics_profile: Option<crate::catalogue::Profile>,
     /// Export only these groups, comma-separated (core, hypervisor, guest, qmp, process,
     /// bridge) [default: all].
-    #[arg(long, value_enum, value_name = "GROUPS", value_delimiter = ',')]
+    #[arg(global = true, long, value_enum, value_name = "GROUPS", value_delimiter = ',')]
     pub metrics_groups: Option<Vec<crate::catalogue::Group>>,
     /// Print the metric catalogue and exit, without connecting anywhere.
-    #[arg(long)]
+    #[arg(global = true, long)]
     pub list_metrics: bool,
+    /// Without a subcommand, vmbridge runs the exporter.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Probe every libvirt endpoint, VM and source once (same configuration and flags, normal
+    /// timeouts) and print what works and, for what does not, why and the fix. Exits 0 when at
+    /// least one source of one VM works, 1 when none does, 2 when the configuration is invalid.
+    Check {
+        /// `table` for people, `json` for scripts (schema: schemas/check.schema.json).
+        #[arg(long, value_enum, default_value = "table")]
+        output: CheckOutput,
+    },
+}
+
+/// `check --output` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CheckOutput {
+    /// A table.
+    Table,
+    /// JSON.
+    Json,
 }
 
 /// `--discovery` values.

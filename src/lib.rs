@@ -37,6 +37,8 @@
 //! - [`collector`]: runs each source's encoder over the store, then the event and migration
 //!   families (from one source per VM for its life: QMP when configured, else libvirt) and
 //!   vmbridge's own; [`catalogue`] lists every family.
+//! - [`check`]: `vmbridge check`, every endpoint, VM and source probed once through the same
+//!   pollers, with a diagnosis and a fix for each failure.
 //! - [`http`]: the endpoints, with a bounded drain at shutdown; [`config`] and [`cli`]: typed,
 //!   validated settings (each source's section is validated by its module).
 //!
@@ -46,12 +48,14 @@
 
 pub mod breaker;
 pub mod catalogue;
+pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod collector;
 pub mod config;
 pub mod debug;
 pub mod http;
+pub mod log_summary;
 pub mod schema;
 pub mod source;
 pub mod status;

@@ -36,6 +36,9 @@ fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
+    if let Some(vmbridge::cli::Command::Check { output }) = cli.command {
+        return check(settings, output);
+    }
     let filter =
         tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -82,6 +85,27 @@ fn main() -> ExitCode {
     // SIGSTOPped QEMU never returns: give them a moment, then exit without them.
     runtime.shutdown_timeout(SHUTDOWN_GRACE);
     code
+}
+
+/// `vmbridge check`: probes once, prints the report; 0 when something works, else 1.
+fn check(settings: vmbridge::config::Settings, output: vmbridge::cli::CheckOutput) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e),
+    };
+    let report = runtime.block_on(vmbridge::check::run(&settings));
+    let text = match output {
+        vmbridge::cli::CheckOutput::Table => vmbridge::check::table(&report),
+        vmbridge::cli::CheckOutput::Json => match serde_json::to_string_pretty(&report) {
+            Ok(json) => json + "\n",
+            Err(e) => return fail(&e),
+        },
+    };
+    // A closed pipe (`| head`) is not an error worth a panic.
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
+    // A probe into a hung VM may still be running: do not wait for it.
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    if report.any_working() { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }
 
 /// How long blocking calls (libvirt RPCs, `/proc` reads) may take to finish at exit.

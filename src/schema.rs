@@ -15,6 +15,7 @@ pub fn generated() -> Vec<(&'static str, String)> {
         ("schemas/config.schema.json", pretty(schemars::schema_for!(FileConfig))),
         ("schemas/debug-vms.schema.json", pretty(schemars::schema_for!(DebugIndex))),
         ("schemas/debug-vm.schema.json", pretty(schemars::schema_for!(DebugVm))),
+        ("schemas/check.schema.json", pretty(schemars::schema_for!(crate::check::CheckReport))),
         ("docs/METRICS.md", crate::catalogue::markdown()),
     ]
 }

@@ -10,9 +10,10 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::breaker::{Admission, Breaker, BreakerConfig, BreakerState};
+use crate::breaker::{Admission, Breaker, BreakerConfig, BreakerState, Transition};
 use crate::clock::now_unix;
 use crate::config::StaticVm;
+use crate::log_summary::{LogSummary, Verdict};
 use crate::source::libvirt::discovery::VmEvent;
 use crate::source::{ErrorKind, PollError, Poller, Source, SourceKind, SourceSample, Sources, Visit, VmStart};
 use crate::store::{ErrorRecord, SourceSnapshot, Store, VmKey, VmSnapshot};
@@ -66,6 +67,8 @@ pub async fn run_source<P: Poller>(
     let kind = poller.kind();
     let deadline = poller.deadline();
     let limit = deadline + grace(deadline);
+    let recheck = poller.recheck_period().unwrap_or(settings.interval);
+    let wake = poller.wake();
     let mut breaker = Breaker::new(settings.breaker.clone());
     let stuck = poller.stuck_calls();
     let mut snap = SourceSnapshot::fresh(breaker.view(Instant::now()), stuck.clone());
@@ -73,6 +76,9 @@ pub async fn run_source<P: Poller>(
     let poller = Arc::new(tokio::sync::Mutex::new(poller));
     // The poll in flight, when it started, and whether it was counted stuck.
     let mut in_flight: Option<(PollFuture, Instant, bool)> = None;
+    // The source answered "unavailable" (no agent) last time: a state, logged when it changes.
+    let mut unavailable = false;
+    let mut repeats: LogSummary<TransitionKey> = LogSummary::default();
     loop {
         if let Admission::WaitUntil(until) = breaker.admit(Instant::now()) {
             tokio::select! {
@@ -120,39 +126,114 @@ pub async fn run_source<P: Poller>(
                 })
             }
         };
+        let error_kind = result.as_ref().err().map(|e| e.kind);
         let transition = match result {
             Ok(sample) => {
                 snap.sample = Some(Arc::new(sample));
                 snap.last_success_at = Some(now_unix());
+                if std::mem::take(&mut unavailable) {
+                    tracing::info!(namespace = %id.namespace, name = %id.name, source = kind.as_str(), "source available again");
+                }
                 breaker.on_success()
+            }
+            Err(e) if !e.kind.trips_breaker() => {
+                // A state, not a fault: counted every time, recorded and logged when it starts
+                // (or its message changes), re-checked on the source's slow period.
+                tracing::debug!(namespace = %id.namespace, name = %id.name, source = kind.as_str(), error = %e, "source unavailable");
+                *snap.errors_total.entry(e.kind).or_default() += 1;
+                let same = snap.last_errors.back().is_some_and(|r| r.kind == e.kind && r.message == e.message);
+                if !unavailable || !same {
+                    tracing::info!(
+                        namespace = %id.namespace, name = %id.name, source = kind.as_str(),
+                        kind = e.kind.as_str(), error = %e.message, recheck = ?recheck,
+                        "source unavailable; re-checked periodically, not counted toward its breaker"
+                    );
+                    record_error(&mut snap, &settings, e.kind, e.message);
+                }
+                unavailable = true;
+                breaker.on_unavailable()
             }
             Err(e) => {
                 tracing::debug!(namespace = %id.namespace, name = %id.name, source = kind.as_str(), error = %e, "poll failed");
+                unavailable = false;
                 *snap.errors_total.entry(e.kind).or_default() += 1;
-                if settings.errors_kept > 0 {
-                    if snap.last_errors.len() >= settings.errors_kept {
-                        snap.last_errors.pop_front();
-                    }
-                    snap.last_errors.push_back(ErrorRecord { at: now_unix(), kind: e.kind, message: e.message });
-                }
+                record_error(&mut snap, &settings, e.kind, e.message);
                 breaker.on_failure(Instant::now(), e.hard)
             }
         };
         if let Some(t) = &transition {
-            tracing::info!(
-                namespace = %id.namespace, name = %id.name, source = kind.as_str(),
-                from = t.from.as_str(), to = t.to.as_str(), reason = t.reason.as_str(),
-                "breaker changed state"
-            );
+            log_transition(&id, kind, t, error_kind, &mut repeats);
         }
         snap.breaker = breaker.view(Instant::now());
         store.publish(&key, kind, Arc::new(snap.clone()));
         let failing_but_closed = breaker.state() == BreakerState::Closed && snap.breaker.consecutive_failures > 0;
-        let next = if failing_but_closed { Instant::now() + settings.retry_delay } else { attempt + settings.interval };
+        let next = if unavailable {
+            attempt + recheck
+        } else if failing_but_closed {
+            Instant::now() + settings.retry_delay
+        } else {
+            attempt + settings.interval
+        };
+        let woken = async {
+            match &wake {
+                Some(w) if unavailable => w.notified().await,
+                _ => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = tokio::time::sleep_until(next) => {}
+            _ = woken => {}
             _ = cancel.cancelled() => return,
         }
+    }
+}
+
+/// Keeps the `errors_kept` most recent failures.
+fn record_error(snap: &mut SourceSnapshot, settings: &PollSettings, kind: ErrorKind, message: String) {
+    if settings.errors_kept > 0 {
+        if snap.last_errors.len() >= settings.errors_kept {
+            snap.last_errors.pop_front();
+        }
+        snap.last_errors.push_back(ErrorRecord { at: now_unix(), kind, message });
+    }
+}
+
+/// What makes two breaker transitions "the same" for the log: from, to, reason, error kind.
+type TransitionKey = (&'static str, &'static str, &'static str, Option<&'static str>);
+
+/// Logs a breaker transition at info, the first of each kind only; its repeats (a hung VM
+/// probed at every back-off) are summarised once per [`crate::log_summary::WINDOW`], and a
+/// recovery says how many went unlogged.
+fn log_transition(
+    id: &VmId,
+    source: SourceKind,
+    t: &Transition,
+    error: Option<ErrorKind>,
+    repeats: &mut LogSummary<TransitionKey>,
+) {
+    let (from, to, reason) = (t.from.as_str(), t.to.as_str(), t.reason.as_str());
+    let error = error.map(ErrorKind::as_str);
+    if t.to == BreakerState::Closed {
+        let unlogged = repeats.reset();
+        tracing::info!(
+            namespace = %id.namespace, name = %id.name, source = source.as_str(), from, to, reason, unlogged_repeats = unlogged,
+            "breaker changed state"
+        );
+        return;
+    }
+    match repeats.note((from, to, reason, error), Instant::now()) {
+        Verdict::Log => tracing::info!(
+            namespace = %id.namespace, name = %id.name, source = source.as_str(), from, to, reason, error,
+            "breaker changed state; identical repeats are summarised"
+        ),
+        Verdict::Quiet => tracing::debug!(
+            namespace = %id.namespace, name = %id.name, source = source.as_str(), from, to, reason, error,
+            "breaker changed state"
+        ),
+        Verdict::Summary { repeats, over } => tracing::info!(
+            namespace = %id.namespace, name = %id.name, source = source.as_str(), from, to, reason, error, repeats,
+            "{repeats} identical breaker transitions in the last {}", humantime::format_duration(Duration::from_secs(over.as_secs()))
+        ),
     }
 }
 
@@ -320,6 +401,9 @@ mod tests {
         Fine,
         /// The first poll takes 2 s, the others answer at once.
         SlowFirst,
+        /// No agent until the shared flag is set, then fine; re-checked every 30 s, woken by
+        /// the notifier.
+        Absent(Arc<std::sync::atomic::AtomicBool>, Arc<tokio::sync::Notify>),
     }
 
     /// A test poller with a 1 s deadline, counting the polls it started.
@@ -335,9 +419,22 @@ mod tests {
         fn stuck_calls(&self) -> Arc<AtomicU64> {
             Arc::new(AtomicU64::new(0))
         }
+        fn recheck_period(&self) -> Option<Duration> {
+            matches!(self.0, Behaviour::Absent(..)).then_some(Duration::from_secs(30))
+        }
+        fn wake(&self) -> Option<Arc<tokio::sync::Notify>> {
+            match &self.0 {
+                Behaviour::Absent(_, n) => Some(n.clone()),
+                _ => None,
+            }
+        }
         async fn poll(&mut self) -> Result<SourceSample, PollError> {
             let n = self.1.fetch_add(1, Ordering::SeqCst);
-            match self.0 {
+            match &self.0 {
+                Behaviour::Absent(present, _) if !present.load(Ordering::SeqCst) => {
+                    return Err(PollError::new(ErrorKind::AgentUnavailable, "QEMU guest agent is not connected"));
+                }
+                Behaviour::Absent(..) => {}
                 Behaviour::Hung => std::future::pending().await,
                 Behaviour::SlowFirst if n == 0 => tokio::time::sleep(Duration::from_secs(2)).await,
                 Behaviour::SlowFirst | Behaviour::Fine => {}
@@ -416,6 +513,42 @@ mod tests {
         assert!(f.is_up() && f.polls_total >= 12, "{f:?}");
         assert_eq!(starts.load(Ordering::SeqCst), 1, "half-open probes wait for the same poll");
         assert!(!snap(&hung).is_up());
+        cancel.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_absent_agent_is_down_rechecked_on_its_period_never_trips_and_is_recorded_once() {
+        let store = Arc::new(Store::new([]));
+        let id = vm(&store, "agentless");
+        let (present, notify) =
+            (Arc::new(std::sync::atomic::AtomicBool::new(false)), Arc::new(tokio::sync::Notify::new()));
+        let polls = Arc::new(AtomicU64::new(0));
+        let cancel = CancellationToken::new();
+        tokio::spawn(run_source(
+            id.clone(),
+            VmKey::new("test", "agentless"),
+            TestPoller(Behaviour::Absent(present.clone(), notify.clone()), polls.clone()),
+            store.clone(),
+            settings(),
+            cancel.clone(),
+        ));
+        let snap = || store.vm(&id).and_then(|v| v.sources.get(&SourceKind::Process).cloned()).expect("published");
+        // 10 minutes: one poll at start, then one per 30 s re-check, none at the retry delay.
+        tokio::time::sleep(Duration::from_secs(600) + Duration::from_millis(10)).await;
+        let s = snap();
+        assert!(!s.is_up(), "{s:?}");
+        assert_eq!(polls.load(Ordering::SeqCst), 21, "re-checked every 30 s");
+        assert_eq!(s.errors_total.get(&ErrorKind::AgentUnavailable), Some(&21));
+        assert_eq!(s.last_errors.len(), 1, "recorded once, not per re-check: {:?}", s.last_errors);
+        assert_eq!(s.breaker.state, BreakerState::Closed);
+        assert!(s.breaker.history.is_empty(), "no transition at all: {:?}", s.breaker.history);
+        // The agent comes up and libvirt says so: polled at once, not at the next re-check.
+        present.store(true, Ordering::SeqCst);
+        notify.notify_one();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let s = snap();
+        assert!(s.is_up(), "{s:?}");
+        assert_eq!(polls.load(Ordering::SeqCst), 22);
         cancel.cancel();
     }
 

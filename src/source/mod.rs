@@ -84,11 +84,16 @@ pub enum ErrorKind {
     Protocol,
     /// The poll task itself failed (a panic in a blocking call).
     Internal,
+    /// The guest agent is not there: libvirt says "QEMU guest agent is not connected" (or
+    /// the domain has no agent channel), or nothing listens at the direct socket. A state,
+    /// not a fault: it never counts toward opening the breaker and is re-checked on the
+    /// source's slow period (see [`Poller::recheck_period`]).
+    AgentUnavailable,
 }
 
 impl ErrorKind {
     /// Every kind, so counters can be exported at zero.
-    pub const ALL: [ErrorKind; 7] = [
+    pub const ALL: [ErrorKind; 8] = [
         ErrorKind::Timeout,
         ErrorKind::PoolSaturated,
         ErrorKind::Connection,
@@ -96,6 +101,7 @@ impl ErrorKind {
         ErrorKind::Remote,
         ErrorKind::Protocol,
         ErrorKind::Internal,
+        ErrorKind::AgentUnavailable,
     ];
 
     /// The label value.
@@ -108,7 +114,14 @@ impl ErrorKind {
             ErrorKind::Remote => "remote",
             ErrorKind::Protocol => "protocol",
             ErrorKind::Internal => "internal",
+            ErrorKind::AgentUnavailable => "agent_unavailable",
         }
+    }
+
+    /// Whether a failure of this kind counts toward opening the breaker. An absent agent
+    /// answered at once and definitely: it is a state of the VM, not a fault to back off from.
+    pub fn trips_breaker(self) -> bool {
+        !matches!(self, ErrorKind::AgentUnavailable)
     }
 }
 
@@ -161,6 +174,16 @@ pub trait Poller: Send + 'static {
     fn poll(&mut self) -> impl std::future::Future<Output = Result<SourceSample, PollError>> + Send;
     /// Calls abandoned at their deadline and still running, for `vmbridge_stuck_calls`.
     fn stuck_calls(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64>;
+    /// How long to wait before polling again after an [`ErrorKind::AgentUnavailable`]
+    /// answer; `None`: the poll interval.
+    fn recheck_period(&self) -> Option<std::time::Duration> {
+        None
+    }
+    /// Fired when the source may have become available (libvirt's agent-connected event), so
+    /// a waiting re-check runs at once; `None` when no such signal exists.
+    fn wake(&self) -> Option<Arc<tokio::sync::Notify>> {
+        None
+    }
 }
 
 /// Something done once per source type (see [`SourceKind::visit`]).

@@ -25,6 +25,9 @@ pub enum WireError {
         path: String,
         /// OS error.
         message: String,
+        /// Its kind: `NotFound` (no socket) and `ConnectionRefused` (nobody listening) mean
+        /// no peer, `PermissionDenied` a socket vmbridge may not open.
+        io: std::io::ErrorKind,
     },
     /// No complete reply before the deadline.
     #[error("no reply within {0:?}")]
@@ -84,7 +87,11 @@ impl LineConn {
         let stream = tokio::time::timeout(deadline, UnixStream::connect(path))
             .await
             .map_err(|_| WireError::Timeout(deadline))?
-            .map_err(|e| WireError::Connect { path: path.display().to_string(), message: e.to_string() })?;
+            .map_err(|e| WireError::Connect {
+                path: path.display().to_string(),
+                message: e.to_string(),
+                io: e.kind(),
+            })?;
         Ok(LineConn {
             framed: Framed::new(stream, LinesCodec::new_with_max_length(max_line)),
             max_line,

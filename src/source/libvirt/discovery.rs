@@ -65,7 +65,8 @@ enum Call {
     Subscribed(Result<Vec<i32>, virt::error::Error>),
 }
 
-fn list_running(conn: &Conn) -> Result<Vec<(String, String)>, virt::error::Error> {
+/// The running domains of a connection, as (name, UUID). Blocking.
+pub fn list_running(conn: &Conn) -> Result<Vec<(String, String)>, virt::error::Error> {
     let doms = conn.connect.list_all_domains(virt::sys::VIR_CONNECT_LIST_DOMAINS_ACTIVE)?;
     let mut out = Vec::with_capacity(doms.len());
     for d in doms {

@@ -36,6 +36,9 @@ pub struct Endpoint {
     generations: AtomicU64,
     /// Event counts per domain UUID, from libvirt's domain events (vmbridge's own counts).
     events: Mutex<std::collections::HashMap<String, EventCounts>>,
+    /// Per domain UUID, notified when libvirt reports its guest agent connected, so a guest
+    /// source waiting to re-check an absent agent polls at once.
+    agent_wakers: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Notify>>>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -61,6 +64,7 @@ impl Endpoint {
             agent: Mutex::new(None),
             generations: AtomicU64::new(0),
             events: Mutex::new(std::collections::HashMap::new()),
+            agent_wakers: Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -130,6 +134,18 @@ impl Endpoint {
         if book.len() < 100_000 || book.contains_key(uuid) {
             book.entry(uuid.to_owned()).or_default().count_libvirt(ev, crate::clock::now_unix());
         }
+        drop(book);
+        if matches!(ev, super::ffi::DomainEvent::Agent { connected: true }) {
+            if let Some(w) = self.agent_wakers.lock().unwrap_or_else(PoisonError::into_inner).get(uuid) {
+                // Stores a permit when nobody waits: a poll in progress is followed by another.
+                w.notify_one();
+            }
+        }
+    }
+
+    /// The notifier fired when domain `uuid`'s guest agent connects.
+    pub fn agent_waker(&self, uuid: &str) -> Arc<tokio::sync::Notify> {
+        self.agent_wakers.lock().unwrap_or_else(PoisonError::into_inner).entry(uuid.to_owned()).or_default().clone()
     }
 
     /// The event counts of one domain, if any event was seen.
@@ -140,6 +156,7 @@ impl Endpoint {
     /// Forgets the counts of domains that are gone.
     pub fn retain_events(&self, keep: impl Fn(&str) -> bool) {
         self.events.lock().unwrap_or_else(PoisonError::into_inner).retain(|k, _| keep(k));
+        self.agent_wakers.lock().unwrap_or_else(PoisonError::into_inner).retain(|k, _| keep(k));
     }
 
     /// A sink for [`super::ffi::register_events`] that counts into this endpoint.

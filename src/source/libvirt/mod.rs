@@ -127,6 +127,7 @@ pub fn classify(err: &virt::error::Error) -> (crate::source::ErrorKind, bool) {
     use virt::enumutil::Enum;
     use virt::error::ErrorNumber as N;
     match err.code() {
+        _ if crate::source::qga::transport::agent_absent(err) => (ErrorKind::AgentUnavailable, false),
         Enum::Known(N::NoDomain) => (ErrorKind::NoDomain, false),
         Enum::Known(N::OperationTimeout | N::AgentUnresponsive) => (ErrorKind::Timeout, false),
         Enum::Known(N::SystemError | N::Rpc | N::NoConnect | N::InvalidConn | N::AuthFailed) => {

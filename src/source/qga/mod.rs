@@ -117,7 +117,11 @@ impl Source for Qga {
             }
             (None, None, _) => return None,
         };
-        Some(poller::QgaPoller::new(transport, q.poll.clone()))
+        let poller = poller::QgaPoller::new(transport, q.poll.clone());
+        Some(match vm.endpoint {
+            Some(e) => poller.with_wake(e.agent_waker(vm.uuid)),
+            None => poller,
+        })
     }
 
     fn families() -> Vec<&'static MetricDef> {

@@ -1,7 +1,9 @@
 //! Polls one VM's guest agent: `guest-info` first (and again periodically or after a
 //! reconnect) to learn which commands exist and are enabled, then each supported command on
-//! its own period. A transport failure (no agent, timeout, garbage, oversized reply) fails the
-//! poll and feeds the breaker; an agent error for one command is recorded for that command only.
+//! its own period. A transport failure (timeout, garbage, oversized reply) fails the poll and
+//! feeds the breaker; no agent at all (`agent_unavailable`) fails the poll without feeding it,
+//! and is re-checked on the capability period or when libvirt reports the agent connected. An
+//! agent error for one command is recorded for that command only.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -56,13 +58,21 @@ pub struct QgaPoller {
     enabled: Option<Vec<String>>,
     due: BTreeMap<&'static str, Instant>,
     sample: QgaSample,
+    /// Fired by libvirt's agent-connected event, when the VM came through libvirt.
+    wake: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 impl QgaPoller {
     /// A poller over `transport`.
     pub fn new(transport: Transport, settings: QgaSettings) -> Self {
         let sample = QgaSample { transport: transport.name().to_owned(), ..Default::default() };
-        QgaPoller { transport, settings, enabled: None, due: BTreeMap::new(), sample }
+        QgaPoller { transport, settings, enabled: None, due: BTreeMap::new(), sample, wake: None }
+    }
+
+    /// Also re-checks an absent agent as soon as `wake` fires.
+    pub fn with_wake(mut self, wake: std::sync::Arc<tokio::sync::Notify>) -> Self {
+        self.wake = Some(wake);
+        self
     }
 
     fn period(&self, key: &str) -> Duration {
@@ -145,6 +155,15 @@ impl Poller for QgaPoller {
 
     fn stuck_calls(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
         self.transport.stuck_calls()
+    }
+
+    /// An absent agent is looked for again on the capability period (`qga.periods.info`).
+    fn recheck_period(&self) -> Option<Duration> {
+        Some(self.period("info"))
+    }
+
+    fn wake(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        self.wake.clone()
     }
 
     fn deadline(&self) -> std::time::Duration {

@@ -60,7 +60,10 @@ fn unwrap_reply(v: Value, bytes: usize) -> Result<Reply, AgentError> {
 }
 
 fn wire_error(e: WireError) -> AgentError {
+    use std::io::ErrorKind as Io;
     let kind = match e {
+        // No socket, or nothing listening on it: no agent (a state, not a fault).
+        WireError::Connect { io: Io::NotFound | Io::ConnectionRefused, .. } => ErrorKind::AgentUnavailable,
         WireError::Timeout(_) => ErrorKind::Timeout,
         WireError::TooLong(_) | WireError::Garbage(_) | WireError::OverBudget(_) => ErrorKind::Protocol,
         WireError::Connect { .. } | WireError::Closed | WireError::Io(_) | WireError::Poisoned => ErrorKind::Connection,
@@ -233,6 +236,9 @@ impl LibvirtAgent {
                 use virt::error::ErrorNumber as N;
                 let msg = e.message().to_owned();
                 match e.code() {
+                    _ if agent_absent(&e) => {
+                        Err(AgentError::Transport(PollError::new(ErrorKind::AgentUnavailable, msg)))
+                    }
                     // The agent itself said no to this command: not a transport failure.
                     Enum::Known(N::AgentCommandFailed) => Err(AgentError::Command(truncate(&msg, 300))),
                     Enum::Known(N::InternalError) if msg.contains("unable to execute QEMU agent command") => {
@@ -251,6 +257,21 @@ impl LibvirtAgent {
                 }
             }
         }
+    }
+}
+
+/// Whether libvirt says the domain has no agent to talk to: "QEMU guest agent is not
+/// connected" (`VIR_ERR_AGENT_UNRESPONSIVE`, libvirt 9.0's code when the guest never opened
+/// the channel or closed it; the same code with another text means a hung agent) or "QEMU
+/// guest agent is not configured" (`VIR_ERR_ARGUMENT_UNSUPPORTED`: no channel at all).
+pub fn agent_absent(e: &virt::error::Error) -> bool {
+    use virt::enumutil::Enum;
+    use virt::error::ErrorNumber as N;
+    let msg = e.message();
+    match e.code() {
+        Enum::Known(N::AgentUnresponsive) => msg.contains("agent is not connected"),
+        Enum::Known(N::ArgumentUnsupported) => msg.contains("agent is not configured"),
+        _ => false,
     }
 }
 
