@@ -230,7 +230,7 @@ fn status_page_at_a_glance_with_20_vms_one_stopped() {
     }
 
     // The screenshot: 1280×800, not blank, the attention box and the failing cell on screen.
-    let shot = root().join("target/status-page.png");
+    let shot = root().join("target/status-screenshot.png");
     let t = Instant::now();
     screenshot(&format!("http://{}/", bridge.debug_addr), &shot);
     let shot_took = t.elapsed();
