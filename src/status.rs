@@ -114,11 +114,7 @@ pub fn render(index: &DebugIndex) -> String {
     vms.sort_by_key(|(_, f)| f.is_empty());
     let attention = vms.iter().filter(|(_, f)| !f.is_empty()).count();
     let down: Vec<_> = index.endpoints.iter().filter(|e| !e.up).collect();
-    let no_agent = index
-        .vms
-        .iter()
-        .filter(|vm| vm.sources.values().any(|s| Health::of(s) == Health::NoAgent))
-        .count();
+    let no_agent = index.vms.iter().filter(|vm| vm.sources.values().any(|s| Health::of(s) == Health::NoAgent)).count();
     let generated = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(index.generated_at.max(0.0));
     let _ = write!(
         h,
@@ -164,7 +160,11 @@ generated at {:.0} (Unix seconds)</p></body></html>",
     h
 }
 
-fn attention_box(h: &mut String, vms: &[(&VmSummary, Vec<(SourceKind, &SourceSummary)>)], down: &[&crate::store::EndpointStatus]) {
+fn attention_box(
+    h: &mut String,
+    vms: &[(&VmSummary, Vec<(SourceKind, &SourceSummary)>)],
+    down: &[&crate::store::EndpointStatus],
+) {
     let n = vms.iter().filter(|(_, f)| !f.is_empty()).count();
     if n == 0 && down.is_empty() {
         h.push_str("<div id=\"attention\" class=\"allok\"><h2>Nothing needs attention</h2></div>");
@@ -288,11 +288,20 @@ mod tests {
             generated_at: 1_700_000_000.0,
             endpoints: vec![],
             vms: vec![
-                vm("a-fine", vec![(SourceKind::Libvirt, source(BreakerState::Closed, true, None, "")), (SourceKind::Qga, no_agent())]),
+                vm(
+                    "a-fine",
+                    vec![
+                        (SourceKind::Libvirt, source(BreakerState::Closed, true, None, "")),
+                        (SourceKind::Qga, no_agent()),
+                    ],
+                ),
                 vm(
                     "b-<stuck>",
                     vec![
-                        (SourceKind::Libvirt, source(BreakerState::Open, false, Some(ErrorKind::Timeout), "call <timed> out")),
+                        (
+                            SourceKind::Libvirt,
+                            source(BreakerState::Open, false, Some(ErrorKind::Timeout), "call <timed> out"),
+                        ),
                         (SourceKind::Qga, no_agent()),
                     ],
                 ),
@@ -300,7 +309,8 @@ mod tests {
             conflicts: vec![],
         };
         let page = render(&index);
-        let attention = page.split("<div id=\"attention\">").nth(1).and_then(|s| s.split("</div>").next()).expect("box");
+        let attention =
+            page.split("<div id=\"attention\">").nth(1).and_then(|s| s.split("</div>").next()).expect("box");
         assert!(attention.contains("default/b-&lt;stuck&gt;"), "{attention}");
         assert!(attention.contains("timeout: call &lt;timed&gt; out"), "{attention}");
         assert!(attention.contains("last data 42 s ago"), "{attention}");
