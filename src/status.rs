@@ -38,6 +38,11 @@ fn age(seconds: Option<f64>) -> String {
     }
 }
 
+/// "1 VM", "2 VMs".
+fn count(n: usize, what: &str) -> String {
+    if n == 1 { format!("1 {what}") } else { format!("{n} {what}s") }
+}
+
 /// What one source's summary means to a person.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Health {
@@ -170,7 +175,12 @@ fn attention_box(
         h.push_str("<div id=\"attention\" class=\"allok\"><h2>Nothing needs attention</h2></div>");
         return;
     }
-    let _ = write!(h, "<div id=\"attention\"><h2>Needs attention: {n} VMs, {} endpoints</h2><ul>", down.len());
+    let _ = write!(
+        h,
+        "<div id=\"attention\"><h2>Needs attention: {}, {}</h2><ul>",
+        count(n, "VM"),
+        count(down.len(), "endpoint")
+    );
     for e in down {
         let _ = write!(
             h,
