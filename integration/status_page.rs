@@ -68,7 +68,8 @@ fn status_page_shows_the_stopped_vm_in_a_real_browser() {
     // The DOM as Chromium built it, after parsing and layout.
     let dom = headless(&url, &["--dump-dom"]);
     let cell = |vm: &str| {
-        let row = dom
+        let table = dom.split("<table id=\"vms\"").nth(1).unwrap_or_else(|| panic!("no VM table:\n{dom}"));
+        let row = table
             .split("<tr")
             .find(|r| r.contains(&format!("data-vm=\"default/{vm}\"")) && r.contains("data-source=\"libvirt\""))
             .unwrap_or_else(|| panic!("no libvirt row for {vm}:\n{dom}"));

@@ -17,6 +17,8 @@ command -v curl >/dev/null || missing+=(curl)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v chromium >/dev/null || missing+=(chromium)
+# The status page screenshot names DejaVu Sans: the same glyphs on every machine.
+[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
 command -v systemd-analyze >/dev/null || missing+=(systemd) # the package test verifies the unit
 command -v lintian >/dev/null || missing+=(lintian) # the package test checks the .deb
 if [ ${#missing[@]} -gt 0 ]; then

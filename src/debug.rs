@@ -23,6 +23,8 @@ pub struct SourceSummary {
     pub data_age_seconds: Option<f64>,
     /// The most recent error message, if any.
     pub last_error: Option<String>,
+    /// The most recent error's kind, if any (`agent_unavailable`: no guest agent, a state).
+    pub last_error_kind: Option<crate::source::ErrorKind>,
 }
 
 /// One VM in the index.
@@ -124,6 +126,7 @@ pub fn index(store: &Store, node: &str) -> DebugIndex {
                         up: s.is_up(),
                         data_age_seconds: s.last_success_at.map(|t| (now - t).max(0.0)),
                         last_error: s.last_errors.back().map(|e| e.message.clone()),
+                        last_error_kind: s.last_errors.back().map(|e| e.kind),
                     };
                     (*k, summary)
                 })
