@@ -6,11 +6,14 @@
 //! and found again only when it goes away, so a poll reads a few small files per process.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Serialize;
+use tokio::sync::Semaphore;
 
 use crate::catalogue::{self as c, MetricDef};
 use crate::collector::{VmView, family};
+use crate::source::libvirt::blocking::{BlockingSlot, SlotError};
 use crate::source::libvirt::ffi::{clock_ticks_per_second, page_size};
 use crate::source::{ErrorKind, PollError, Poller, Source, SourceKind, SourceSample, Sources, VmStart};
 
@@ -113,21 +116,40 @@ pub fn find(proc_root: &Path, domain: &str, uuid: &str) -> Vec<u32> {
     out
 }
 
+/// What one scan of `/proc` returns: the VM's processes and their figures.
+type Scan = (Vec<u32>, Vec<ProcessStats>);
+
 /// The process poller for one VM.
-#[derive(Debug)]
 pub struct ProcessPoller {
     domain: String,
     uuid: String,
     proc_root: PathBuf,
     pids: Vec<u32>,
     timeout: std::time::Duration,
+    /// The scan runs on the blocking pool under the same bound as libvirt calls: without it,
+    /// every VM's scan of one poll round took a thread of its own (102 threads at 100 VMs,
+    /// each with its own malloc arena and stack pages).
+    slot: BlockingSlot<Scan>,
+}
+
+impl std::fmt::Debug for ProcessPoller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessPoller").field("domain", &self.domain).field("pids", &self.pids).finish_non_exhaustive()
+    }
 }
 
 impl ProcessPoller {
-    /// A poller for libvirt domain `domain`; one scan of `/proc` may take `timeout` (the
-    /// supervisor enforces it: a `/proc` read can block, e.g. on a process in D state).
-    pub fn new(domain: String, uuid: String, proc_root: PathBuf, timeout: std::time::Duration) -> Self {
-        ProcessPoller { domain, uuid, proc_root, pids: Vec::new(), timeout }
+    /// A poller for libvirt domain `domain`; one scan of `/proc` may take `timeout` (a `/proc`
+    /// read can block, e.g. on a process in D state: the scan is then abandoned and counted
+    /// stuck, and its permit of `limiter` goes back to the others).
+    pub fn new(
+        domain: String,
+        uuid: String,
+        proc_root: PathBuf,
+        timeout: std::time::Duration,
+        limiter: Arc<Semaphore>,
+    ) -> Self {
+        ProcessPoller { domain, uuid, proc_root, pids: Vec::new(), timeout, slot: BlockingSlot::new(limiter) }
     }
 }
 
@@ -136,13 +158,13 @@ impl Poller for ProcessPoller {
         SourceKind::Process
     }
 
-    fn stuck_calls(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
-        // The scan's only blocking call is awaited by the supervisor, which counts it here.
-        std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0))
+    fn stuck_calls(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.slot.stuck_counter()
     }
 
     fn deadline(&self) -> std::time::Duration {
-        self.timeout
+        // Waiting for a permit and the scan each get `timeout` (see `BlockingSlot::run`).
+        self.timeout * 2
     }
 
     async fn poll(&mut self) -> Result<SourceSample, PollError> {
@@ -160,9 +182,19 @@ impl Poller for ProcessPoller {
                 pids.iter().filter_map(|p| read_stats(&root, *p, ticks, page, btime)).collect();
             (pids, stats)
         };
-        let (pids, stats) = tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|_| PollError::new(ErrorKind::Internal, "process scan panicked"))?;
+        let (pids, stats) = match self.slot.run(self.timeout, work).await {
+            Ok(scan) => scan,
+            Err(SlotError::Timeout { running_for }) => {
+                return Err(PollError::new(
+                    ErrorKind::Timeout,
+                    format!("process scan still running after {:.1}s", running_for.as_secs_f64()),
+                ));
+            }
+            Err(SlotError::Saturated) => {
+                return Err(PollError::new(ErrorKind::PoolSaturated, "no free blocking-call slot before the deadline"));
+            }
+            Err(SlotError::Panicked) => return Err(PollError::new(ErrorKind::Internal, "process scan panicked")),
+        };
         self.pids = pids;
         if stats.is_empty() {
             return Err(PollError::new(ErrorKind::NoDomain, format!("no QEMU process found for {}", self.domain)));
@@ -212,7 +244,13 @@ impl Source for Process {
     /// A VM a libvirt daemon reported (its QEMU is found by domain name), when enabled.
     fn poller(vm: &VmStart<'_>, settings: &ProcessSettings) -> Option<ProcessPoller> {
         vm.endpoint?;
-        Some(ProcessPoller::new(vm.domain.to_owned(), vm.uuid.to_owned(), settings.root.clone()?, vm.poll.timeout))
+        Some(ProcessPoller::new(
+            vm.domain.to_owned(),
+            vm.uuid.to_owned(),
+            settings.root.clone()?,
+            vm.poll.timeout,
+            vm.limiter.clone(),
+        ))
     }
 
     fn families() -> Vec<&'static MetricDef> {

@@ -1,6 +1,6 @@
 //! Polls one domain: bulk stats (state, cpu-total, balloon, vcpu, interface, block, dirtyrate)
-//! with `NOWAIT`, plus the job stats, the vCPU pinning and (when the devices changed) the
-//! device aliases from the domain XML, in one blocking call per poll. Nothing here waits for the
+//! with `NOWAIT`, plus the job stats, the vCPU pinning (every [`SLOW_EVERY`]th poll) and (when
+//! the devices changed) the device aliases from the domain XML, in one blocking call per poll. Nothing here waits for the
 //! domain's job (job stats are asked only while the monitor's state says no job is held, else
 //! the last reading is kept within the staleness window): a part libvirt skips because another client holds it is carried from the last
 //! answer (`merge`). (`virDomainMemoryStats` is not called: it queues for the job, and the
@@ -40,6 +40,18 @@ pub const STATS_FLAGS: u32 = sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT;
 /// Job stats: the job type and its parameters.
 type Job = (i32, Vec<(String, ffi::ParamValue)>);
 
+/// Every this many polls (and on the first), a poll also reads what seldom changes: the last
+/// completed job's statistics (also read on the poll after an active job was seen) and the
+/// vCPU pinning (also read when the vCPU count changes). The other polls skip those two
+/// libvirt round trips: three calls per poll instead of five, where each call is a wake-up of
+/// a blocking thread, libvirt's client lock and its event loop (most of vmbridge's CPU).
+pub const SLOW_EVERY: u64 = 6;
+
+/// Whether a job type is an active job (`VIR_DOMAIN_JOB_BOUNDED`, `_UNBOUNDED`).
+fn job_active(job_type: i32) -> bool {
+    job_type == sys::VIR_DOMAIN_JOB_BOUNDED as i32 || job_type == sys::VIR_DOMAIN_JOB_UNBOUNDED as i32
+}
+
 /// Job stats as read in one call.
 #[derive(Debug, Clone)]
 enum JobRead {
@@ -48,6 +60,9 @@ enum JobRead {
     /// Not asked: another caller held a job of the domain, and asking would have queued behind
     /// it (`virDomainGetJobStats` takes a query job).
     Busy,
+    /// No active job, and the last completed one was not asked for this time (the last
+    /// reading of it stands).
+    Idle,
 }
 
 /// What one call read besides the bulk stats.
@@ -57,8 +72,11 @@ struct Extra {
     job: JobRead,
     /// The monitor's state and time in it (`virDomainGetControlInfo`), when available.
     control: Option<(u32, Duration)>,
-    /// (vCPU, host CPU) pairs of the pinning map, when libvirt answered.
-    affinity: Option<u64>,
+    /// (vCPU, host CPU) pairs of the pinning map: `None` when not asked this time, `Some(None)`
+    /// when libvirt did not answer.
+    affinity: Option<Option<u64>>,
+    /// The vCPU count the bulk stats gave.
+    vcpus: Option<u64>,
     /// The device aliases, read again because the devices changed (or never were read).
     aliases: Option<(Vec<String>, Aliases)>,
 }
@@ -66,16 +84,29 @@ struct Extra {
 /// Bulk-stats parameters and the rest of one call.
 type Raw = Result<(Vec<(String, ffi::ParamValue)>, Extra), virt::error::Error>;
 
-/// The current job, or else the last completed one (kept for other readers).
-fn job(dom: &Domain) -> Option<Job> {
+/// The current job, or else (when `completed`) the last completed one (kept for other
+/// readers).
+fn job(dom: &Domain, completed: bool) -> JobRead {
     match ffi::job_stats(dom, 0) {
-        Ok((0, _)) => {
-            ffi::job_stats(dom, sys::VIR_DOMAIN_JOB_STATS_COMPLETED | sys::VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED).ok()
-        }
-        Ok(active) => Some(active),
+        Ok((0, _)) if completed => JobRead::Read(
+            ffi::job_stats(dom, sys::VIR_DOMAIN_JOB_STATS_COMPLETED | sys::VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED).ok(),
+        ),
+        Ok((0, _)) => JobRead::Idle,
+        Ok(active) => JobRead::Read(Some(active)),
         // Drivers without job stats: no migration metrics, not a failed poll.
-        Err(_) => None,
+        Err(_) => JobRead::Read(None),
     }
+}
+
+/// What a poll asks besides the bulk stats.
+#[derive(Debug, Clone, Copy)]
+struct Ask {
+    /// The last completed job's statistics, when no job is active.
+    completed: bool,
+    /// The vCPU pinning (asked anyway when the vCPU count is not `vcpus`).
+    affinity: bool,
+    /// The vCPU count at the last poll.
+    vcpus: Option<u64>,
 }
 
 /// Result of one blocking call: the data, plus the domain handle handed back for reuse.
@@ -105,6 +136,12 @@ pub struct LibvirtPoller {
     aliases: Option<(Vec<String>, Aliases)>,
     /// How `drive` and `interface` are labelled.
     device_labels: DeviceLabels,
+    /// Polls so far (every [`SLOW_EVERY`]th also reads the completed job and the pinning).
+    polls: u64,
+    /// The last job read was active: its completed statistics are read on the next poll.
+    job_was_active: bool,
+    /// The last pinning read, and the vCPU count then.
+    affinity: (Option<u64>, Option<u64>),
 }
 
 impl LibvirtPoller {
@@ -131,11 +168,14 @@ impl LibvirtPoller {
             last_job: None,
             aliases: None,
             device_labels,
+            polls: 0,
+            job_was_active: false,
+            affinity: (None, None),
         }
     }
 }
 
-fn call(conn: Conn, uuid: String, cached: Option<(u64, Domain)>, devices: Option<Vec<String>>) -> CallOutput {
+fn call(conn: Conn, uuid: String, cached: Option<(u64, Domain)>, devices: Option<Vec<String>>, ask: Ask) -> CallOutput {
     let generation = conn.generation;
     let dom = match cached {
         Some((g, d)) if g == generation => d,
@@ -152,16 +192,17 @@ fn call(conn: Conn, uuid: String, cached: Option<(u64, Domain)>, devices: Option
     let raw = ffi::domain_stats(&dom, STATS_GROUPS, STATS_FLAGS).map(|params| {
         let job = match control {
             Some((state, _)) if state != sys::VIR_DOMAIN_CONTROL_OK => JobRead::Busy,
-            _ => JobRead::Read(job(&dom)),
+            _ => job(&dom, ask.completed),
         };
         let vcpus = params.iter().find(|(k, _)| k == "vcpu.current").and_then(|(_, v)| v.as_u64());
-        let affinity = vcpus.and_then(|n| ffi::vcpu_affinity(&dom, u32::try_from(n).unwrap_or(0)).ok());
+        let affinity = (ask.affinity || vcpus != ask.vcpus)
+            .then(|| vcpus.and_then(|n| ffi::vcpu_affinity(&dom, u32::try_from(n).unwrap_or(0)).ok()));
         // The aliases come from the domain XML, read again only when the devices changed.
         let now = DomainSample::device_names(&params);
         let aliases = (devices.as_ref() != Some(&now))
             .then(|| dom.xml_desc(0).ok().map(|xml| (now, Aliases::parse(&xml))))
             .flatten();
-        (params, Extra { job, control, affinity, aliases })
+        (params, Extra { job, control, affinity, vcpus, aliases })
     });
     CallOutput { raw, generation, domain: Some((generation, dom)) }
 }
@@ -192,7 +233,10 @@ impl Poller for LibvirtPoller {
             .ok_or_else(|| PollError::new(ErrorKind::Connection, format!("no connection to {}", self.endpoint.uri)))?;
         let (uuid, cached) = (self.uuid.clone(), self.domain.take());
         let devices = self.aliases.as_ref().map(|(d, _)| d.clone());
-        let out = match self.slot.run(self.timeout, move || call(conn, uuid, cached, devices)).await {
+        let slow = self.polls % SLOW_EVERY == 0;
+        self.polls += 1;
+        let ask = Ask { completed: slow || self.job_was_active, affinity: slow, vcpus: self.affinity.1 };
+        let out = match self.slot.run(self.timeout, move || call(conn, uuid, cached, devices, ask)).await {
             Ok(out) => out,
             Err(SlotError::Timeout { running_for }) => {
                 return Err(PollError {
@@ -210,7 +254,7 @@ impl Poller for LibvirtPoller {
         };
         self.domain = out.domain;
         match out.raw {
-            Ok((params, Extra { job, control, affinity, aliases })) => {
+            Ok((params, Extra { job, control, affinity, vcpus, aliases })) => {
                 if let Some(a) = aliases {
                     self.aliases = Some(a);
                 }
@@ -231,8 +275,11 @@ impl Poller for LibvirtPoller {
                         hard: busy >= self.hard_timeout,
                     });
                 }
+                if let Some(a) = affinity {
+                    self.affinity = (a, vcpus);
+                }
                 let mut sample = LibvirtSample::new(merged.params, Vec::new());
-                sample.parsed.cpu_affinity = affinity;
+                sample.parsed.cpu_affinity = self.affinity.0;
                 if let Some((_, aliases)) = &self.aliases {
                     sample.parsed.apply_aliases(aliases, self.device_labels);
                 }
@@ -241,8 +288,17 @@ impl Poller for LibvirtPoller {
                 let now = tokio::time::Instant::now();
                 let job = match job {
                     JobRead::Read(job) => {
+                        self.job_was_active = job.as_ref().is_some_and(|(t, _)| job_active(*t));
                         self.last_job = Some((job.clone(), now));
                         job
+                    }
+                    // No job now: the last completed one read stands (an active one ended
+                    // was read again on this poll, as `Read`).
+                    JobRead::Idle => {
+                        self.job_was_active = false;
+                        let done = self.last_job.take().and_then(|(j, _)| j).filter(|(t, _)| !job_active(*t));
+                        self.last_job = Some((done.clone(), now));
+                        done
                     }
                     // Not asked this time: the last reading, while it is within the window.
                     JobRead::Busy => self
