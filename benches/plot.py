@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Plot scrape latency vs VM count (healthy phase) for vmbridge, prometheus-libvirt-exporter
-and collectd from benches/scale.sh's results, plus vmbridge's synthetic scrape path.
+and collectd from benches/scale.sh's results, plus vmbridge's synthetic scrape path (the
+/metrics render alone, no HTTP, and a plain copy of the same body as its floor, if recorded).
 
 Usage: plot.py --results results.jsonl [--synthetic scrape_path.json] --out docs/scrape-latency.png
 
@@ -67,7 +68,8 @@ def main():
         with open(a.synthetic) as f:
             synth = json.loads(f.read().strip().splitlines()[-1])
         for profile, ls in (("libvirt", "--"), ("libvirt+qga", "-.")):
-            pts = sorted((x for x in synth["results"] if x["profile"] == profile), key=lambda x: x["n"])
+            pts = sorted((x for x in synth.get("results") or []
+                          if x.get("profile") == profile and x.get("scrape_p50_s") is not None), key=lambda x: x["n"])
             if not pts:
                 continue
             xs = [x["n"] for x in pts]
@@ -75,8 +77,15 @@ def main():
             synth_ns = sorted(set(synth_ns) | set(xs))
             ax.plot(
                 xs, [x["scrape_p50_s"] * 1e3 for x in pts], color="tab:blue", linestyle=ls, marker=".",
-                alpha=0.6, label=f"vmbridge encode only, synthetic ({profile}): p50",
+                alpha=0.6, label=f"vmbridge /metrics render alone, synthetic ({profile}): p50, no HTTP",
             )
+            # The floor for the same body: a plain copy (newer scrape_path.json only).
+            mc = [x for x in pts if x.get("memcpy_p50_s") is not None]
+            if profile == "libvirt" and mc:
+                ax.plot(
+                    [x["n"] for x in mc], [x["memcpy_p50_s"] * 1e3 for x in mc], color="grey", linestyle=ls,
+                    marker=".", alpha=0.6, label=f"memcpy of the same body, synthetic ({profile}): p50",
+                )
     for x, y, color in disturbed:
         ax.annotate("†", (x, y), textcoords="offset points", xytext=(-12, 2), fontsize=12, color=color)
     if disturbed:

@@ -9,7 +9,8 @@ Three systems on the same real lab, side by side:
 Subcommands (called by scale.sh; see `scale.py SUBCOMMAND --help`):
   collectd-conf   write a minimal collectd.conf (virt + write_prometheus on a loopback port)
   wait-ready      wait until the given systems report every lab VM
-  phase           one measured phase; appends one JSON line to --out
+  phase           one measured phase; appends one JSON line to --out (healthy, with --catalogue:
+                  also each system's series per VM by family group, from its last scrape)
   facts           machine facts as JSON
   render          write the scale section of docs/benchmarks.md (between markers)
   splice-compare  re-render benches/compare.sh's section from saved results into its block
@@ -92,6 +93,109 @@ def parse(system, text, prefix):
     p["series_total"] = len(lines)
     p["series_lab"] = lab_series
     return p
+
+
+# ------------------------------------------------- series by family group ----
+
+# vmbridge's catalogue groups (src/catalogue.rs, `Group::ALL` order), then what fits none.
+GROUPS = ("core", "hypervisor", "guest", "qmp", "process", "bridge")
+GROUP_COLS = GROUPS + ("other",)
+# The peers have no groups: their families are put into vmbridge's by name (documented in the
+# report). A counter whose name says CPU, vCPU, interface or block → core; otherwise memory,
+# balloon, state, info/meta, maximum, a vCPU count or a block size → hypervisor; else other.
+PEER_CORE_RE = re.compile(r"cpu|interface|if_|block|disk")
+PEER_HYP_RE = re.compile(r"memory|balloon|state|info|meta|maximum|virtual_cpus|vcpus|capacity|allocation|physical")
+CD_TYPE_RE = re.compile(r'[{,]type="([^"]*)"')
+
+
+def load_catalogue(path):
+    """{exposed family name: group} from `vmbridge --list-metrics` (one family per line: name,
+    type, group, profiles, {labels}, help) or from docs/METRICS.md (one table per group)."""
+    out = {}
+    if not path or not os.path.exists(path):
+        return out
+    heading = None
+    for ln in open(path, errors="replace"):
+        ln = ln.rstrip("\n")
+        m = re.match(r"^## .*\(`([a-z]+)`\)\s*$", ln)
+        if m:
+            heading = m.group(1) if m.group(1) in GROUPS else None
+            continue
+        m = re.match(r"^\| `([a-zA-Z_:][a-zA-Z0-9_:]*)` \|", ln)
+        if m:
+            if heading:
+                out[m.group(1)] = heading
+            continue
+        parts = ln.split()
+        if len(parts) >= 3 and re.match(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$", parts[0]):
+            g = next((x for x in parts[1:4] if x in GROUPS), None)
+            if g:
+                out[parts[0]] = g
+    return out
+
+
+def load_kubevirt(path):
+    """Exposed names of the families KubeVirt's virt-handler exports (first column of
+    integration/fixtures/kubevirt-virt-handler-metrics.tsv; # starts a comment)."""
+    out = set()
+    if not path or not os.path.exists(path):
+        return out
+    for ln in open(path, errors="replace"):
+        if ln.strip() and not ln.startswith("#"):
+            out.add(ln.split("\t", 1)[0].split()[0])
+    return out
+
+
+def family(line):
+    """The metric name of one sample line."""
+    return re.split(r"[{ ]", line, 1)[0]
+
+
+def peer_group(key):
+    """vmbridge group of a prometheus-libvirt-exporter or collectd family, by the name rule."""
+    counter = key.split(" ", 1)[0].endswith("_total")
+    if counter and PEER_CORE_RE.search(key):
+        return "core"
+    if PEER_HYP_RE.search(key):
+        return "hypervisor"
+    return "other"
+
+
+def series_groups(system, text, want, catalogue, kubevirt):
+    """Sample lines naming a lab VM (exactly one of `want`), by family group: for vmbridge by
+    its catalogue (and the KubeVirt subset: families virt-handler exports too), for the peers
+    by peer_group(). Returns {"counts", "vms", "families", ["kubevirt_counts"]}."""
+    rx = VM_LABEL_RE[system]
+    counts, fams, kv, vms = {}, {}, {}, set()
+    for ln in series_lines(text):
+        m = rx.search(ln)
+        if not m or m.group(1) not in want:
+            continue
+        name = family(ln)
+        if system == "vmbridge":
+            g = catalogue.get(name, "other")
+            if kubevirt is not None and name in kubevirt:
+                kv[g] = kv.get(g, 0) + 1
+        elif system == "exporter":
+            if not name.startswith("libvirt_domain_"):
+                continue
+            g = peer_group(name[len("libvirt_domain_"):])
+        else:
+            if not name.startswith("collectd_virt_"):
+                continue
+            t = CD_TYPE_RE.search(ln)
+            g = peer_group(name[len("collectd_virt_"):] + (f" {t.group(1)}" if t else ""))
+        vms.add(m.group(1))
+        counts[g] = counts.get(g, 0) + 1
+        fams.setdefault(g, set()).add(name)
+    out = {"counts": counts, "vms": len(vms), "families": {g: sorted(v) for g, v in fams.items()}}
+    if system == "vmbridge" and kubevirt is not None:
+        out["kubevirt_counts"] = kv
+    return out
+
+
+def per_vm(counts, n):
+    return {g: c / n for g, c in counts.items()} if n else None
 
 
 # -------------------------------------------------------------- systems ----
@@ -287,6 +391,15 @@ def cmd_phase(a):
     want = set(lab_names(a.prefix, a.n))
     victim = a.victim
     healthy_want = want - ({victim} if victim else set())
+    catalogue = kubevirt = None
+    if a.phase == "healthy" and a.catalogue:
+        catalogue = load_catalogue(a.catalogue)
+        if not catalogue:
+            die(f"no family with a group in {a.catalogue} (expected `vmbridge --list-metrics` output)")
+        if a.kubevirt:
+            kubevirt = load_kubevirt(a.kubevirt)
+            if not kubevirt:
+                die(f"no family in {a.kubevirt}")
     load0 = loadavg()
 
     t_stop = t_flag = t_open = None
@@ -408,6 +521,9 @@ def cmd_phase(a):
             "min_free_workers": sampler.min_free,
             "max_workers": sampler.max_workers,
         },
+        "series_groups_from": ({"catalogue_families": len(catalogue),
+                                "kubevirt_families": len(kubevirt) if kubevirt is not None else None}
+                               if catalogue is not None else None),
         "foreign_domains_max": foreign.max_count,
         "foreign_domains_stopped": sorted(foreign.stopped),
         "cpu_s_per_min": {s: cpu.get(s) for s in systems},
@@ -430,6 +546,7 @@ def cmd_phase(a):
         up_min = None
         first_drop = None
         healthy_missing_max = 0
+        last_text = None
         for r in results[system]:
             if r is None:
                 r = (a.timeout, "timeout", b"", None)
@@ -442,6 +559,7 @@ def cmd_phase(a):
                     timeline.append((round(t_send - t_stop, 2), 0))
                 continue
             text = body.decode("utf-8", "replace")
+            last_text = text
             p = parse(system, text, a.prefix)
             got = p["vms"] & want
             vms_per.append(len(got))
@@ -492,6 +610,26 @@ def cmd_phase(a):
             "latencies_s": lat,
         }
         s = summary["systems"][system]
+        if catalogue is not None and last_text is not None:
+            # The last answered scrape of the phase, kept (--expo-dir) and classified.
+            if a.expo_dir:
+                os.makedirs(a.expo_dir, exist_ok=True)
+                with open(os.path.join(a.expo_dir, f"{system}-{a.n}.txt"), "w") as f:
+                    f.write(last_text)
+            sg = series_groups(system, last_text, want, catalogue, kubevirt)
+            s["series_by_group"] = sg["counts"]
+            s["series_by_group_vms"] = sg["vms"]
+            s["series_per_vm_by_group"] = per_vm(sg["counts"], sg["vms"])
+            s["series_group_families"] = sg["families"]
+            if "kubevirt_counts" in sg:
+                s["kubevirt_series_by_group"] = sg["kubevirt_counts"]
+                s["kubevirt_series_per_vm_by_group"] = per_vm(sg["kubevirt_counts"], sg["vms"])
+            for label, d in ((system, s["series_per_vm_by_group"]),
+                             ("virt-handler's families", s.get("kubevirt_series_per_vm_by_group"))):
+                if d is not None:
+                    log(f"  {label}: series per VM by group ({sg['vms']} VMs): "
+                        + ", ".join(f"{g} {d[g]:.1f}" for g in GROUP_COLS if g in d)
+                        + f"; total {sum(d.values()):.1f}")
         log(
             f"  {system}: p50 {C.fmt_lat(s['p50_s'], a.timeout)}, p99 {C.fmt_lat(s['p99_s'], a.timeout)}, "
             f"ok {s['ok']}/{a.k}, VMs {s['vms_min']}-{s['vms_max']}/{a.n}, series {s['series_lab_median']}, "
@@ -621,6 +759,33 @@ def fmt_bytes(b):
     return f"{b:.0f} B"
 
 
+def opt(fn, v):
+    """fn(v), or "—" for a value the results do not have (older results, failed scrapes)."""
+    return "—" if v is None else fn(v)
+
+
+def dig(x, *keys):
+    for key in keys:
+        if not isinstance(x, dict) or x.get(key) is None:
+            return None
+        x = x[key]
+    return x
+
+
+def and_list(items):
+    items = [str(i) for i in items]
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def synth_sizes(synth):
+    return sorted({x["n"] for x in (synth or {}).get("results") or [] if "n" in x})
+
+
+def near(ns, target):
+    """The N closest to target (the smaller one on a tie)."""
+    return min(ns, key=lambda n: (abs(n - target), n))
+
+
 def phase_name(r):
     v = r.get("victim")
     return {
@@ -710,9 +875,10 @@ def render_scale(a):
         return next((r for r in rows if r["n"] == n and r["phase"] == phase), None)
 
     L = []
+    sns = synth_sizes(synth)
     L.append(
-        f"## Scale: {', '.join(str(n) for n in ns[:-1])}{' and ' if len(ns) > 1 else ''}{ns[-1]} real VMs, three "
-        "systems side by side, plus 1,000 synthetic (`benches/scale.sh`)"
+        f"## Scale: {and_list(ns)} real VMs, three systems side by side"
+        + (f", plus {sns[-1]:,} synthetic" if sns else "") + " (`benches/scale.sh`)"
     )
     L.append("")
     L.append(
@@ -743,10 +909,12 @@ def render_scale(a):
         + ("`integration/lab.sh up` stops at 99 domains, so VMs 100 and above are added one by one with "
            "`lab.sh add` (same domain XML)." if maxn > 99 else "")
     )
-    L.append(
-        "- Synthetic: 10, 100 and 1,000 VMs in vmbridge's snapshot store, no libvirt (the scrape path "
-        "alone; the real lab cannot hold 1,000 VMs on this machine)."
-    )
+    if sns:
+        L.append(
+            f"- Synthetic: {and_list(f'{n:,}' for n in sns)} VMs in vmbridge's snapshot store, no libvirt (the "
+            "scrape path alone"
+            + (f"; the real lab cannot hold {sns[-1]:,} VMs on this machine" if sns[-1] > maxn else "") + ")."
+        )
     L.append("")
     L.append("### Machine")
     L.append("")
@@ -756,10 +924,13 @@ def render_scale(a):
     L.append(f"- {facts['libvirtd']}; {facts['qemu']}")
     L.append(f"- {facts['exporter']}; {facts['collectd']} (virt + write_prometheus plugins)")
     L.append(f"- {facts['vmbridge_version']}, release build")
+    lo, hi = load_range(rows)
     L.append(
-        f"- Shared machine: load average {' '.join(facts['loadavg'])} at the start (other test suites ran on "
-        "the same 2 cores and the same `libvirtd`; per-phase load averages are in the details table). "
-        "Absolute latencies are therefore pessimistic for all three systems alike."
+        f"- Shared machine: load average {' '.join(facts['loadavg'])} at the start"
+        + (f", {lo:.1f}–{hi:.1f} (1 min) over the measured phases" if lo is not None else "")
+        + f" (other test suites ran on the same {facts['nproc']} cores and the same `libvirtd`; each phase's "
+        "load average at its start and end is in the details table). Absolute latencies are therefore "
+        "pessimistic for all three systems alike."
     )
     L.append("")
 
@@ -807,12 +978,14 @@ def render_scale(a):
         f"{k}. *Series* counts sample lines naming a lab VM (vmbridge: `name=`, exporter: `domain=`, "
         "collectd: `virt=`), median over the phase; *exposition bytes* is the whole body (other tenants' "
         "domains included, if any). *CPU per cycle*: CPU s/min divided by collection cycles per minute — "
-        f"vmbridge and collectd collect every {a.poll_seconds:g} s in the background (12 cycles/min), the "
-        "exporter collects once per scrape; vmbridge's and collectd's figure also includes serving 5 scrapes "
-        "per cycle (1 per s). *RSS per VM (marginal)*: (RSS at N − RSS at "
+        f"vmbridge and collectd collect every {a.poll_seconds:g} s in the background "
+        f"({60 / a.poll_seconds:g} cycles/min), the exporter collects once per scrape; vmbridge's and "
+        f"collectd's figure also includes serving {a.poll_seconds / rows[0]['interval_s']:g} scrapes per cycle "
+        f"(one every {rows[0]['interval_s']:g} s). *RSS per VM (marginal)*: (RSS at N − RSS at "
         f"{base_n}) / (N − {base_n})."
     )
     L.append("")
+    L.extend(group_table(rows, ns, healthy, synth))
 
     # ---- one VM stopped
     L.append("### Real lab, one VM stopped (SIGSTOP of its QEMU)")
@@ -869,27 +1042,43 @@ def render_scale(a):
 
     # ---- synthetic
     if synth:
-        L.append("### Synthetic scrape path: 10, 100, 1,000 VMs (`cargo bench --bench scrape_path`)")
+        res = sorted(synth.get("results") or [], key=lambda r: (r.get("profile", ""), r.get("n", 0)))
+        L.append(f"### Synthetic scrape path: {and_list(f'{n:,}' for n in synth_sizes(synth))} VMs "
+                 "(`cargo bench --bench scrape_path`)")
         L.append("")
         L.append(
-            "| VMs | profile | scrape p50 | scrape p99 | of which encode p50 | CPU per scrape | series | bytes "
-            "| bytes per VM | RSS per VM (store) | poll cycle CPU (parse + publish) |"
+            "| VMs | profile | scrape p50 | scrape p99 | gather / concat p50 | memcpy p50 | scrape ÷ memcpy "
+            "| cold encode p50 | series per VM | bytes per VM | RSS per VM: store / + encoded "
+            "| poll cycle CPU: with encode / without |"
         )
-        L.append("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for x in sorted(synth["results"], key=lambda r: (r["profile"], r["n"])):
+        L.append("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for x in res:
             L.append(
-                f"| {x['n']:,} | {x['profile']} | {fmt_t(x['scrape_p50_s'])} | {fmt_t(x['scrape_p99_s'])} "
-                f"| {fmt_t(x['encode_p50_s'])} | {fmt_t(x['scrape_cpu_p50_s'])} | {x['series']:,} "
-                f"| {fmt_bytes(x['prometheus_bytes'])} | {fmt_bytes(x['bytes_per_vm'])} "
-                f"| {x['rss_store_per_vm_kib']:.1f} KiB | {fmt_t(x['poll_cycle_parse_publish_cpu_p50_s'])} |"
+                f"| {x['n']:,} | {x.get('profile', '—')} | {opt(fmt_t, x.get('scrape_p50_s'))} "
+                f"| {opt(fmt_t, x.get('scrape_p99_s'))} "
+                f"| {opt(fmt_t, x.get('scrape_gather_p50_s'))} / {opt(fmt_t, x.get('scrape_concat_p50_s'))} "
+                f"| {opt(fmt_t, x.get('memcpy_p50_s'))} "
+                f"| {opt(lambda v: f'{v:.1f}×', x.get('scrape_over_memcpy_p50'))} "
+                f"| {opt(fmt_t, x.get('cold_encode_p50_s'))} | {opt(lambda v: f'{v:.1f}', x.get('series_per_vm'))} "
+                f"| {opt(fmt_bytes, x.get('bytes_per_vm'))} "
+                f"| {opt(lambda v: f'{v:.1f} KiB', x.get('rss_store_per_vm_kib'))} / "
+                f"{opt(lambda v: f'{v:.1f} KiB', x.get('rss_store_and_encoded_per_vm_kib'))} "
+                f"| {opt(fmt_t, x.get('poll_cycle_parse_publish_encode_cpu_p50_s'))} / "
+                f"{opt(fmt_t, x.get('poll_cycle_parse_publish_cpu_p50_s'))} |"
             )
         L.append("")
         L.append(
-            f"- {synth['iterations']} measured scrapes per row after 10 warm-up scrapes, in one process, "
-            "single-threaded, no HTTP: *scrape* = `prometheus_client::encoding::text::encode` of the "
-            "collector's registry + `vmbridge::collector::text::openmetrics_to_prometheus` (what `/metrics` "
-            "does for a Prometheus server; *bytes* is the classic-format body). p99 is nearest-rank. *CPU per "
-            "scrape*: thread CPU time, median."
+            f"- {synth.get('iterations', '—')} measured scrapes per row after 10 warm-ups, in one process, "
+            "single-threaded, no HTTP (classic Prometheus text format; p99 is nearest-rank). Each VM's series "
+            "are encoded once, when its sample is published; a *scrape* (`VmCollector::render`, what "
+            "`/metrics` does) writes the family headers and, family by family, concatenates every VM's "
+            "pre-encoded run of that family. *gather / concat*: its two parts as the collector times them "
+            "(finding every VM's current runs, re-encoding only a VM whose data changed without a publish; "
+            "writing the headers and copying the runs into the body), medians of 100 scrapes. *memcpy*: a "
+            "plain copy of the same body into a new buffer, the floor for any server that returns these "
+            "bytes; *scrape ÷ memcpy* is the ratio of the two p50s. *cold encode*: encoding every VM from "
+            "scratch with a fresh collector — what every scrape did before the series were pre-encoded, and "
+            "what one poll cycle's publishes now cost in total, spread over the cycle."
         )
         L.append(
             "- Per VM: 2 vCPUs, 1 NIC, 2 disks, every balloon and memory stat (the bulk-stats fields "
@@ -898,18 +1087,44 @@ def render_scale(a):
             "guest-agent sample (2 filesystems, 2 interfaces, 2 CPUs and disks, OS info, users, load)."
         )
         L.append(
-            "- *RSS per VM (store)*: growth of the process's `VmRSS` while building and holding the store, "
-            "divided by N, each size in a fresh child process (allocator state cannot hide growth); at 10 VMs "
-            "it is within page granularity. *Poll cycle CPU*: parsing every VM's libvirt reply "
-            "(`LibvirtSample::new`) and publishing it to the store, i.e. vmbridge's own share of a poll "
-            "cycle without the libvirt round trips (those are libvirtd's CPU and I/O waits)."
+            "- *RSS per VM*: growth of the process's `VmRSS` divided by N, each size in a fresh child process "
+            "(allocator state cannot hide growth): *store* after building and holding the snapshot store, "
+            "*+ encoded* after the first scrape has also encoded and kept every VM's runs (what a running "
+            "vmbridge holds); at 10 VMs it is within page granularity. *Poll cycle CPU*: parsing every VM's "
+            "libvirt reply (`LibvirtSample::new`) and publishing it to the store, with a live collector (each "
+            "publish re-encodes that VM's runs) and without one, i.e. vmbridge's own share of a poll cycle "
+            "without the libvirt round trips (those are libvirtd's CPU and I/O waits)."
         )
         L.append("")
+        if any(isinstance(x.get("gzip"), dict) for x in res):
+            L.append("Compression of the same body (`Accept-Encoding: gzip`), each scrape compressing anew:")
+            L.append("")
+            L.append("| VMs | profile | plain | gzip level 1 | gzip level 3 | gzip level 6 "
+                     "| gzip, body unchanged (reused) p50 |")
+            L.append("|---:|---|---:|---:|---:|---:|---:|")
+            for x in res:
+                cells = []
+                for lv in (1, 3, 6):
+                    z = dig(x, "gzip", f"level_{lv}")
+                    cells.append("—" if not z else (
+                        f"{opt(fmt_bytes, z.get('bytes'))}, {opt(lambda v: f'{v:.1f}×', z.get('ratio'))}, "
+                        f"{opt(fmt_t, z.get('compress_p50_s'))}"))
+                L.append(
+                    f"| {x['n']:,} | {x.get('profile', '—')} | {opt(fmt_bytes, x.get('prometheus_bytes'))} "
+                    f"| {' | '.join(cells)} | {opt(fmt_t, x.get('gzip_reused_p50_s'))} |"
+                )
+            L.append("")
+            L.append(
+                "- Each gzip cell: compressed bytes, ratio (plain ÷ compressed), compression time p50. The "
+                "compression comes on top of the scrape; a gzip scrape while nothing changed since the last "
+                "one reuses the compressed body (last column)."
+            )
+            L.append("")
 
     # ---- findings
     L.append("### What this run shows")
     L.append("")
-    L.extend(findings(rows, ns, k, timeout, synth, healthy))
+    L.extend(findings(rows, ns, k, timeout, synth, healthy, facts, a))
     L.append("")
 
     ev = log_evidence(a.logs, ns)
@@ -927,7 +1142,8 @@ def render_scale(a):
     L.append("")
     L.append(
         "- Lab: `integration/lab.sh up N scale-` (TCG, q35, 32 MiB, 1 vCPU, virtio disk and NIC, balloon "
-        "with 5 s stats, no guest OS); the lab grows from one N to the next."
+        "with 5 s stats, no guest OS; `up` creates at most 99, so `scale-100` and above are added one by one "
+        "with `lab.sh add`); the lab grows from one N to the next."
     )
     L.append(
         f"- Per N all three start fresh on free loopback ports: `vmbridge --listen 127.0.0.1:P "
@@ -1012,7 +1228,8 @@ def render_scale(a):
         )
     L.append("")
     if labs:
-        L.append("| N | lab QEMU processes | their RSS total | per VM | MemAvailable | `lab.sh up` time |")
+        L.append("| N | lab QEMU processes | their RSS total | per VM | MemAvailable "
+                 "| lab growth (`lab.sh up` + `add`) |")
         L.append("|---:|---:|---:|---:|---:|---:|")
         for n in sorted(labs):
             d = labs[n]
@@ -1072,12 +1289,151 @@ def cmd_collectd_conf(a):
         f.write(collectd_conf_text(a.workdir, a.port, a.interval))
 
 
-def findings(rows, ns, k, timeout, synth, healthy):
+def fmt_pv(v):
+    """Series per VM: whole numbers plain, others with one decimal."""
+    return f"{v:.0f}" if abs(v - round(v)) < 0.05 else f"{v:.1f}"
+
+
+def group_table(rows, ns, healthy, synth):
+    """Series per VM by family group, per N and system (healthy phase), with the rules."""
+    out = ["### Series per VM by family group (real lab, healthy)", ""]
+    out.append("| N | system | " + " | ".join(GROUP_COLS) + " | total |")
+    out.append("|---:|---|" + "---:|" * (len(GROUP_COLS) + 1))
+    have = False
+    for n in ns:
+        r = healthy.get(n)
+        if not r:
+            continue
+        entries = []
+        for s in SYSTEMS:
+            x = r["systems"].get(s)
+            if not x:
+                continue
+            lab = x.get("series_lab_median")
+            entries.append((LABEL[s], x.get("series_per_vm_by_group"), lab / n if lab is not None else None))
+            if s == "vmbridge":
+                entries.append(
+                    ("KubeVirt virt-handler (same families)", x.get("kubevirt_series_per_vm_by_group"), None))
+        for label, d, total in entries:
+            if d is not None:
+                have = True
+                total = sum(d.values())
+            cells = ["—"] * len(GROUP_COLS) if d is None else [fmt_pv(d.get(g, 0.0)) for g in GROUP_COLS]
+            out.append(f"| {n} | {label} | {' | '.join(cells)} | {opt(fmt_pv, total)} |")
+    out.append("")
+    if not have:
+        out.append(
+            "- Not recorded by this run (its results predate the per-group count); *total* is the series per "
+            "VM of the table above."
+        )
+    out.append(
+        "- Sample lines naming a lab VM (the exact lab name in vmbridge's `name`, the exporter's `domain`, "
+        "collectd's `virt` label) in each system's last answered scrape of the healthy phase, divided by the "
+        "lab VMs in that scrape. vmbridge: each family in the group its catalogue gives it (`vmbridge "
+        "--list-metrics`); *bridge* is vmbridge's own per-VM health (`vmbridge_source_up`, breaker state, "
+        "poll timestamps and counters), *other* a family the catalogue does not list. *KubeVirt virt-handler "
+        "(same families)*: the part of vmbridge's series whose family virt-handler exports too (first column "
+        "of `integration/fixtures/kubevirt-virt-handler-metrics.tsv`), i.e. what virt-handler would export "
+        "for the same VMs from the same data (its dynamic `kubernetes_vmi_label_*` labels aside)."
+    )
+    out.append(
+        "- The exporter and collectd have no groups; their families are put into vmbridge's by name "
+        "(collectd's `type` label read with the name): a counter (`…_total`) whose name says cpu/vcpu, "
+        "interface/`if_` or block/disk → *core*; otherwise a name saying memory, balloon, state, info/meta, "
+        "maximum, a vCPU count (`virtual_cpus`, `vcpus`) or a block size (capacity, allocation, physical) → "
+        "*hypervisor*; anything else → *other*."
+    )
+    def families(s):
+        """(N, {group: families}) of the largest N whose healthy phase classified system s."""
+        return next(((n, dig(healthy.get(n), "systems", s, "series_group_families")) for n in reversed(ns)
+                     if dig(healthy.get(n), "systems", s, "series_group_families")), (None, None))
+
+    parts = []
+    for s, strip in (("exporter", "libvirt_domain_"), ("collectd", "collectd_virt_")):
+        n, fams = families(s)
+        if fams:
+            parts.append(
+                f"{LABEL[s]} at N={n} (`{strip}…`): " + "; ".join(
+                    f"{g} " + ", ".join(f"`{f[len(strip):] if f.startswith(strip) else f}`" for f in fams[g])
+                    for g in GROUP_COLS if fams.get(g))
+            )
+    n, fams = families("vmbridge")
+    if fams and fams.get("other"):
+        parts.append(f"vmbridge at N={n}, families its catalogue does not list: "
+                     + ", ".join(f"`{f}`" for f in fams["other"]))
+    if parts:
+        out.append("- Families by group: " + ". ".join(parts) + ".")
+    sns = synth_sizes(synth)
+    if sns:
+        parts = []
+        for x in sorted(synth["results"], key=lambda r: r.get("profile", "")):
+            d = x.get("series_per_vm_by_group")
+            if x.get("n") == sns[-1] and isinstance(d, dict):
+                parts.append(f"`{x.get('profile')}` " + ", ".join(
+                    f"{g} {fmt_pv(d[g])}" for g in sorted(d, key=lambda g: (GROUP_COLS + (g,)).index(g)))
+                    + f" (total {fmt_pv(sum(d.values()))})")
+        if parts:
+            out.append(f"- The synthetic store at {sns[-1]:,} VMs, same catalogue: " + "; ".join(parts) + ".")
+    out.append("")
+    return out
+
+
+def load_range(rows):
+    """Lowest and highest 1-min load average at the start and end of the phases."""
+    xs = [r.get(key) for r in rows for key in ("loadavg_start", "loadavg_end")]
+    xs = [x for x in xs if x is not None]
+    return (min(xs), max(xs)) if xs else (None, None)
+
+
+def goals(rows, ns, healthy, facts, a):
+    """The issue's goals at 100 VMs (or the N closest to it), healthy phase: vmbridge's CPU at most
+    collectd's (same poll interval), vmbridge's RSS at most 20 MB + 50 KiB per VM; and the load."""
     out = []
+    n = near(ns, 100)
+    r = healthy.get(n)
+    at = f"{n} VMs" + ("" if n == 100 else " (the size closest to 100)")
+    if r:
+        cpu, rss = r.get("cpu_s_per_min") or {}, r.get("rss_mb") or {}
+        v, c = cpu.get("vmbridge"), cpu.get("collectd")
+        if v is not None and c is not None:
+            out.append(
+                f"- Goal, CPU at {at}, healthy: vmbridge ≤ collectd, both polling every {a.poll_seconds:g} s and "
+                f"scraped once per {r['interval_s']:g} s — **{'met' if v <= c else 'missed'}**: vmbridge "
+                f"{v:.2f} CPU s/min, collectd {c:.2f} CPU s/min"
+                + (f" (vmbridge {v / c:.2f}× collectd's)" if c > 0 else "") + "."
+            )
+        else:
+            out.append(f"- Goal, CPU at {at}: not measured (vmbridge's or collectd's CPU missing).")
+        m = rss.get("vmbridge")
+        goal = 20 + 50 * n / 1024
+        if m is not None:
+            out.append(
+                f"- Goal, memory at {at}, healthy: vmbridge RSS ≤ 20 MB + 50 KiB × {n} = {goal:.1f} MB — "
+                f"**{'met' if m <= goal else 'missed'}**: {m:.1f} MB "
+                f"({'under' if m <= goal else 'over'} by {abs(goal - m):.1f} MB; MB = MiB here, from `VmRSS`)."
+            )
+    lo, hi = load_range(rows)
+    if lo is not None:
+        per = ", ".join(
+            f"N={r['n']} {C.fmt_num(r.get('loadavg_start'), 1)} → {C.fmt_num(r.get('loadavg_end'), 1)}"
+            for r in rows if r["phase"] == "healthy")
+        out.append(
+            f"- Machine load during the run: 1-min load average {lo:.1f} to {hi:.1f} on "
+            f"{facts.get('nproc', '?')} cores over all phases (start and end of each; healthy phases: {per}; "
+            "every phase in the details table)."
+        )
+    return out
+
+
+def findings(rows, ns, k, timeout, synth, healthy, facts, a):
+    out = goals(rows, ns, healthy, facts, a)
 
     def hx(n, s):
         r = healthy.get(n)
         return r["systems"].get(s) if r else None
+
+    def spv(x, n):
+        return opt(lambda v: f"{v / n:.0f}", x.get("series_lab_median"))
 
     for n in ns:
         v, e, c = hx(n, "vmbridge"), hx(n, "exporter"), hx(n, "collectd")
@@ -1087,9 +1443,8 @@ def findings(rows, ns, k, timeout, synth, healthy):
             f"- N={n}, healthy: scrape p50 vmbridge {C.fmt_lat(v['p50_s'], timeout)}, collectd "
             f"{C.fmt_lat(c['p50_s'], timeout)}, exporter {C.fmt_lat(e['p50_s'], timeout)} "
             f"(p99 {C.fmt_lat(v['p99_s'], timeout)} / {C.fmt_lat(c['p99_s'], timeout)} / "
-            f"{C.fmt_lat(e['p99_s'], timeout)}); series per VM {v['series_lab_median'] / n:.0f} / "
-            f"{c['series_lab_median'] / n:.0f} / {e['series_lab_median'] / n:.0f}; exporter scrapes OK "
-            f"{e['ok']}/{k}."
+            f"{C.fmt_lat(e['p99_s'], timeout)}); series per VM {spv(v, n)} / {spv(c, n)} / {spv(e, n)}; "
+            f"exporter scrapes OK {e['ok']}/{k}."
         )
     for n in ns:
         r = next((x for x in rows if x["n"] == n and x["phase"] == "stopped"), None)
@@ -1157,26 +1512,42 @@ def findings(rows, ns, k, timeout, synth, healthy):
                 continue
             parts.append(f"{LABEL[s_]} {r1:.1f} MB ({(r1 - r0) * 1024 / d:+.0f} KiB per added VM), {c:.2f} CPU s/min")
         out.append(f"- Memory and CPU at {max(ns)} VMs (healthy): " + "; ".join(parts) + ".")
-    if synth:
-        by = {(x["profile"], x["n"]): x for x in synth["results"]}
-        a1, a3 = by.get(("libvirt", 10)), by.get(("libvirt", 1000))
-        q3 = by.get(("libvirt+qga", 1000))
+    sns = synth_sizes(synth)
+    if synth and sns:
+        by = {(x.get("profile"), x.get("n")): x for x in synth["results"]}
+        a1, a3 = by.get(("libvirt", sns[0])), by.get(("libvirt", sns[-1]))
+        q3 = by.get(("libvirt+qga", sns[-1]))
         if a1 and a3:
+            ratio = a3.get("scrape_over_memcpy_p50")
             out.append(
-                f"- Synthetic, libvirt profile: scrape p50 {fmt_t(a1['scrape_p50_s'])} at 10 VMs, "
-                f"{fmt_t(a3['scrape_p50_s'])} at 1,000 (p99 {fmt_t(a3['scrape_p99_s'])}), "
-                f"{fmt_bytes(a3['prometheus_bytes'])} per scrape, {a3['rss_store_per_vm_kib']:.0f} KiB RSS per VM; "
-                + (f"with full guest-agent data {fmt_t(q3['scrape_p50_s'])} and {fmt_bytes(q3['prometheus_bytes'])}." if q3 else "")
+                f"- Synthetic, libvirt profile: scrape p50 {opt(fmt_t, a1.get('scrape_p50_s'))} at {sns[0]:,} VMs, "
+                f"{opt(fmt_t, a3.get('scrape_p50_s'))} at {sns[-1]:,} (p99 {opt(fmt_t, a3.get('scrape_p99_s'))}"
+                + (f"; a plain copy of the same {opt(fmt_bytes, a3.get('prometheus_bytes'))} body "
+                   f"{opt(fmt_t, a3.get('memcpy_p50_s'))}, so a scrape costs {ratio:.1f}× a memcpy"
+                   if ratio is not None else f"; {opt(fmt_bytes, a3.get('prometheus_bytes'))} per scrape")
+                + (f"; encoding every VM from scratch {fmt_t(a3['cold_encode_p50_s'])}"
+                   if a3.get("cold_encode_p50_s") is not None else "")
+                + f"); {opt(lambda v: f'{v:.1f}', a3.get('series_per_vm'))} series and "
+                f"{opt(fmt_bytes, a3.get('bytes_per_vm'))} per VM; RSS per VM "
+                f"{opt(lambda v: f'{v:.1f} KiB', a3.get('rss_store_per_vm_kib'))} for the store"
+                + (f", {a3['rss_store_and_encoded_per_vm_kib']:.1f} KiB with the encoded series"
+                   if a3.get("rss_store_and_encoded_per_vm_kib") is not None else "")
+                + (f"; a poll cycle's parse + publish {fmt_t(a3['poll_cycle_parse_publish_encode_cpu_p50_s'])} CPU "
+                   f"with the encode, {opt(fmt_t, a3.get('poll_cycle_parse_publish_cpu_p50_s'))} without"
+                   if a3.get("poll_cycle_parse_publish_encode_cpu_p50_s") is not None else "")
+                + (f". With full guest-agent data: {opt(fmt_t, q3.get('scrape_p50_s'))}, "
+                   f"{opt(fmt_bytes, q3.get('prometheus_bytes'))}." if q3 else ".")
             )
             big = healthy.get(max(ns))
-            if big and big["systems"].get("vmbridge"):
-                vb = big["systems"]["vmbridge"]
+            vb = big["systems"].get("vmbridge") if big else None
+            if vb and vb.get("bytes_median"):
                 bytes_real = vb["bytes_median"] / max(ns)
                 out.append(
                     f"- Real vs synthetic: at {max(ns)} real VMs vmbridge's body is {fmt_bytes(vb['bytes_median'])} "
                     f"({fmt_bytes(bytes_real)} per VM; the lab VMs have 1 vCPU, 1 disk, no guest agent) and the "
                     f"client-side scrape p50 {C.fmt_lat(vb['p50_s'], timeout)} includes HTTP, the Python client "
-                    "and a loaded 2-core machine; the synthetic numbers are the encoder alone."
+                    "and a loaded 2-core machine; the synthetic numbers are the scrape path alone (concatenating "
+                    "pre-encoded runs, no HTTP)."
                 )
     return out
 
@@ -1272,17 +1643,19 @@ def problems(rows, ns, labs, facts, a):
             out.append(f"N={n}: only {d['qemu_processes']} lab QEMU processes were found.")
     out.append(
         f"p99 with {rows[0]['k']} scrapes per phase is the slowest scrape, not a stable tail estimate; "
-        "the phases were kept short to fit the run in ~25 minutes."
+        f"the phases were kept short (the whole run took {a.runtime})."
     )
     out.append(
-        "The machine was shared with other test suites (load average above the core count most of the "
-        "time, other domains on the same `libvirtd`); latencies of all three systems include that noise, "
+        "The machine was shared with other test suites (load average "
+        + (f"{load_range(rows)[0]:.1f}–{load_range(rows)[1]:.1f} on {facts.get('nproc', '?')} cores"
+           if load_range(rows)[0] is not None else "not recorded")
+        + ", other domains on the same `libvirtd`); latencies of all three systems include that noise, "
         "and the exporter's and libvirtd's numbers also include the other tenants' libvirt load."
     )
     out.append(
-        "collectd's and vmbridge's series are not the same metric set (collectd's default virt set has no "
-        "vCPU, state or balloon detail; vmbridge also exports per-VM health series), so series and bytes "
-        "compare cost, not coverage."
+        "The three systems do not export the same metric set (the family-group table shows what each "
+        "exports per VM; vmbridge also exports per-VM health series), so series and bytes compare cost, "
+        "not coverage."
     )
     return out
 
@@ -1321,6 +1694,11 @@ def main():
     p.add_argument("--stop-wait", type=float, default=15.0)
     p.add_argument("--recover-timeout", type=float, default=180.0)
     p.add_argument("--probe-timeout", type=float, default=120.0)
+    p.add_argument("--catalogue", help="healthy phase: `vmbridge --list-metrics` output (family → group); "
+                   "series per VM by family group are recorded for every scraped system")
+    p.add_argument("--kubevirt",
+                   help="integration/fixtures/kubevirt-virt-handler-metrics.tsv (virt-handler's families)")
+    p.add_argument("--expo-dir", help="healthy phase: keep each system's last exposition here (SYSTEM-N.txt)")
     p.add_argument("--out", required=True)
 
     p = sub.add_parser("facts")

@@ -5,9 +5,10 @@
 # 10/100/1000 VMs (cargo bench --bench scrape_path); writes the scale section of
 # docs/benchmarks.md and docs/scrape-latency.png, in one invocation.
 #
-# Usage: benches/scale.sh [N ...]            (as root; default: 20 60 100)
+# Usage: benches/scale.sh [N ...]            (as root; default: 20 100 250)
 #   N ...   lab sizes, ascending, 1..999; the lab grows from one N to the next with the
-#           same prefix (lab.sh up creates at most 99; the rest are added with lab.sh add).
+#           same prefix (lab.sh up creates at most 99; the rest are added one by one with
+#           lab.sh add: PREFIX100, PREFIX101, ...).
 # Environment:
 #   SCALE_SCRAPES (30)        scrapes of each system per phase
 #   SCALE_INTERVAL (1)        seconds between scrapes of one system
@@ -23,7 +24,10 @@
 #   SCALE_RENDER_ONLY (0)     1: only re-render the section and the plot from SCALE_RESULTS
 #
 # Per N: start all three on free loopback ports, wait until each reports every lab VM, then
-#   healthy    all three scraped
+#   healthy    all three scraped; each system's last exposition is kept and its lab-VM series
+#              are counted per VM by family group (vmbridge: the group `vmbridge --list-metrics`
+#              gives each family, plus the subset KubeVirt's virt-handler exports too, from
+#              integration/fixtures/kubevirt-virt-handler-metrics.tsv; the peers: by name)
 #   control A  collectd stopped; middle VM SIGSTOPped; only vmbridge scraped (exporter idle)
 #   control B  collectd restarted; same VM SIGSTOPped; vmbridge + collectd scraped
 #   stopped    same VM SIGSTOPped; all three scraped
@@ -37,6 +41,7 @@ readonly ROOT
 readonly LAB="$ROOT/integration/lab.sh"
 readonly PY="$ROOT/benches/scale.py"
 readonly CPY="$ROOT/benches/compare.py"
+readonly KUBEVIRT_TSV="$ROOT/integration/fixtures/kubevirt-virt-handler-metrics.tsv"
 readonly EXPORTER=/usr/bin/prometheus-libvirt-exporter
 readonly COLLECTD=/usr/sbin/collectd
 readonly URI="qemu:///system"
@@ -64,7 +69,7 @@ usage() {
 
 [[ "${1:-}" == -h || "${1:-}" == --help ]] && usage
 SIZES=("$@")
-[[ ${#SIZES[@]} -gt 0 ]] || SIZES=(20 60 100)
+[[ ${#SIZES[@]} -gt 0 ]] || SIZES=(20 100 250)
 prev=0
 for n in "${SIZES[@]}"; do
     [[ "$n" =~ ^[0-9]+$ && "$n" -ge 1 && "$n" -le 999 ]] || die "N must be an integer 1..999, got '$n'"
@@ -94,6 +99,7 @@ fi
 [[ -x "$COLLECTD" && -f /usr/lib/collectd/virt.so && -f /usr/lib/collectd/write_prometheus.so ]] ||
     die "collectd with the virt and write_prometheus plugins not found (apt-get install collectd-core libprotobuf-c1 libmicrohttpd12)"
 command -v python3 >/dev/null || die "python3 not found"
+[[ -f "$KUBEVIRT_TSV" ]] || die "$KUBEVIRT_TSV not found"
 python3 -c 'import matplotlib' 2>/dev/null || die "python3 cannot import matplotlib (pip install matplotlib)"
 command -v cargo >/dev/null || [[ "${SCALE_SKIP_BUILD:-0}" == 1 ]] || die "cargo not found"
 
@@ -176,6 +182,11 @@ fi
 # Private copy: the target dir is shared, a concurrent rebuild must not swap the binary mid-run.
 cp "$ROOT/target/release/vmbridge" "$WORK/vmbridge"
 readonly VMB_BIN="$WORK/vmbridge"
+# Family → group (and type, profiles, labels) from the binary under test, for the healthy
+# phase's series-per-group count.
+"$VMB_BIN" --list-metrics >"$WORK/catalogue.txt" 2>"$WORK/catalogue.err" ||
+    { cat "$WORK/catalogue.err" >&2; die "$VMB_BIN --list-metrics failed"; }
+[[ -s "$WORK/catalogue.txt" ]] || die "$VMB_BIN --list-metrics printed nothing"
 
 mkdir -p "$RESULTS_DIR"
 SYNTH="$WORK/scrape_path.json"
@@ -224,13 +235,15 @@ start_collectd() { # N
 }
 
 lab_grow() { # N: grow the PREFIX lab to N domains
-    local n=$1 up=$1 i name
+    local n=$1 up=$1 i name have
     [[ $up -gt 99 ]] && up=99
     "$LAB" up "$up" "$PREFIX" >"$WORK/lab-up-$n.log" 2>&1 ||
         { tail -n 20 "$WORK/lab-up-$n.log" >&2; die "lab.sh up $up $PREFIX failed"; }
+    [[ $n -gt 99 ]] || return 0
+    have=$("$LAB" list 2>/dev/null || true) # once: each lab.sh list runs virsh and a grep per domain
     for ((i = 100; i <= n; i++)); do
-        name="$PREFIX$i"
-        if "$LAB" list 2>/dev/null | grep -qx "$name"; then continue; fi
+        name="$PREFIX$i" # what lab.sh up's printf '%s%02d' and scale.py's lab_names give for i >= 100
+        if grep -qxF -- "$name" <<<"$have"; then continue; fi
         "$LAB" add "$name" >>"$WORK/lab-up-$n.log" 2>&1 ||
             { tail -n 20 "$WORK/lab-up-$n.log" >&2; die "lab.sh add $name failed (the machine held $((i - 1)) VMs)"; }
     done
@@ -256,7 +269,8 @@ for N in "${SIZES[@]}"; do
     VMB="127.0.0.1:$(free_port)"
     EXP="127.0.0.1:$(free_port)"
     log "N=$N: starting vmbridge on $VMB, prometheus-libvirt-exporter on $EXP and collectd"
-    "$VMB_BIN" --listen "$VMB" --libvirt-uri "$URI" --poll-interval "${POLL}s" \
+    # No debug listener: its fixed default port (9978) may be taken by another vmbridge.
+    "$VMB_BIN" --listen "$VMB" --debug-listen off --libvirt-uri "$URI" --poll-interval "${POLL}s" \
         --node-name scale >"$WORK/vmbridge-$N.log" 2>&1 &
     VMB_PID=$!
     "$EXPORTER" --web.listen-address="$EXP" --libvirt.uri="$URI" >"$WORK/exporter-$N.log" 2>&1 &
@@ -274,7 +288,8 @@ for N in "${SIZES[@]}"; do
         --interval "$INTERVAL" --timeout "$TIMEOUT" --stop-wait "$STOP_WAIT" --probe-timeout "$PROBE_TIMEOUT"
         --out "$RESULTS")
     python3 "$PY" phase "${common[@]}" --phase healthy --sys "$S_VMB" --sys "$S_EXP" --sys "collectd=$CD:$CD_PID" \
-        --scrape vmbridge,exporter,collectd
+        --scrape vmbridge,exporter,collectd --catalogue "$WORK/catalogue.txt" --kubevirt "$KUBEVIRT_TSV" \
+        --expo-dir "$WORK/expo"
 
     VICTIM=$(printf '%s%02d' "$PREFIX" $(((N + 1) / 2)))
     stop_collectd
@@ -305,7 +320,7 @@ envs=()
 [[ "$PREFIX" != scale- ]] && envs+=("SCALE_PREFIX=$PREFIX")
 [[ ${#envs[@]} -gt 0 ]] && CMD="${envs[*]} $CMD"
 
-cp "$WORK/facts.json" "$RESULTS" "$LABFACTS" "$RESULTS_DIR/"
+cp "$WORK/facts.json" "$RESULTS" "$LABFACTS" "$WORK/catalogue.txt" "$RESULTS_DIR/"
 # Logs the report cites: exporter and collectd logs whole, vmbridge's warnings and errors only.
 rm -rf "$RESULTS_DIR/logs"
 mkdir -p "$RESULTS_DIR/logs"
