@@ -117,7 +117,7 @@ pub fn find(proc_root: &Path, domain: &str, uuid: &str) -> Vec<u32> {
 }
 
 /// What one scan of `/proc` returns: the VM's processes and their figures.
-type Scan = (Vec<u32>, Vec<ProcessStats>);
+type Scan = (Vec<u32>, Vec<ProcessStats>, Option<u64>);
 
 /// The process poller for one VM.
 pub struct ProcessPoller {
@@ -126,6 +126,8 @@ pub struct ProcessPoller {
     proc_root: PathBuf,
     pids: Vec<u32>,
     timeout: std::time::Duration,
+    /// The host's boot time, read once (`proc/stat` is long and never changes it).
+    btime: Option<u64>,
     /// The scan runs on the blocking pool under the same bound as libvirt calls: without it,
     /// every VM's scan of one poll round took a thread of its own (102 threads at 100 VMs,
     /// each with its own malloc arena and stack pages).
@@ -149,7 +151,15 @@ impl ProcessPoller {
         timeout: std::time::Duration,
         limiter: Arc<Semaphore>,
     ) -> Self {
-        ProcessPoller { domain, uuid, proc_root, pids: Vec::new(), timeout, slot: BlockingSlot::new(limiter) }
+        ProcessPoller {
+            domain,
+            uuid,
+            proc_root,
+            pids: Vec::new(),
+            timeout,
+            btime: None,
+            slot: BlockingSlot::new(limiter),
+        }
     }
 }
 
@@ -168,8 +178,13 @@ impl Poller for ProcessPoller {
     }
 
     async fn poll(&mut self) -> Result<SourceSample, PollError> {
-        let (domain, uuid, root, known) =
-            (self.domain.clone(), self.uuid.clone(), self.proc_root.clone(), std::mem::take(&mut self.pids));
+        let (domain, uuid, root, known, btime) = (
+            self.domain.clone(),
+            self.uuid.clone(),
+            self.proc_root.clone(),
+            std::mem::take(&mut self.pids),
+            self.btime,
+        );
         let work = move || {
             let (ticks, page) = (clock_ticks_per_second(), page_size());
             let mut pids = known;
@@ -177,12 +192,12 @@ impl Poller for ProcessPoller {
             if pids.first().is_none_or(|q| !alive(q)) {
                 pids = find(&root, &domain, &uuid);
             }
-            let btime = boot_time(&root);
+            let btime = btime.or_else(|| boot_time(&root));
             let stats: Vec<ProcessStats> =
                 pids.iter().filter_map(|p| read_stats(&root, *p, ticks, page, btime)).collect();
-            (pids, stats)
+            (pids, stats, btime)
         };
-        let (pids, stats) = match self.slot.run(self.timeout, work).await {
+        let (pids, stats, btime) = match self.slot.run(self.timeout, work).await {
             Ok(scan) => scan,
             Err(SlotError::Timeout { running_for }) => {
                 return Err(PollError::new(
@@ -196,6 +211,7 @@ impl Poller for ProcessPoller {
             Err(SlotError::Panicked) => return Err(PollError::new(ErrorKind::Internal, "process scan panicked")),
         };
         self.pids = pids;
+        self.btime = btime;
         if stats.is_empty() {
             return Err(PollError::new(ErrorKind::NoDomain, format!("no QEMU process found for {}", self.domain)));
         }
