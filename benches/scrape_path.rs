@@ -8,7 +8,7 @@
 //!
 //! For each profile and size it builds a snapshot store the way `src/collector/tests.rs`
 //! does, with realistic per-VM data (every VM its own sample, values differ per VM), and
-//! measures what `/metrics` does (`VmCollector::render`: each family's header, then every
+//! measures what `/metrics` does (`VmCollector::render_bytes`: each family's header, then every
 //! VM's pre-encoded sample lines of that family), against a plain copy of the same
 //! exposition into a new buffer (`memcpy`, the floor). No HTTP, no sockets.
 //!
@@ -403,13 +403,14 @@ fn run(profile: Profile, n: usize, iters: usize) -> serde_json::Value {
         time(cold_iters, || VmCollector::new(store.clone(), NODE.into(), STALENESS).render(Format::Prometheus));
     let collector = VmCollector::new(store.clone(), NODE.into(), STALENESS).observing();
     let (text, first) = collector.render_with_stats(Format::Prometheus);
+    let text = String::from_utf8(text).expect("the exposition is UTF-8");
     assert_eq!(first.encoded, n, "the first scrape encodes every VM");
     let (_, again) = collector.render_with_stats(Format::Prometheus);
     assert_eq!((again.reused, again.encoded), (n, 0), "later scrapes reuse every VM");
     let om = collector.render(Format::OpenMetrics);
     let series = text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).count();
     // A scrape: headers plus every VM's pre-encoded runs, family by family.
-    let (scrape_p50, scrape_p99, scrape_cpu) = time(iters, || collector.render(Format::Prometheus));
+    let (scrape_p50, scrape_p99, scrape_cpu) = time(iters, || collector.render_bytes(Format::Prometheus));
     let (mut gather, mut concat): (Vec<f64>, Vec<f64>) = (0..iters.min(100))
         .map(|_| {
             let s = collector.render_with_stats(Format::Prometheus).1;
@@ -418,7 +419,7 @@ fn run(profile: Profile, n: usize, iters: usize) -> serde_json::Value {
         .unzip();
     gather.sort_by(f64::total_cmp);
     concat.sort_by(f64::total_cmp);
-    let (om_p50, om_p99, _) = time(iters, || collector.render(Format::OpenMetrics));
+    let (om_p50, om_p99, _) = time(iters, || collector.render_bytes(Format::OpenMetrics));
     // The peer: a plain copy of the same exposition into a new buffer.
     let (memcpy_p50, memcpy_p99, _) = time(iters, || text.as_bytes().to_vec());
     // gzip at several levels, compressing every time (what a scrape pays when anything changed).

@@ -147,7 +147,9 @@ pub(crate) struct Fragments {
 
 impl Fragments {
     /// Orders the runs an encode wrote by slot (they normally already are) and indexes them.
-    fn from_runs(text: String, mut runs: Vec<(u16, u32)>) -> Fragments {
+    fn from_runs(mut text: String, mut runs: Vec<(u16, u32)>) -> Fragments {
+        // Held until the VM's next publish: no spare capacity (the encode reserves 8 KiB).
+        text.shrink_to_fit();
         let total = text.len() as u32;
         let mut spans: Vec<(u16, u32, u32)> = Vec::with_capacity(runs.len());
         runs.push((u16::MAX, total));
@@ -156,6 +158,7 @@ impl Fragments {
                 spans.push((w[0].0, w[0].1, w[1].1));
             }
         }
+        spans.shrink_to_fit();
         if spans.windows(2).all(|w| w[0].0 < w[1].0) {
             return Fragments { text, spans };
         }
@@ -359,13 +362,18 @@ impl VmCollector {
         (frags, node, fp.finish(), stats)
     }
 
-    /// The whole exposition in `format`.
+    /// The whole exposition in `format`, as text.
     pub fn render(&self, format: Format) -> String {
+        text(self.render_bytes(format))
+    }
+
+    /// The whole exposition in `format`, as the UTF-8 bytes `/metrics` serves.
+    pub fn render_bytes(&self, format: Format) -> Vec<u8> {
         self.render_with_stats(format).0
     }
 
     /// The whole exposition in `format`, and what it took.
-    pub fn render_with_stats(&self, format: Format) -> (String, RenderStats) {
+    pub fn render_with_stats(&self, format: Format) -> (Vec<u8>, RenderStats) {
         let t0 = std::time::Instant::now();
         let (vms, node, _, mut stats) = self.gather();
         let t1 = std::time::Instant::now();
@@ -385,12 +393,19 @@ impl VmCollector {
                 return g.body.clone();
             }
         }
-        let text = concat(format, &self.selection, &vms, &node);
-        let body = bytes::Bytes::from(gzip(text.as_bytes(), level));
+        let plain = concat(format, &self.selection, &vms, &node);
+        let body = bytes::Bytes::from(gzip(&plain, level));
         *self.cache.gzip.lock().unwrap_or_else(PoisonError::into_inner) =
             Some(GzipCached { format, fingerprint, body: body.clone() });
         body
     }
+}
+
+/// The body as text (for callers that want a `String`; `/metrics` serves the bytes). Every
+/// piece copied into it is a whole `str` (a header, or runs of whole sample lines), so it is
+/// UTF-8, and the lossy branch is never taken.
+fn text(body: Vec<u8>) -> String {
+    String::from_utf8(body).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// gzip of `data` at `level`.
@@ -403,50 +418,52 @@ pub fn gzip(data: &[u8], level: u32) -> Vec<u8> {
     enc.finish().unwrap_or_default()
 }
 
-/// Headers and runs, family by family: every span is placed in its family's bucket
-/// (a counting sort by slot, two sequential passes over each VM's spans), then the buckets
-/// are copied out in catalogue order.
-fn concat(format: Format, selection: &catalogue::Selection, vms: &[Arc<Fragments>], node: &Fragments) -> String {
+/// Headers and runs, family by family. Every family's place in the body is known before a
+/// byte is copied (its header's length plus the length of all its runs), so each VM's runs are
+/// copied in the order they are stored, each to the end of its family's part so far: the
+/// reads stream through one VM's text after another and the writes advance in one stream per
+/// family, instead of reading every VM's text once per family. Within a family, samples keep
+/// the order of `vms`, then the node's.
+fn concat(format: Format, selection: &catalogue::Selection, vms: &[Arc<Fragments>], node: &Fragments) -> Vec<u8> {
     let l = layout();
     let n = l.len();
     let selected: Vec<bool> = (0..n).map(|s| selection.includes(l.defs[s])).collect();
     let all = || vms.iter().map(|f| f.as_ref()).chain(std::iter::once(node));
-    // Pass 1: spans per slot.
-    let mut start = vec![0usize; n + 1];
-    let mut text_len = 0usize;
-    for f in all() {
-        text_len += f.text.len();
-        for &(slot, _, _) in &f.spans {
-            start[usize::from(slot) + 1] += 1;
-        }
-    }
-    for s in 0..n {
-        start[s + 1] += start[s];
-    }
-    // Pass 2: place each span (as a pointer and length into its VM's text).
-    let mut placed: Vec<&str> = vec![""; start[n]];
-    let mut next = start.clone();
+    // Pass 1: bytes of runs per family.
+    let mut size = vec![0usize; n];
     for f in all() {
         for &(slot, a, b) in &f.spans {
+            size[usize::from(slot)] += (b - a) as usize;
+        }
+    }
+    // Where each selected family's header and runs go.
+    let mut cursor = vec![0usize; n];
+    let mut total = 0usize;
+    for s in (0..n).filter(|&s| selected[s]) {
+        total += l.header(s, format).len();
+        cursor[s] = total;
+        total += size[s];
+    }
+    let eof: &[u8] = if format == Format::OpenMetrics { b"# EOF\n" } else { b"" };
+    let mut body = vec![0u8; total + eof.len()];
+    for s in (0..n).filter(|&s| selected[s]) {
+        let h = l.header(s, format).as_bytes();
+        body[cursor[s] - h.len()..cursor[s]].copy_from_slice(h);
+    }
+    // Pass 2: every run, in storage order, to its family's place.
+    for f in all() {
+        let text = f.text.as_bytes();
+        for &(slot, a, b) in &f.spans {
             let s = usize::from(slot);
-            placed[next[s]] = &f.text[a as usize..b as usize];
-            next[s] += 1;
+            if !selected[s] {
+                continue;
+            }
+            let run = &text[a as usize..b as usize];
+            body[cursor[s]..cursor[s] + run.len()].copy_from_slice(run);
+            cursor[s] += run.len();
         }
     }
-    let headers: usize = (0..n).filter(|&s| selected[s]).map(|s| l.header(s, format).len()).sum();
-    let mut body = String::with_capacity(headers + text_len + 8);
-    for s in 0..n {
-        if !selected[s] {
-            continue;
-        }
-        body.push_str(l.header(s, format));
-        for run in &placed[start[s]..start[s + 1]] {
-            body.push_str(run);
-        }
-    }
-    if format == Format::OpenMetrics {
-        body.push_str("# EOF\n");
-    }
+    body[total..].copy_from_slice(eof);
     body
 }
 
@@ -564,6 +581,57 @@ mod tests {
         assert_eq!(f.run(2), "c1\nc2\n");
         assert_eq!(f.run(3), "");
         assert_eq!(f.len(), 9);
+    }
+
+    /// The old way, as the reference: each selected family's header, then that family's runs
+    /// of every VM in order, then the node's.
+    fn family_by_family(format: Format, selection: &catalogue::Selection, frags: &[&Fragments]) -> String {
+        let l = layout();
+        let mut out = String::new();
+        for s in (0..l.len()).filter(|&s| selection.includes(l.defs[s])) {
+            out.push_str(l.header(s, format));
+            for f in frags {
+                out.push_str(f.run(s));
+            }
+        }
+        if format == Format::OpenMetrics {
+            out.push_str("# EOF\n");
+        }
+        out
+    }
+
+    #[test]
+    fn runs_are_placed_family_by_family_in_vm_order_with_every_header() {
+        let l = layout();
+        let all = catalogue::Selection::default();
+        let selected: Vec<usize> = (0..l.len()).filter(|&s| all.includes(l.defs[s])).collect();
+        assert!(selected.len() > 10, "the default selection exports families");
+        // Three VMs with runs in different families (one family shared by all, one VM with
+        // none) and the node, each written in slot order as encoders write them.
+        let frag = |tag: &str, slots: &[usize]| {
+            let mut text = String::new();
+            let mut runs = Vec::new();
+            for &s in slots {
+                runs.push((s as u16, text.len() as u32));
+                text.push_str(&format!("{tag}_{s} 1\n{tag}_{s}b 2\n"));
+            }
+            Fragments::from_runs(text, runs)
+        };
+        let (a, b, c) = (selected[0], selected[3], selected[selected.len() - 1]);
+        let vms = vec![Arc::new(frag("vm1", &[a, b, c])), Arc::new(frag("vm2", &[])), Arc::new(frag("vm3", &[a, c]))];
+        let node = frag("node", &[b]);
+        for format in [Format::Prometheus, Format::OpenMetrics] {
+            let got = String::from_utf8(concat(format, &all, &vms, &node)).expect("UTF-8");
+            let want = family_by_family(format, &all, &[&vms[0], &vms[1], &vms[2], &node]);
+            assert_eq!(got, want, "{format:?}");
+            // Samples of a family are contiguous, VMs in order, the node last.
+            let b_part = &got[got.find(&format!("vm1_{b} 1")).expect("vm1's run")..];
+            assert!(b_part.starts_with(&format!("vm1_{b} 1\nvm1_{b}b 2\nnode_{b} 1\nnode_{b}b 2\n")), "{b_part}");
+        }
+        // A selection without some families leaves their headers and runs out.
+        let none = catalogue::Selection { groups: Vec::new(), ..catalogue::Selection::default() };
+        let body = String::from_utf8(concat(Format::Prometheus, &none, &vms, &node)).expect("UTF-8");
+        assert_eq!(body, family_by_family(Format::Prometheus, &none, &[&vms[0], &vms[1], &vms[2], &node]));
     }
 
     #[test]

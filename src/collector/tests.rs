@@ -698,6 +698,7 @@ fn pre_encoded_series_follow_publishes_removals_and_the_staleness_window() {
         source(Some(LibvirtSample::new(params, rich_memory())), Some(crate::clock::now_unix())),
     );
     let (text, stats) = collector.render_with_stats(Format::Prometheus);
+    let text = String::from_utf8(text).expect("UTF-8");
     assert_eq!((stats.reused, stats.encoded), (2, 0), "encoded at publish, not at scrape");
     assert_eq!(value(&text, "kubevirt_vmi_cpu_usage_seconds_total{namespace=\"ns\",name=\"a\",node=\"node-1\"}"), 9.0);
     // What a collector that never saw the publish encodes from the same store is the same.
@@ -718,6 +719,7 @@ fn pre_encoded_series_follow_publishes_removals_and_the_staleness_window() {
     // Data ages out of the window without any publish: the scrape encodes the VM again.
     std::thread::sleep(Duration::from_millis(2500));
     let (text, stats) = collector.render_with_stats(Format::Prometheus);
+    let text = String::from_utf8(text).expect("UTF-8");
     assert_eq!(stats.encoded, 1);
     assert!(!text.contains("kubevirt_vmi_cpu_usage_seconds_total{"), "{text}");
     assert!(text.contains("vmbridge_source_up{namespace=\"ns\",name=\"a\",node=\"node-1\",source=\"libvirt\"} 1.0"));

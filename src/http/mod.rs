@@ -78,7 +78,7 @@ pub fn metrics(app: &App, accept: Option<&str>, accept_encoding: Option<&str>) -
         r.headers_mut().insert(warp::http::header::CONTENT_ENCODING, warp::http::HeaderValue::from_static("gzip"));
         r
     } else {
-        reply(StatusCode::OK, format.content_type(), app.collector.render(format))
+        reply(StatusCode::OK, format.content_type(), app.collector.render_bytes(format))
     };
     r.headers_mut().insert(warp::http::header::VARY, warp::http::HeaderValue::from_static("Accept-Encoding"));
     r

@@ -128,10 +128,21 @@ pub struct ProcessPoller {
     timeout: std::time::Duration,
     /// The host's boot time, read once (`proc/stat` is long and never changes it).
     btime: Option<u64>,
-    /// The scan runs on the blocking pool under the same bound as libvirt calls: without it,
-    /// every VM's scan of one poll round took a thread of its own (102 threads at 100 VMs,
-    /// each with its own malloc arena and stack pages).
+    /// The scan runs on the blocking pool under the process source's own bound
+    /// ([`SCANS_AT_ONCE`]): without one, every VM's scan of one poll round took a thread of its
+    /// own (102 threads at 100 VMs, each with its own malloc arena and stack pages). Not the
+    /// libvirt calls' bound: a libvirtd too slow to answer must not fail this source too.
     slot: BlockingSlot<Scan>,
+}
+
+/// `/proc` scans running at once across all VMs (a scan abandoned at its deadline gives its
+/// place back). A scan reads a few small files: four keep up with hundreds of VMs.
+pub const SCANS_AT_ONCE: usize = 4;
+
+fn scan_limiter() -> Arc<Semaphore> {
+    static LIMITER: std::sync::LazyLock<Arc<Semaphore>> =
+        std::sync::LazyLock::new(|| Arc::new(Semaphore::new(SCANS_AT_ONCE)));
+    LIMITER.clone()
 }
 
 impl std::fmt::Debug for ProcessPoller {
@@ -143,23 +154,10 @@ impl std::fmt::Debug for ProcessPoller {
 impl ProcessPoller {
     /// A poller for libvirt domain `domain`; one scan of `/proc` may take `timeout` (a `/proc`
     /// read can block, e.g. on a process in D state: the scan is then abandoned and counted
-    /// stuck, and its permit of `limiter` goes back to the others).
-    pub fn new(
-        domain: String,
-        uuid: String,
-        proc_root: PathBuf,
-        timeout: std::time::Duration,
-        limiter: Arc<Semaphore>,
-    ) -> Self {
-        ProcessPoller {
-            domain,
-            uuid,
-            proc_root,
-            pids: Vec::new(),
-            timeout,
-            btime: None,
-            slot: BlockingSlot::new(limiter),
-        }
+    /// stuck, and its place goes back to the other VMs' scans).
+    pub fn new(domain: String, uuid: String, proc_root: PathBuf, timeout: std::time::Duration) -> Self {
+        let slot = BlockingSlot::new(scan_limiter());
+        ProcessPoller { domain, uuid, proc_root, pids: Vec::new(), timeout, btime: None, slot }
     }
 }
 
@@ -206,7 +204,7 @@ impl Poller for ProcessPoller {
                 ));
             }
             Err(SlotError::Saturated) => {
-                return Err(PollError::new(ErrorKind::PoolSaturated, "no free blocking-call slot before the deadline"));
+                return Err(PollError::new(ErrorKind::PoolSaturated, "no free /proc scan slot before the deadline"));
             }
             Err(SlotError::Panicked) => return Err(PollError::new(ErrorKind::Internal, "process scan panicked")),
         };
@@ -260,13 +258,7 @@ impl Source for Process {
     /// A VM a libvirt daemon reported (its QEMU is found by domain name), when enabled.
     fn poller(vm: &VmStart<'_>, settings: &ProcessSettings) -> Option<ProcessPoller> {
         vm.endpoint?;
-        Some(ProcessPoller::new(
-            vm.domain.to_owned(),
-            vm.uuid.to_owned(),
-            settings.root.clone()?,
-            vm.poll.timeout,
-            vm.limiter.clone(),
-        ))
+        Some(ProcessPoller::new(vm.domain.to_owned(), vm.uuid.to_owned(), settings.root.clone()?, vm.poll.timeout))
     }
 
     fn families() -> Vec<&'static MetricDef> {
