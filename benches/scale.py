@@ -925,12 +925,16 @@ def render_scale(a):
     L.append(f"- {facts['exporter']}; {facts['collectd']} (virt + write_prometheus plugins)")
     L.append(f"- {facts['vmbridge_version']}, release build")
     lo, hi = load_range(rows)
+    foreign = max((r.get("foreign_domains_max") or 0) for r in rows) if rows else 0
     L.append(
-        f"- Shared machine: load average {' '.join(facts['loadavg'])} at the start"
+        f"- Load: load average {' '.join(facts['loadavg'])} at the start"
         + (f", {lo:.1f}–{hi:.1f} (1 min) over the measured phases" if lo is not None else "")
-        + f" (other test suites ran on the same {facts['nproc']} cores and the same `libvirtd`; each phase's "
-        "load average at its start and end is in the details table). Absolute latencies are therefore "
-        "pessimistic for all three systems alike."
+        + (f" (other test suites ran on the same {facts['nproc']} cores and up to {foreign} other domains on "
+           "the same `libvirtd`" if foreign else
+           f" (the lab's own QEMUs, the three systems and the client on {facts['nproc']} cores; no other "
+           "domain on the `libvirtd`")
+        + "; each phase's load average at its start and end is in the details table). Absolute latencies "
+        "are therefore pessimistic for all three systems alike."
     )
     L.append("")
 
@@ -1645,12 +1649,16 @@ def problems(rows, ns, labs, facts, a):
         f"p99 with {rows[0]['k']} scrapes per phase is the slowest scrape, not a stable tail estimate; "
         f"the phases were kept short (the whole run took {a.runtime})."
     )
+    foreign = max((r.get("foreign_domains_max") or 0) for r in rows) if rows else 0
     out.append(
-        "The machine was shared with other test suites (load average "
+        ("The machine was shared with other test suites (" if foreign else "The machine was loaded by the lab itself (")
+        + "load average "
         + (f"{load_range(rows)[0]:.1f}–{load_range(rows)[1]:.1f} on {facts.get('nproc', '?')} cores"
            if load_range(rows)[0] is not None else "not recorded")
-        + ", other domains on the same `libvirtd`); latencies of all three systems include that noise, "
-        "and the exporter's and libvirtd's numbers also include the other tenants' libvirt load."
+        + (f", up to {foreign} other domains on the same `libvirtd`); latencies of all three systems include "
+           "that noise, and the exporter's and libvirtd's numbers also include the other tenants' libvirt load."
+           if foreign else
+           ": each idle TCG guest costs about 1 % of a core); latencies of all three systems include it.")
     )
     out.append(
         "The three systems do not export the same metric set (the family-group table shows what each "
