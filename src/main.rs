@@ -51,8 +51,9 @@ fn main() -> ExitCode {
         builder.init()
     }
 
-    // Two malloc arenas serve vmbridge's few allocating threads (measured: 2.4 MB less RSS
-    // at 100 VMs, and the arenas no longer grow with the blocking threads).
+    // Two malloc arenas serve vmbridge's few allocating threads (measured at 100 lab VMs:
+    // 2.0 MB less RSS than with MALLOC_ARENA_MAX=16, CPU the same within noise; see
+    // docs/benchmarks.md, "Polling path").
     vmbridge::source::libvirt::ffi::limit_malloc_arenas(2);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
