@@ -1,9 +1,9 @@
 //! Polls one domain: bulk stats (state, cpu-total, balloon, vcpu, interface, block, dirtyrate)
 //! with `NOWAIT`, plus the job stats, the vCPU pinning (every [`SLOW_EVERY`]th poll) and (when
-//! the devices changed) the device aliases from the domain XML, in one blocking call per poll. Nothing here waits for the
-//! domain's job (job stats are asked only while the monitor's state says no job is held, else
-//! the last reading is kept within the staleness window): a part libvirt skips because another client holds it is carried from the last
-//! answer (`merge`). (`virDomainMemoryStats` is not called: it queues for the job, and the
+//! the devices changed) the device aliases from the domain XML, in one blocking call per poll.
+//! Nothing here waits for the domain's job (job stats are asked only while the monitor's state
+//! says no job is held, else the last reading is kept within the staleness window): a part
+//! libvirt skips because another client holds it is carried from the last answer (`merge`). (`virDomainMemoryStats` is not called: it queues for the job, and the
 //! balloon group already carries the same QEMU figures.) Because such an answer comes back at
 //! once even when QEMU hangs with another client's command in its monitor, each poll also
 //! reads the monitor's state (`virDomainGetControlInfo`, no job, no QEMU round trip): occupied
@@ -292,8 +292,8 @@ impl Poller for LibvirtPoller {
                         self.last_job = Some((job.clone(), now));
                         job
                     }
-                    // No job now: the last completed one read stands (an active one ended
-                    // was read again on this poll, as `Read`).
+                    // No job now, and the completed one not asked: its last reading stands (a
+                    // job seen active is followed by a poll that asks, which comes as `Read`).
                     JobRead::Idle => {
                         self.job_was_active = false;
                         let done = self.last_job.take().and_then(|(j, _)| j).filter(|(t, _)| !job_active(*t));
