@@ -154,13 +154,16 @@ fn vm_check(id: &VmId, domain: &str, endpoint: &str) -> VmCheck {
 /// one scan.
 async fn endpoints_of(settings: &Settings) -> Vec<Arc<Endpoint>> {
     match settings.launchers.clone() {
-        None => settings.uris.iter().map(|u| Endpoint::new(u.clone())).collect(),
+        None => settings.uris.iter().map(|u| Endpoint::with_limits(u.clone(), u.clone(), settings.lanes)).collect(),
         Some(scan) => {
             let found = tokio::task::spawn_blocking(move || scan.scan()).await.unwrap_or_default();
             found
                 .launchers
                 .into_iter()
-                .map(|l| Endpoint::with_agent_uri(l.uri.clone(), l.agent_uri.unwrap_or(l.uri)))
+                .map(|l| {
+                    let agent_uri = l.agent_uri.unwrap_or_else(|| l.uri.clone());
+                    Endpoint::with_limits(l.uri, agent_uri, settings.lanes)
+                })
                 .collect()
         }
     }

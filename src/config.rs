@@ -165,6 +165,13 @@ pub struct LibvirtFileConfig {
     /// Most libvirt calls running at once across all VMs (calls abandoned at their deadline
     /// do not count). Default 16.
     pub max_concurrent_calls: Option<usize>,
+    /// Most read-only connections per libvirt daemon for the pollers' calls. A connection with
+    /// a call running long (a hung VM's) takes no new calls and another one carries them, so
+    /// hung VMs never hold up healthy VMs' calls. Default 24 (above libvirtd's 20 workers).
+    pub max_connections: Option<usize>,
+    /// Most calls running at once on one connection: the daemon's `max_client_requests`
+    /// (libvirtd's default 5); set it when the daemon's setting differs. Default 5.
+    pub calls_per_connection: Option<usize>,
     /// `drive` and `interface` label values: `auto` uses a device's user alias without its
     /// `ua-` prefix when it has one, as KubeVirt does (`rootdisk`, `default`), else the target
     /// name; `target` always uses the target name (`vda`, the tap device). Default `auto`.
@@ -328,6 +335,8 @@ pub struct Settings {
     pub launchers: Option<crate::source::libvirt::launchers::LauncherScan>,
     /// Pool-wide bound on running libvirt calls.
     pub max_concurrent_calls: usize,
+    /// Bounds of each endpoint's connections for the pollers.
+    pub lanes: crate::source::libvirt::endpoint::LaneLimits,
     /// Per-source polling, including the breaker.
     pub poll: PollSettings,
     /// Staleness window.
@@ -465,6 +474,15 @@ impl FileConfig {
         if max_concurrent_calls == 0 {
             check.err("libvirt.max_concurrent_calls", "must be at least 1");
         }
+        let mut lanes = crate::source::libvirt::endpoint::LaneLimits::default();
+        lanes.max_connections = self.libvirt.max_connections.unwrap_or(lanes.max_connections);
+        if !(1..=1000).contains(&lanes.max_connections) {
+            check.err("libvirt.max_connections", "must be from 1 to 1000");
+        }
+        lanes.calls_per_connection = self.libvirt.calls_per_connection.unwrap_or(lanes.calls_per_connection);
+        if !(1..=1000).contains(&lanes.calls_per_connection) {
+            check.err("libvirt.calls_per_connection", "must be from 1 to 1000");
+        }
         let uris = self.libvirt.uris.clone().unwrap_or_else(|| vec![DEFAULT_URI.to_owned()]);
         if uris.is_empty() && self.vms.is_empty() {
             check.err("libvirt.uris", "needs at least one URI (or VMs under [[vms]])");
@@ -572,6 +590,7 @@ impl FileConfig {
             uris: if launchers.is_some() { Vec::new() } else { uris },
             launchers,
             max_concurrent_calls,
+            lanes,
             poll: PollSettings {
                 interval,
                 timeout,

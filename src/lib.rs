@@ -109,7 +109,7 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> Result<(), RunE
 
     for uri in &settings.uris {
         tokio::spawn(discovery::run(
-            Endpoint::new(uri.clone()),
+            Endpoint::with_limits(uri.clone(), uri.clone(), settings.lanes),
             settings.poll.interval,
             settings.poll.timeout,
             limiter.clone(),
@@ -121,6 +121,7 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> Result<(), RunE
     if let Some(scan) = settings.launchers.clone() {
         tokio::spawn(discovery::run_launchers(
             scan,
+            settings.lanes,
             settings.poll.interval,
             settings.poll.timeout,
             limiter.clone(),

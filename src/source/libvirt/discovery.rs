@@ -182,6 +182,7 @@ pub async fn run(
 /// found, and stops it (dropping its VMs) when the daemon is gone.
 pub async fn run_launchers(
     scan: super::launchers::LauncherScan,
+    lanes: super::endpoint::LaneLimits,
     interval: Duration,
     timeout: Duration,
     limiter: Arc<Semaphore>,
@@ -260,8 +261,8 @@ pub async fn run_launchers(
             }
             tracing::info!(pid = l.pid, uri = %l.uri, "launcher found");
             store.add_endpoint(&l.uri);
-            let endpoint =
-                Endpoint::with_agent_uri(l.uri.clone(), l.agent_uri.clone().unwrap_or_else(|| l.uri.clone()));
+            let agent_uri = l.agent_uri.clone().unwrap_or_else(|| l.uri.clone());
+            let endpoint = Endpoint::with_limits(l.uri.clone(), agent_uri, lanes);
             let token = cancel.child_token();
             tokio::spawn(run(
                 endpoint,

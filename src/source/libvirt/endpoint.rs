@@ -4,9 +4,28 @@
 //!
 //! A connection is replaced (with a new generation number) when a call reports it broken,
 //! e.g. after libvirtd restarts; pollers notice the new generation and look their domain up again.
+//!
+//! The pollers' calls do not share discovery's connection: they run on *lanes*, a small pool of
+//! further read-only connections ([`Endpoint::lease`]). A lane with a call running longer than
+//! [`LaneLimits::slow_after`] takes no new calls, and a fresh lane (at most
+//! [`LaneLimits::max_connections`]) carries them instead. Two facts of libvirt make this
+//! necessary:
+//! - libvirtd serves at most `max_client_requests` (default 5) calls at a time per client
+//!   connection and stops reading a connection that has that many running: five calls stuck on
+//!   hung QEMUs silence it for every other VM.
+//! - Below that limit, libvirt's client library still makes every call on a connection wait on
+//!   the thread whose call is outstanding ("passing the buck", `virNetClientIO`): that thread
+//!   owns the socket and sends the others' calls. The wake-up it gets for a newly queued call
+//!   (`g_main_loop_quit`) is lost when it comes between the thread's unlock and its
+//!   `g_main_loop_run`; the queued call then waits until the socket next turns readable, which
+//!   on a connection whose own call is stuck is libvirtd's next keep-alive ping, up to 5 s
+//!   later. Measured on the lab with 3 SIGSTOPped VMs sharing one connection: healthy calls took
+//!   5.0 s or 10.0 s in about one case of four (p99 7.2 s), against a p99 of 14 ms on a second
+//!   connection at the same time.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use virt::connect::Connect;
 
@@ -39,6 +58,111 @@ pub struct Endpoint {
     /// Per domain UUID, notified when libvirt reports its guest agent connected, so a guest
     /// source waiting to re-check an absent agent polls at once.
     agent_wakers: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Notify>>>,
+    /// The pollers' connections.
+    lanes: Mutex<Lanes>,
+    /// Their bounds.
+    limits: LaneLimits,
+}
+
+/// Bounds of an endpoint's lanes (`libvirt.max_connections`, `libvirt.calls_per_connection`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LaneLimits {
+    /// Most lanes (read-only connections for the pollers) open at once.
+    pub max_connections: usize,
+    /// Most calls running at once on one lane: libvirtd's `max_client_requests` (default 5).
+    /// A call past it would wait unread in libvirtd's socket.
+    pub calls_per_connection: usize,
+    /// A lane with a call running longer than this takes no new calls while a lane without one
+    /// can be had (see the module documentation).
+    pub slow_after: Duration,
+    /// A lane idle this long is closed, unless it is the last one.
+    pub idle_close: Duration,
+}
+
+impl Default for LaneLimits {
+    fn default() -> Self {
+        LaneLimits {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            calls_per_connection: DEFAULT_CALLS_PER_CONNECTION,
+            slow_after: Duration::from_millis(500),
+            idle_close: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Default of `libvirt.max_connections`: above libvirtd's 20 workers (`max_workers`), past
+/// which more hung VMs stop libvirtd itself whatever its clients do.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 24;
+/// Default of `libvirt.calls_per_connection`: libvirtd's default `max_client_requests`.
+pub const DEFAULT_CALLS_PER_CONNECTION: usize = 5;
+
+/// One lane: a connection and the calls running on it, by id and start.
+struct Lane {
+    conn: Conn,
+    running: Vec<(u64, Instant)>,
+    last_used: Instant,
+}
+
+impl Lane {
+    /// How long its oldest running call has run.
+    fn oldest(&self, now: Instant) -> Duration {
+        self.running.iter().map(|(_, t)| now.saturating_duration_since(*t)).max().unwrap_or_default()
+    }
+}
+
+#[derive(Default)]
+struct Lanes {
+    lanes: Vec<Lane>,
+    /// Connections being opened (counted against the bound).
+    opening: usize,
+    next_call: u64,
+}
+
+/// Why no lane could be had.
+#[derive(Debug)]
+pub enum LaneError {
+    /// Every lane has calls running past [`LaneLimits::slow_after`] or is full, and no more may
+    /// be opened: the daemon is saturated by calls that do not return (hung VMs).
+    Busy {
+        /// Lanes open.
+        lanes: usize,
+        /// Calls running on them past `slow_after`.
+        slow: usize,
+    },
+    /// A new lane could not be opened.
+    Connect(virt::error::Error),
+}
+
+/// A call's place on a lane, held by the blocking call while it runs; dropping it ends the
+/// call's time on the lane.
+pub struct Lease {
+    endpoint: Arc<Endpoint>,
+    id: u64,
+    /// The lane's connection.
+    pub conn: Conn,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut pool = self.endpoint.lanes.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(lane) = pool.lanes.iter_mut().find(|l| l.conn.generation == self.conn.generation) {
+            lane.running.retain(|(id, _)| *id != self.id);
+            lane.last_used = Instant::now();
+        }
+    }
+}
+
+/// What the debug endpoint shows of an endpoint's lanes.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, schemars::JsonSchema)]
+pub struct LaneView {
+    /// Lanes open.
+    pub connections: usize,
+    /// Calls running on them.
+    pub calls: usize,
+    /// Calls running longer than the slow bound (stuck on hung VMs, or a daemon slow for all).
+    pub slow_calls: usize,
+    /// Lanes taking no new calls because of such a call.
+    pub avoided_connections: usize,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -65,7 +189,117 @@ impl Endpoint {
             generations: AtomicU64::new(0),
             events: Mutex::new(std::collections::HashMap::new()),
             agent_wakers: Mutex::new(std::collections::HashMap::new()),
+            lanes: Mutex::new(Lanes::default()),
+            limits: LaneLimits::default(),
         })
+    }
+
+    /// An endpoint whose pollers' lanes have these bounds.
+    pub fn with_limits(uri: String, agent_uri: String, limits: LaneLimits) -> Arc<Self> {
+        let mut ep = Self::with_agent_uri(uri, agent_uri);
+        if let Some(e) = Arc::get_mut(&mut ep) {
+            e.limits = limits;
+        }
+        ep
+    }
+
+    /// A lane for one call: the one named by `prefer` (the generation of the connection the
+    /// caller's domain handle belongs to) when it is usable, else the usable lane with the
+    /// fewest calls, else a new lane within the bound. Usable means: under
+    /// `calls_per_connection`, and no call on it running past `slow_after`. When every lane
+    /// has such a call and no more may be opened, the lane with capacity whose oldest call is
+    /// youngest; when none has capacity, [`LaneError::Busy`]. Blocking (it may open a
+    /// connection): call it on the blocking pool.
+    pub fn lease(self: &Arc<Self>, prefer: Option<u64>) -> Result<Lease, LaneError> {
+        let lim = self.limits;
+        let mut closing = Vec::new();
+        let mut pool = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        // Idle lanes beyond the first are closed (hung VMs that resumed leave some behind).
+        while pool.lanes.len() > 1 {
+            let Some(i) = pool
+                .lanes
+                .iter()
+                .rposition(|l| l.running.is_empty() && now.saturating_duration_since(l.last_used) >= lim.idle_close)
+            else {
+                break;
+            };
+            closing.push(pool.lanes.swap_remove(i).conn);
+        }
+        let usable = |l: &Lane| l.running.len() < lim.calls_per_connection && l.oldest(now) < lim.slow_after;
+        let pick =
+            prefer.and_then(|g| pool.lanes.iter().position(|l| l.conn.generation == g && usable(l))).or_else(|| {
+                (0..pool.lanes.len()).filter(|i| usable(&pool.lanes[*i])).min_by_key(|i| pool.lanes[*i].running.len())
+            });
+        let pick = match pick {
+            Some(i) => Some(i),
+            None if pool.lanes.len() + pool.opening < lim.max_connections => None,
+            None => {
+                // At the bound: the lane with room whose oldest call is youngest.
+                let spare = (0..pool.lanes.len())
+                    .filter(|i| pool.lanes[*i].running.len() < lim.calls_per_connection)
+                    .min_by_key(|i| pool.lanes[*i].oldest(now));
+                match spare {
+                    Some(i) => Some(i),
+                    None => {
+                        let slow = pool
+                            .lanes
+                            .iter()
+                            .map(|l| {
+                                l.running
+                                    .iter()
+                                    .filter(|(_, t)| now.saturating_duration_since(*t) >= lim.slow_after)
+                                    .count()
+                            })
+                            .sum();
+                        let lanes = pool.lanes.len();
+                        drop(pool);
+                        close_all(closing);
+                        return Err(LaneError::Busy { lanes, slow });
+                    }
+                }
+            }
+        };
+        if let Some(i) = pick {
+            let id = pool.next_call;
+            pool.next_call += 1;
+            let lane = &mut pool.lanes[i];
+            lane.running.push((id, now));
+            lane.last_used = now;
+            let conn = lane.conn.clone();
+            drop(pool);
+            close_all(closing);
+            return Ok(Lease { endpoint: self.clone(), id, conn });
+        }
+        pool.opening += 1;
+        drop(pool);
+        close_all(closing);
+        let opened = open_read_only(&self.uri);
+        let mut pool = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
+        pool.opening -= 1;
+        let connect = opened.map_err(LaneError::Connect)?;
+        let conn = Conn { generation: self.generations.fetch_add(1, Ordering::AcqRel) + 1, connect: Arc::new(connect) };
+        let id = pool.next_call;
+        pool.next_call += 1;
+        let now = Instant::now();
+        pool.lanes.push(Lane { conn: conn.clone(), running: vec![(id, now)], last_used: now });
+        tracing::debug!(uri = %self.uri, lanes = pool.lanes.len(), "opened a libvirt connection for the pollers");
+        Ok(Lease { endpoint: self.clone(), id, conn })
+    }
+
+    /// The lanes now, for the debug endpoint and the endpoint's series.
+    pub fn lane_view(&self) -> LaneView {
+        let pool = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        let slow = |l: &Lane| {
+            l.running.iter().filter(|(_, t)| now.saturating_duration_since(*t) >= self.limits.slow_after).count()
+        };
+        LaneView {
+            connections: pool.lanes.len(),
+            calls: pool.lanes.iter().map(|l| l.running.len()).sum(),
+            slow_calls: pool.lanes.iter().map(slow).sum(),
+            avoided_connections: pool.lanes.iter().filter(|l| slow(l) > 0).count(),
+        }
     }
 
     /// The current read-only connection, if any.
@@ -81,8 +315,17 @@ impl Endpoint {
         conn
     }
 
-    /// Marks read-only connection `generation` broken; the discovery loop reconnects.
+    /// Marks read-only connection `generation` broken: discovery's (the discovery loop
+    /// reconnects) or a lane (dropped; its calls end on their own, new calls go elsewhere).
     pub fn report_broken(&self, generation: u64) {
+        let lane = {
+            let mut pool = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
+            pool.lanes.iter().position(|l| l.conn.generation == generation).map(|i| pool.lanes.swap_remove(i).conn)
+        };
+        if lane.is_some() {
+            close_off_thread(lane, Vec::new());
+            return;
+        }
         let old = {
             let mut cur = self.current.lock().unwrap_or_else(PoisonError::into_inner);
             if cur.as_ref().is_some_and(|c| c.generation == generation) { cur.take() } else { None }
@@ -191,6 +434,14 @@ impl Drop for Endpoint {
         let current = self.current.get_mut().unwrap_or_else(PoisonError::into_inner).take();
         self.close_read_only(current);
         close_off_thread(self.agent.get_mut().unwrap_or_else(PoisonError::into_inner).take(), Vec::new());
+        let lanes = std::mem::take(&mut self.lanes.get_mut().unwrap_or_else(PoisonError::into_inner).lanes);
+        close_all(lanes.into_iter().map(|l| l.conn).collect());
+    }
+}
+
+fn close_all(conns: Vec<Conn>) {
+    for c in conns {
+        close_off_thread(Some(c), Vec::new());
     }
 }
 

@@ -20,7 +20,7 @@ use virt::sys;
 
 use super::aliases::{Aliases, DeviceLabels};
 use super::blocking::{BlockingSlot, SlotError};
-use super::endpoint::{Conn, Endpoint};
+use super::endpoint::{Endpoint, LaneError};
 use super::merge::Carry;
 use super::{DomainSample, LibvirtSample, classify, ffi};
 use crate::source::{ErrorKind, PollError, Poller, SourceKind, SourceSample};
@@ -82,7 +82,7 @@ struct Extra {
 }
 
 /// Bulk-stats parameters and the rest of one call.
-type Raw = Result<(Vec<(String, ffi::ParamValue)>, Extra), virt::error::Error>;
+type Raw = Result<(Vec<(String, ffi::ParamValue)>, Extra), CallError>;
 
 /// The current job, or else (when `completed`) the last completed one (kept for other
 /// readers).
@@ -175,35 +175,58 @@ impl LibvirtPoller {
     }
 }
 
-fn call(conn: Conn, uuid: String, cached: Option<(u64, Domain)>, devices: Option<Vec<String>>, ask: Ask) -> CallOutput {
+/// Why a call produced no statistics.
+enum CallError {
+    /// libvirt answered with an error.
+    Libvirt(virt::error::Error),
+    /// No lane could be had (see [`Endpoint::lease`]).
+    Lane(LaneError),
+}
+
+fn call(
+    endpoint: Arc<Endpoint>,
+    uuid: String,
+    cached: Option<(u64, Domain)>,
+    devices: Option<Vec<String>>,
+    ask: Ask,
+) -> CallOutput {
+    // The lane first: the one the cached domain handle belongs to when it is usable.
+    let lease = match endpoint.lease(cached.as_ref().map(|(g, _)| *g)) {
+        Ok(l) => l,
+        Err(e) => return CallOutput { raw: Err(CallError::Lane(e)), generation: 0, domain: cached },
+    };
+    let conn = &lease.conn;
     let generation = conn.generation;
     let dom = match cached {
         Some((g, d)) if g == generation => d,
         _ => match conn.connect.lookup_domain_by_uuid_string(&uuid) {
             Ok(d) => d,
             Err(e) => {
-                return CallOutput { raw: Err(e), generation, domain: None };
+                return CallOutput { raw: Err(CallError::Libvirt(e)), generation, domain: None };
             }
         },
     };
     // The monitor's state first: it needs no job and tells whether asking for the job stats
     // would queue behind another caller's job.
     let control = ffi::control_info(&dom).ok();
-    let raw = ffi::domain_stats(&dom, STATS_GROUPS, STATS_FLAGS).map(|params| {
-        let job = match control {
-            Some((state, _)) if state != sys::VIR_DOMAIN_CONTROL_OK => JobRead::Busy,
-            _ => job(&dom, ask.completed),
-        };
-        let vcpus = params.iter().find(|(k, _)| k == "vcpu.current").and_then(|(_, v)| v.as_u64());
-        let affinity = (ask.affinity || vcpus != ask.vcpus)
-            .then(|| vcpus.and_then(|n| ffi::vcpu_affinity(&dom, u32::try_from(n).unwrap_or(0)).ok()));
-        // The aliases come from the domain XML, read again only when the devices changed.
-        let now = DomainSample::device_names(&params);
-        let aliases = (devices.as_ref() != Some(&now))
-            .then(|| dom.xml_desc(0).ok().map(|xml| (now, Aliases::parse(&xml))))
-            .flatten();
-        (params, Extra { job, control, affinity, vcpus, aliases })
-    });
+    let raw = ffi::domain_stats(&dom, STATS_GROUPS, STATS_FLAGS)
+        .map(|params| {
+            let job = match control {
+                Some((state, _)) if state != sys::VIR_DOMAIN_CONTROL_OK => JobRead::Busy,
+                _ => job(&dom, ask.completed),
+            };
+            let vcpus = params.iter().find(|(k, _)| k == "vcpu.current").and_then(|(_, v)| v.as_u64());
+            let affinity = (ask.affinity || vcpus != ask.vcpus)
+                .then(|| vcpus.and_then(|n| ffi::vcpu_affinity(&dom, u32::try_from(n).unwrap_or(0)).ok()));
+            // The aliases come from the domain XML, read again only when the devices changed.
+            let now = DomainSample::device_names(&params);
+            let aliases = (devices.as_ref() != Some(&now))
+                .then(|| dom.xml_desc(0).ok().map(|xml| (now, Aliases::parse(&xml))))
+                .flatten();
+            (params, Extra { job, control, affinity, vcpus, aliases })
+        })
+        .map_err(CallError::Libvirt);
+    drop(lease);
     CallOutput { raw, generation, domain: Some((generation, dom)) }
 }
 
@@ -227,16 +250,17 @@ impl Poller for LibvirtPoller {
     }
 
     async fn poll(&mut self) -> Result<SourceSample, PollError> {
-        let conn = self
-            .endpoint
-            .current()
-            .ok_or_else(|| PollError::new(ErrorKind::Connection, format!("no connection to {}", self.endpoint.uri)))?;
+        // Discovery's connection is down (libvirtd gone, or reconnecting): no lane is tried.
+        if self.endpoint.current().is_none() {
+            return Err(PollError::new(ErrorKind::Connection, format!("no connection to {}", self.endpoint.uri)));
+        }
+        let endpoint = self.endpoint.clone();
         let (uuid, cached) = (self.uuid.clone(), self.domain.take());
         let devices = self.aliases.as_ref().map(|(d, _)| d.clone());
         let slow = self.polls % SLOW_EVERY == 0;
         self.polls += 1;
         let ask = Ask { completed: slow || self.job_was_active, affinity: slow, vcpus: self.affinity.1 };
-        let out = match self.slot.run(self.timeout, move || call(conn, uuid, cached, devices, ask)).await {
+        let out = match self.slot.run(self.timeout, move || call(endpoint, uuid, cached, devices, ask)).await {
             Ok(out) => out,
             Err(SlotError::Timeout { running_for }) => {
                 return Err(PollError {
@@ -322,7 +346,19 @@ impl Poller for LibvirtPoller {
                 sample.events = self.endpoint.events_of(&self.uuid).unwrap_or_default();
                 Ok(SourceSample::Libvirt(sample))
             }
-            Err(e) => {
+            Err(CallError::Lane(LaneError::Busy { lanes, slow })) => Err(PollError::new(
+                ErrorKind::PoolSaturated,
+                format!(
+                    "every connection to {} is busy ({lanes} open, {slow} calls running long): libvirtd is not \
+                     answering calls (hung VMs hold them)",
+                    self.endpoint.uri
+                ),
+            )),
+            Err(CallError::Lane(LaneError::Connect(e))) => {
+                let (kind, _) = classify(&e);
+                Err(PollError::new(kind, format!("opening a connection: {}", e.message())))
+            }
+            Err(CallError::Libvirt(e)) => {
                 let (kind, broken) = classify(&e);
                 if broken {
                     self.endpoint.report_broken(out.generation);
