@@ -274,7 +274,7 @@ impl Endpoint {
         pool.opening += 1;
         drop(pool);
         close_all(closing);
-        let opened = open_read_only(&self.uri);
+        let opened = open_lane(&self.uri);
         let mut pool = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
         pool.opening -= 1;
         let connect = opened.map_err(LaneError::Connect)?;
@@ -463,6 +463,17 @@ pub fn open_read_only(uri: &str) -> Result<Connect, virt::error::Error> {
     // Keep-alive needs the event loop started in `discovery::init`; drivers without it (the
     // test driver) say "not supported", which is harmless.
     let _ = conn.set_keep_alive(5, 3);
+    Ok(conn)
+}
+
+/// Opens a lane: a read-only connection whose keep-alive ticks every second. The tick also
+/// bounds the lost wake-up described in the module documentation: the thread waiting on a
+/// stuck call wakes at least once a tick to send a ping, and sends whatever calls were queued
+/// behind it then, so a call that lands on a lane just as a VM hangs waits at most about a
+/// second, not until libvirtd's next 5 s ping. Ten unanswered ticks close it. Blocking.
+fn open_lane(uri: &str) -> Result<Connect, virt::error::Error> {
+    let conn = Connect::open_read_only(Some(uri))?;
+    let _ = conn.set_keep_alive(1, 10);
     Ok(conn)
 }
 
