@@ -1235,6 +1235,50 @@ family!(
     "Running domains at the last listing of this libvirt endpoint."
 );
 family!(
+    SOURCE_EFFECTIVE_INTERVAL,
+    "vmbridge_source_effective_interval",
+    Gauge,
+    S,
+    ["source"],
+    Bridge,
+    "vmbridge",
+    Vm,
+    "Seconds between the source's last two successful polls: the poll interval as the endpoint serves it. Polls the node or the daemon cannot serve in time (error kinds pool_saturated, endpoint_saturated) are deferred to the next interval, so polling stretches instead of failing. Written while polling is stretched (over 1.5 intervals, or the last poll deferred), and always with --health-detail."
+);
+family!(
+    ENDPOINT_SATURATED,
+    "vmbridge_endpoint_saturated",
+    Gauge,
+    N,
+    ["uri"],
+    Bridge,
+    "vmbridge",
+    Node,
+    "1 while this libvirt daemon answers no call, not even a probe that needs no QEMU: all its worker threads (max_workers, default 20) are held, most likely by calls on hung VMs. Its VMs keep their last data until the staleness window, and their polls are deferred (error kind endpoint_saturated), not counted as their failures."
+);
+family!(
+    ENDPOINT_CONNECTIONS,
+    "vmbridge_endpoint_connections",
+    Gauge,
+    N,
+    ["uri"],
+    Bridge,
+    "vmbridge",
+    Node,
+    "Read-only connections open to this libvirt daemon for the pollers' calls (at most libvirt.max_connections). A connection with a call running long takes no new calls and another one carries them, so each hung VM can hold one."
+);
+family!(
+    ENDPOINT_SLOW_CALLS,
+    "vmbridge_endpoint_slow_calls",
+    Gauge,
+    N,
+    ["uri"],
+    Bridge,
+    "vmbridge",
+    Node,
+    "The pollers' calls to this libvirt daemon running for longer than 500 ms now: calls stuck on hung VMs, or a daemon slow for everyone."
+);
+family!(
     HTTP_CONNECTIONS,
     "vmbridge_http_connections",
     Gauge,
@@ -1384,11 +1428,12 @@ impl Selection {
 }
 
 /// vmbridge's own families (written by `collector::bridge`), in order.
-pub const BRIDGE: [&MetricDef; 15] = [
+pub const BRIDGE: [&MetricDef; 19] = [
     &SOURCE_UP,
     &BREAKER_STATE,
     &SOURCE_LAST_SUCCESS,
     &SOURCE_POLL_DURATION,
+    &SOURCE_EFFECTIVE_INTERVAL,
     &SOURCE_POLLS,
     &SOURCE_ERRORS,
     &BREAKER_TRANSITIONS,
@@ -1397,6 +1442,9 @@ pub const BRIDGE: [&MetricDef; 15] = [
     &VM_CONFLICTS,
     &ENDPOINT_UP,
     &ENDPOINT_DOMAINS,
+    &ENDPOINT_SATURATED,
+    &ENDPOINT_CONNECTIONS,
+    &ENDPOINT_SLOW_CALLS,
     &HTTP_CONNECTIONS,
     &HTTP_CLOSED,
     &LAUNCHER_DAEMONS,

@@ -40,6 +40,12 @@ pub struct SourceSnapshot {
     pub last_attempt_at: Option<f64>,
     /// How long the last poll took, in seconds.
     pub last_poll_duration_seconds: Option<f64>,
+    /// Seconds between the last two successful polls: the poll interval as the endpoint
+    /// serves it (it stretches while polls are deferred).
+    pub effective_interval_seconds: Option<f64>,
+    /// Polling is stretched: the last poll was deferred (the node or the daemon busy), or the
+    /// last two successful polls were more than 1.5 intervals apart.
+    pub stretched: bool,
     /// Polls attempted since the VM was discovered.
     pub polls_total: u64,
     /// Failed polls since discovery, by kind.
@@ -62,6 +68,8 @@ impl SourceSnapshot {
             last_success_at: None,
             last_attempt_at: None,
             last_poll_duration_seconds: None,
+            effective_interval_seconds: None,
+            stretched: false,
             polls_total: 0,
             errors_total: BTreeMap::new(),
             last_errors: VecDeque::new(),
@@ -117,6 +125,11 @@ pub struct EndpointStatus {
     pub domains: usize,
     /// The last connect or list error.
     pub last_error: Option<String>,
+    /// Since when the daemon answers no call (all its worker threads held), seconds since the
+    /// Unix epoch; `None` while it answers.
+    pub saturated_since: Option<f64>,
+    /// The pollers' connections to it.
+    pub connections: crate::source::libvirt::endpoint::LaneView,
 }
 
 /// A VM's identity in the store and the supervisor: the endpoint it lives on and its domain
@@ -404,6 +417,15 @@ impl Store {
         e.last_listed_at = Some(now_unix());
         e.domains = domains;
         e.last_error = None;
+    }
+
+    /// Records how the pollers' connections to `uri` stand and whether the daemon is saturated.
+    pub fn endpoint_health(&self, uri: &str, connections: crate::source::libvirt::endpoint::LaneView, saturated_since: Option<f64>) {
+        let mut eps = self.endpoints.write().unwrap_or_else(PoisonError::into_inner);
+        let e =
+            eps.entry(uri.to_owned()).or_insert_with(|| EndpointStatus { uri: uri.to_owned(), ..Default::default() });
+        e.connections = connections;
+        e.saturated_since = saturated_since;
     }
 
     /// Records a failed connect or listing of `uri`.

@@ -78,6 +78,8 @@ pub async fn run_source<P: Poller>(
     let mut in_flight: Option<(PollFuture, Instant, bool)> = None;
     // The source answered "unavailable" (no agent) last time: a state, logged when it changes.
     let mut unavailable = false;
+    // The last poll was deferred (the node or the daemon busy, not the VM).
+    let mut deferred = false;
     let mut repeats: LogSummary<TransitionKey> = LogSummary::default();
     loop {
         if let Admission::WaitUntil(until) = breaker.admit(Instant::now()) {
@@ -127,10 +129,22 @@ pub async fn run_source<P: Poller>(
             }
         };
         let error_kind = result.as_ref().err().map(|e| e.kind);
+        let was_deferred = std::mem::replace(&mut deferred, result.as_ref().is_err_and(|e| e.kind.deferred()));
         let transition = match result {
+            Err(e) if e.kind.deferred() => {
+                // Not the VM's failure: counted, recorded once per episode, and nothing else.
+                tracing::debug!(namespace = %id.namespace, name = %id.name, source = kind.as_str(), error = %e, "poll deferred");
+                *snap.errors_total.entry(e.kind).or_default() += 1;
+                if !was_deferred {
+                    record_error(&mut snap, &settings, e.kind, e.message);
+                }
+                None
+            }
             Ok(sample) => {
                 snap.sample = Some(Arc::new(sample));
-                snap.last_success_at = Some(now_unix());
+                let now = now_unix();
+                snap.effective_interval_seconds = snap.last_success_at.map(|t| now - t);
+                snap.last_success_at = Some(now);
                 if std::mem::take(&mut unavailable) {
                     tracing::info!(namespace = %id.namespace, name = %id.name, source = kind.as_str(), "source available again");
                 }
@@ -165,10 +179,15 @@ pub async fn run_source<P: Poller>(
             log_transition(&id, kind, t, error_kind, &mut repeats);
         }
         snap.breaker = breaker.view(Instant::now());
+        snap.stretched = deferred
+            || (recheck == settings.interval
+                && snap.effective_interval_seconds.is_some_and(|e| e > 1.5 * settings.interval.as_secs_f64()));
         store.publish(&key, kind, Arc::new(snap.clone()));
         let failing_but_closed = breaker.state() == BreakerState::Closed && snap.breaker.consecutive_failures > 0;
         let next = if unavailable {
             attempt + recheck
+        } else if deferred {
+            Instant::now() + settings.interval
         } else if failing_but_closed {
             Instant::now() + settings.retry_delay
         } else {

@@ -32,7 +32,10 @@ pub(super) struct NodeView<'a> {
 pub(super) fn encode_vm(enc: &mut crate::collector::Out<'_>, vm: &VmView<'_>, detail: bool) -> std::fmt::Result {
     let mut f = family(enc, &c::SOURCE_UP)?;
     for (src, s) in sources(vm) {
-        let up = s.polls_total > 0 && s.breaker.consecutive_failures == 0 && s.last_success_at.is_some();
+        // A poll deferred because the node or the daemon is busy leaves the failure count as
+        // it was: such a source stays up while its data is within the staleness window.
+        let fresh = s.last_success_at.is_some_and(|t| vm.now - t <= vm.staleness);
+        let up = s.polls_total > 0 && s.breaker.consecutive_failures == 0 && fresh;
         f.vm_sample(vm, &[("source", src)], Some(f64::from(u8::from(up))))?;
     }
     let mut f = family(enc, &c::BREAKER_STATE)?;
@@ -52,6 +55,12 @@ pub(super) fn encode_vm(enc: &mut crate::collector::Out<'_>, vm: &VmView<'_>, de
     if detail {
         for (src, s) in sources(vm) {
             f.vm_sample(vm, &[("source", src)], s.last_poll_duration_seconds)?;
+        }
+    }
+    let mut f = family(enc, &c::SOURCE_EFFECTIVE_INTERVAL)?;
+    for (src, s) in sources(vm) {
+        if detail || s.stretched {
+            f.vm_sample(vm, &[("source", src)], s.effective_interval_seconds)?;
         }
     }
     let mut f = family(enc, &c::SOURCE_POLLS)?;
@@ -102,6 +111,20 @@ pub(super) fn encode_node(enc: &mut crate::collector::Out<'_>, n: &NodeView<'_>)
     let mut f = family(enc, &c::ENDPOINT_DOMAINS)?;
     for e in endpoints.iter().filter(|e| e.listed_once) {
         f.sample(&[("node", node), ("uri", &e.uri)], e.domains as f64)?;
+    }
+    // Endpoints of libvirt daemons (not the static pseudo-endpoint) that discovery reached.
+    let libvirt = || endpoints.iter().filter(|e| e.attempted);
+    let mut f = family(enc, &c::ENDPOINT_SATURATED)?;
+    for e in libvirt() {
+        f.sample(&[("node", node), ("uri", &e.uri)], f64::from(u8::from(e.saturated_since.is_some())))?;
+    }
+    let mut f = family(enc, &c::ENDPOINT_CONNECTIONS)?;
+    for e in libvirt() {
+        f.sample(&[("node", node), ("uri", &e.uri)], e.connections.connections as f64)?;
+    }
+    let mut f = family(enc, &c::ENDPOINT_SLOW_CALLS)?;
+    for e in libvirt() {
+        f.sample(&[("node", node), ("uri", &e.uri)], e.connections.slow_calls as f64)?;
     }
     let listeners = [("public", &http.public), ("debug", &http.debug)];
     let mut f = family(enc, &c::HTTP_CONNECTIONS)?;

@@ -72,8 +72,14 @@ impl SourceKind {
 pub enum ErrorKind {
     /// The call did not finish within the poll timeout.
     Timeout,
-    /// Too many calls were already running on the blocking pool.
+    /// No call slot of vmbridge's own came free before the deadline (`libvirt.max_concurrent_calls`,
+    /// or every connection to the daemon busy): the node is busy, not the VM. Deferred: see
+    /// [`ErrorKind::deferred`].
     PoolSaturated,
+    /// The libvirt daemon answered no call while this one waited, and not a probe either: its
+    /// worker threads are all held (most likely by calls on hung VMs). Deferred: see
+    /// [`ErrorKind::deferred`].
+    EndpointSaturated,
     /// No usable connection to the endpoint.
     Connection,
     /// The domain no longer exists.
@@ -93,9 +99,10 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, so counters can be exported at zero.
-    pub const ALL: [ErrorKind; 8] = [
+    pub const ALL: [ErrorKind; 9] = [
         ErrorKind::Timeout,
         ErrorKind::PoolSaturated,
+        ErrorKind::EndpointSaturated,
         ErrorKind::Connection,
         ErrorKind::NoDomain,
         ErrorKind::Remote,
@@ -109,6 +116,7 @@ impl ErrorKind {
         match self {
             ErrorKind::Timeout => "timeout",
             ErrorKind::PoolSaturated => "pool_saturated",
+            ErrorKind::EndpointSaturated => "endpoint_saturated",
             ErrorKind::Connection => "connection",
             ErrorKind::NoDomain => "no_domain",
             ErrorKind::Remote => "remote",
@@ -121,7 +129,16 @@ impl ErrorKind {
     /// Whether a failure of this kind counts toward opening the breaker. An absent agent
     /// answered at once and definitely: it is a state of the VM, not a fault to back off from.
     pub fn trips_breaker(self) -> bool {
-        !matches!(self, ErrorKind::AgentUnavailable)
+        !matches!(self, ErrorKind::AgentUnavailable) && !self.deferred()
+    }
+
+    /// Whether the poll did not get to ask the VM at all, because the node is busy (vmbridge's
+    /// own call slots) or the daemon answers nobody: not the VM's failure. Such a poll leaves
+    /// the breaker and the consecutive-failure count as they were, the VM keeps its last data
+    /// (and `source_up`) until the staleness window, and the next poll comes one interval later,
+    /// so polling stretches to what the endpoint serves.
+    pub fn deferred(self) -> bool {
+        matches!(self, ErrorKind::PoolSaturated | ErrorKind::EndpointSaturated)
     }
 }
 

@@ -131,6 +131,7 @@ pub async fn run(
                 }
             }
         };
+        store.endpoint_health(&endpoint.uri, endpoint.lane_view(), endpoint.saturated_since());
         let c = conn.clone();
         let listed = match slot.run(timeout, move || Call::Listed(list_running(&c))).await {
             Ok(Call::Listed(Ok(list))) => list,

@@ -62,6 +62,23 @@ pub struct Endpoint {
     lanes: Mutex<Lanes>,
     /// Their bounds.
     limits: LaneLimits,
+    /// Whether, and since when, the daemon answers no call (see [`Endpoint::answering`]).
+    saturation: Mutex<Saturation>,
+    /// One saturation probe at a time.
+    probing: tokio::sync::Mutex<()>,
+}
+
+/// What the saturation probes found.
+#[derive(Default)]
+struct Saturation {
+    /// When a pollers' call (or a probe) last completed: the daemon's worker threads answer.
+    answered: Option<Instant>,
+    /// When the last probe that got no answer started.
+    unanswered_probe: Option<Instant>,
+    /// A probe is running since then.
+    probe_running: Option<Instant>,
+    /// Since when the daemon answers nobody (wall clock, for the debug view).
+    since: Option<f64>,
 }
 
 /// Bounds of an endpoint's lanes (`libvirt.max_connections`, `libvirt.calls_per_connection`).
@@ -144,11 +161,14 @@ pub struct Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        let now = Instant::now();
         let mut pool = self.endpoint.lanes.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(lane) = pool.lanes.iter_mut().find(|l| l.conn.generation == self.conn.generation) {
             lane.running.retain(|(id, _)| *id != self.id);
-            lane.last_used = Instant::now();
+            lane.last_used = now;
         }
+        drop(pool);
+        self.endpoint.answered(now);
     }
 }
 
@@ -191,7 +211,88 @@ impl Endpoint {
             agent_wakers: Mutex::new(std::collections::HashMap::new()),
             lanes: Mutex::new(Lanes::default()),
             limits: LaneLimits::default(),
+            saturation: Mutex::new(Saturation::default()),
+            probing: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// A pollers' call (or a probe) completed at `at`: the daemon answers.
+    fn answered(&self, at: Instant) {
+        let mut sat = self.saturation.lock().unwrap_or_else(PoisonError::into_inner);
+        sat.answered = Some(sat.answered.map_or(at, |a| a.max(at)));
+        if let Some(since) = sat.since.take() {
+            tracing::info!(
+                uri = %self.uri,
+                saturated_for = %humantime::format_duration(Duration::from_secs((crate::clock::now_unix() - since).max(0.0) as u64)),
+                "libvirt daemon answers calls again"
+            );
+        }
+    }
+
+    /// Since when the daemon answers no call (seconds since the Unix epoch), if it does not.
+    pub fn saturated_since(&self) -> Option<f64> {
+        self.saturation.lock().unwrap_or_else(PoisonError::into_inner).since
+    }
+
+    /// Whether the daemon answered any call since `since`, asked when a poll's call started then
+    /// and is still waiting past its deadline. When no pollers' call completed since, a probe
+    /// that needs a worker thread of the daemon but no QEMU (`virConnectGetCapabilities`; the
+    /// calls libvirtd serves on its priority workers, such as listing domains, would answer
+    /// anyway) gets `wait` to answer, one probe at a time for the endpoint; a probe that
+    /// started after `since` and got no answer answers for every caller. No answer: the daemon
+    /// is saturated (all its `max_workers` held), which is logged once, at WARN, with the cause.
+    pub async fn answering(self: &Arc<Self>, since: Instant, wait: Duration) -> bool {
+        let _one = self.probing.lock().await;
+        {
+            let sat = self.saturation.lock().unwrap_or_else(PoisonError::into_inner);
+            if sat.answered.is_some_and(|a| a >= since) {
+                return true;
+            }
+            if sat.unanswered_probe.is_some_and(|p| p >= since) || sat.probe_running.is_some() {
+                return false;
+            }
+        }
+        let started = Instant::now();
+        self.saturation.lock().unwrap_or_else(PoisonError::into_inner).probe_running = Some(started);
+        let ep = self.clone();
+        let probe = tokio::task::spawn_blocking(move || {
+            let out = match ep.lease(None) {
+                Ok(lease) => lease.conn.connect.capabilities().map(|_| true).map_err(|e| e.message().to_owned()),
+                // Every lane full of calls that do not return: no answer either.
+                Err(LaneError::Busy { .. }) => Ok(false),
+                Err(LaneError::Connect(e)) => Err(e.message().to_owned()),
+            };
+            ep.saturation.lock().unwrap_or_else(PoisonError::into_inner).probe_running = None;
+            out
+        });
+        match tokio::time::timeout(wait, probe).await {
+            // It answered, or failed for another reason (a broken connection is not saturation).
+            Ok(Ok(Ok(true) | Err(_))) => true,
+            Ok(Err(_)) => true,
+            Ok(Ok(Ok(false))) | Err(_) => {
+                let mut sat = self.saturation.lock().unwrap_or_else(PoisonError::into_inner);
+                sat.unanswered_probe = Some(started);
+                if sat.answered.is_some_and(|a| a >= since) {
+                    return true;
+                }
+                if sat.since.is_none() {
+                    sat.since = Some(crate::clock::now_unix());
+                    drop(sat);
+                    let lanes = self.lane_view();
+                    tracing::warn!(
+                        uri = %self.uri,
+                        slow_calls = lanes.slow_calls,
+                        connections = lanes.connections,
+                        "libvirt daemon answers no call: all its worker threads are held, most likely by calls on \
+                         hung VMs (libvirtd serves at most max_workers calls at once, default 20, and \
+                         max_client_requests per connection, default 5; see libvirtd.conf or virtqemud.conf). \
+                         Its VMs keep their last data until the staleness window and their polls are deferred, \
+                         not failed; it recovers by itself once the calls return"
+                    );
+                }
+                false
+            }
+        }
     }
 
     /// An endpoint whose pollers' lanes have these bounds.

@@ -47,6 +47,10 @@ type Job = (i32, Vec<(String, ffi::ParamValue)>);
 /// a blocking thread, libvirt's client lock and its event loop (most of vmbridge's CPU).
 pub const SLOW_EVERY: u64 = 6;
 
+/// How long a saturation probe may take to answer ([`Endpoint::answering`]) when a call missed
+/// its deadline and the daemon answered no other call meanwhile.
+const PROBE_WAIT: Duration = Duration::from_secs(1);
+
 /// Whether a job type is an active job (`VIR_DOMAIN_JOB_BOUNDED`, `_UNBOUNDED`).
 fn job_active(job_type: i32) -> bool {
     job_type == sys::VIR_DOMAIN_JOB_BOUNDED as i32 || job_type == sys::VIR_DOMAIN_JOB_UNBOUNDED as i32
@@ -245,8 +249,9 @@ impl Poller for LibvirtPoller {
     }
 
     fn deadline(&self) -> Duration {
-        // One blocking call, which the slot abandons at `timeout` (plus waiting for a permit).
-        self.timeout * 2
+        // One blocking call, which the slot abandons at `timeout` (plus waiting for a permit),
+        // then perhaps a saturation probe.
+        self.timeout * 2 + PROBE_WAIT
     }
 
     async fn poll(&mut self) -> Result<SourceSample, PollError> {
@@ -263,6 +268,19 @@ impl Poller for LibvirtPoller {
         let out = match self.slot.run(self.timeout, move || call(endpoint, uuid, cached, devices, ask)).await {
             Ok(out) => out,
             Err(SlotError::Timeout { running_for }) => {
+                // The VM's failure only if the daemon answers others: when it answered no call
+                // since this one started (nor a probe), it is saturated, and the poll is deferred.
+                let since = tokio::time::Instant::now().into_std() - running_for;
+                if !self.endpoint.answering(since, PROBE_WAIT).await {
+                    return Err(PollError::new(
+                        ErrorKind::EndpointSaturated,
+                        format!(
+                            "libvirt call still running after {:.1}s, and {} answers no call (saturated)",
+                            running_for.as_secs_f64(),
+                            self.endpoint.uri
+                        ),
+                    ));
+                }
                 return Err(PollError {
                     kind: ErrorKind::Timeout,
                     message: format!("libvirt call still running after {:.1}s", running_for.as_secs_f64()),

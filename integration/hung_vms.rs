@@ -1,0 +1,201 @@
+//! Several hung VMs on one plain libvirt host (issue 23, point 2): 16 lab domains, of which 4,
+//! 6, 8 and then 12 have their QEMU SIGSTOPped, each phase for `VMB_HUNG_PHASE_SECS` (default
+//! 60 s) of scrapes twice a second. libvirtd serves at most 5 calls at a time per client
+//! connection, and a call on a hung QEMU never returns: before the pollers had connections of
+//! their own (lanes), 6 hung VMs of 16 took the healthy VMs' libvirt data out of 364 of 600
+//! VM-scrapes.
+//!
+//! Asserted, in every phase: the healthy VMs' libvirt source is up in every scrape, their CPU
+//! counters advance, and each newly stopped VM is flagged within its breaker's bounds. Measured,
+//! not asserted: the healthy VMs' poll durations (p50/p99, sampled at every scrape) against the
+//! phase with none stopped. Throughout, another libvirt client polls every domain (`OtherClient`:
+//! `virsh domstats`, whose full query of a stopped VM waits for its job) and a busy loop keeps a
+//! core busy, as guests do on a node. The table goes to stderr and `target/hung-vms.md`.
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a failed expectation is the report
+#![allow(clippy::disallowed_methods)] // tests drive real processes (vmbridge, lab.sh)
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const VMS: usize = 16;
+/// Stopped VMs in each phase (cumulative: the first N of the 16).
+const PHASES: [usize; 5] = [0, 4, 6, 8, 12];
+const INTERVAL: Duration = Duration::from_secs(2);
+const TIMEOUT: Duration = Duration::from_secs(4);
+
+fn name(i: usize) -> String {
+    format!("ithung-{i:02}")
+}
+
+fn phase_length() -> Duration {
+    let secs = std::env::var("VMB_HUNG_PHASE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
+    Duration::from_secs(secs)
+}
+
+/// A process that keeps one core busy until dropped.
+struct Busy(std::process::Child);
+
+impl Busy {
+    fn start() -> Busy {
+        Busy(
+            Command::new("sh")
+                .args(["-c", "while :; do :; done"])
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("start a busy loop"),
+        )
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+struct PhaseResult {
+    stopped: usize,
+    vm_scrapes: usize,
+    down: usize,
+    lost: usize,
+    flagged_max: Option<Duration>,
+    p50_ms: f64,
+    p99_ms: f64,
+    connections: Option<f64>,
+}
+
+#[test]
+fn healthy_vms_keep_their_libvirt_data_with_up_to_12_of_16_hung() {
+    let _serial = serial();
+    let names: Vec<String> = (1..=VMS).map(name).collect();
+    let mut domains = Vec::new();
+    for batch in names.chunks(8) {
+        let made: Vec<Domain> = std::thread::scope(|s| {
+            let handles: Vec<_> = batch.iter().map(|n| s.spawn(move || Domain::new(n))).collect();
+            handles.into_iter().map(|h| h.join().expect("lab add")).collect()
+        });
+        domains.extend(made);
+    }
+    let healthy: Vec<&str> = names[PHASES[PHASES.len() - 1]..].iter().map(String::as_str).collect();
+    let cfg = std::env::temp_dir().join(format!("vmbridge-it-hung-{}.toml", std::process::id()));
+    std::fs::write(&cfg, format!("[poll]\ninterval = \"{}s\"\ntimeout = \"{}s\"\n", INTERVAL.as_secs(), TIMEOUT.as_secs()))
+        .expect("cfg");
+    let bridge = Bridge::start(&["--config", cfg.to_str().unwrap(), "--no-qga", "--health-detail"]);
+    bridge.wait_for(Duration::from_secs(60), "every VM's libvirt source up", |e| {
+        names.iter().all(|n| e.value("vmbridge_source_up", &[("name", n), ("source", "libvirt")]) == Some(1.0))
+    });
+    let _other = OtherClient::start();
+    let _busy = Busy::start();
+    // Flagged: the breaker's bound is one interval to the next poll, then the poll's own
+    // deadline; 20 s on top for a loaded machine.
+    let flag_bound = INTERVAL + TIMEOUT * 2 + Duration::from_secs(20);
+    let mut results = Vec::new();
+    let mut stopped = 0;
+    for &target in &PHASES {
+        for d in &domains[stopped..target] {
+            d.stop();
+        }
+        let newly: Vec<&str> = names[stopped..target].iter().map(String::as_str).collect();
+        stopped = target;
+        let started = Instant::now();
+        let first = bridge.metrics();
+        let cpu = |e: &Exposition, n: &str| e.value("kubevirt_vmi_cpu_usage_seconds_total", &[("name", n)]);
+        let mut flagged: Vec<Option<Duration>> = vec![None; newly.len()];
+        let (mut vm_scrapes, mut down, mut lost) = (0, 0, 0);
+        let mut durations = Vec::new();
+        let mut last = first.text.clone();
+        while started.elapsed() < phase_length() || flagged.iter().any(Option::is_none) {
+            assert!(
+                started.elapsed() < phase_length() + flag_bound,
+                "stopped VMs not all flagged within {flag_bound:?}: {:?} of {newly:?}",
+                flagged
+            );
+            let e = bridge.metrics();
+            for n in &healthy {
+                vm_scrapes += 1;
+                if e.value("vmbridge_source_up", &[("name", n), ("source", "libvirt")]) != Some(1.0) {
+                    down += 1;
+                }
+                if cpu(&e, n).is_none() {
+                    lost += 1;
+                }
+                if let Some(d) =
+                    e.value("vmbridge_source_poll_duration_seconds", &[("name", n), ("source", "libvirt")])
+                {
+                    durations.push(d * 1000.0);
+                }
+            }
+            for (i, n) in newly.iter().enumerate() {
+                if flagged[i].is_none()
+                    && e.value("vmbridge_source_up", &[("name", n), ("source", "libvirt")]) == Some(0.0)
+                {
+                    flagged[i] = Some(started.elapsed());
+                }
+            }
+            last = e.text.clone();
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let end = Exposition::parse(&last);
+        for n in &healthy {
+            let (a, b) = (cpu(&first, n), cpu(&end, n));
+            assert!(
+                matches!((a, b), (Some(a), Some(b)) if b > a),
+                "{n}: CPU counter did not advance over the phase with {target} stopped: {a:?} -> {b:?}"
+            );
+        }
+        for (i, f) in flagged.iter().enumerate() {
+            assert!(f.is_some_and(|f| f <= flag_bound), "{} flagged after {f:?} (bound {flag_bound:?})", newly[i]);
+        }
+        durations.sort_by(f64::total_cmp);
+        results.push(PhaseResult {
+            stopped: target,
+            vm_scrapes,
+            down,
+            lost,
+            flagged_max: flagged.iter().flatten().max().copied(),
+            p50_ms: percentile(&durations, 0.5),
+            p99_ms: percentile(&durations, 0.99),
+            connections: end.value("vmbridge_endpoint_connections", &[("uri", URI)]),
+        });
+    }
+    for d in &domains {
+        d.cont();
+    }
+    let base = &results[0];
+    let mut table = format!(
+        "| stopped of {VMS} | healthy VM-scrapes | source_up != 1 | series lost | newly stopped flagged after (max) | healthy poll p50 / p99 (ms) | vs 0 stopped (p50 / p99) | connections at the end |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    );
+    for r in &results {
+        table.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {:.1} / {:.1} | {:.2}x / {:.2}x | {} |\n",
+            r.stopped,
+            r.vm_scrapes,
+            r.down,
+            r.lost,
+            r.flagged_max.map_or("-".into(), |d| format!("{:.1} s", d.as_secs_f64())),
+            r.p50_ms,
+            r.p99_ms,
+            r.p50_ms / base.p50_ms,
+            r.p99_ms / base.p99_ms,
+            r.connections.map_or("-".into(), |c| format!("{c}")),
+        ));
+    }
+    eprintln!("{table}");
+    let _ = std::fs::write(root().join("target/hung-vms.md"), &table);
+    for r in &results {
+        assert_eq!(r.down, 0, "with {} VMs stopped, healthy VMs' libvirt source was down in {} of {} VM-scrapes\n{table}", r.stopped, r.down, r.vm_scrapes);
+        assert_eq!(r.lost, 0, "with {} VMs stopped, healthy VMs' CPU series went missing {} times\n{table}", r.stopped, r.lost);
+    }
+}
