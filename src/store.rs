@@ -420,7 +420,12 @@ impl Store {
     }
 
     /// Records how the pollers' connections to `uri` stand and whether the daemon is saturated.
-    pub fn endpoint_health(&self, uri: &str, connections: crate::source::libvirt::endpoint::LaneView, saturated_since: Option<f64>) {
+    pub fn endpoint_health(
+        &self,
+        uri: &str,
+        connections: crate::source::libvirt::endpoint::LaneView,
+        saturated_since: Option<f64>,
+    ) {
         let mut eps = self.endpoints.write().unwrap_or_else(PoisonError::into_inner);
         let e =
             eps.entry(uri.to_owned()).or_insert_with(|| EndpointStatus { uri: uri.to_owned(), ..Default::default() });

@@ -135,6 +135,9 @@ pub async fn run_source<P: Poller>(
                 // Not the VM's failure: counted, recorded once per episode, and nothing else.
                 tracing::debug!(namespace = %id.namespace, name = %id.name, source = kind.as_str(), error = %e, "poll deferred");
                 *snap.errors_total.entry(e.kind).or_default() += 1;
+                // The interval as served stretches for as long as polls are deferred.
+                let since = snap.last_success_at.map(|t| now_unix() - t);
+                snap.effective_interval_seconds = since.max(snap.effective_interval_seconds);
                 if !was_deferred {
                     record_error(&mut snap, &settings, e.kind, e.message);
                 }

@@ -86,8 +86,9 @@ struct Saturation {
 pub struct LaneLimits {
     /// Most lanes (read-only connections for the pollers) open at once.
     pub max_connections: usize,
-    /// Most calls running at once on one lane: libvirtd's `max_client_requests` (default 5).
-    /// A call past it would wait unread in libvirtd's socket.
+    /// The daemon's `max_client_requests` (libvirtd's default 5). A lane carries one call fewer:
+    /// libvirtd stops reading a connection with that many calls running, which leaves its
+    /// keep-alive unanswered, and the connection is then closed under every call on it.
     pub calls_per_connection: usize,
     /// A lane with a call running longer than this takes no new calls while a lane without one
     /// can be had (see the module documentation).
@@ -157,6 +158,16 @@ pub struct Lease {
     id: u64,
     /// The lane's connection.
     pub conn: Conn,
+    /// The daemon answered the call (see [`Lease::answered`]).
+    answered: bool,
+}
+
+impl Lease {
+    /// Notes that a call on the daemon's normal workers got an answer (a value, or an error of
+    /// the daemon's own; not a connection that broke), so the daemon is not saturated.
+    pub fn answered(&mut self) {
+        self.answered = true;
+    }
 }
 
 impl Drop for Lease {
@@ -168,7 +179,9 @@ impl Drop for Lease {
             lane.last_used = now;
         }
         drop(pool);
-        self.endpoint.answered(now);
+        if self.answered {
+            self.endpoint.answered(now);
+        }
     }
 }
 
@@ -234,8 +247,12 @@ impl Endpoint {
         self.saturation.lock().unwrap_or_else(PoisonError::into_inner).since
     }
 
-    /// Whether the daemon answered any call since `since`, asked when a poll's call started then
-    /// and is still waiting past its deadline. When no pollers' call completed since, a probe
+    /// Whether the daemon answered any call since `since` (plus [`LaneLimits::slow_after`]), asked
+    /// when a poll's call started then and is still waiting past its deadline: a daemon that
+    /// served another call well after this one started could have served this one, so this
+    /// VM is the one not answering. A call can wait for a worker while others are answered
+    /// only if they came before it and took the last workers, which is what the margin
+    /// allows. When no pollers' call completed since, a probe
     /// that needs a worker thread of the daemon but no QEMU (`virConnectGetCapabilities`; the
     /// calls libvirtd serves on its priority workers, such as listing domains, would answer
     /// anyway) gets `wait` to answer, one probe at a time for the endpoint; a probe that
@@ -245,7 +262,7 @@ impl Endpoint {
         let _one = self.probing.lock().await;
         {
             let sat = self.saturation.lock().unwrap_or_else(PoisonError::into_inner);
-            if sat.answered.is_some_and(|a| a >= since) {
+            if sat.answered.is_some_and(|a| a >= since + self.limits.slow_after) {
                 return true;
             }
             if sat.unanswered_probe.is_some_and(|p| p >= since) || sat.probe_running.is_some() {
@@ -257,7 +274,13 @@ impl Endpoint {
         let ep = self.clone();
         let probe = tokio::task::spawn_blocking(move || {
             let out = match ep.lease(None) {
-                Ok(lease) => lease.conn.connect.capabilities().map(|_| true).map_err(|e| e.message().to_owned()),
+                Ok(mut lease) => {
+                    let caps = lease.conn.connect.capabilities();
+                    if caps.is_ok() {
+                        lease.answered();
+                    }
+                    caps.map(|_| true).map_err(|e| e.message().to_owned())
+                }
                 // Every lane full of calls that do not return: no answer either.
                 Err(LaneError::Busy { .. }) => Ok(false),
                 Err(LaneError::Connect(e)) => Err(e.message().to_owned()),
@@ -272,7 +295,7 @@ impl Endpoint {
             Ok(Ok(Ok(false))) | Err(_) => {
                 let mut sat = self.saturation.lock().unwrap_or_else(PoisonError::into_inner);
                 sat.unanswered_probe = Some(started);
-                if sat.answered.is_some_and(|a| a >= since) {
+                if sat.answered.is_some_and(|a| a >= since + self.limits.slow_after) {
                     return true;
                 }
                 if sat.since.is_none() {
@@ -327,7 +350,11 @@ impl Endpoint {
             };
             closing.push(pool.lanes.swap_remove(i).conn);
         }
-        let usable = |l: &Lane| l.running.len() < lim.calls_per_connection && l.oldest(now) < lim.slow_after;
+        // One place short of the daemon's limit: a connection with that many calls running is
+        // no longer read by libvirtd, so its keep-alive goes unanswered and the connection is
+        // closed under every call on it.
+        let room = lim.calls_per_connection.saturating_sub(1).max(1);
+        let usable = |l: &Lane| l.running.len() < room && l.oldest(now) < lim.slow_after;
         let pick =
             prefer.and_then(|g| pool.lanes.iter().position(|l| l.conn.generation == g && usable(l))).or_else(|| {
                 (0..pool.lanes.len()).filter(|i| usable(&pool.lanes[*i])).min_by_key(|i| pool.lanes[*i].running.len())
@@ -338,7 +365,7 @@ impl Endpoint {
             None => {
                 // At the bound: the lane with room whose oldest call is youngest.
                 let spare = (0..pool.lanes.len())
-                    .filter(|i| pool.lanes[*i].running.len() < lim.calls_per_connection)
+                    .filter(|i| pool.lanes[*i].running.len() < room)
                     .min_by_key(|i| pool.lanes[*i].oldest(now));
                 match spare {
                     Some(i) => Some(i),
@@ -370,7 +397,7 @@ impl Endpoint {
             let conn = lane.conn.clone();
             drop(pool);
             close_all(closing);
-            return Ok(Lease { endpoint: self.clone(), id, conn });
+            return Ok(Lease { endpoint: self.clone(), id, conn, answered: false });
         }
         pool.opening += 1;
         drop(pool);
@@ -385,7 +412,7 @@ impl Endpoint {
         let now = Instant::now();
         pool.lanes.push(Lane { conn: conn.clone(), running: vec![(id, now)], last_used: now });
         tracing::debug!(uri = %self.uri, lanes = pool.lanes.len(), "opened a libvirt connection for the pollers");
-        Ok(Lease { endpoint: self.clone(), id, conn })
+        Ok(Lease { endpoint: self.clone(), id, conn, answered: false })
     }
 
     /// The lanes now, for the debug endpoint and the endpoint's series.

@@ -116,6 +116,8 @@ struct Ask {
 /// Result of one blocking call: the data, plus the domain handle handed back for reuse.
 struct CallOutput {
     raw: Raw,
+    /// When the call started.
+    started: std::time::Instant,
     generation: u64,
     domain: Option<(u64, Domain)>,
 }
@@ -194,10 +196,11 @@ fn call(
     devices: Option<Vec<String>>,
     ask: Ask,
 ) -> CallOutput {
+    let started = std::time::Instant::now();
     // The lane first: the one the cached domain handle belongs to when it is usable.
-    let lease = match endpoint.lease(cached.as_ref().map(|(g, _)| *g)) {
+    let mut lease = match endpoint.lease(cached.as_ref().map(|(g, _)| *g)) {
         Ok(l) => l,
-        Err(e) => return CallOutput { raw: Err(CallError::Lane(e)), generation: 0, domain: cached },
+        Err(e) => return CallOutput { raw: Err(CallError::Lane(e)), started, generation: 0, domain: cached },
     };
     let conn = &lease.conn;
     let generation = conn.generation;
@@ -206,7 +209,7 @@ fn call(
         _ => match conn.connect.lookup_domain_by_uuid_string(&uuid) {
             Ok(d) => d,
             Err(e) => {
-                return CallOutput { raw: Err(CallError::Libvirt(e)), generation, domain: None };
+                return CallOutput { raw: Err(CallError::Libvirt(e)), started, generation, domain: None };
             }
         },
     };
@@ -230,8 +233,13 @@ fn call(
             (params, Extra { job, control, affinity, vcpus, aliases })
         })
         .map_err(CallError::Libvirt);
+    // The bulk-stats call runs on the daemon's normal workers: an answer to it (not a broken
+    // connection) shows the daemon is not saturated.
+    if raw.as_ref().err().is_none_or(|e| !matches!(e, CallError::Libvirt(e) if classify(e).1)) {
+        lease.answered();
+    }
     drop(lease);
-    CallOutput { raw, generation, domain: Some((generation, dom)) }
+    CallOutput { raw, started, generation, domain: Some((generation, dom)) }
 }
 
 /// How long the monitor has been occupied by one command, when that is at least `limit`.
@@ -380,6 +388,14 @@ impl Poller for LibvirtPoller {
                 let (kind, broken) = classify(&e);
                 if broken {
                     self.endpoint.report_broken(out.generation);
+                    // A connection that broke under a call while the daemon answered nobody
+                    // (its keep-alive unanswered) says nothing about this VM.
+                    if !self.endpoint.answering(out.started, PROBE_WAIT).await {
+                        return Err(PollError::new(
+                            ErrorKind::EndpointSaturated,
+                            format!("{} (and {} answers no call: saturated)", e.message(), self.endpoint.uri),
+                        ));
+                    }
                 }
                 if kind == ErrorKind::NoDomain {
                     self.domain = None;
