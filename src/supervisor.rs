@@ -137,7 +137,10 @@ pub async fn run_source<P: Poller>(
                 *snap.errors_total.entry(e.kind).or_default() += 1;
                 // The interval as served stretches for as long as polls are deferred.
                 let since = snap.last_success_at.map(|t| now_unix() - t);
-                snap.effective_interval_seconds = since.max(snap.effective_interval_seconds);
+                snap.effective_interval_seconds = match (since, snap.effective_interval_seconds) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
                 if !was_deferred {
                     record_error(&mut snap, &settings, e.kind, e.message);
                 }
