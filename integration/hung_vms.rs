@@ -90,8 +90,11 @@ fn healthy_vms_keep_their_libvirt_data_with_up_to_12_of_16_hung() {
     }
     let healthy: Vec<&str> = names[PHASES[PHASES.len() - 1]..].iter().map(String::as_str).collect();
     let cfg = std::env::temp_dir().join(format!("vmbridge-it-hung-{}.toml", std::process::id()));
-    std::fs::write(&cfg, format!("[poll]\ninterval = \"{}s\"\ntimeout = \"{}s\"\n", INTERVAL.as_secs(), TIMEOUT.as_secs()))
-        .expect("cfg");
+    std::fs::write(
+        &cfg,
+        format!("[poll]\ninterval = \"{}s\"\ntimeout = \"{}s\"\n", INTERVAL.as_secs(), TIMEOUT.as_secs()),
+    )
+    .expect("cfg");
     let bridge = Bridge::start(&["--config", cfg.to_str().unwrap(), "--no-qga", "--health-detail"]);
     bridge.wait_for(Duration::from_secs(60), "every VM's libvirt source up", |e| {
         names.iter().all(|n| e.value("vmbridge_source_up", &[("name", n), ("source", "libvirt")]) == Some(1.0))
@@ -131,8 +134,7 @@ fn healthy_vms_keep_their_libvirt_data_with_up_to_12_of_16_hung() {
                 if cpu(&e, n).is_none() {
                     lost += 1;
                 }
-                if let Some(d) =
-                    e.value("vmbridge_source_poll_duration_seconds", &[("name", n), ("source", "libvirt")])
+                if let Some(d) = e.value("vmbridge_source_poll_duration_seconds", &[("name", n), ("source", "libvirt")])
                 {
                     durations.push(d * 1000.0);
                 }
@@ -195,7 +197,125 @@ fn healthy_vms_keep_their_libvirt_data_with_up_to_12_of_16_hung() {
     eprintln!("{table}");
     let _ = std::fs::write(root().join("target/hung-vms.md"), &table);
     for r in &results {
-        assert_eq!(r.down, 0, "with {} VMs stopped, healthy VMs' libvirt source was down in {} of {} VM-scrapes\n{table}", r.stopped, r.down, r.vm_scrapes);
-        assert_eq!(r.lost, 0, "with {} VMs stopped, healthy VMs' CPU series went missing {} times\n{table}", r.stopped, r.lost);
+        assert_eq!(
+            r.down, 0,
+            "with {} VMs stopped, healthy VMs' libvirt source was down in {} of {} VM-scrapes\n{table}",
+            r.stopped, r.down, r.vm_scrapes
+        );
+        assert_eq!(
+            r.lost, 0,
+            "with {} VMs stopped, healthy VMs' CPU series went missing {} times\n{table}",
+            r.stopped, r.lost
+        );
     }
+}
+
+/// Issue 23, point 3: 24 stopped VMs beside 4 healthy ones hold every one of libvirtd's 20
+/// worker threads, so libvirtd answers no call at all. vmbridge says so once, as one node-level
+/// state (`vmbridge_endpoint_saturated`, one WARN line, `/debug/vms`, the status page), and the
+/// healthy VMs keep their last data and `source_up` with no breaker transition; everything
+/// recovers by itself after SIGCONT.
+#[test]
+fn a_saturated_libvirtd_is_one_node_level_state_and_recovers() {
+    const STOPPED: usize = 24;
+    let _serial = serial();
+    let names: Vec<String> = (1..=STOPPED + 4).map(|i| format!("itsat-{i:02}")).collect();
+    let mut domains = Vec::new();
+    for batch in names.chunks(8) {
+        let made: Vec<Domain> = std::thread::scope(|s| {
+            let handles: Vec<_> = batch.iter().map(|n| s.spawn(move || Domain::new(n))).collect();
+            handles.into_iter().map(|h| h.join().expect("lab add")).collect()
+        });
+        domains.extend(made);
+    }
+    let healthy: Vec<&str> = names[STOPPED..].iter().map(String::as_str).collect();
+    let cfg = std::env::temp_dir().join(format!("vmbridge-it-sat-{}.toml", std::process::id()));
+    std::fs::write(
+        &cfg,
+        format!("[poll]\ninterval = \"{}s\"\ntimeout = \"{}s\"\n", INTERVAL.as_secs(), TIMEOUT.as_secs()),
+    )
+    .expect("cfg");
+    let bridge = Bridge::start(&["--config", cfg.to_str().unwrap(), "--no-qga", "--health-detail"]);
+    bridge.wait_for(Duration::from_secs(60), "every VM's libvirt source up", |e| {
+        names.iter().all(|n| e.value("vmbridge_source_up", &[("name", n), ("source", "libvirt")]) == Some(1.0))
+    });
+    let _other = OtherClient::start();
+    let _busy = Busy::start();
+    let opened = |e: &Exposition, n: &str| -> f64 {
+        ["consecutive_failures", "hard_timeout", "probe_failed"]
+            .iter()
+            .filter_map(|r| {
+                e.value("vmbridge_breaker_transitions_total", &[("name", n), ("source", "libvirt"), ("reason", r)])
+            })
+            .sum()
+    };
+    let before = bridge.metrics();
+    for d in &domains[..STOPPED] {
+        d.stop();
+    }
+    let started = Instant::now();
+    let (mut vm_scrapes, mut down, mut lost, mut saturated_at) = (0, 0, 0, None);
+    let mut page_says = false;
+    let mut debug_says = false;
+    let mut last = before.text.clone();
+    while started.elapsed() < phase_length() {
+        let e = bridge.metrics();
+        for n in &healthy {
+            vm_scrapes += 1;
+            if e.value("vmbridge_source_up", &[("name", n), ("source", "libvirt")]) != Some(1.0) {
+                down += 1;
+            }
+            if e.value("kubevirt_vmi_cpu_usage_seconds_total", &[("name", n)]).is_none() {
+                lost += 1;
+            }
+        }
+        if e.value("vmbridge_endpoint_saturated", &[("uri", URI)]) == Some(1.0) {
+            saturated_at.get_or_insert(started.elapsed());
+            if !page_says {
+                let page = http_get(bridge.debug_addr, "/", None).body;
+                page_says = page.contains("saturated for") && page.contains(">saturated<");
+            }
+            if !debug_says {
+                let index: serde_json::Value =
+                    serde_json::from_str(&bridge.get("/debug/vms", None).body).expect("json");
+                debug_says = index["endpoints"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|ep| ep["uri"] == URI && ep["saturated_since"].is_number()));
+            }
+        }
+        last = e.text.clone();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let during = Exposition::parse(&last);
+    let transitions: Vec<(&str, f64)> = healthy.iter().map(|n| (*n, opened(&during, n) - opened(&before, n))).collect();
+    for d in &domains {
+        d.cont();
+    }
+    let (_, recovered) =
+        bridge.wait_for(Duration::from_secs(180), "every VM up and the daemon no longer saturated", |e| {
+            e.value("vmbridge_endpoint_saturated", &[("uri", URI)]) == Some(0.0)
+                && names
+                    .iter()
+                    .all(|n| e.value("vmbridge_source_up", &[("name", n), ("source", "libvirt")]) == Some(1.0))
+        });
+    let log = bridge.log.lock().unwrap().clone();
+    let warns = log.iter().filter(|l| l.contains("\"WARN\"") && l.contains("libvirt daemon answers no call")).count();
+    let again = log.iter().any(|l| l.contains("libvirt daemon answers calls again"));
+    let report = format!(
+        "saturation, {STOPPED} stopped + {} healthy: healthy VM-scrapes {vm_scrapes}, source_up != 1 in {down}, series lost {lost}, \
+         healthy breaker openings {transitions:?}, saturated shown after {saturated_at:?}, WARN lines {warns}, \
+         all recovered {:.1} s after SIGCONT",
+        healthy.len(),
+        recovered.as_secs_f64()
+    );
+    eprintln!("{report}");
+    let _ = std::fs::write(root().join("target/saturation.md"), &report);
+    assert!(saturated_at.is_some(), "vmbridge_endpoint_saturated never went to 1\n{report}");
+    assert_eq!(warns, 1, "one WARN line names the saturation\n{report}");
+    assert!(again, "the recovery is logged\n{report}");
+    assert!(page_says, "the status page shows the saturated endpoint\n{report}");
+    assert!(debug_says, "/debug/vms shows saturated_since\n{report}");
+    assert_eq!(down, 0, "healthy VMs were failed one by one\n{report}");
+    assert_eq!(lost, 0, "healthy VMs lost their data before the staleness window\n{report}");
+    assert!(transitions.iter().all(|(_, t)| *t == 0.0), "healthy VMs' breakers opened\n{report}");
 }

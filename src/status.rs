@@ -118,7 +118,8 @@ pub fn render(index: &DebugIndex) -> String {
     // Those needing attention first; the index is already sorted by namespace/name.
     vms.sort_by_key(|(_, f)| f.is_empty());
     let attention = vms.iter().filter(|(_, f)| !f.is_empty()).count();
-    let down: Vec<_> = index.endpoints.iter().filter(|e| !e.up).collect();
+    // Down, or saturated (it answers no call: one node-level state, not a failure per VM).
+    let down: Vec<_> = index.endpoints.iter().filter(|e| !e.up || e.saturated_since.is_some()).collect();
     let no_agent = index.vms.iter().filter(|vm| vm.sources.values().any(|s| Health::of(s) == Health::NoAgent)).count();
     let generated = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(index.generated_at.max(0.0));
     let _ = write!(
@@ -143,16 +144,24 @@ JSON: <a href=\"/debug/vms\">/debug/vms</a> · <a href=\"/metrics\">/metrics</a>
         vm_row(&mut h, vm, failed);
     }
     h.push_str(
-        "</table><h2>Endpoints</h2><table id=\"endpoints\"><tr><th>libvirt URI</th><th>state</th><th>domains</th><th>last error</th></tr>",
+        "</table><h2>Endpoints</h2><table id=\"endpoints\"><tr><th>libvirt URI</th><th>state</th><th>domains</th>\
+<th>connections</th><th>slow calls</th><th>last error</th></tr>",
     );
     for e in &index.endpoints {
+        let state = match (e.up, e.saturated_since) {
+            (false, _) => "down",
+            (true, Some(_)) => "saturated",
+            (true, None) => "up",
+        };
         let _ = write!(
             h,
-            "<tr><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td class=\"err\">{}</td></tr>",
+            "<tr><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"err\">{}</td></tr>",
             escape(&e.uri),
-            if e.up { "ok" } else { "failing" },
-            if e.up { "up" } else { "down" },
+            if state == "up" { "ok" } else { "failing" },
+            state,
             e.domains,
+            e.connections.connections,
+            e.connections.slow_calls,
             escape(e.last_error.as_deref().unwrap_or("")),
         );
     }
@@ -182,12 +191,27 @@ fn attention_box(
         count(down.len(), "endpoint")
     );
     for e in down {
-        let _ = write!(
-            h,
-            "<li data-endpoint=\"{uri}\">endpoint <b>{uri}</b> down: <span class=\"err\">{why}</span></li>",
-            uri = escape(&e.uri),
-            why = escape(e.last_error.as_deref().unwrap_or("")),
-        );
+        match e.saturated_since.filter(|_| e.up) {
+            Some(since) => {
+                let _ = write!(
+                    h,
+                    "<li data-endpoint=\"{uri}\">endpoint <b>{uri}</b> saturated for {age:.0} s: \
+<span class=\"err\">it answers no call; all its worker threads are held, most likely by {slow} calls on hung VMs. \
+Its VMs keep their last data until the staleness window.</span></li>",
+                    uri = escape(&e.uri),
+                    age = (crate::clock::now_unix() - since).max(0.0),
+                    slow = e.connections.slow_calls,
+                );
+            }
+            None => {
+                let _ = write!(
+                    h,
+                    "<li data-endpoint=\"{uri}\">endpoint <b>{uri}</b> down: <span class=\"err\">{why}</span></li>",
+                    uri = escape(&e.uri),
+                    why = escape(e.last_error.as_deref().unwrap_or("")),
+                );
+            }
+        }
     }
     for (vm, failed) in vms.iter().filter(|(_, f)| !f.is_empty()) {
         let _ = write!(
