@@ -227,6 +227,8 @@ fn snapshot(
         last_success_at,
         last_attempt_at: Some(vmbridge::clock::now_unix()),
         last_poll_duration_seconds: Some(0.012),
+        effective_interval_seconds: None,
+        stretched: false,
         polls_total: 120,
         errors_total: BTreeMap::new(),
         last_errors: VecDeque::new(),

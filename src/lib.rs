@@ -120,8 +120,7 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> Result<(), RunE
     }
     if let Some(scan) = settings.launchers.clone() {
         tokio::spawn(discovery::run_launchers(
-            scan,
-            settings.lanes,
+            discovery::Launchers { scan, lanes: settings.lanes },
             settings.poll.interval,
             settings.poll.timeout,
             limiter.clone(),

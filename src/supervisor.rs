@@ -429,6 +429,9 @@ mod tests {
         /// No agent until the shared flag is set, then fine; re-checked every 30 s, woken by
         /// the notifier.
         Absent(Arc<std::sync::atomic::AtomicBool>, Arc<tokio::sync::Notify>),
+        /// The first poll answers; then, while the flag is set, every poll is deferred (the
+        /// daemon saturated), else fine.
+        Saturated(Arc<std::sync::atomic::AtomicBool>),
     }
 
     /// A test poller with a 1 s deadline, counting the polls it started.
@@ -460,6 +463,10 @@ mod tests {
                     return Err(PollError::new(ErrorKind::AgentUnavailable, "QEMU guest agent is not connected"));
                 }
                 Behaviour::Absent(..) => {}
+                Behaviour::Saturated(on) if n > 0 && on.load(Ordering::SeqCst) => {
+                    return Err(PollError::new(ErrorKind::EndpointSaturated, "the daemon answers no call"));
+                }
+                Behaviour::Saturated(_) => {}
                 Behaviour::Hung => std::future::pending().await,
                 Behaviour::SlowFirst if n == 0 => tokio::time::sleep(Duration::from_secs(2)).await,
                 Behaviour::SlowFirst | Behaviour::Fine => {}
@@ -574,6 +581,44 @@ mod tests {
         let s = snap();
         assert!(s.is_up(), "{s:?}");
         assert_eq!(polls.load(Ordering::SeqCst), 22);
+        cancel.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deferred_polls_stretch_polling_and_never_touch_the_breaker_or_the_failure_count() {
+        let store = Arc::new(Store::new([]));
+        let id = vm(&store, "busy");
+        let on = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let polls = Arc::new(AtomicU64::new(0));
+        let cancel = CancellationToken::new();
+        tokio::spawn(run_source(
+            id.clone(),
+            VmKey::new("test", "busy"),
+            TestPoller(Behaviour::Saturated(on.clone()), polls.clone()),
+            store.clone(),
+            settings(),
+            cancel.clone(),
+        ));
+        let snap = || store.vm(&id).and_then(|v| v.sources.get(&SourceKind::Process).cloned()).expect("published");
+        // 60 s saturated after the first good poll: one poll per 5 s interval, never at the
+        // 100 ms retry delay; no failure counted, no transition, the first data kept.
+        tokio::time::sleep(Duration::from_secs(60) + Duration::from_millis(10)).await;
+        let s = snap();
+        assert_eq!(polls.load(Ordering::SeqCst), 13, "polled once per interval: {s:?}");
+        assert_eq!(s.errors_total.get(&ErrorKind::EndpointSaturated), Some(&12));
+        assert_eq!(s.breaker.consecutive_failures, 0, "{s:?}");
+        assert_eq!(s.breaker.state, BreakerState::Closed);
+        assert!(s.breaker.history.is_empty(), "no transition: {:?}", s.breaker.history);
+        assert!(s.is_up() && s.sample.is_some(), "the last data stands: {s:?}");
+        assert_eq!(s.last_errors.len(), 1, "recorded once per episode: {:?}", s.last_errors);
+        assert!(s.stretched, "{s:?}");
+        // The daemon answers again: the next polls succeed (the effective interval is measured
+        // on the wall clock, which paused time does not move), polling is no longer stretched.
+        on.store(false, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        let s = snap();
+        assert_eq!(s.errors_total.get(&ErrorKind::EndpointSaturated), Some(&12));
+        assert!(s.is_up() && !s.stretched, "{s:?}");
         cancel.cancel();
     }
 

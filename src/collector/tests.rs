@@ -70,6 +70,8 @@ fn source(sample: Option<LibvirtSample>, last_success_at: Option<f64>) -> Arc<So
         last_success_at,
         last_attempt_at: last_success_at,
         last_poll_duration_seconds: Some(0.01),
+        effective_interval_seconds: None,
+        stretched: false,
         polls_total: 1,
         errors_total: BTreeMap::new(),
         last_errors: VecDeque::new(),
@@ -220,10 +222,10 @@ fn every_declared_family_is_emitted() {
     let mut sample = LibvirtSample::new(rich_params(), rich_memory());
     sample.partial_total.insert("block".into(), 1);
     sample.parsed.cpu_affinity = Some(2);
-    let store = store_with_guest(
-        vec![("a", source(Some(sample), Some(crate::clock::now_unix())))],
-        Some(guest_source(rich_guest())),
-    );
+    // Polling stretched (the node busy): the effective interval is written.
+    let mut libvirt = (*source(Some(sample), Some(crate::clock::now_unix()))).clone();
+    (libvirt.stretched, libvirt.effective_interval_seconds) = (true, Some(12.5));
+    let store = store_with_guest(vec![("a", Arc::new(libvirt))], Some(guest_source(rich_guest())));
     // KubeVirt mode's launcher counts.
     store.launchers_scanned(3, 1, 0);
     let text = scrape(store);
@@ -722,7 +724,9 @@ fn pre_encoded_series_follow_publishes_removals_and_the_staleness_window() {
     let text = String::from_utf8(text).expect("UTF-8");
     assert_eq!(stats.encoded, 1);
     assert!(!text.contains("kubevirt_vmi_cpu_usage_seconds_total{"), "{text}");
-    assert!(text.contains("vmbridge_source_up{namespace=\"ns\",name=\"a\",node=\"node-1\",source=\"libvirt\"} 1.0"));
+    // The VM stays visible, and its source shows down once its data is stale (a source whose
+    // polls are deferred keeps `source_up` 1 only within the staleness window).
+    assert!(text.contains("vmbridge_source_up{namespace=\"ns\",name=\"a\",node=\"node-1\",source=\"libvirt\"} 0.0"));
 }
 
 #[test]

@@ -179,11 +179,19 @@ pub async fn run(
     }
 }
 
+/// What KubeVirt mode finds launchers with, and the bounds of each launcher's connections.
+#[derive(Debug, Clone)]
+pub struct Launchers {
+    /// How launchers are found.
+    pub scan: super::launchers::LauncherScan,
+    /// Each launcher endpoint's lanes.
+    pub lanes: super::endpoint::LaneLimits,
+}
+
 /// KubeVirt mode: scans for launcher daemons every `interval`, runs [`run`] for each one
 /// found, and stops it (dropping its VMs) when the daemon is gone.
 pub async fn run_launchers(
-    scan: super::launchers::LauncherScan,
-    lanes: super::endpoint::LaneLimits,
+    launchers: Launchers,
     interval: Duration,
     timeout: Duration,
     limiter: Arc<Semaphore>,
@@ -191,6 +199,7 @@ pub async fn run_launchers(
     events: mpsc::Sender<VmEvent>,
     cancel: CancellationToken,
 ) {
+    let Launchers { scan, lanes } = launchers;
     let mut running: BTreeMap<u32, (super::launchers::Launcher, CancellationToken)> = BTreeMap::new();
     let mut scan_in_flight: Option<(tokio::task::JoinHandle<super::launchers::Found>, tokio::time::Instant)> = None;
     let mut untrusted_seen: Vec<u32> = Vec::new();

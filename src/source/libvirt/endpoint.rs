@@ -144,7 +144,7 @@ pub enum LaneError {
     Busy {
         /// Lanes open.
         lanes: usize,
-        /// Calls running on them past `slow_after`.
+        /// Lanes with a call running past `slow_after`.
         slow: usize,
     },
     /// A new lane could not be opened.
@@ -350,42 +350,17 @@ impl Endpoint {
             };
             closing.push(pool.lanes.swap_remove(i).conn);
         }
-        // One place short of the daemon's limit: a connection with that many calls running is
-        // no longer read by libvirtd, so its keep-alive goes unanswered and the connection is
-        // closed under every call on it.
-        let room = lim.calls_per_connection.saturating_sub(1).max(1);
-        let usable = |l: &Lane| l.running.len() < room && l.oldest(now) < lim.slow_after;
-        let pick =
-            prefer.and_then(|g| pool.lanes.iter().position(|l| l.conn.generation == g && usable(l))).or_else(|| {
-                (0..pool.lanes.len()).filter(|i| usable(&pool.lanes[*i])).min_by_key(|i| pool.lanes[*i].running.len())
-            });
-        let pick = match pick {
-            Some(i) => Some(i),
-            None if pool.lanes.len() + pool.opening < lim.max_connections => None,
-            None => {
-                // At the bound: the lane with room whose oldest call is youngest.
-                let spare = (0..pool.lanes.len())
-                    .filter(|i| pool.lanes[*i].running.len() < room)
-                    .min_by_key(|i| pool.lanes[*i].oldest(now));
-                match spare {
-                    Some(i) => Some(i),
-                    None => {
-                        let slow = pool
-                            .lanes
-                            .iter()
-                            .map(|l| {
-                                l.running
-                                    .iter()
-                                    .filter(|(_, t)| now.saturating_duration_since(*t) >= lim.slow_after)
-                                    .count()
-                            })
-                            .sum();
-                        let lanes = pool.lanes.len();
-                        drop(pool);
-                        close_all(closing);
-                        return Err(LaneError::Busy { lanes, slow });
-                    }
-                }
+        let states: Vec<(u64, usize, Duration)> =
+            pool.lanes.iter().map(|l| (l.conn.generation, l.running.len(), l.oldest(now))).collect();
+        let pick = match choose(&states, prefer, pool.opening, &lim) {
+            Choice::Lane(i) => Some(i),
+            Choice::Open => None,
+            Choice::Busy => {
+                let slow = states.iter().filter(|(_, n, oldest)| *n > 0 && *oldest >= lim.slow_after).count();
+                let lanes = pool.lanes.len();
+                drop(pool);
+                close_all(closing);
+                return Err(LaneError::Busy { lanes, slow });
             }
         };
         if let Some(i) = pick {
@@ -556,6 +531,38 @@ impl Endpoint {
     }
 }
 
+/// What [`choose`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Choice {
+    /// This lane.
+    Lane(usize),
+    /// Open a new lane.
+    Open,
+    /// None can be had.
+    Busy,
+}
+
+/// Lane selection, from each lane's (generation, running calls, age of its oldest call): the
+/// preferred lane when usable, else the usable lane with the fewest calls, else a new one
+/// within the bound, else the lane with room whose oldest call is youngest. A lane carries one
+/// call fewer than the daemon's `max_client_requests`: libvirtd stops reading a connection with
+/// that many calls running, which leaves its keep-alive unanswered, and the connection is then
+/// closed under every call on it.
+fn choose(lanes: &[(u64, usize, Duration)], prefer: Option<u64>, opening: usize, lim: &LaneLimits) -> Choice {
+    let room = lim.calls_per_connection.saturating_sub(1).max(1);
+    let usable = |(_, n, oldest): &(u64, usize, Duration)| *n < room && *oldest < lim.slow_after;
+    if let Some(i) = prefer.and_then(|g| lanes.iter().position(|l| l.0 == g && usable(l))) {
+        return Choice::Lane(i);
+    }
+    if let Some(i) = (0..lanes.len()).filter(|i| usable(&lanes[*i])).min_by_key(|i| lanes[*i].1) {
+        return Choice::Lane(i);
+    }
+    if lanes.len() + opening < lim.max_connections {
+        return Choice::Open;
+    }
+    (0..lanes.len()).filter(|i| lanes[*i].1 < room).min_by_key(|i| lanes[*i].2).map_or(Choice::Busy, Choice::Lane)
+}
+
 impl Drop for Endpoint {
     /// A launcher that went away: its connections close, event callbacks first.
     fn drop(&mut self) {
@@ -612,4 +619,46 @@ pub fn open_for_agent(uri: &str) -> Result<Connect, virt::error::Error> {
     let conn = Connect::open(Some(uri))?;
     let _ = conn.set_keep_alive(5, 3);
     Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lim() -> LaneLimits {
+        LaneLimits { max_connections: 3, calls_per_connection: 5, ..LaneLimits::default() }
+    }
+
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    #[test]
+    fn a_lane_with_a_slow_call_takes_no_new_call_while_another_can_be_had() {
+        let l = lim();
+        assert_eq!(choose(&[], None, 0, &l), Choice::Open, "the first call opens the first lane");
+        // The caller's own lane while it is usable, so its domain handle is reused.
+        assert_eq!(choose(&[(1, 2, MS(10)), (2, 0, MS(0))], Some(1), 0, &l), Choice::Lane(0));
+        // Not once a call on it runs past slow_after: the least busy usable lane instead.
+        let lanes = [(1, 1, MS(600)), (2, 2, MS(10)), (3, 1, MS(10))];
+        assert_eq!(choose(&lanes, Some(1), 0, &l), Choice::Lane(2));
+        // Every lane slow: a new one, within the bound (lanes being opened count).
+        assert_eq!(choose(&[(1, 1, MS(600))], Some(1), 0, &l), Choice::Open);
+        assert_eq!(choose(&[(1, 1, MS(600)), (2, 1, MS(900))], None, 1, &l), Choice::Lane(0));
+    }
+
+    #[test]
+    fn a_lane_keeps_one_place_free_and_a_full_pool_is_busy() {
+        let l = lim();
+        // Four calls on a lane of a daemon that serves five: full, so a new lane.
+        assert_eq!(choose(&[(1, 4, MS(1))], Some(1), 0, &l), Choice::Open);
+        // At the bound, every lane slow: the one with room whose oldest call is youngest.
+        let lanes = [(1, 4, MS(700)), (2, 2, MS(5000)), (3, 1, MS(800))];
+        assert_eq!(choose(&lanes, None, 0, &l), Choice::Lane(2));
+        // At the bound and every lane full: busy.
+        let full = [(1, 4, MS(700)), (2, 4, MS(5000)), (3, 4, MS(800))];
+        assert_eq!(choose(&full, None, 0, &l), Choice::Busy);
+        // A daemon serving one call per connection still gets one per lane.
+        let one = LaneLimits { calls_per_connection: 1, ..l };
+        assert_eq!(choose(&[(1, 0, MS(0))], None, 0, &one), Choice::Lane(0));
+        assert_eq!(choose(&[(1, 1, MS(0))], None, 0, &one), Choice::Open);
+    }
 }

@@ -375,8 +375,8 @@ impl Poller for LibvirtPoller {
             Err(CallError::Lane(LaneError::Busy { lanes, slow })) => Err(PollError::new(
                 ErrorKind::PoolSaturated,
                 format!(
-                    "every connection to {} is busy ({lanes} open, {slow} calls running long): libvirtd is not \
-                     answering calls (hung VMs hold them)",
+                    "every connection to {} is busy ({lanes} open, {slow} with a call running long): the daemon \
+                     is not answering calls (hung VMs hold them)",
                     self.endpoint.uri
                 ),
             )),
