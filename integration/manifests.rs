@@ -509,6 +509,7 @@ fn alerts_are_labelled_annotated_and_unit_tested() {
         "VMIGuestAgentDown",
         "VMBridgeBreakerOpen",
         "VMBridgeEndpointDown",
+        "VMBridgeLibvirtSaturated",
         "VMBridgeDown",
         "VMBridgeAbsent",
         "VMIGuestPanicked",

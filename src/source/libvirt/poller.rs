@@ -128,6 +128,9 @@ pub struct LibvirtPoller {
     uuid: String,
     domain: Option<(u64, Domain)>,
     slot: BlockingSlot<CallOutput>,
+    /// A second slot, for the one call made while the first is stuck: the monitor's state,
+    /// which libvirt answers without QEMU (and on its priority workers).
+    control_slot: BlockingSlot<Option<(u32, Duration)>>,
     timeout: Duration,
     hard_timeout: Duration,
     /// The last completed job seen (a key identifying it, when first seen).
@@ -165,7 +168,8 @@ impl LibvirtPoller {
             endpoint,
             uuid,
             domain: None,
-            slot: BlockingSlot::new(limiter),
+            slot: BlockingSlot::new(limiter.clone()),
+            control_slot: BlockingSlot::new(limiter),
             timeout,
             hard_timeout,
             last_completed: None,
@@ -242,6 +246,31 @@ fn call(
     CallOutput { raw, started, generation, domain: Some((generation, dom)) }
 }
 
+/// `virDomainControlState` as a word.
+fn control_state_name(state: u32) -> &'static str {
+    match state {
+        sys::VIR_DOMAIN_CONTROL_OK => "idle",
+        sys::VIR_DOMAIN_CONTROL_JOB => "in a job",
+        sys::VIR_DOMAIN_CONTROL_OCCUPIED => "occupied by one command",
+        sys::VIR_DOMAIN_CONTROL_ERROR => "in error",
+        _ => "in an unknown state",
+    }
+}
+
+impl LibvirtPoller {
+    /// The monitor's state and time in it, on a lane of its own, within a second; `None` when
+    /// libvirt does not say.
+    async fn monitor_state(&mut self) -> Option<(u32, Duration)> {
+        let (endpoint, uuid) = (self.endpoint.clone(), self.uuid.clone());
+        let read = move || {
+            let lease = endpoint.lease(None).ok()?;
+            let dom = lease.conn.connect.lookup_domain_by_uuid_string(&uuid).ok()?;
+            ffi::control_info(&dom).ok()
+        };
+        self.control_slot.run(Duration::from_secs(1), read).await.ok().flatten()
+    }
+}
+
 /// How long the monitor has been occupied by one command, when that is at least `limit`.
 fn monitor_stuck((state, time): (u32, Duration), limit: Duration) -> Option<Duration> {
     (state == sys::VIR_DOMAIN_CONTROL_OCCUPIED && time >= limit).then_some(time)
@@ -289,9 +318,14 @@ impl Poller for LibvirtPoller {
                         ),
                     ));
                 }
+                // No second call that needs QEMU while this one is stuck; the monitor's state
+                // needs none, and says why the VM does not answer.
+                let monitor = self.monitor_state().await.map_or(String::new(), |(state, time)| {
+                    format!("; QEMU monitor {} for {:.1}s", control_state_name(state), time.as_secs_f64())
+                });
                 return Err(PollError {
                     kind: ErrorKind::Timeout,
-                    message: format!("libvirt call still running after {:.1}s", running_for.as_secs_f64()),
+                    message: format!("libvirt call still running after {:.1}s{monitor}", running_for.as_secs_f64()),
                     hard: running_for >= self.hard_timeout,
                 });
             }
