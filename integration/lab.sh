@@ -26,7 +26,17 @@
 #   status                daemons and lab domains (diagnostic)
 #
 # Environment: VMB_LAB_DIR (default /var/lib/vmbridge-lab), VMB_LAB_BATCH (parallel
-# creates per batch, default 10), VMB_LAB_MEM_MIB (default 32).
+# creates per batch, default 10), VMB_LAB_MEM_MIB (default 32),
+# VMB_LAB_MODE (up/add: how a plain lab domain runs, default boot):
+#   boot    today's domain: its vCPU loops in SeaBIOS looking for a boot device (about 1 % of
+#           a core under TCG, so 2 cores hold about 150);
+#   paused  the same domain started with 'virsh create --paused': every device, libvirt's
+#           stats, QMP and the agent channel work, the vCPU never runs;
+#   halted  running, but its disk's boot sector is 'cli; hlt' (FA F4 EB FD, 0x55AA), so the
+#           vCPU halts at once (collectd's virt plugin reads only the state of a domain that is
+#           not running: comparisons need this mode, not paused);
+# VMB_LAB_AGENT=0 (up/add): no guest-agent channel (the qga source then sees no agent).
+# up takes N up to 500; down destroys many domains in parallel (VMB_LAB_BATCH at least 32).
 # Domains are transient, TCG (type='qemu', never kvm), q35, 1 vCPU, qcow2 virtio
 # disk, <interface type='ethernet'> (libvirt-created tap), both with KubeVirt's user aliases
 # (ua-rootdisk, ua-default; name a domain <namespace>_<name> for KubeVirt's naming), virtio balloon with
@@ -48,6 +58,8 @@ readonly DAEMONS_FILE="$STATE_DIR/daemons"
 readonly LOCK_FILE="$STATE_DIR/lock"
 readonly BATCH="${VMB_LAB_BATCH:-10}"
 readonly MEM_MIB="${VMB_LAB_MEM_MIB:-32}"
+readonly MODE="${VMB_LAB_MODE:-boot}"
+readonly AGENT="${VMB_LAB_AGENT:-1}"
 readonly GUEST_MEM_MIB="${VMB_GUEST_MEM_MIB:-128}"
 readonly GUEST_BOOT_TIMEOUT="${VMB_GUEST_BOOT_TIMEOUT:-90}"
 GUEST_BUILD="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/guest/build.sh"
@@ -333,19 +345,43 @@ stop_daemons_if_ours() {
 
 dom_dir() { echo "$VMS_DIR/$1"; }
 
+# A 1 MiB raw disk whose boot sector halts the vCPU: cli; hlt; jmp back to hlt; 0x55AA.
+# Made once per lab dir; each halted domain gets a copy.
+halt_image() {
+    local img="$LAB_DIR/halt-template.img"
+    if [[ ! -s "$img" ]]; then
+        truncate -s 1M "$img.tmp"
+        printf '\xfa\xf4\xeb\xfd' | dd of="$img.tmp" conv=notrunc status=none
+        printf '\x55\xaa' | dd of="$img.tmp" bs=1 seek=510 conv=notrunc status=none
+        mv -f "$img.tmp" "$img"
+    fi
+    echo "$img"
+}
+
 write_domain_xml() { # NAME -> path of xml
     local name=$1 dir
     dir=$(dom_dir "$name")
     mkdir -p "$dir"
-    if [[ ! -f "$dir/disk.qcow2" ]]; then
-        qemu-img create -q -f qcow2 "$dir/disk.qcow2" 64M >&2 || die "qemu-img create failed for $name"
+    local disk="$dir/disk.qcow2" format=qcow2 channel=""
+    if [[ "$MODE" == halted ]]; then
+        disk="$dir/halt.img"
+        format=raw
+        [[ -f "$disk" ]] || cp "$(halt_image)" "$disk"
+    elif [[ ! -f "$disk" ]]; then
+        qemu-img create -q -f qcow2 "$disk" 64M >&2 || die "qemu-img create failed for $name"
+    fi
+    if [[ "$AGENT" != 0 ]]; then
+        channel="<channel type='unix'>
+      <source mode='bind' path='$LAB_DIR/$name.qga'/>
+      <target type='virtio' name='org.qemu.guest_agent.0'/>
+    </channel>"
     fi
     rm -f "$LAB_DIR/$name.qga" "$LAB_DIR/$name.qmp"
     cat >"$dir/domain.xml" <<EOF
 <domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
   <name>$name</name>
   <metadata>
-    <lab:lab xmlns:lab='$MARKER_NS'><lab:dir>$LAB_DIR</lab:dir></lab:lab>
+    <lab:lab xmlns:lab='$MARKER_NS'><lab:dir>$LAB_DIR</lab:dir><lab:mode>$MODE</lab:mode></lab:lab>
   </metadata>
   <memory unit='MiB'>$MEM_MIB</memory>
   <currentMemory unit='MiB'>$MEM_MIB</currentMemory>
@@ -363,8 +399,8 @@ write_domain_xml() { # NAME -> path of xml
   <devices>
     <emulator>/usr/bin/qemu-system-x86_64</emulator>
     <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2'/>
-      <source file='$dir/disk.qcow2'/>
+      <driver name='qemu' type='$format'/>
+      <source file='$disk'/>
       <target dev='vda' bus='virtio'/>
       <alias name='ua-rootdisk'/>
     </disk>
@@ -376,10 +412,7 @@ write_domain_xml() { # NAME -> path of xml
       <source path='$dir/console.log'/>
       <target port='0'/>
     </serial>
-    <channel type='unix'>
-      <source mode='bind' path='$LAB_DIR/$name.qga'/>
-      <target type='virtio' name='org.qemu.guest_agent.0'/>
-    </channel>
+    $channel
     <memballoon model='virtio'>
       <stats period='5'/>
     </memballoon>
@@ -488,7 +521,9 @@ create_one() { # NAME [XML-WRITER, default write_domain_xml]
     state_add_domain "$name" # record before creating: a crash leaves it tracked
     log "virsh create $xml"
     local out
-    if ! out=$(virsh -c "$URI" create "$xml" 2>&1); then
+    local paused=()
+    [[ "$MODE" == paused && "$writer" == write_domain_xml ]] && paused=(--paused)
+    if ! out=$(virsh -c "$URI" create "$xml" "${paused[@]}" 2>&1); then
         log "$out"
         if dom_exists "$name" && dom_is_ours "$name"; then
             return 0 # lost a race with another creator of the same name
@@ -504,10 +539,10 @@ wait_running() { # NAME...
         st=""
         for i in $(seq 120); do
             st=$(dom_state "$name" || true)
-            [[ "$st" == running ]] && break
+            [[ "$st" == running || ( "$MODE" == paused && "$st" == paused ) ]] && break
             sleep 0.25
         done
-        [[ "$st" == running ]] || die "domain $name is not running after 30 s (state: '${st:-absent}'); see $(dom_dir "$name")/console.log and /var/log/libvirt/qemu/$name.log"
+        [[ "$st" == running || ( "$MODE" == paused && "$st" == paused ) ]] || die "domain $name is not running after 30 s (state: '${st:-absent}'); see $(dom_dir "$name")/console.log and /var/log/libvirt/qemu/$name.log"
     done
     : "$i"
 }
@@ -556,7 +591,8 @@ qemu_pid() { # NAME
 
 cmd_up() {
     local n=${1:-} prefix=${2:-$DEFAULT_PREFIX}
-    [[ "$n" =~ ^[0-9]+$ && "$n" -ge 1 && "$n" -le 99 ]] || die "up: N must be 1..99"
+    [[ "$n" =~ ^[0-9]+$ && "$n" -ge 1 && "$n" -le 500 ]] || die "up: N must be 1..500"
+    case "$MODE" in boot | paused | halted) ;; *) die "VMB_LAB_MODE must be boot, paused or halted, not '$MODE'" ;; esac
     local t0=$SECONDS
     cmd_install
     ensure_daemons
@@ -733,6 +769,31 @@ cmd_list() {
     return 0
 }
 
+# SIGKILL the QEMU of each named lab domain (only those whose live XML carries the lab's
+# marker), then wait up to 60 s for libvirtd to stop listing them.
+kill_ours() { # NAME...
+    local name pid killed=() f
+    for name in "$@"; do
+        f="$QEMU_RUN_DIR/$name.xml"
+        [[ -r "$f" ]] && grep -qF "$MARKER_NS" "$f" || continue
+        pid=$(tr -dc '0-9' <"$QEMU_RUN_DIR/$name.pid" 2>/dev/null) || continue
+        [[ -n "$pid" && -d "/proc/$pid" ]] || continue
+        kill -KILL "$pid" 2>/dev/null && killed+=("$name")
+    done
+    log "killed ${#killed[@]} lab QEMUs; waiting for libvirtd to reap them"
+    local i listed left
+    for i in $(seq 120); do
+        listed=$(virsh -c "$URI" list --name 2>/dev/null || true)
+        left=0
+        for name in "${killed[@]}"; do
+            grep -qxF -- "$name" <<<"$listed" && left=$((left + 1))
+        done
+        [[ $left -eq 0 ]] && break
+        sleep 0.5
+    done
+    : "$i"
+}
+
 cmd_down() {
     local prefix=${1:-} t0=$SECONDS
     need_root
@@ -755,6 +816,12 @@ cmd_down() {
         for name in "${names[@]}"; do
             if pid=$(qemu_pid "$name" 2>/dev/null); then kill -CONT "$pid" 2>/dev/null || true; fi
         done
+        # Many domains: 'virsh destroy' one by one slows as libvirtd holds more (about 6 s each
+        # with hundreds up). Killing the QEMUs of the lab's own domains (marker checked) lets
+        # libvirtd reap them all at once; whatever is still listed then is destroyed below.
+        if [[ ${#names[@]} -gt $BATCH ]]; then
+            kill_ours "${names[@]}"
+        fi
         local pids=() failed=0 i
         for name in "${names[@]}"; do
             destroy_one "$name" forget-foreign &
