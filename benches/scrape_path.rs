@@ -229,6 +229,7 @@ fn snapshot(
         last_poll_duration_seconds: Some(0.012),
         effective_interval_seconds: None,
         stretched: false,
+        monitor: None,
         polls_total: 120,
         errors_total: BTreeMap::new(),
         last_errors: VecDeque::new(),

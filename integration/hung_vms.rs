@@ -116,6 +116,9 @@ fn healthy_vms_keep_their_libvirt_data_with_up_to_12_of_16_hung() {
         let first = bridge.metrics();
         let cpu = |e: &Exposition, n: &str| e.value("kubevirt_vmi_cpu_usage_seconds_total", &[("name", n)]);
         let mut flagged: Vec<Option<Duration>> = vec![None; newly.len()];
+        // The stall reason (issue 23, point 5): from the QEMU's /proc state, within 2 polls.
+        let mut stalled: Vec<Option<Duration>> = vec![None; newly.len()];
+        let mut healthy_stalled = 0;
         let (mut vm_scrapes, mut down, mut lost) = (0, 0, 0);
         let mut durations = Vec::new();
         let mut last = first.text.clone();

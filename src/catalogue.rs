@@ -1235,6 +1235,17 @@ family!(
     "Running domains at the last listing of this libvirt endpoint."
 );
 family!(
+    VM_STALL_REASON,
+    "vmbridge_vm_stall_reason",
+    Gauge,
+    N,
+    ["reason", "wchan"],
+    Bridge,
+    "vmbridge",
+    Vm,
+    "Why the VM is stuck, present (value 1) only while it is: process_stopped (QEMU in /proc state T), io_blocked (QEMU's main thread in state D; wchan names the kernel function it waits in), monitor_busy (the QEMU monitor occupied or held by a job past the poll timeout while libvirt polls fail, from virDomainGetControlInfo), agent_unresponsive (the guest agent's polls timing out). The first that holds, in that order."
+);
+family!(
     SOURCE_EFFECTIVE_INTERVAL,
     "vmbridge_source_effective_interval",
     Gauge,
@@ -1428,7 +1439,7 @@ impl Selection {
 }
 
 /// vmbridge's own families (written by `collector::bridge`), in order.
-pub const BRIDGE: [&MetricDef; 19] = [
+pub const BRIDGE: [&MetricDef; 20] = [
     &SOURCE_UP,
     &BREAKER_STATE,
     &SOURCE_LAST_SUCCESS,
@@ -1438,6 +1449,7 @@ pub const BRIDGE: [&MetricDef; 19] = [
     &SOURCE_ERRORS,
     &BREAKER_TRANSITIONS,
     &STUCK_CALLS,
+    &VM_STALL_REASON,
     &VMS,
     &VM_CONFLICTS,
     &ENDPOINT_UP,

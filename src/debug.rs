@@ -41,6 +41,8 @@ pub struct VmSummary {
     pub href: String,
     /// Per source.
     pub sources: BTreeMap<SourceKind, SourceSummary>,
+    /// Why the VM is stuck, while it is (`vmbridge_vm_stall_reason`).
+    pub stall: Option<crate::stall::Stall>,
 }
 
 /// `/debug/vms`.
@@ -67,6 +69,8 @@ pub struct DebugVm {
     pub generated_at: f64,
     /// Seconds since each source's last successful poll.
     pub data_age_seconds: BTreeMap<SourceKind, Option<f64>>,
+    /// Why the VM is stuck, while it is (`vmbridge_vm_stall_reason`).
+    pub stall: Option<crate::stall::Stall>,
     /// The VM's full snapshot.
     #[serde(flatten)]
     pub vm: VmSnapshot,
@@ -131,6 +135,9 @@ pub fn index(store: &Store, node: &str) -> DebugIndex {
                     (*k, summary)
                 })
                 .collect(),
+            // The process source's last successful scan counts, however old (the metric
+            // also asks that it be within the staleness window).
+            stall: crate::stall::of(vm, now, f64::INFINITY),
         })
         .collect();
     DebugIndex {
@@ -149,6 +156,7 @@ pub fn vm(store: &Store, node: &str, id: &VmId) -> Option<DebugVm> {
         node: node.to_owned(),
         generated_at: now,
         data_age_seconds: ages(&vm, now),
+        stall: crate::stall::of(&vm, now, f64::INFINITY),
         vm: (*vm).clone(),
     })
 }

@@ -58,6 +58,7 @@ pub mod http;
 pub mod log_summary;
 pub mod schema;
 pub mod source;
+pub mod stall;
 pub mod status;
 pub mod store;
 pub mod supervisor;

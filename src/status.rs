@@ -221,6 +221,14 @@ Its VMs keep their last data until the staleness window.</span></li>",
             name = escape(&vm.id.name),
             href = escape(&vm.href),
         );
+        if let Some(stall) = &vm.stall {
+            let _ = write!(
+                h,
+                " <span class=\"stall\" data-stall=\"{r}\">stalled: <b>{r}</b> ({d});</span>",
+                r = stall.reason.as_str(),
+                d = escape(&stall.detail),
+            );
+        }
         for (i, (k, s)) in failed.iter().enumerate() {
             let _ = write!(
                 h,
@@ -271,7 +279,13 @@ fn vm_row(h: &mut String, vm: &VmSummary, failed: &[(SourceKind, &SourceSummary)
             title = escape(&reason(s)),
         );
     }
-    let why: Vec<String> = failed.iter().map(|(k, s)| format!("{}: {}", k.as_str(), reason(s))).collect();
+    // The stall reason first: it says why, where the sources say what failed.
+    let why: Vec<String> = vm
+        .stall
+        .iter()
+        .map(|s| format!("stalled: {} ({})", s.reason.as_str(), s.detail))
+        .chain(failed.iter().map(|(k, s)| format!("{}: {}", k.as_str(), reason(s))))
+        .collect();
     let why = why.join("; ");
     let _ = write!(
         h,
@@ -311,6 +325,7 @@ mod tests {
             endpoint: "qemu:///system".into(),
             href: format!("/debug/vms/default/{name}"),
             sources: sources.into_iter().collect(),
+            stall: None,
         }
     }
 

@@ -46,6 +46,8 @@ pub struct SourceSnapshot {
     /// Polling is stretched: the last poll was deferred (the node or the daemon busy), or the
     /// last two successful polls were more than 1.5 intervals apart.
     pub stretched: bool,
+    /// The QEMU monitor's state when the last poll failed, where libvirt told it.
+    pub monitor: Option<crate::stall::Monitor>,
     /// Polls attempted since the VM was discovered.
     pub polls_total: u64,
     /// Failed polls since discovery, by kind.
@@ -70,6 +72,7 @@ impl SourceSnapshot {
             last_poll_duration_seconds: None,
             effective_interval_seconds: None,
             stretched: false,
+            monitor: None,
             polls_total: 0,
             errors_total: BTreeMap::new(),
             last_errors: VecDeque::new(),

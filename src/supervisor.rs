@@ -125,6 +125,7 @@ pub async fn run_source<P: Poller>(
                         limit.as_secs_f64()
                     ),
                     hard: running >= settings.hard_timeout.max(limit),
+                    monitor: None,
                 })
             }
         };
@@ -147,6 +148,7 @@ pub async fn run_source<P: Poller>(
                 None
             }
             Ok(sample) => {
+                snap.monitor = None;
                 snap.sample = Some(Arc::new(sample));
                 let now = now_unix();
                 snap.effective_interval_seconds = snap.last_success_at.map(|t| now - t);
@@ -176,6 +178,7 @@ pub async fn run_source<P: Poller>(
             Err(e) => {
                 tracing::debug!(namespace = %id.namespace, name = %id.name, source = kind.as_str(), error = %e, "poll failed");
                 unavailable = false;
+                snap.monitor = e.monitor;
                 *snap.errors_total.entry(e.kind).or_default() += 1;
                 record_error(&mut snap, &settings, e.kind, e.message);
                 breaker.on_failure(Instant::now(), e.hard)

@@ -94,6 +94,11 @@ pub(super) fn encode_vm(enc: &mut crate::collector::Out<'_>, vm: &VmView<'_>, de
             f.vm_sample(vm, &[("source", src)], Some(n as f64))?;
         }
     }
+    let mut f = family(enc, &c::VM_STALL_REASON)?;
+    if let Some(stall) = crate::stall::of(vm.vm, vm.now, vm.staleness) {
+        let wchan = stall.wchan.as_deref().unwrap_or("");
+        f.vm_sample(vm, &[("reason", stall.reason.as_str()), ("wchan", wchan)], Some(1.0))?;
+    }
     Ok(())
 }
 

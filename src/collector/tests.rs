@@ -72,6 +72,7 @@ fn source(sample: Option<LibvirtSample>, last_success_at: Option<f64>) -> Arc<So
         last_poll_duration_seconds: Some(0.01),
         effective_interval_seconds: None,
         stretched: false,
+        monitor: None,
         polls_total: 1,
         errors_total: BTreeMap::new(),
         last_errors: VecDeque::new(),
@@ -226,6 +227,18 @@ fn every_declared_family_is_emitted() {
     let mut libvirt = (*source(Some(sample), Some(crate::clock::now_unix()))).clone();
     (libvirt.stretched, libvirt.effective_interval_seconds) = (true, Some(12.5));
     let store = store_with_guest(vec![("a", Arc::new(libvirt))], Some(guest_source(rich_guest())));
+    // Its QEMU stopped: the stall reason is written.
+    let mut p = (*source(None, Some(crate::clock::now_unix()))).clone();
+    let qemu = crate::source::process::ProcessStats {
+        pid: 1,
+        name: "qemu-kvm".into(),
+        cpu_user_seconds: 1.5,
+        start_time_seconds: Some(1_700_000_000.5),
+        state: "T".into(),
+        ..Default::default()
+    };
+    p.sample = Some(Arc::new(SourceSample::Process(crate::source::process::ProcessSample { processes: vec![qemu] })));
+    store.publish(&crate::store::VmKey::new("qemu:///system", "uuid-a"), SourceKind::Process, Arc::new(p));
     // KubeVirt mode's launcher counts.
     store.launchers_scanned(3, 1, 0);
     let text = scrape(store);

@@ -152,12 +152,14 @@ pub struct PollError {
     pub message: String,
     /// A call outlived the hard timeout: the breaker opens at once.
     pub hard: bool,
+    /// The QEMU monitor's state when the poll failed, where libvirt told it (a stall reason).
+    pub monitor: Option<crate::stall::Monitor>,
 }
 
 impl PollError {
     /// A failure of `kind` with a message.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        PollError { kind, message: message.into(), hard: false }
+        PollError { kind, message: message.into(), hard: false, monitor: None }
     }
 }
 

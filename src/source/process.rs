@@ -39,6 +39,10 @@ pub struct ProcessStats {
     pub shared_bytes: u64,
     /// When the process started, seconds since the Unix epoch (`starttime` after `btime`).
     pub start_time_seconds: Option<f64>,
+    /// Its state letter from `stat` (`R`, `S`, `D`, `T`, …).
+    pub state: String,
+    /// In state `D`: the kernel function it waits in (`wchan`).
+    pub wchan: Option<String>,
 }
 
 /// The process source's sample.
@@ -66,6 +70,13 @@ pub fn read_stats(proc_root: &Path, pid: u32, ticks: u64, page: u64, btime: Opti
     let utime: u64 = f.get(11)?.parse().ok()?;
     let stime: u64 = f.get(12)?.parse().ok()?;
     let start: Option<u64> = f.get(19).and_then(|v| v.parse().ok());
+    let state = crate::source::label(f.first()?, 1);
+    // Where it waits, only when that says why it is stuck (`0` when it does not wait).
+    let wchan = (state == "D")
+        .then(|| std::fs::read_to_string(dir.join("wchan")).ok())
+        .flatten()
+        .map(|w| crate::source::label(w.trim(), 64))
+        .filter(|w| !w.is_empty() && w != "0");
     let statm = std::fs::read_to_string(dir.join("statm")).ok()?;
     let m: Vec<u64> = statm.split_whitespace().filter_map(|x| x.parse().ok()).collect();
     Some(ProcessStats {
@@ -77,6 +88,8 @@ pub fn read_stats(proc_root: &Path, pid: u32, ticks: u64, page: u64, btime: Opti
         resident_bytes: m.get(1)? * page,
         shared_bytes: m.get(2)? * page,
         start_time_seconds: btime.zip(start).map(|(b, st)| b as f64 + st as f64 / ticks as f64),
+        state,
+        wchan,
     })
 }
 
@@ -320,5 +333,46 @@ mod tests {
         let now = crate::clock::now_unix();
         let started = s.start_time_seconds.expect("start time");
         assert!(started > btime.expect("btime") as f64 && started <= now + 0.02, "{started} vs now {now}");
+    }
+
+    /// A `/proc/<pid>` as recorded from real processes: a QEMU stopped by SIGSTOP (state T) and
+    /// one blocked on storage (state D, with its wchan), each with a `comm` holding spaces and
+    /// a ')' that a naive split would take for the end of the name.
+    fn recorded(dir: &Path, pid: u32, state: char, wchan: &str) {
+        let d = dir.join(pid.to_string());
+        std::fs::create_dir_all(&d).expect("dir");
+        let stat = format!(
+            "{pid} (qemu (x) kvm) {state} 1 {pid} {pid} 0 -1 4194624 30217 0 2 0 1520 734 0 0 20 0 7 0 45501 \
+             1466744832 12345 18446744073709551615 1 1 0 0 0 0 0 4096 25155 0 0 0 17 1 0 0 0 0 0 0 0 0 0 0 0 0 0\n"
+        );
+        std::fs::write(d.join("stat"), stat).expect("stat");
+        std::fs::write(d.join("statm"), "358092 12345 1800 1 0 40000 0\n").expect("statm");
+        std::fs::write(d.join("wchan"), wchan).expect("wchan");
+    }
+
+    #[test]
+    fn state_and_wchan_come_from_recorded_stat_and_wchan() {
+        let dir = std::env::temp_dir().join(format!("vmbridge-proc-{}", std::process::id()));
+        recorded(&dir, 4242, 'T', "do_signal_stop");
+        recorded(&dir, 4343, 'D', "io_schedule");
+        recorded(&dir, 4444, 'S', "do_sys_poll");
+        let read = |pid| read_stats(&dir, pid, 100, 4096, Some(1_700_000_000)).expect("stats");
+        let stopped = read(4242);
+        assert_eq!(
+            (stopped.name.as_str(), stopped.state.as_str(), stopped.wchan.as_deref()),
+            ("qemu (x) kvm", "T", None)
+        );
+        assert_eq!((stopped.cpu_user_seconds, stopped.cpu_system_seconds), (15.2, 7.34));
+        let blocked = read(4343);
+        assert_eq!((blocked.state.as_str(), blocked.wchan.as_deref()), ("D", Some("io_schedule")));
+        // A sleeping process's wait is no reason for anything: its wchan is not read.
+        let sleeping = read(4444);
+        assert_eq!((sleeping.state.as_str(), sleeping.wchan.as_deref()), ("S", None));
+        // A wchan of "0" (not waiting) or hostile bytes never becomes a label as is.
+        recorded(&dir, 4545, 'D', "0");
+        assert_eq!(read(4545).wchan, None);
+        recorded(&dir, 4646, 'D', "evil\n\u{7}name");
+        assert_eq!(read(4646).wchan.as_deref(), Some("evil??name"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -320,13 +320,15 @@ impl Poller for LibvirtPoller {
                 }
                 // No second call that needs QEMU while this one is stuck; the monitor's state
                 // needs none, and says why the VM does not answer.
-                let monitor = self.monitor_state().await.map_or(String::new(), |(state, time)| {
+                let monitor = self.monitor_state().await;
+                let said = monitor.map_or(String::new(), |(state, time)| {
                     format!("; QEMU monitor {} for {:.1}s", control_state_name(state), time.as_secs_f64())
                 });
                 return Err(PollError {
                     kind: ErrorKind::Timeout,
-                    message: format!("libvirt call still running after {:.1}s{monitor}", running_for.as_secs_f64()),
+                    message: format!("libvirt call still running after {:.1}s{said}", running_for.as_secs_f64()),
                     hard: running_for >= self.hard_timeout,
+                    monitor: monitor.map(crate::stall::Monitor::from_control),
                 });
             }
             Err(SlotError::Saturated) => {
@@ -350,6 +352,7 @@ impl Poller for LibvirtPoller {
                 // stuck there would be.
                 if let Some(busy) = control.and_then(|c| monitor_stuck(c, self.timeout)) {
                     return Err(PollError {
+                        monitor: control.map(crate::stall::Monitor::from_control),
                         kind: ErrorKind::Timeout,
                         message: format!(
                             "QEMU monitor busy with one command for {:.1}s; \

@@ -212,6 +212,7 @@ impl LibvirtAgent {
                     kind: ErrorKind::Timeout,
                     message: format!("agent call still running after {:.1}s", running_for.as_secs_f64()),
                     hard: false,
+                    monitor: None,
                 }));
             }
             Err(e) => return Err(AgentError::Transport(PollError::new(ErrorKind::PoolSaturated, e.to_string()))),
