@@ -71,6 +71,7 @@ struct PhaseResult {
     down: usize,
     lost: usize,
     flagged_max: Option<Duration>,
+    stalled_max: Option<Duration>,
     p50_ms: f64,
     p99_ms: f64,
     connections: Option<f64>,
@@ -122,7 +123,10 @@ fn healthy_vms_keep_their_libvirt_data_with_up_to_12_of_16_hung() {
         let (mut vm_scrapes, mut down, mut lost) = (0, 0, 0);
         let mut durations = Vec::new();
         let mut last = first.text.clone();
-        while started.elapsed() < phase_length() || flagged.iter().any(Option::is_none) {
+        while started.elapsed() < phase_length()
+            || flagged.iter().any(Option::is_none)
+            || stalled.iter().any(Option::is_none)
+        {
             assert!(
                 started.elapsed() < phase_length() + flag_bound,
                 "stopped VMs not all flagged within {flag_bound:?}: {:?} of {newly:?}",
@@ -137,6 +141,9 @@ fn healthy_vms_keep_their_libvirt_data_with_up_to_12_of_16_hung() {
                 if cpu(&e, n).is_none() {
                     lost += 1;
                 }
+                if !e.find("vmbridge_vm_stall_reason", &[("name", n)]).is_empty() {
+                    healthy_stalled += 1;
+                }
                 if let Some(d) = e.value("vmbridge_source_poll_duration_seconds", &[("name", n), ("source", "libvirt")])
                 {
                     durations.push(d * 1000.0);
@@ -147,6 +154,11 @@ fn healthy_vms_keep_their_libvirt_data_with_up_to_12_of_16_hung() {
                     && e.value("vmbridge_source_up", &[("name", n), ("source", "libvirt")]) == Some(0.0)
                 {
                     flagged[i] = Some(started.elapsed());
+                }
+                if stalled[i].is_none()
+                    && e.value("vmbridge_vm_stall_reason", &[("name", n), ("reason", "process_stopped")]) == Some(1.0)
+                {
+                    stalled[i] = Some(started.elapsed());
                 }
             }
             last = e.text.clone();
@@ -163,6 +175,16 @@ fn healthy_vms_keep_their_libvirt_data_with_up_to_12_of_16_hung() {
         for (i, f) in flagged.iter().enumerate() {
             assert!(f.is_some_and(|f| f <= flag_bound), "{} flagged after {f:?} (bound {flag_bound:?})", newly[i]);
         }
+        // Two process polls, plus the scrape's own lag on a loaded machine.
+        let stall_bound = INTERVAL * 2 + Duration::from_secs(10);
+        for (i, s) in stalled.iter().enumerate() {
+            assert!(
+                s.is_some_and(|s| s <= stall_bound),
+                "{}: process_stopped after {s:?} (bound {stall_bound:?})",
+                newly[i]
+            );
+        }
+        assert_eq!(healthy_stalled, 0, "a healthy VM had a stall reason with {target} stopped");
         durations.sort_by(f64::total_cmp);
         results.push(PhaseResult {
             stopped: target,
@@ -170,6 +192,7 @@ fn healthy_vms_keep_their_libvirt_data_with_up_to_12_of_16_hung() {
             down,
             lost,
             flagged_max: flagged.iter().flatten().max().copied(),
+            stalled_max: stalled.iter().flatten().max().copied(),
             p50_ms: percentile(&durations, 0.5),
             p99_ms: percentile(&durations, 0.99),
             connections: end.value("vmbridge_endpoint_connections", &[("uri", URI)]),
@@ -180,16 +203,17 @@ fn healthy_vms_keep_their_libvirt_data_with_up_to_12_of_16_hung() {
     }
     let base = &results[0];
     let mut table = format!(
-        "| stopped of {VMS} | healthy VM-scrapes | source_up != 1 | series lost | newly stopped flagged after (max) | healthy poll p50 / p99 (ms) | vs 0 stopped (p50 / p99) | connections at the end |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| stopped of {VMS} | healthy VM-scrapes | source_up != 1 | series lost | newly stopped flagged after (max) | process_stopped after (max) | healthy poll p50 / p99 (ms) | vs 0 stopped (p50 / p99) | connections at the end |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     );
     for r in &results {
         table.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {:.1} / {:.1} | {:.2}x / {:.2}x | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {:.1} / {:.1} | {:.2}x / {:.2}x | {} |\n",
             r.stopped,
             r.vm_scrapes,
             r.down,
             r.lost,
             r.flagged_max.map_or("-".into(), |d| format!("{:.1} s", d.as_secs_f64())),
+            r.stalled_max.map_or("-".into(), |d| format!("{:.1} s", d.as_secs_f64())),
             r.p50_ms,
             r.p99_ms,
             r.p50_ms / base.p50_ms,

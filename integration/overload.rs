@@ -160,7 +160,11 @@ fn waiting_for_a_call_slot_never_fails_a_vm() {
         .filter(|d| end.value("vmbridge_source_up", &[("name", d), ("source", "libvirt")]) != Some(1.0))
         .count();
     let count = |kind: &str| -> f64 {
-        end.find("vmbridge_source_errors_total", &[("source", "libvirt"), ("kind", kind)]).iter().map(|s| s.value).sum()
+        end.find("vmbridge_source_errors_total", &[("source", "libvirt"), ("kind", kind)])
+            .iter()
+            .map(|s| s.value)
+            .sum::<f64>()
+            + 0.0
     };
     let report = format!(
         "overload: {n} {mode} domains (created in {:.0} s), 1 stopped, interval {} s, max_concurrent_calls {max_calls}, \
