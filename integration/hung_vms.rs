@@ -16,7 +16,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -36,26 +35,20 @@ fn phase_length() -> Duration {
     Duration::from_secs(secs)
 }
 
-/// A process that keeps one core busy until dropped.
-struct Busy(std::process::Child);
-
-impl Busy {
-    fn start() -> Busy {
-        Busy(
-            Command::new("sh")
-                .args(["-c", "while :; do :; done"])
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("start a busy loop"),
-        )
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// The lab domains `names` and a vmbridge polling them every `INTERVAL`, once all are up.
+fn watched(names: &[String], tag: &str) -> (Vec<Domain>, Bridge) {
+    let made = domains(names, 8);
+    let cfg = std::env::temp_dir().join(format!("vmbridge-it-{tag}-{}.toml", std::process::id()));
+    std::fs::write(
+        &cfg,
+        format!("[poll]\ninterval = \"{}s\"\ntimeout = \"{}s\"\n", INTERVAL.as_secs(), TIMEOUT.as_secs()),
+    )
+    .expect("cfg");
+    let bridge = Bridge::start(&["--config", cfg.to_str().unwrap(), "--no-qga", "--health-detail"]);
+    bridge.wait_for(Duration::from_secs(60), "every VM's libvirt source up", |e| {
+        names.iter().all(|n| e.value("vmbridge_source_up", &[("name", n), ("source", "libvirt")]) == Some(1.0))
+    });
+    (made, bridge)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -81,25 +74,8 @@ struct PhaseResult {
 fn healthy_vms_keep_their_libvirt_data_with_up_to_12_of_16_hung() {
     let _serial = serial();
     let names: Vec<String> = (1..=VMS).map(name).collect();
-    let mut domains = Vec::new();
-    for batch in names.chunks(8) {
-        let made: Vec<Domain> = std::thread::scope(|s| {
-            let handles: Vec<_> = batch.iter().map(|n| s.spawn(move || Domain::new(n))).collect();
-            handles.into_iter().map(|h| h.join().expect("lab add")).collect()
-        });
-        domains.extend(made);
-    }
     let healthy: Vec<&str> = names[PHASES[PHASES.len() - 1]..].iter().map(String::as_str).collect();
-    let cfg = std::env::temp_dir().join(format!("vmbridge-it-hung-{}.toml", std::process::id()));
-    std::fs::write(
-        &cfg,
-        format!("[poll]\ninterval = \"{}s\"\ntimeout = \"{}s\"\n", INTERVAL.as_secs(), TIMEOUT.as_secs()),
-    )
-    .expect("cfg");
-    let bridge = Bridge::start(&["--config", cfg.to_str().unwrap(), "--no-qga", "--health-detail"]);
-    bridge.wait_for(Duration::from_secs(60), "every VM's libvirt source up", |e| {
-        names.iter().all(|n| e.value("vmbridge_source_up", &[("name", n), ("source", "libvirt")]) == Some(1.0))
-    });
+    let (domains, bridge) = watched(&names, "hung");
     let _other = OtherClient::start();
     let _busy = Busy::start();
     // Flagged: the breaker's bound is one interval to the next poll, then the poll's own
@@ -247,35 +223,10 @@ fn a_saturated_libvirtd_is_one_node_level_state_and_recovers() {
     const STOPPED: usize = 24;
     let _serial = serial();
     let names: Vec<String> = (1..=STOPPED + 4).map(|i| format!("itsat-{i:02}")).collect();
-    let mut domains = Vec::new();
-    for batch in names.chunks(8) {
-        let made: Vec<Domain> = std::thread::scope(|s| {
-            let handles: Vec<_> = batch.iter().map(|n| s.spawn(move || Domain::new(n))).collect();
-            handles.into_iter().map(|h| h.join().expect("lab add")).collect()
-        });
-        domains.extend(made);
-    }
     let healthy: Vec<&str> = names[STOPPED..].iter().map(String::as_str).collect();
-    let cfg = std::env::temp_dir().join(format!("vmbridge-it-sat-{}.toml", std::process::id()));
-    std::fs::write(
-        &cfg,
-        format!("[poll]\ninterval = \"{}s\"\ntimeout = \"{}s\"\n", INTERVAL.as_secs(), TIMEOUT.as_secs()),
-    )
-    .expect("cfg");
-    let bridge = Bridge::start(&["--config", cfg.to_str().unwrap(), "--no-qga", "--health-detail"]);
-    bridge.wait_for(Duration::from_secs(60), "every VM's libvirt source up", |e| {
-        names.iter().all(|n| e.value("vmbridge_source_up", &[("name", n), ("source", "libvirt")]) == Some(1.0))
-    });
+    let (domains, bridge) = watched(&names, "sat");
     let _other = OtherClient::start();
     let _busy = Busy::start();
-    let opened = |e: &Exposition, n: &str| -> f64 {
-        ["consecutive_failures", "hard_timeout", "probe_failed"]
-            .iter()
-            .filter_map(|r| {
-                e.value("vmbridge_breaker_transitions_total", &[("name", n), ("source", "libvirt"), ("reason", r)])
-            })
-            .sum()
-    };
     let before = bridge.metrics();
     for d in &domains[..STOPPED] {
         d.stop();
@@ -314,7 +265,10 @@ fn a_saturated_libvirtd_is_one_node_level_state_and_recovers() {
         std::thread::sleep(Duration::from_millis(500));
     }
     let during = Exposition::parse(&last);
-    let transitions: Vec<(&str, f64)> = healthy.iter().map(|n| (*n, opened(&during, n) - opened(&before, n))).collect();
+    let transitions: Vec<(&str, f64)> = healthy
+        .iter()
+        .map(|n| (*n, libvirt_breaker_openings(&during, n) - libvirt_breaker_openings(&before, n)))
+        .collect();
     for d in &domains {
         d.cont();
     }

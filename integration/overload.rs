@@ -53,25 +53,6 @@ impl Drop for Domains {
     }
 }
 
-/// A process that keeps one core busy until dropped.
-struct Busy(std::process::Child);
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn opened(e: &Exposition, n: &str) -> f64 {
-    ["consecutive_failures", "hard_timeout", "probe_failed"]
-        .iter()
-        .filter_map(|r| {
-            e.value("vmbridge_breaker_transitions_total", &[("name", n), ("source", "libvirt"), ("reason", r)])
-        })
-        .sum()
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return f64::NAN;
@@ -110,7 +91,7 @@ fn waiting_for_a_call_slot_never_fails_a_vm() {
         })
     });
     let _other = OtherClient::start();
-    let _busy = Busy(Command::new("sh").args(["-c", "while :; do :; done"]).spawn().expect("busy loop"));
+    let _busy = Busy::start();
     let before = bridge.metrics();
     lab(&["stop-vm", &stopped]);
     let started = Instant::now();
@@ -151,7 +132,7 @@ fn waiting_for_a_call_slot_never_fails_a_vm() {
     let transitions: Vec<(String, f64)> = names
         .iter()
         .filter(|d| **d != stopped)
-        .map(|d| (d.clone(), opened(&end, d) - opened(&before, d)))
+        .map(|d| (d.clone(), libvirt_breaker_openings(&end, d) - libvirt_breaker_openings(&before, d)))
         .filter(|(_, t)| *t != 0.0)
         .collect();
     let down_healthy = names

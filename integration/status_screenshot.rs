@@ -149,14 +149,7 @@ fn status_page_at_a_glance_with_20_vms_one_stopped() {
     let started = Instant::now();
     let names: Vec<String> = (1..=VMS).map(|i| format!("its-{i:02}")).collect();
     // Created five at a time (the lab serialises what must be; QEMU start-up overlaps).
-    let mut domains = Vec::new();
-    for batch in names.chunks(5) {
-        let made: Vec<Domain> = std::thread::scope(|s| {
-            let handles: Vec<_> = batch.iter().map(|n| s.spawn(move || Domain::new(n))).collect();
-            handles.into_iter().map(|h| h.join().expect("lab add")).collect()
-        });
-        domains.extend(made);
-    }
+    let domains = domains(&names, 5);
     let created = started.elapsed();
     let stopped = domains.iter().find(|d| d.name == STOPPED).expect("stopped domain");
     let cfg = std::env::temp_dir().join(format!("vmbridge-it-shot-{}.toml", std::process::id()));

@@ -224,6 +224,45 @@ impl Drop for Domain {
     }
 }
 
+/// Creates the lab domains `names`, `batch` at a time (the lab serialises what must be; QEMU
+/// start-up overlaps).
+pub fn domains(names: &[String], batch: usize) -> Vec<Domain> {
+    let mut made = Vec::new();
+    for chunk in names.chunks(batch) {
+        made.extend(std::thread::scope(|s| {
+            let handles: Vec<_> = chunk.iter().map(|n| s.spawn(move || Domain::new(n))).collect();
+            handles.into_iter().map(|h| h.join().expect("lab add")).collect::<Vec<_>>()
+        }));
+    }
+    made
+}
+
+/// A process that keeps one core busy until dropped, as guests do on a node.
+pub struct Busy(Child);
+
+impl Busy {
+    pub fn start() -> Busy {
+        Busy(Command::new("sh").args(["-c", "while :; do :; done"]).stdout(Stdio::null()).spawn().expect("busy loop"))
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A VM's libvirt breaker openings so far (each reason that opens it).
+pub fn libvirt_breaker_openings(e: &Exposition, name: &str) -> f64 {
+    ["consecutive_failures", "hard_timeout", "probe_failed"]
+        .iter()
+        .filter_map(|r| {
+            e.value("vmbridge_breaker_transitions_total", &[("name", name), ("source", "libvirt"), ("reason", r)])
+        })
+        .sum()
+}
+
 /// A running `vmbridge` process on a random loopback port.
 pub struct Bridge {
     child: Child,
