@@ -273,7 +273,7 @@ impl Endpoint {
         self.saturation.lock().unwrap_or_else(PoisonError::into_inner).probe_running = Some(started);
         let ep = self.clone();
         let probe = tokio::task::spawn_blocking(move || {
-            let out = match ep.lease(None) {
+            let out = match ep.lease() {
                 Ok(mut lease) => {
                     let caps = lease.conn.connect.capabilities();
                     if caps.is_ok() {
@@ -327,14 +327,10 @@ impl Endpoint {
         ep
     }
 
-    /// A lane for one call: the one named by `prefer` (the generation of the connection the
-    /// caller's domain handle belongs to) when it is usable, else the usable lane with the
-    /// fewest calls, else a new lane within the bound. Usable means: under
-    /// `calls_per_connection`, and no call on it running past `slow_after`. When every lane
-    /// has such a call and no more may be opened, the lane with capacity whose oldest call is
-    /// youngest; when none has capacity, [`LaneError::Busy`]. Blocking (it may open a
-    /// connection): call it on the blocking pool.
-    pub fn lease(self: &Arc<Self>, prefer: Option<u64>) -> Result<Lease, LaneError> {
+    /// A lane for one call (see [`choose`]). When every lane has a call running past
+    /// `slow_after` (or is full) and no more may be opened: [`LaneError::Busy`] if none has
+    /// room. Blocking (it may open a connection): call it on the blocking pool.
+    pub fn lease(self: &Arc<Self>) -> Result<Lease, LaneError> {
         let lim = self.limits;
         let mut closing = Vec::new();
         let mut pool = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
@@ -352,7 +348,7 @@ impl Endpoint {
         }
         let states: Vec<(u64, usize, Duration)> =
             pool.lanes.iter().map(|l| (l.conn.generation, l.running.len(), l.oldest(now))).collect();
-        let pick = match choose(&states, prefer, pool.opening, &lim) {
+        let pick = match choose(&states, pool.opening, &lim) {
             Choice::Lane(i) => Some(i),
             Choice::Open => None,
             Choice::Busy => {
@@ -542,19 +538,18 @@ enum Choice {
     Busy,
 }
 
-/// Lane selection, from each lane's (generation, running calls, age of its oldest call): the
-/// preferred lane when usable, else the usable lane with the fewest calls, else a new one
-/// within the bound, else the lane with room whose oldest call is youngest. A lane carries one
+/// Lane selection, from each lane's (generation, running calls, age of its oldest call), in the
+/// order the lanes were opened: the first usable lane, else a new one within the bound, else
+/// the lane with room whose oldest call is youngest. Taking the first usable lane packs the
+/// calls on the oldest lanes, so a VM mostly finds the lane its domain handle belongs to (no
+/// lookup), and lanes opened for a burst or for hung VMs fall idle and are closed. A lane carries one
 /// call fewer than the daemon's `max_client_requests`: libvirtd stops reading a connection with
 /// that many calls running, which leaves its keep-alive unanswered, and the connection is then
 /// closed under every call on it.
-fn choose(lanes: &[(u64, usize, Duration)], prefer: Option<u64>, opening: usize, lim: &LaneLimits) -> Choice {
+fn choose(lanes: &[(u64, usize, Duration)], opening: usize, lim: &LaneLimits) -> Choice {
     let room = lim.calls_per_connection.saturating_sub(1).max(1);
     let usable = |(_, n, oldest): &(u64, usize, Duration)| *n < room && *oldest < lim.slow_after;
-    if let Some(i) = prefer.and_then(|g| lanes.iter().position(|l| l.0 == g && usable(l))) {
-        return Choice::Lane(i);
-    }
-    if let Some(i) = (0..lanes.len()).filter(|i| usable(&lanes[*i])).min_by_key(|i| lanes[*i].1) {
+    if let Some(i) = lanes.iter().position(usable) {
         return Choice::Lane(i);
     }
     if lanes.len() + opening < lim.max_connections {
@@ -634,31 +629,31 @@ mod tests {
     #[test]
     fn a_lane_with_a_slow_call_takes_no_new_call_while_another_can_be_had() {
         let l = lim();
-        assert_eq!(choose(&[], None, 0, &l), Choice::Open, "the first call opens the first lane");
-        // The caller's own lane while it is usable, so its domain handle is reused.
-        assert_eq!(choose(&[(1, 2, MS(10)), (2, 0, MS(0))], Some(1), 0, &l), Choice::Lane(0));
-        // Not once a call on it runs past slow_after: the least busy usable lane instead.
+        assert_eq!(choose(&[], 0, &l), Choice::Open, "the first call opens the first lane");
+        // Calls pack on the oldest usable lane.
+        assert_eq!(choose(&[(1, 2, MS(10)), (2, 0, MS(0))], 0, &l), Choice::Lane(0));
+        // Not once a call on it runs past slow_after: the next usable lane instead.
         let lanes = [(1, 1, MS(600)), (2, 2, MS(10)), (3, 1, MS(10))];
-        assert_eq!(choose(&lanes, Some(1), 0, &l), Choice::Lane(2));
+        assert_eq!(choose(&lanes, 0, &l), Choice::Lane(1));
         // Every lane slow: a new one, within the bound (lanes being opened count).
-        assert_eq!(choose(&[(1, 1, MS(600))], Some(1), 0, &l), Choice::Open);
-        assert_eq!(choose(&[(1, 1, MS(600)), (2, 1, MS(900))], None, 1, &l), Choice::Lane(0));
+        assert_eq!(choose(&[(1, 1, MS(600))], 0, &l), Choice::Open);
+        assert_eq!(choose(&[(1, 1, MS(600)), (2, 1, MS(900))], 1, &l), Choice::Lane(0));
     }
 
     #[test]
     fn a_lane_keeps_one_place_free_and_a_full_pool_is_busy() {
         let l = lim();
         // Four calls on a lane of a daemon that serves five: full, so a new lane.
-        assert_eq!(choose(&[(1, 4, MS(1))], Some(1), 0, &l), Choice::Open);
+        assert_eq!(choose(&[(1, 4, MS(1))], 0, &l), Choice::Open);
         // At the bound, every lane slow: the one with room whose oldest call is youngest.
         let lanes = [(1, 4, MS(700)), (2, 2, MS(5000)), (3, 1, MS(800))];
-        assert_eq!(choose(&lanes, None, 0, &l), Choice::Lane(2));
+        assert_eq!(choose(&lanes, 0, &l), Choice::Lane(2));
         // At the bound and every lane full: busy.
         let full = [(1, 4, MS(700)), (2, 4, MS(5000)), (3, 4, MS(800))];
-        assert_eq!(choose(&full, None, 0, &l), Choice::Busy);
+        assert_eq!(choose(&full, 0, &l), Choice::Busy);
         // A daemon serving one call per connection still gets one per lane.
         let one = LaneLimits { calls_per_connection: 1, ..l };
-        assert_eq!(choose(&[(1, 0, MS(0))], None, 0, &one), Choice::Lane(0));
-        assert_eq!(choose(&[(1, 1, MS(0))], None, 0, &one), Choice::Open);
+        assert_eq!(choose(&[(1, 0, MS(0))], 0, &one), Choice::Lane(0));
+        assert_eq!(choose(&[(1, 1, MS(0))], 0, &one), Choice::Open);
     }
 }

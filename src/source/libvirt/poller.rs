@@ -201,8 +201,8 @@ fn call(
     ask: Ask,
 ) -> CallOutput {
     let started = std::time::Instant::now();
-    // The lane first: the one the cached domain handle belongs to when it is usable.
-    let mut lease = match endpoint.lease(cached.as_ref().map(|(g, _)| *g)) {
+    // The lane first; the cached domain handle serves when it belongs to that lane.
+    let mut lease = match endpoint.lease() {
         Ok(l) => l,
         Err(e) => return CallOutput { raw: Err(CallError::Lane(e)), started, generation: 0, domain: cached },
     };
@@ -263,7 +263,7 @@ impl LibvirtPoller {
     async fn monitor_state(&mut self) -> Option<(u32, Duration)> {
         let (endpoint, uuid) = (self.endpoint.clone(), self.uuid.clone());
         let read = move || {
-            let lease = endpoint.lease(None).ok()?;
+            let lease = endpoint.lease().ok()?;
             let dom = lease.conn.connect.lookup_domain_by_uuid_string(&uuid).ok()?;
             ffi::control_info(&dom).ok()
         };
