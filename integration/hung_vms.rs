@@ -16,6 +16,7 @@
 
 mod common;
 
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -299,4 +300,49 @@ fn a_saturated_libvirtd_is_one_node_level_state_and_recovers() {
     assert_eq!(down, 0, "healthy VMs were failed one by one\n{report}");
     assert_eq!(lost, 0, "healthy VMs lost their data before the staleness window\n{report}");
     assert!(transitions.iter().all(|(_, t)| *t == 0.0), "healthy VMs' breakers opened\n{report}");
+}
+
+/// Issue 23, point 5: `monitor_busy`. With the process source off (so `process_stopped` does not
+/// take precedence), a VM whose QEMU is stopped while another libvirt client's full
+/// `virsh domstats` holds its job and waits in its monitor: the monitor is occupied, libvirt's
+/// `virDomainGetControlInfo` says so without QEMU, and the stall reason is `monitor_busy`; it goes
+/// once QEMU answers again.
+#[test]
+fn a_monitor_held_by_another_client_is_monitor_busy() {
+    let _serial = serial();
+    let vm = Domain::new("itmon-a");
+    let cfg = std::env::temp_dir().join(format!("vmbridge-it-mon-{}.toml", std::process::id()));
+    std::fs::write(
+        &cfg,
+        format!(
+            "process_metrics = false\n[poll]\ninterval = \"{}s\"\ntimeout = \"{}s\"\n",
+            INTERVAL.as_secs(),
+            TIMEOUT.as_secs()
+        ),
+    )
+    .expect("cfg");
+    let bridge = Bridge::start(&["--config", cfg.to_str().unwrap(), "--no-qga"]);
+    let up = |e: &Exposition| e.value("vmbridge_source_up", &[("name", "itmon-a"), ("source", "libvirt")]);
+    bridge.wait_for(Duration::from_secs(60), "the VM's libvirt source up", |e| up(e) == Some(1.0));
+    vm.stop();
+    // Another client: a full query takes the domain's job and waits in the monitor.
+    let mut other = Command::new("virsh")
+        .args(["-c", URI, "domstats", "itmon-a"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("virsh domstats");
+    let busy = |e: &Exposition| e.value("vmbridge_vm_stall_reason", &[("name", "itmon-a"), ("reason", "monitor_busy")]);
+    let (e, after) =
+        bridge.wait_for(Duration::from_secs(60), "monitor_busy", |e| busy(e) == Some(1.0) && up(e) == Some(0.0));
+    assert_eq!(e.find("vmbridge_vm_stall_reason", &[("name", "itmon-a")]).len(), 1, "one reason at a time");
+    let doc: serde_json::Value =
+        serde_json::from_str(&bridge.get("/debug/vms/default/itmon-a", None).body).expect("debug json");
+    assert_eq!(doc["stall"]["reason"], "monitor_busy", "{}", doc["stall"]);
+    vm.cont();
+    let _ = other.wait();
+    let (_, cleared) = bridge.wait_for(Duration::from_secs(120), "the VM answering again", |e| {
+        up(e) == Some(1.0) && e.find("vmbridge_vm_stall_reason", &[("name", "itmon-a")]).is_empty()
+    });
+    eprintln!("monitor_busy shown {after:?} after the stop; gone {cleared:?} after SIGCONT");
 }
