@@ -195,7 +195,13 @@ pub async fn run_source<P: Poller>(
         let failing_but_closed = breaker.state() == BreakerState::Closed && snap.breaker.consecutive_failures > 0;
         let next = if unavailable {
             attempt + recheck
+        } else if error_kind == Some(ErrorKind::PoolSaturated) {
+            // Waiting for one of vmbridge's own call slots is a queue: back in it at once, so
+            // every VM is served in turn and the interval stretches evenly over all of them (never
+            // sooner than the retry delay after the attempt began, so nothing spins).
+            Instant::now().max(attempt + settings.retry_delay)
         } else if deferred {
+            // The daemon answers nobody: asking again before an interval helps no one.
             Instant::now() + settings.interval
         } else if failing_but_closed {
             Instant::now() + settings.retry_delay

@@ -134,9 +134,10 @@ impl ErrorKind {
 
     /// Whether the poll did not get to ask the VM at all, because the node is busy (vmbridge's
     /// own call slots) or the daemon answers nobody: not the VM's failure. Such a poll leaves
-    /// the breaker and the consecutive-failure count as they were, the VM keeps its last data
-    /// (and `source_up`) until the staleness window, and the next poll comes one interval later,
-    /// so polling stretches to what the endpoint serves.
+    /// the breaker and the consecutive-failure count as they were, and the VM keeps its last
+    /// data (and `source_up`) until the staleness window. A poll that waited for a call slot
+    /// queues again at once (every VM is served in turn, and the interval stretches evenly to
+    /// what the endpoint serves); one the daemon did not answer comes back an interval later.
     pub fn deferred(self) -> bool {
         matches!(self, ErrorKind::PoolSaturated | ErrorKind::EndpointSaturated)
     }

@@ -83,13 +83,15 @@ pub async fn run(
     endpoint: Arc<Endpoint>,
     interval: Duration,
     timeout: Duration,
-    limiter: Arc<Semaphore>,
     store: Arc<Store>,
     events: mpsc::Sender<VmEvent>,
     cancel: CancellationToken,
 ) {
     let mut known: BTreeMap<String, String> = BTreeMap::new(); // uuid → name
-    let mut slot: BlockingSlot<Call> = BlockingSlot::new(limiter);
+    // Discovery's calls do not queue behind the pollers' (`libvirt.max_concurrent_calls`):
+    // listing the domains tells a VM gone from a VM busy, and libvirtd answers it even when
+    // saturated.
+    let mut slot: BlockingSlot<Call> = BlockingSlot::new(Arc::new(Semaphore::new(1)));
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -194,7 +196,6 @@ pub async fn run_launchers(
     launchers: Launchers,
     interval: Duration,
     timeout: Duration,
-    limiter: Arc<Semaphore>,
     store: Arc<Store>,
     events: mpsc::Sender<VmEvent>,
     cancel: CancellationToken,
@@ -274,15 +275,7 @@ pub async fn run_launchers(
             let agent_uri = l.agent_uri.clone().unwrap_or_else(|| l.uri.clone());
             let endpoint = Endpoint::with_limits(l.uri.clone(), agent_uri, lanes);
             let token = cancel.child_token();
-            tokio::spawn(run(
-                endpoint,
-                interval,
-                timeout,
-                limiter.clone(),
-                store.clone(),
-                events.clone(),
-                token.clone(),
-            ));
+            tokio::spawn(run(endpoint, interval, timeout, store.clone(), events.clone(), token.clone()));
             running.insert(l.pid, (l, token));
         }
         store.scanned();

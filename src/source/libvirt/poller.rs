@@ -409,8 +409,9 @@ impl Poller for LibvirtPoller {
                 sample.events = self.endpoint.events_of(&self.uuid).unwrap_or_default();
                 Ok(SourceSample::Libvirt(sample))
             }
+            // Every connection full of calls the daemon does not answer: the daemon is saturated.
             Err(CallError::Lane(LaneError::Busy { lanes, slow })) => Err(PollError::new(
-                ErrorKind::PoolSaturated,
+                ErrorKind::EndpointSaturated,
                 format!(
                     "every connection to {} is busy ({lanes} open, {slow} with a call running long): the daemon \
                      is not answering calls (hung VMs hold them)",
