@@ -335,6 +335,18 @@ impl Endpoint {
         let mut closing = Vec::new();
         let mut pool = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
+        // Lanes whose connection the client found closed (libvirtd restarted: "client socket is
+        // closed", an error no call classifies as a broken connection) go at once; their calls,
+        // if any, end with an error by themselves. `virConnectIsAlive` asks the client, not the
+        // daemon.
+        let mut i = 0;
+        while i < pool.lanes.len() {
+            if pool.lanes[i].conn.connect.is_alive().unwrap_or(false) {
+                i += 1;
+            } else {
+                closing.push(pool.lanes.remove(i).conn);
+            }
+        }
         // Idle lanes beyond the first are closed (hung VMs that resumed leave some behind).
         while pool.lanes.len() > 1 {
             let Some(i) = pool
@@ -344,7 +356,8 @@ impl Endpoint {
             else {
                 break;
             };
-            closing.push(pool.lanes.swap_remove(i).conn);
+            // `remove`, not `swap_remove`: the order is the packing order (see `choose`).
+            closing.push(pool.lanes.remove(i).conn);
         }
         let states: Vec<(u64, usize, Duration)> =
             pool.lanes.iter().map(|l| (l.conn.generation, l.running.len(), l.oldest(now))).collect();
@@ -419,7 +432,7 @@ impl Endpoint {
     pub fn report_broken(&self, generation: u64) {
         let lane = {
             let mut pool = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
-            pool.lanes.iter().position(|l| l.conn.generation == generation).map(|i| pool.lanes.swap_remove(i).conn)
+            pool.lanes.iter().position(|l| l.conn.generation == generation).map(|i| pool.lanes.remove(i).conn)
         };
         if lane.is_some() {
             close_off_thread(lane, Vec::new());
