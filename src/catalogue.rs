@@ -1254,7 +1254,7 @@ family!(
     Bridge,
     "vmbridge",
     Vm,
-    "Seconds between the source's last two successful polls: the poll interval as the endpoint serves it. Polls the node or the daemon cannot serve in time (error kinds pool_saturated, endpoint_saturated) are deferred to the next interval, so polling stretches instead of failing. Written while polling is stretched (over 1.5 intervals, or the last poll deferred), and always with --health-detail."
+    "Seconds between the source's last two successful polls: the poll interval as the endpoint serves it. Polls the node or the daemon cannot serve in time (error kinds pool_saturated, endpoint_saturated) are deferred, not failed: one that waited for a call slot queues again at once, one the daemon did not answer comes back an interval later, so polling stretches instead of failing. Written while polling is stretched (over 1.5 intervals, or the last poll deferred), and always with --health-detail."
 );
 family!(
     ENDPOINT_SATURATED,
