@@ -79,9 +79,9 @@ fn healthy_vms_keep_their_libvirt_data_with_up_to_12_of_16_hung() {
     let (domains, bridge) = watched(&names, "hung");
     let _other = OtherClient::start();
     let _busy = Busy::start();
-    // Flagged: the breaker's bound is one interval to the next poll, then the poll's own
-    // deadline; 20 s on top for a loaded machine.
-    let flag_bound = INTERVAL + TIMEOUT * 2 + Duration::from_secs(20);
+    // Flagged: one interval to the next poll, then the poll's own deadline (5-6 s seen); the
+    // bound is a generous deadline, about 10x that, never a latency target.
+    let flag_bound = Duration::from_secs(60);
     let mut results = Vec::new();
     let mut stopped = 0;
     for &target in &PHASES {
@@ -152,8 +152,8 @@ fn healthy_vms_keep_their_libvirt_data_with_up_to_12_of_16_hung() {
         for (i, f) in flagged.iter().enumerate() {
             assert!(f.is_some_and(|f| f <= flag_bound), "{} flagged after {f:?} (bound {flag_bound:?})", newly[i]);
         }
-        // Two process polls, plus the scrape's own lag on a loaded machine.
-        let stall_bound = INTERVAL * 2 + Duration::from_secs(10);
+        // Two process polls (0.5-2.1 s seen), as a generous deadline for a loaded machine.
+        let stall_bound = INTERVAL * 2 + Duration::from_secs(20);
         for (i, s) in stalled.iter().enumerate() {
             assert!(
                 s.is_some_and(|s| s <= stall_bound),

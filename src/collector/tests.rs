@@ -168,6 +168,21 @@ fn qmp_source(q: crate::source::qmp::QmpSample) -> Arc<SourceSnapshot> {
     Arc::new(s)
 }
 
+/// A fresh process source whose QEMU is in `/proc` state `state`.
+fn process_source(state: &str) -> Arc<SourceSnapshot> {
+    let mut p = (*source(None, Some(crate::clock::now_unix()))).clone();
+    let qemu = crate::source::process::ProcessStats {
+        pid: 1,
+        name: "qemu-kvm".into(),
+        cpu_user_seconds: 1.5,
+        start_time_seconds: Some(1_700_000_000.5),
+        state: state.into(),
+        ..Default::default()
+    };
+    p.sample = Some(Arc::new(SourceSample::Process(crate::source::process::ProcessSample { processes: vec![qemu] })));
+    Arc::new(p)
+}
+
 fn store_with(vms: Vec<(&str, Arc<SourceSnapshot>)>) -> Arc<Store> {
     store_with_guest(vms, None)
 }
@@ -181,17 +196,7 @@ fn store_with_guest(vms: Vec<(&str, Arc<SourceSnapshot>)>, guest: Option<Arc<Sou
         if let Some(g) = &guest {
             sources.insert(SourceKind::Qga, g.clone());
             sources.insert(SourceKind::Qmp, qmp_source(rich_qmp()));
-            let mut p = (*source(None, Some(crate::clock::now_unix()))).clone();
-            let stats = crate::source::process::ProcessStats {
-                pid: 1,
-                name: "qemu-kvm".into(),
-                cpu_user_seconds: 1.5,
-                start_time_seconds: Some(1_700_000_000.5),
-                ..Default::default()
-            };
-            p.sample =
-                Some(Arc::new(SourceSample::Process(crate::source::process::ProcessSample { processes: vec![stats] })));
-            sources.insert(SourceKind::Process, Arc::new(p));
+            sources.insert(SourceKind::Process, process_source("S"));
         }
         store.insert_vm(VmSnapshot {
             id: VmId { namespace: "ns".into(), name: name.into() },
@@ -228,17 +233,7 @@ fn every_declared_family_is_emitted() {
     (libvirt.stretched, libvirt.effective_interval_seconds) = (true, Some(12.5));
     let store = store_with_guest(vec![("a", Arc::new(libvirt))], Some(guest_source(rich_guest())));
     // Its QEMU stopped: the stall reason is written.
-    let mut p = (*source(None, Some(crate::clock::now_unix()))).clone();
-    let qemu = crate::source::process::ProcessStats {
-        pid: 1,
-        name: "qemu-kvm".into(),
-        cpu_user_seconds: 1.5,
-        start_time_seconds: Some(1_700_000_000.5),
-        state: "T".into(),
-        ..Default::default()
-    };
-    p.sample = Some(Arc::new(SourceSample::Process(crate::source::process::ProcessSample { processes: vec![qemu] })));
-    store.publish(&crate::store::VmKey::new("qemu:///system", "uuid-a"), SourceKind::Process, Arc::new(p));
+    store.publish(&crate::store::VmKey::new("qemu:///system", "uuid-a"), SourceKind::Process, process_source("T"));
     // KubeVirt mode's launcher counts.
     store.launchers_scanned(3, 1, 0);
     let text = scrape(store);
