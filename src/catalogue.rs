@@ -1290,6 +1290,28 @@ family!(
     "The pollers' calls to this libvirt daemon running for longer than 500 ms now: calls stuck on hung VMs, or a daemon slow for everyone."
 );
 family!(
+    ENDPOINT_CALLS,
+    "vmbridge_endpoint_calls",
+    Counter,
+    N,
+    ["uri"],
+    Bridge,
+    "vmbridge",
+    Node,
+    "libvirt calls (round trips) the pollers made to this libvirt daemon: a batch of many domains' bulk statistics counts one."
+);
+family!(
+    ENDPOINT_BATCHED_POLLS,
+    "vmbridge_endpoint_batched_polls",
+    Counter,
+    N,
+    ["uri"],
+    Bridge,
+    "vmbridge",
+    Node,
+    "Domains' bulk statistics this libvirt daemon answered in a batch (libvirt.batch_window) rather than in a call of the domain's own."
+);
+family!(
     HTTP_CONNECTIONS,
     "vmbridge_http_connections",
     Gauge,
@@ -1439,7 +1461,7 @@ impl Selection {
 }
 
 /// vmbridge's own families (written by `collector::bridge`), in order.
-pub const BRIDGE: [&MetricDef; 20] = [
+pub const BRIDGE: [&MetricDef; 22] = [
     &SOURCE_UP,
     &BREAKER_STATE,
     &SOURCE_LAST_SUCCESS,
@@ -1457,6 +1479,8 @@ pub const BRIDGE: [&MetricDef; 20] = [
     &ENDPOINT_SATURATED,
     &ENDPOINT_CONNECTIONS,
     &ENDPOINT_SLOW_CALLS,
+    &ENDPOINT_CALLS,
+    &ENDPOINT_BATCHED_POLLS,
     &HTTP_CONNECTIONS,
     &HTTP_CLOSED,
     &LAUNCHER_DAEMONS,

@@ -172,6 +172,11 @@ pub struct LibvirtFileConfig {
     /// Most calls running at once on one connection: the daemon's `max_client_requests`
     /// (libvirtd's default 5); set it when the daemon's setting differs. Default 5.
     pub calls_per_connection: Option<usize>,
+    /// Polls of one daemon's VMs that start within this window take their statistics from
+    /// one bulk call (`virDomainListGetStats`, at most 32 domains a call) instead of a call each;
+    /// a VM whose answer does not come back in time, or whose last poll failed, is polled
+    /// alone. `0s` polls every VM alone. Default `250ms`.
+    pub batch_window: Option<String>,
     /// `drive` and `interface` label values: `auto` uses a device's user alias without its
     /// `ua-` prefix when it has one, as KubeVirt does (`rootdisk`, `default`), else the target
     /// name; `target` always uses the target name (`vda`, the tap device). Default `auto`.
@@ -482,6 +487,11 @@ impl FileConfig {
         lanes.calls_per_connection = self.libvirt.calls_per_connection.unwrap_or(lanes.calls_per_connection);
         if !(1..=1000).contains(&lanes.calls_per_connection) {
             check.err("libvirt.calls_per_connection", "must be from 1 to 1000");
+        }
+        lanes.batch_window =
+            check.duration("libvirt.batch_window", &self.libvirt.batch_window, lanes.batch_window);
+        if lanes.batch_window >= timeout {
+            check.err("libvirt.batch_window", "must be shorter than poll.timeout");
         }
         let uris = self.libvirt.uris.clone().unwrap_or_else(|| vec![DEFAULT_URI.to_owned()]);
         if uris.is_empty() && self.vms.is_empty() {

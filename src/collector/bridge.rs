@@ -131,6 +131,14 @@ pub(super) fn encode_node(enc: &mut crate::collector::Out<'_>, n: &NodeView<'_>)
     for e in libvirt() {
         f.sample(&[("node", node), ("uri", &e.uri)], e.connections.slow_calls as f64)?;
     }
+    let mut f = family(enc, &c::ENDPOINT_CALLS)?;
+    for e in libvirt() {
+        f.sample(&[("node", node), ("uri", &e.uri)], e.connections.calls_total as f64)?;
+    }
+    let mut f = family(enc, &c::ENDPOINT_BATCHED_POLLS)?;
+    for e in libvirt() {
+        f.sample(&[("node", node), ("uri", &e.uri)], e.connections.batched_total as f64)?;
+    }
     let listeners = [("public", &http.public), ("debug", &http.debug)];
     let mut f = family(enc, &c::HTTP_CONNECTIONS)?;
     for (name, l) in listeners {

@@ -66,6 +66,12 @@ pub struct Endpoint {
     saturation: Mutex<Saturation>,
     /// One saturation probe at a time.
     probing: tokio::sync::Mutex<()>,
+    /// Bulk-stats calls for many domains (see [`super::batch`]).
+    pub(super) batches: super::batch::Batches,
+    /// Calls the pollers made on the lanes (libvirt round trips).
+    calls: AtomicU64,
+    /// Domains' statistics answered by a batch.
+    pub(super) batched: AtomicU64,
 }
 
 /// What the saturation probes found.
@@ -95,6 +101,9 @@ pub struct LaneLimits {
     pub slow_after: Duration,
     /// A lane idle this long is closed, unless it is the last one.
     pub idle_close: Duration,
+    /// Pollers' requests for bulk stats arriving within this window go out in one call
+    /// (`libvirt.batch_window`; zero: each domain is polled alone).
+    pub batch_window: Duration,
 }
 
 impl Default for LaneLimits {
@@ -104,6 +113,7 @@ impl Default for LaneLimits {
             calls_per_connection: DEFAULT_CALLS_PER_CONNECTION,
             slow_after: Duration::from_millis(500),
             idle_close: Duration::from_secs(60),
+            batch_window: super::batch::DEFAULT_WINDOW,
         }
     }
 }
@@ -196,6 +206,10 @@ pub struct LaneView {
     pub slow_calls: usize,
     /// Lanes taking no new calls because of such a call.
     pub avoided_connections: usize,
+    /// Calls the pollers made on them so far (libvirt round trips; a batch is one).
+    pub calls_total: u64,
+    /// Domains' statistics that a batch answered (polls that needed no call of their own).
+    pub batched_total: u64,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -226,6 +240,9 @@ impl Endpoint {
             limits: LaneLimits::default(),
             saturation: Mutex::new(Saturation::default()),
             probing: tokio::sync::Mutex::new(()),
+            batches: super::batch::Batches::default(),
+            calls: AtomicU64::new(0),
+            batched: AtomicU64::new(0),
         })
     }
 
@@ -399,6 +416,21 @@ impl Endpoint {
         Ok(Lease { endpoint: self.clone(), id, conn, answered: false })
     }
 
+    /// The bounds of the lanes and batches.
+    pub fn limits(&self) -> &LaneLimits {
+        &self.limits
+    }
+
+    /// Counts `n` calls made on the lanes.
+    pub fn count_calls(&self, n: u64) {
+        self.calls.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The generations of the open lanes.
+    pub(super) fn lane_generations(&self) -> Vec<u64> {
+        self.lanes.lock().unwrap_or_else(PoisonError::into_inner).lanes.iter().map(|l| l.conn.generation).collect()
+    }
+
     /// The lanes now, for the debug endpoint and the endpoint's series.
     pub fn lane_view(&self) -> LaneView {
         let pool = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
@@ -411,6 +443,8 @@ impl Endpoint {
             calls: pool.lanes.iter().map(|l| l.running.len()).sum(),
             slow_calls: pool.lanes.iter().map(slow).sum(),
             avoided_connections: pool.lanes.iter().filter(|l| slow(l) > 0).count(),
+            calls_total: self.calls.load(Ordering::Relaxed),
+            batched_total: self.batched.load(Ordering::Relaxed),
         }
     }
 

@@ -101,25 +101,46 @@ unsafe fn copy_params(params: sys::virTypedParameterPtr, nparams: i32) -> Vec<(S
 /// Bulk stats (`virDomainListGetStats`) for one domain: every typed parameter of the requested
 /// groups, owned. Blocking: call it from the blocking pool.
 pub fn domain_stats(dom: &Domain, stats: u32, flags: u32) -> Result<Vec<(String, ParamValue)>, virt::error::Error> {
+    Ok(list_stats(&[dom], stats, flags)?.into_iter().flat_map(|(_, p)| p).collect())
+}
+
+/// Bulk stats (`virDomainListGetStats`) for several domains of one connection in one call:
+/// per domain libvirt answered for, its UUID and its parameters, owned. Domains that no longer
+/// exist are left out by libvirt. Blocking: call it from the blocking pool.
+pub fn list_stats(
+    doms: &[&Domain],
+    stats: u32,
+    flags: u32,
+) -> Result<Vec<(String, Vec<(String, ParamValue)>)>, virt::error::Error> {
     let mut recs: *mut sys::virDomainStatsRecordPtr = std::ptr::null_mut();
-    // SAFETY: `dom` is a live domain reference for the whole call; the list is NULL-terminated
-    // as the API requires; `recs` is an out-pointer libvirt fills on success.
-    let n = unsafe {
-        let mut doms: [sys::virDomainPtr; 2] = [dom.as_ptr(), std::ptr::null_mut()];
-        sys::virDomainListGetStats(doms.as_mut_ptr(), stats, &mut recs, flags)
-    };
+    // SAFETY: the pointers are only passed to libvirt while `doms` borrows the domains.
+    let mut list: Vec<sys::virDomainPtr> = doms.iter().map(|d| unsafe { d.as_ptr() }).collect();
+    list.push(std::ptr::null_mut());
+    // SAFETY: every domain is a live reference for the whole call (borrowed from `doms`); the
+    // list is NULL-terminated as the API requires; `recs` is an out-pointer libvirt fills on
+    // success.
+    let n = unsafe { sys::virDomainListGetStats(list.as_mut_ptr(), stats, &mut recs, flags) };
     if n < 0 {
         // Read on the same thread as the failed call: libvirt's last error is thread-local.
         return Err(virt::error::Error::last_error());
     }
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
     for i in 0..usize::try_from(n).unwrap_or(0) {
-        // SAFETY: libvirt returned n valid record pointers in `recs`.
+        // SAFETY: libvirt returned n valid record pointers in `recs`; each record's domain is a
+        // reference libvirt holds until the list is freed, and `buf` has the length
+        // virDomainGetUUIDString writes (VIR_UUID_STRING_BUFLEN, NUL included).
         unsafe {
             let rec = *recs.add(i);
-            if !rec.is_null() {
-                out.extend(copy_params((*rec).params, (*rec).nparams));
+            if rec.is_null() {
+                continue;
             }
+            let mut buf = [0 as std::os::raw::c_char; sys::VIR_UUID_STRING_BUFLEN as usize];
+            let uuid = if sys::virDomainGetUUIDString((*rec).dom, buf.as_mut_ptr()) == 0 {
+                CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned()
+            } else {
+                String::new()
+            };
+            out.push((uuid, copy_params((*rec).params, (*rec).nparams)));
         }
     }
     if !recs.is_null() {

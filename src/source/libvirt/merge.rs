@@ -89,6 +89,16 @@ impl Carry {
         &self.partial_total
     }
 
+    /// Whether merging `fresh` at `now` would put back any value: the answer lacks a parameter
+    /// the last one had (still younger than `window`). Read before a merge, so a caller can
+    /// ask again instead (a device unplugged since reads as lacking, too).
+    pub fn would_carry(&self, fresh: &[(String, ParamValue)], now: Instant, window: Duration) -> bool {
+        let keys: BTreeSet<&str> = fresh.iter().map(|(k, _)| k.as_str()).collect();
+        self.seen.iter().any(|(k, (_, at))| {
+            now.saturating_duration_since(*at) <= window && group_of(k).is_some() && !keys.contains(k.as_str())
+        })
+    }
+
     /// Merges a new answer taken at `now` with the last observations younger than `window`.
     pub fn merge(&mut self, fresh: Vec<(String, ParamValue)>, now: Instant, window: Duration) -> Merged {
         let fresh: BTreeMap<String, ParamValue> = fresh.into_iter().collect();
@@ -224,6 +234,34 @@ mod tests {
         assert!(m.carried.is_empty());
         assert_eq!(get(&m, "block.1.rd.reqs"), Some(&UInt(8)));
         assert_eq!(c.partial_total(), &BTreeMap::from([("balloon", 1), ("block", 1)]));
+    }
+
+    #[test]
+    fn would_carry_says_beforehand_whether_a_merge_carries() {
+        let mut c = Carry::new();
+        let t0 = Instant::now();
+        let first = full(5, 6);
+        // Nothing seen yet: nothing to carry.
+        assert!(!c.would_carry(&first, t0, WINDOW));
+        c.merge(first, t0, WINDOW);
+        let t1 = t0 + Duration::from_secs(1);
+        assert!(!c.would_carry(&full(7, 8), t1, WINDOW), "a full answer carries nothing");
+        // Counters left out (another caller holds the job), or a whole group missing.
+        let no_counters: Vec<_> = full(7, 8).into_iter().filter(|(k, _)| !k.ends_with("rd.reqs")).collect();
+        let no_balloon: Vec<_> = full(7, 8).into_iter().filter(|(k, _)| !k.starts_with("balloon.")).collect();
+        for partial in [no_counters, no_balloon] {
+            assert!(c.would_carry(&partial, t1, WINDOW), "{partial:?}");
+            // And the merge agrees.
+            let mut probe = Carry::new();
+            probe.merge(full(5, 6), t0, WINDOW);
+            assert!(!probe.merge(partial, t1, WINDOW).carried.is_empty());
+        }
+        // Past the window the old values are not carried, so an answer lacking them is whole.
+        let later = t0 + WINDOW + Duration::from_secs(1);
+        let lacking: Vec<_> = full(7, 8).into_iter().filter(|(k, _)| !k.starts_with("balloon.")).collect();
+        assert!(!c.would_carry(&lacking, later, WINDOW));
+        // The check changes nothing.
+        assert!(c.partial_total().is_empty());
     }
 
     #[test]

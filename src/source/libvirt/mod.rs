@@ -3,6 +3,7 @@
 //! all through bounded blocking slots (`blocking`). `ffi` holds the only `unsafe` code.
 
 pub mod aliases;
+pub mod batch;
 pub mod blocking;
 pub mod discovery;
 mod encode;

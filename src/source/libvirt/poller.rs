@@ -90,11 +90,13 @@ type Raw = Result<(Vec<(String, ffi::ParamValue)>, Extra), CallError>;
 
 /// The current job, or else (when `completed`) the last completed one (kept for other
 /// readers).
-fn job(dom: &Domain, completed: bool) -> JobRead {
+fn job(dom: &Domain, completed: bool, calls: &mut u64) -> JobRead {
+    *calls += 1;
     match ffi::job_stats(dom, 0) {
-        Ok((0, _)) if completed => JobRead::Read(
-            ffi::job_stats(dom, sys::VIR_DOMAIN_JOB_STATS_COMPLETED | sys::VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED).ok(),
-        ),
+        Ok((0, _)) if completed => JobRead::Read({
+            *calls += 1;
+            ffi::job_stats(dom, sys::VIR_DOMAIN_JOB_STATS_COMPLETED | sys::VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED).ok()
+        }),
         Ok((0, _)) => JobRead::Idle,
         Ok(active) => JobRead::Read(Some(active)),
         // Drivers without job stats: no migration metrics, not a failed poll.
@@ -151,6 +153,10 @@ pub struct LibvirtPoller {
     job_was_active: bool,
     /// The last pinning read, and the vCPU count then.
     affinity: (Option<u64>, Option<u64>),
+    /// The pool-wide bound on running calls (a batch takes one permit).
+    limiter: Arc<Semaphore>,
+    /// The last poll succeeded: this one may take its statistics from a batch.
+    batchable: bool,
 }
 
 impl LibvirtPoller {
@@ -169,7 +175,7 @@ impl LibvirtPoller {
             uuid,
             domain: None,
             slot: BlockingSlot::new(limiter.clone()),
-            control_slot: BlockingSlot::new(limiter),
+            control_slot: BlockingSlot::new(limiter.clone()),
             timeout,
             hard_timeout,
             last_completed: None,
@@ -181,6 +187,8 @@ impl LibvirtPoller {
             polls: 0,
             job_was_active: false,
             affinity: (None, None),
+            limiter,
+            batchable: false,
         }
     }
 }
@@ -208,35 +216,48 @@ fn call(
     };
     let conn = &lease.conn;
     let generation = conn.generation;
+    // Round trips made, counted on the endpoint when the call ends.
+    let mut calls = 0u64;
     let dom = match cached {
         Some((g, d)) if g == generation => d,
-        _ => match conn.connect.lookup_domain_by_uuid_string(&uuid) {
-            Ok(d) => d,
-            Err(e) => {
-                return CallOutput { raw: Err(CallError::Libvirt(e)), started, generation, domain: None };
+        _ => {
+            calls += 1;
+            match conn.connect.lookup_domain_by_uuid_string(&uuid) {
+                Ok(d) => d,
+                Err(e) => {
+                    endpoint.count_calls(calls);
+                    return CallOutput { raw: Err(CallError::Libvirt(e)), started, generation, domain: None };
+                }
             }
-        },
+        }
     };
     // The monitor's state first: it needs no job and tells whether asking for the job stats
     // would queue behind another caller's job.
     let control = ffi::control_info(&dom).ok();
+    calls += 2;
     let raw = ffi::domain_stats(&dom, STATS_GROUPS, STATS_FLAGS)
         .map(|params| {
             let job = match control {
                 Some((state, _)) if state != sys::VIR_DOMAIN_CONTROL_OK => JobRead::Busy,
-                _ => job(&dom, ask.completed),
+                _ => job(&dom, ask.completed, &mut calls),
             };
             let vcpus = params.iter().find(|(k, _)| k == "vcpu.current").and_then(|(_, v)| v.as_u64());
-            let affinity = (ask.affinity || vcpus != ask.vcpus)
-                .then(|| vcpus.and_then(|n| ffi::vcpu_affinity(&dom, u32::try_from(n).unwrap_or(0)).ok()));
+            let affinity = (ask.affinity || vcpus != ask.vcpus).then(|| {
+                calls += 1;
+                vcpus.and_then(|n| ffi::vcpu_affinity(&dom, u32::try_from(n).unwrap_or(0)).ok())
+            });
             // The aliases come from the domain XML, read again only when the devices changed.
             let now = DomainSample::device_names(&params);
             let aliases = (devices.as_ref() != Some(&now))
-                .then(|| dom.xml_desc(0).ok().map(|xml| (now, Aliases::parse(&xml))))
+                .then(|| {
+                    calls += 1;
+                    dom.xml_desc(0).ok().map(|xml| (now, Aliases::parse(&xml)))
+                })
                 .flatten();
             (params, Extra { job, control, affinity, vcpus, aliases })
         })
         .map_err(CallError::Libvirt);
+    endpoint.count_calls(calls);
     // The bulk-stats call runs on the daemon's normal workers: an answer to it (not a broken
     // connection) shows the daemon is not saturated.
     if raw.as_ref().err().is_none_or(|e| !matches!(e, CallError::Libvirt(e) if classify(e).1)) {
@@ -264,6 +285,7 @@ impl LibvirtPoller {
         let (endpoint, uuid) = (self.endpoint.clone(), self.uuid.clone());
         let read = move || {
             let lease = endpoint.lease().ok()?;
+            endpoint.count_calls(2);
             let dom = lease.conn.connect.lookup_domain_by_uuid_string(&uuid).ok()?;
             ffi::control_info(&dom).ok()
         };
@@ -286,21 +308,65 @@ impl Poller for LibvirtPoller {
     }
 
     fn deadline(&self) -> Duration {
-        // One blocking call, which the slot abandons at `timeout` (plus waiting for a permit),
-        // then perhaps a saturation probe.
-        self.timeout * 2 + PROBE_WAIT
+        // Perhaps a batch's answer, then one blocking call, which the slot abandons at
+        // `timeout` (plus waiting for a permit), then perhaps a saturation probe.
+        self.endpoint.limits().batch_window + self.batch_wait() + self.timeout * 2 + PROBE_WAIT
     }
 
     async fn poll(&mut self) -> Result<SourceSample, PollError> {
         // Discovery's connection is down (libvirtd gone, or reconnecting): no lane is tried.
         if self.endpoint.current().is_none() {
+            self.batchable = false;
             return Err(PollError::new(ErrorKind::Connection, format!("no connection to {}", self.endpoint.uri)));
         }
+        let slow = self.polls % SLOW_EVERY == 0;
+        self.polls += 1;
+        let out = match self.from_batch(slow).await {
+            Some(out) => out,
+            None => self.poll_alone(slow).await,
+        };
+        self.batchable = out.is_ok();
+        out
+    }
+}
+
+impl LibvirtPoller {
+    /// How long a poll waits for a batch's answer before it polls its domain alone.
+    fn batch_wait(&self) -> Duration {
+        self.timeout / 2
+    }
+
+    /// The statistics from a batch, when this poll may take them from one and the batch
+    /// answered in full in time. `None`: poll alone. A poll that reads what seldom changes
+    /// (`slow`), one after an active job, one whose last poll failed, and one whose answer
+    /// lacks what the last answer had (libvirt skipped what needs the domain's job: another
+    /// caller, or a call stuck on this hung VM, holds it) or names other devices or another
+    /// vCPU count go alone: those need the monitor's state, the job, the aliases or the
+    /// pinning, which only a call of the domain's own reads.
+    async fn from_batch(&mut self, slow: bool) -> Option<Result<SourceSample, PollError>> {
+        if !self.batchable || slow || self.job_was_active || self.aliases.is_none() {
+            return None;
+        }
+        let params = self.endpoint.batch_stats(&self.uuid, &self.limiter, self.batch_wait()).await?;
+        let vcpus = params.iter().find(|(k, _)| k == "vcpu.current").and_then(|(_, v)| v.as_u64());
+        let same_devices = self.aliases.as_ref().is_some_and(|(d, _)| *d == DomainSample::device_names(&params));
+        if vcpus != self.affinity.1
+            || !same_devices
+            || self.carry.would_carry(&params, tokio::time::Instant::now(), self.carry_window)
+        {
+            return None;
+        }
+        // No job was active at the last reading; a job that started since is read at the next
+        // poll that goes alone (at most `SLOW_EVERY` polls later).
+        Some(self.finish(params, Extra { job: JobRead::Idle, control: None, affinity: None, vcpus, aliases: None }))
+    }
+
+    /// One call of this domain's own: the monitor's state, the bulk stats, the job, and what
+    /// seldom changes when `slow`.
+    async fn poll_alone(&mut self, slow: bool) -> Result<SourceSample, PollError> {
         let endpoint = self.endpoint.clone();
         let (uuid, cached) = (self.uuid.clone(), self.domain.take());
         let devices = self.aliases.as_ref().map(|(d, _)| d.clone());
-        let slow = self.polls % SLOW_EVERY == 0;
-        self.polls += 1;
         let ask = Ask { completed: slow || self.job_was_active, affinity: slow, vcpus: self.affinity.1 };
         let out = match self.slot.run(self.timeout, move || call(endpoint, uuid, cached, devices, ask)).await {
             Ok(out) => out,
@@ -340,75 +406,7 @@ impl Poller for LibvirtPoller {
         };
         self.domain = out.domain;
         match out.raw {
-            Ok((params, Extra { job, control, affinity, vcpus, aliases })) => {
-                if let Some(a) = aliases {
-                    self.aliases = Some(a);
-                }
-                let merged = self.carry.merge(params, tokio::time::Instant::now(), self.carry_window);
-                // With NOWAIT, a domain whose QEMU stopped answering still answers promptly when
-                // another client's command is the one stuck in its monitor: libvirt leaves out
-                // what needs the monitor, and the carry hides that. The monitor's own state tells:
-                // one command running longer than the poll timeout is a hung VM, as our own call
-                // stuck there would be.
-                if let Some(busy) = control.and_then(|c| monitor_stuck(c, self.timeout)) {
-                    return Err(PollError {
-                        monitor: control.map(crate::stall::Monitor::from_control),
-                        kind: ErrorKind::Timeout,
-                        message: format!(
-                            "QEMU monitor busy with one command for {:.1}s; \
-                             statistics that need it are missing",
-                            busy.as_secs_f64()
-                        ),
-                        hard: busy >= self.hard_timeout,
-                    });
-                }
-                if let Some(a) = affinity {
-                    self.affinity = (a, vcpus);
-                }
-                let mut sample = LibvirtSample::new(merged.params, Vec::new());
-                sample.parsed.cpu_affinity = self.affinity.0;
-                if let Some((_, aliases)) = &self.aliases {
-                    sample.parsed.apply_aliases(aliases, self.device_labels);
-                }
-                sample.carried = merged.carried.into_iter().map(|(g, n)| (g.to_owned(), n)).collect();
-                sample.partial_total = self.carry.partial_total().iter().map(|(g, n)| ((*g).to_owned(), *n)).collect();
-                let now = tokio::time::Instant::now();
-                let job = match job {
-                    JobRead::Read(job) => {
-                        self.job_was_active = job.as_ref().is_some_and(|(t, _)| job_active(*t));
-                        self.last_job = Some((job.clone(), now));
-                        job
-                    }
-                    // No job now, and the completed one not asked: its last reading stands (a
-                    // job seen active is followed by a poll that asks, which comes as `Read`).
-                    JobRead::Idle => {
-                        self.job_was_active = false;
-                        let done = self.last_job.take().and_then(|(j, _)| j).filter(|(t, _)| !job_active(*t));
-                        self.last_job = Some((done.clone(), now));
-                        done
-                    }
-                    // Not asked this time: the last reading, while it is within the window.
-                    JobRead::Busy => self
-                        .last_job
-                        .as_ref()
-                        .filter(|(_, at)| now.saturating_duration_since(*at) <= self.carry_window)
-                        .and_then(|(j, _)| j.clone()),
-                };
-                if let Some((job_type, job_params)) = job {
-                    sample.job = crate::source::qmp::Migration::from_libvirt_job(job_type, &job_params);
-                    sample.job_params = job_params.into_iter().collect();
-                }
-                // Note each completed job once, when first seen.
-                if let Some(done) = sample.job.as_ref().filter(|j| j.status == "completed") {
-                    let key = format!("{:?}/{:?}", done.elapsed_seconds, done.memory_processed_bytes);
-                    if self.last_completed.as_ref().is_none_or(|(k, _)| *k != key) {
-                        self.last_completed = Some((key, crate::clock::now_unix()));
-                    }
-                }
-                sample.job_completed_at = self.last_completed.as_ref().map(|(_, t)| *t);
-                sample.events = self.endpoint.events_of(&self.uuid).unwrap_or_default();
-                Ok(SourceSample::Libvirt(sample))
-            }
+            Ok((params, extra)) => self.finish(params, extra),
             // Every connection full of calls the daemon does not answer: the daemon is saturated.
             Err(CallError::Lane(LaneError::Busy { lanes, slow })) => Err(PollError::new(
                 ErrorKind::EndpointSaturated,
@@ -441,6 +439,81 @@ impl Poller for LibvirtPoller {
                 Err(PollError::new(kind, e.message().to_owned()))
             }
         }
+    }
+}
+
+impl LibvirtPoller {
+    /// A sample from one answer: carried values put back, the monitor's state judged, the job
+    /// and pinning readings kept or reused.
+    fn finish(&mut self, params: Vec<(String, ffi::ParamValue)>, extra: Extra) -> Result<SourceSample, PollError> {
+        let Extra { job, control, affinity, vcpus, aliases } = extra;
+        if let Some(a) = aliases {
+            self.aliases = Some(a);
+        }
+        let merged = self.carry.merge(params, tokio::time::Instant::now(), self.carry_window);
+        // With NOWAIT, a domain whose QEMU stopped answering still answers promptly when
+        // another client's command is the one stuck in its monitor: libvirt leaves out
+        // what needs the monitor, and the carry hides that. The monitor's own state tells:
+        // one command running longer than the poll timeout is a hung VM, as our own call
+        // stuck there would be.
+        if let Some(busy) = control.and_then(|c| monitor_stuck(c, self.timeout)) {
+            return Err(PollError {
+                monitor: control.map(crate::stall::Monitor::from_control),
+                kind: ErrorKind::Timeout,
+                message: format!(
+                    "QEMU monitor busy with one command for {:.1}s; \
+                     statistics that need it are missing",
+                    busy.as_secs_f64()
+                ),
+                hard: busy >= self.hard_timeout,
+            });
+        }
+        if let Some(a) = affinity {
+            self.affinity = (a, vcpus);
+        }
+        let mut sample = LibvirtSample::new(merged.params, Vec::new());
+        sample.parsed.cpu_affinity = self.affinity.0;
+        if let Some((_, aliases)) = &self.aliases {
+            sample.parsed.apply_aliases(aliases, self.device_labels);
+        }
+        sample.carried = merged.carried.into_iter().map(|(g, n)| (g.to_owned(), n)).collect();
+        sample.partial_total = self.carry.partial_total().iter().map(|(g, n)| ((*g).to_owned(), *n)).collect();
+        let now = tokio::time::Instant::now();
+        let job = match job {
+            JobRead::Read(job) => {
+                self.job_was_active = job.as_ref().is_some_and(|(t, _)| job_active(*t));
+                self.last_job = Some((job.clone(), now));
+                job
+            }
+            // No job now, and the completed one not asked: its last reading stands (a
+            // job seen active is followed by a poll that asks, which comes as `Read`).
+            JobRead::Idle => {
+                self.job_was_active = false;
+                let done = self.last_job.take().and_then(|(j, _)| j).filter(|(t, _)| !job_active(*t));
+                self.last_job = Some((done.clone(), now));
+                done
+            }
+            // Not asked this time: the last reading, while it is within the window.
+            JobRead::Busy => self
+                .last_job
+                .as_ref()
+                .filter(|(_, at)| now.saturating_duration_since(*at) <= self.carry_window)
+                .and_then(|(j, _)| j.clone()),
+        };
+        if let Some((job_type, job_params)) = job {
+            sample.job = crate::source::qmp::Migration::from_libvirt_job(job_type, &job_params);
+            sample.job_params = job_params.into_iter().collect();
+        }
+        // Note each completed job once, when first seen.
+        if let Some(done) = sample.job.as_ref().filter(|j| j.status == "completed") {
+            let key = format!("{:?}/{:?}", done.elapsed_seconds, done.memory_processed_bytes);
+            if self.last_completed.as_ref().is_none_or(|(k, _)| *k != key) {
+                self.last_completed = Some((key, crate::clock::now_unix()));
+            }
+        }
+        sample.job_completed_at = self.last_completed.as_ref().map(|(_, t)| *t);
+        sample.events = self.endpoint.events_of(&self.uuid).unwrap_or_default();
+        Ok(SourceSample::Libvirt(sample))
     }
 }
 
