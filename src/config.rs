@@ -488,8 +488,14 @@ impl FileConfig {
         if !(1..=1000).contains(&lanes.calls_per_connection) {
             check.err("libvirt.calls_per_connection", "must be from 1 to 1000");
         }
-        lanes.batch_window =
-            check.duration("libvirt.batch_window", &self.libvirt.batch_window, lanes.batch_window);
+        // Zero is allowed here: it turns batching off.
+        let off = self.libvirt.batch_window.as_deref().and_then(|s| humantime::parse_duration(s).ok())
+            == Some(Duration::ZERO);
+        lanes.batch_window = if off {
+            Duration::ZERO
+        } else {
+            check.duration("libvirt.batch_window", &self.libvirt.batch_window, lanes.batch_window)
+        };
         if lanes.batch_window >= timeout {
             check.err("libvirt.batch_window", "must be shorter than poll.timeout");
         }
@@ -651,6 +657,23 @@ mod tests {
         assert_eq!(s.listen.port(), 9977);
         assert_eq!(s.node_name, "n1");
         assert_eq!(s.poll.breaker.failure_threshold, 3);
+    }
+
+    #[test]
+    fn batch_window_zero_turns_batching_off_and_must_stay_under_the_timeout() {
+        let lanes = |toml: &str| FileConfig::parse(toml).expect("parses").validate("n").map(|s| s.lanes.batch_window);
+        assert_eq!(lanes("").ok(), Some(crate::source::libvirt::batch::DEFAULT_WINDOW));
+        assert_eq!(lanes("[libvirt]\nbatch_window = \"0s\"\n").ok(), Some(Duration::ZERO));
+        assert_eq!(lanes("[libvirt]\nbatch_window = \"100ms\"\n").ok(), Some(Duration::from_millis(100)));
+        let Err(ConfigError::Invalid(errs)) = lanes("[libvirt]\nbatch_window = \"5s\"\n") else {
+            panic!("a window as long as the poll timeout must be refused")
+        };
+        assert_eq!(errs[0].field, "libvirt.batch_window");
+        assert!(errs[0].problem.contains("poll.timeout"), "{}", errs[0].problem);
+        let Err(ConfigError::Invalid(errs)) = lanes("[libvirt]\nbatch_window = \"soon\"\n") else {
+            panic!("not a duration")
+        };
+        assert_eq!(errs[0].field, "libvirt.batch_window");
     }
 
     #[test]

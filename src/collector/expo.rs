@@ -5,9 +5,13 @@
 //! contiguous. Sample lines are identical in OpenMetrics and in the classic text format
 //! (0.0.4); only headers differ, and both header sets are rendered once per process.
 //!
-//! A VM's runs depend on its snapshot (its `revision`), on which of its sources are within
-//! the staleness window and on its stuck-call gauges: a scrape that finds any of these changed
-//! encodes that VM again (that is how data that ages out of the window disappears).
+//! A VM's runs are kept in parts: one per source (its own families), one for the event and
+//! migration families, one for vmbridge's own health of the VM (`bridge`). A publish encodes
+//! again only the parts whose inputs changed: the publishing source's part (held with the
+//! snapshot it was encoded from, compared by identity) and the small bridge part; a source
+//! whose families name drives by libvirt's aliases also when those labels change. A part
+//! whose source went in or out of the staleness window is encoded again by the scrape that
+//! finds it so (that is how data that ages out of the window disappears).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -18,7 +22,7 @@ use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use crate::catalogue::{self, Kind, MetricDef};
 use crate::clock::now_unix;
 use crate::source::{Source, SourceKind, Visit};
-use crate::store::{Observer, VmKey, VmSnapshot};
+use crate::store::{Observer, SourceSnapshot, VmKey, VmSnapshot};
 
 use super::text::Format;
 use super::{Out, VmCollector, VmView, bridge, events};
@@ -199,10 +203,93 @@ struct Basis {
     stuck: u64,
 }
 
+/// Parts of a VM's runs: each source's, then the events', then the bridge's (the order the
+/// runs were written in when a VM was encoded whole, so the exposition is the same).
+const PARTS: usize = SourceKind::ALL.len() + 2;
+const EVENTS: usize = SourceKind::ALL.len();
+const BRIDGE: usize = SourceKind::ALL.len() + 1;
+
+/// What one part was encoded from.
+#[derive(Debug, Clone)]
+enum PartKey {
+    /// A source's families: its snapshot (held, so its address is not reused while compared),
+    /// whether it was fresh, and the drive labels libvirt's sample gives (see
+    /// [`VmView::drive_label`]).
+    Source { snap: Option<Arc<SourceSnapshot>>, fresh: bool, drives: u64 },
+    /// The event and migration families: libvirt's and QMP's snapshots, their freshness.
+    Events { libvirt: Option<Arc<SourceSnapshot>>, qmp: Option<Arc<SourceSnapshot>>, fresh: u16, drives: u64 },
+    /// The bridge's families: every source's state, as [`Basis`] says.
+    Bridge(Basis),
+}
+
+fn same_snap(a: &Option<Arc<SourceSnapshot>>, b: Option<&Arc<SourceSnapshot>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+/// The inputs of part `part` of `vm` now, held. `basis` is the VM's, `drives` its drive labels.
+fn part_key(part: usize, vm: &VmSnapshot, basis: Basis, drives: u64) -> PartKey {
+    match part_key_shallow(part, vm, basis, drives) {
+        Shallow::Source(snap, fresh, drives) => PartKey::Source { snap: snap.cloned(), fresh, drives },
+        Shallow::Events(l, q, fresh, drives) => PartKey::Events { libvirt: l.cloned(), qmp: q.cloned(), fresh, drives },
+        Shallow::Bridge(b) => PartKey::Bridge(b),
+    }
+}
+
+impl PartKey {
+    /// Whether a part encoded from `self` is still what `vm` gives (without cloning anything).
+    fn holds(&self, part: usize, vm: &VmSnapshot, basis: Basis, drives: u64) -> bool {
+        match (self, part_key_shallow(part, vm, basis, drives)) {
+            (PartKey::Source { snap, fresh, drives: d }, Shallow::Source(s, f, d2)) => {
+                same_snap(snap, s) && *fresh == f && *d == d2
+            }
+            (PartKey::Events { libvirt, qmp, fresh, drives: d }, Shallow::Events(l, q, f, d2)) => {
+                same_snap(libvirt, l) && same_snap(qmp, q) && *fresh == f && *d == d2
+            }
+            (PartKey::Bridge(b), Shallow::Bridge(b2)) => *b == b2,
+            _ => false,
+        }
+    }
+}
+
+/// [`PartKey`] by reference, for comparing.
+enum Shallow<'a> {
+    Source(Option<&'a Arc<SourceSnapshot>>, bool, u64),
+    Events(Option<&'a Arc<SourceSnapshot>>, Option<&'a Arc<SourceSnapshot>>, u16, u64),
+    Bridge(Basis),
+}
+
+fn part_key_shallow(part: usize, vm: &VmSnapshot, basis: Basis, drives: u64) -> Shallow<'_> {
+    let fresh =
+        |kind: SourceKind| SourceKind::ALL.iter().position(|k| *k == kind).is_some_and(|i| basis.fresh & (1 << i) != 0);
+    match part {
+        EVENTS => Shallow::Events(
+            vm.sources.get(&SourceKind::Libvirt),
+            vm.sources.get(&SourceKind::Qmp),
+            u16::from(fresh(SourceKind::Libvirt)) | u16::from(fresh(SourceKind::Qmp)) << 1,
+            drives,
+        ),
+        BRIDGE => Shallow::Bridge(basis),
+        i => {
+            let kind = SourceKind::ALL[i];
+            let drives = if kind == SourceKind::Libvirt { 0 } else { drives };
+            Shallow::Source(vm.sources.get(&kind), fresh(kind), drives)
+        }
+    }
+}
+
+/// Each part's runs, with what they were encoded from.
+type Parts = Vec<(PartKey, Arc<Fragments>)>;
+
+/// One VM's parts, each with what it was encoded from.
 #[derive(Debug)]
 struct Cached {
-    basis: Basis,
-    frags: Arc<Fragments>,
+    /// The revision of the snapshot the newest part was encoded from.
+    revision: u64,
+    parts: Parts,
 }
 
 /// The collector's pre-encoded VMs.
@@ -210,6 +297,8 @@ struct Cached {
 pub(crate) struct Cache {
     vms: Mutex<HashMap<VmKey, Cached>>,
     gzip: Mutex<Option<GzipCached>>,
+    /// Parts encoded so far, by part (for the tests).
+    encoded: [std::sync::atomic::AtomicU64; PARTS],
 }
 
 #[derive(Debug)]
@@ -246,47 +335,84 @@ fn basis(vm: &VmSnapshot, now: f64, staleness: f64) -> Basis {
     Basis { revision: vm.revision, fresh, stuck }
 }
 
+/// A fingerprint of the drive labels libvirt's fresh sample gives `vm` (0 without one): the
+/// input other sources' families read through [`VmView::drive_label`].
+fn drives(vm: &VmSnapshot, basis: Basis) -> u64 {
+    use crate::source::libvirt::Libvirt;
+    let libvirt = SourceKind::ALL.iter().position(|k| *k == SourceKind::Libvirt).unwrap_or(0);
+    if basis.fresh & (1 << libvirt) == 0 {
+        return 0;
+    }
+    let Some(l) = vm.sources.get(&SourceKind::Libvirt).and_then(|s| s.sample.as_deref()).and_then(Libvirt::sample)
+    else {
+        return 0;
+    };
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for b in &l.parsed.blocks {
+        (&b.alias, b.label()).hash(&mut h);
+    }
+    h.finish() | 1
+}
+
 impl VmCollector {
-    /// Encodes one VM's runs.
-    fn encode_vm(&self, vm: &VmSnapshot, now: f64) -> Fragments {
-        let mut text = String::with_capacity(8 * 1024);
+    /// Encodes one part of a VM's runs.
+    fn encode_part(&self, part: usize, vm: &VmSnapshot, now: f64) -> Fragments {
+        let mut text = String::with_capacity(4 * 1024);
         let mut out = Out::new(&mut text, &self.selection);
         let views = [VmView::new(vm, &self.node, now, self.staleness, self.options)];
-        /// Each source's families, in [`SourceKind::ALL`] order; the first error stops it.
+        /// One source's families.
         struct Encode<'e, 'o, 'a, 'v> {
             out: &'e mut Out<'a>,
             views: &'o [VmView<'v>],
-            result: std::fmt::Result,
         }
         impl Visit for Encode<'_, '_, '_, '_> {
             fn visit<S: Source>(&mut self) {
-                if self.result.is_ok() {
-                    self.result = S::encode(self.out, self.views);
-                }
+                // Writing into a String cannot fail; the encoders return fmt::Result by convention.
+                let _ = S::encode(self.out, self.views);
             }
         }
-        let mut each = Encode { out: &mut out, views: &views, result: Ok(()) };
-        for kind in SourceKind::ALL {
-            kind.visit(&mut each);
+        match part {
+            EVENTS => {
+                let _ = events::encode(&mut out, &views);
+            }
+            BRIDGE => {
+                let _ = bridge::encode_vm(&mut out, &views[0], self.options.health_detail);
+            }
+            i => SourceKind::ALL[i].visit(&mut Encode { out: &mut out, views: &views }),
         }
-        // Writing into a String cannot fail; the encoders return fmt::Result by convention.
-        let _ = each.result;
-        let _ = events::encode(&mut out, &views);
-        let _ = bridge::encode_vm(&mut out, &views[0], self.options.health_detail);
+        self.cache.encoded[part].fetch_add(1, Ordering::Relaxed);
         let runs = std::mem::take(&mut out.runs);
         Fragments::from_runs(text, runs)
     }
 
-    /// Encodes `vm` and keeps the result, unless what is kept is newer.
+    /// `vm`'s parts: those of `old` whose inputs are unchanged, the others encoded now. Also
+    /// whether any was encoded.
+    fn encode_vm(&self, vm: &VmSnapshot, now: f64, old: Option<&[(PartKey, Arc<Fragments>)]>) -> (Cached, bool) {
+        let b = basis(vm, now, self.staleness.as_secs_f64());
+        let d = drives(vm, b);
+        let mut any = false;
+        let parts = (0..PARTS)
+            .map(|p| match old.and_then(|o| o.get(p)) {
+                Some((k, f)) if k.holds(p, vm, b, d) => (k.clone(), f.clone()),
+                _ => {
+                    any = true;
+                    (part_key(p, vm, b, d), Arc::new(self.encode_part(p, vm, now)))
+                }
+            })
+            .collect();
+        (Cached { revision: vm.revision, parts }, any)
+    }
+
+    /// Encodes what changed of `vm` and keeps the result, unless what is kept is newer.
     fn refresh(&self, key: &VmKey, vm: &VmSnapshot) {
         let now = now_unix();
-        let b = basis(vm, now, self.staleness.as_secs_f64());
-        let frags = Arc::new(self.encode_vm(vm, now));
+        let old = self.cache.vms.lock().unwrap_or_else(PoisonError::into_inner).get(key).map(|c| c.parts.clone());
+        let (fresh, _) = self.encode_vm(vm, now, old.as_deref());
         let mut cache = self.cache.vms.lock().unwrap_or_else(PoisonError::into_inner);
         match cache.get(key) {
-            Some(c) if c.basis.revision > b.revision => {}
+            Some(c) if c.revision > fresh.revision => {}
             _ => {
-                cache.insert(key.clone(), Cached { basis: b, frags });
+                cache.insert(key.clone(), fresh);
             }
         }
     }
@@ -310,25 +436,31 @@ impl VmCollector {
         Fragments::from_runs(text, runs)
     }
 
-    /// Every VM's runs for this scrape (reused, or encoded now), and the node's.
+    /// Every VM's runs for this scrape (reused, or encoded now: the parts whose inputs
+    /// changed), part by part, and the node's.
     fn gather(&self) -> (Vec<Arc<Fragments>>, Fragments, u64, RenderStats) {
         let vms = self.store.vms();
         let now = now_unix();
         let staleness = self.staleness.as_secs_f64();
         let mut stats = RenderStats::default();
-        let mut out: Vec<Option<Arc<Fragments>>> = Vec::with_capacity(vms.len());
-        let mut missing: Vec<(usize, Basis)> = Vec::new();
+        let mut out: Vec<Arc<Fragments>> = Vec::with_capacity(vms.len() * PARTS);
         let mut fp = std::collections::hash_map::DefaultHasher::new();
+        // VMs with a part to encode: their place in `out` and their old parts.
+        let mut missing: Vec<(usize, usize, Option<Parts>)> = Vec::new();
         {
             let cache = self.cache.vms.lock().unwrap_or_else(PoisonError::into_inner);
             for (i, vm) in vms.iter().enumerate() {
                 let b = basis(vm, now, staleness);
                 (b.revision, b.fresh, b.stuck).hash(&mut fp);
-                match cache.get(&vm.key()) {
-                    Some(c) if c.basis == b => out.push(Some(c.frags.clone())),
+                let cached = cache.get(&vm.key());
+                let d = drives(vm, b);
+                match cached {
+                    Some(c) if c.parts.iter().enumerate().all(|(p, (k, _))| k.holds(p, vm, b, d)) => {
+                        out.extend(c.parts.iter().map(|(_, f)| f.clone()));
+                    }
                     _ => {
-                        out.push(None);
-                        missing.push((i, b));
+                        missing.push((i, out.len(), cached.map(|c| c.parts.clone())));
+                        out.extend(std::iter::repeat_with(|| Arc::new(Fragments::default())).take(PARTS));
                     }
                 }
             }
@@ -336,16 +468,23 @@ impl VmCollector {
         stats.reused = vms.len() - missing.len();
         stats.encoded = missing.len();
         if !missing.is_empty() {
-            let encoded: Vec<(usize, Basis, Arc<Fragments>)> =
-                missing.into_iter().map(|(i, b)| (i, b, Arc::new(self.encode_vm(&vms[i], now)))).collect();
+            let encoded: Vec<(usize, Cached)> = missing
+                .into_iter()
+                .map(|(i, at, old)| {
+                    let (c, _) = self.encode_vm(&vms[i], now, old.as_deref());
+                    for (p, (_, f)) in c.parts.iter().enumerate() {
+                        out[at + p] = f.clone();
+                    }
+                    (i, c)
+                })
+                .collect();
             let mut cache = self.cache.vms.lock().unwrap_or_else(PoisonError::into_inner);
-            for (i, b, frags) in encoded {
+            for (i, c) in encoded {
                 let key = vms[i].key();
-                let keep = cache.get(&key).is_some_and(|c| c.basis.revision > b.revision);
+                let keep = cache.get(&key).is_some_and(|old| old.revision > c.revision);
                 if !keep {
-                    cache.insert(key, Cached { basis: b, frags: frags.clone() });
+                    cache.insert(key, c);
                 }
-                out[i] = Some(frags);
             }
         }
         {
@@ -358,8 +497,14 @@ impl VmCollector {
         }
         let node = self.encode_node(vms.len());
         node.text.hash(&mut fp);
-        let frags = out.into_iter().map(|f| f.unwrap_or_default()).collect();
-        (frags, node, fp.finish(), stats)
+        (out, node, fp.finish(), stats)
+    }
+
+    /// Parts encoded so far, by part: each source's (in [`SourceKind::ALL`] order), the
+    /// events', the bridge's.
+    #[cfg(test)]
+    pub(crate) fn parts_encoded(&self) -> Vec<u64> {
+        self.cache.encoded.iter().map(|n| n.load(Ordering::Relaxed)).collect()
     }
 
     /// The whole exposition in `format`, as text.

@@ -751,3 +751,106 @@ fn gzip_bodies_decompress_to_the_plain_exposition_and_are_reused_while_nothing_c
     let om = collector.render_gzip(Format::OpenMetrics, 1);
     assert_ne!(om.as_ptr(), z.as_ptr(), "another format is another body");
 }
+
+#[test]
+fn a_publish_encodes_only_its_sources_part_and_matches_a_cold_full_encode_byte_for_byte() {
+    use crate::source::libvirt::aliases::{Aliases, DeviceLabels};
+    use crate::source::qmp::{BlockExt, QmpSample};
+    use serde_json::json;
+    let now = crate::clock::now_unix;
+    let labelled = |labels: DeviceLabels, cpu: u64| {
+        let mut params = rich_params();
+        for (k, v) in &mut params {
+            if k == "cpu.time" {
+                *v = ParamValue::UInt(cpu);
+            }
+        }
+        let mut s = LibvirtSample::new(params, rich_memory());
+        let aliases =
+            Aliases { disks: [("vda".to_owned(), "ua-rootdisk".to_owned())].into(), nets: Default::default() };
+        s.parsed.apply_aliases(&aliases, labels);
+        source(Some(s), Some(now()))
+    };
+    // QMP names the disk by its device id: its `drive` label comes from libvirt's aliases.
+    let qmp = |failed: u64| {
+        let mut q = QmpSample { status: Some("running".into()), ..rich_qmp() };
+        q.blocks = vec![
+            BlockExt::from_blockstats(&json!({"device": "ua-rootdisk", "stats": {"failed_rd_operations": failed}}))
+                .expect("block"),
+        ];
+        qmp_source(q)
+    };
+    let store = store_with_guest(
+        vec![("a", labelled(DeviceLabels::Auto, 1_000_000_000)), ("b", labelled(DeviceLabels::Auto, 2_000_000_000))],
+        Some(guest_source(rich_guest())),
+    );
+    let key_a = crate::store::VmKey::new("qemu:///system", "uuid-a");
+    store.publish(&key_a, SourceKind::Qmp, qmp(1));
+    let opts = ExportOptions { health_detail: true, ..ExportOptions::default() };
+    let collector =
+        VmCollector::new(store.clone(), "node-1".into(), Duration::from_secs(60)).with_options(opts).observing();
+    let cold = |format| {
+        VmCollector::new(store.clone(), "node-1".into(), Duration::from_secs(60)).with_options(opts).render(format)
+    };
+    let check = |what: &str| {
+        for format in [Format::Prometheus, Format::OpenMetrics] {
+            assert_eq!(collector.render(format), cold(format), "{what}, {format:?}: incremental and cold differ");
+        }
+    };
+    check("first scrape");
+    let part = |kind: SourceKind| SourceKind::ALL.iter().position(|k| *k == kind).expect("a source");
+    let (libvirt, qmp_part, qga, process) =
+        (part(SourceKind::Libvirt), part(SourceKind::Qmp), part(SourceKind::Qga), part(SourceKind::Process));
+    let (events, bridge) = (SourceKind::ALL.len(), SourceKind::ALL.len() + 1);
+    let delta =
+        |before: &[u64]| -> Vec<u64> { collector.parts_encoded().iter().zip(before).map(|(a, b)| a - b).collect() };
+    let want = |parts: &[usize]| -> Vec<u64> {
+        (0..SourceKind::ALL.len() + 2).map(|p| u64::from(parts.contains(&p))).collect()
+    };
+
+    // The guest agent publishes: its part and the bridge's, nothing else.
+    let before = collector.parts_encoded();
+    let mut g = rich_guest();
+    g.transport = "virtio-serial".into();
+    store.publish(&key_a, SourceKind::Qga, guest_source(g));
+    assert_eq!(delta(&before), want(&[qga, bridge]));
+    check("after a guest publish");
+
+    // QMP publishes: its part, the events' (QMP's events and migration), the bridge's.
+    let before = collector.parts_encoded();
+    store.publish(&key_a, SourceKind::Qmp, qmp(7));
+    assert_eq!(delta(&before), want(&[qmp_part, events, bridge]));
+    let text = collector.render(Format::Prometheus);
+    assert!(text.contains("drive=\"rootdisk\""), "QMP's disk labelled by libvirt's alias: {text}");
+    check("after a QMP publish");
+
+    // libvirt publishes with the same aliases: its part, the events', the bridge's.
+    let before = collector.parts_encoded();
+    store.publish(&key_a, SourceKind::Libvirt, labelled(DeviceLabels::Auto, 9_000_000_000));
+    assert_eq!(delta(&before), want(&[libvirt, events, bridge]));
+    check("after a libvirt publish");
+
+    // libvirt labels the disk otherwise (its target name): every part that labels drives by
+    // libvirt's labels is encoded again.
+    let before = collector.parts_encoded();
+    store.publish(&key_a, SourceKind::Libvirt, labelled(DeviceLabels::Target, 9_500_000_000));
+    let d = delta(&before);
+    assert_eq!((d[libvirt], d[qmp_part], d[qga], d[process], d[events], d[bridge]), (1, 1, 1, 1, 1, 1), "{d:?}");
+    let text = collector.render(Format::Prometheus);
+    let a_drives: Vec<&str> = text.lines().filter(|l| l.contains("name=\"a\"") && l.contains("drive=")).collect();
+    assert!(
+        a_drives.iter().any(|l| l.starts_with("kubevirt_vmi_storage_failed_read_operations_total")),
+        "{a_drives:?}"
+    );
+    assert!(
+        a_drives.iter().all(|l| l.contains("drive=\"vda\"") || l.contains("drive=\"drive-virtio-disk0\"")),
+        "{a_drives:?}"
+    );
+    check("after a drive rename");
+
+    // A scrape with nothing changed encodes nothing.
+    let before = collector.parts_encoded();
+    let (_, stats) = collector.render_with_stats(Format::Prometheus);
+    assert_eq!((stats.reused, stats.encoded), (2, 0));
+    assert_eq!(delta(&before), want(&[]));
+}

@@ -24,7 +24,7 @@ use tokio::sync::{Semaphore, oneshot};
 use virt::domain::Domain;
 
 use super::endpoint::Endpoint;
-use super::ffi::{self, ParamValue};
+use super::ffi;
 use super::poller::{STATS_FLAGS, STATS_GROUPS};
 
 /// Most domains in one call: a daemon reads a domain's statistics one domain after another,
@@ -34,8 +34,7 @@ pub const MAX_DOMAINS: usize = 32;
 /// Default of `libvirt.batch_window`.
 pub const DEFAULT_WINDOW: Duration = Duration::from_millis(250);
 
-/// One domain's parameters, as a batch answered them.
-pub type Params = Vec<(String, ParamValue)>;
+pub use super::ffi::Params;
 
 struct Member {
     uuid: String,

@@ -104,14 +104,13 @@ pub fn domain_stats(dom: &Domain, stats: u32, flags: u32) -> Result<Vec<(String,
     Ok(list_stats(&[dom], stats, flags)?.into_iter().flat_map(|(_, p)| p).collect())
 }
 
+/// One domain's typed parameters, owned.
+pub type Params = Vec<(String, ParamValue)>;
+
 /// Bulk stats (`virDomainListGetStats`) for several domains of one connection in one call:
 /// per domain libvirt answered for, its UUID and its parameters, owned. Domains that no longer
 /// exist are left out by libvirt. Blocking: call it from the blocking pool.
-pub fn list_stats(
-    doms: &[&Domain],
-    stats: u32,
-    flags: u32,
-) -> Result<Vec<(String, Vec<(String, ParamValue)>)>, virt::error::Error> {
+pub fn list_stats(doms: &[&Domain], stats: u32, flags: u32) -> Result<Vec<(String, Params)>, virt::error::Error> {
     let mut recs: *mut sys::virDomainStatsRecordPtr = std::ptr::null_mut();
     // SAFETY: the pointers are only passed to libvirt while `doms` borrows the domains.
     let mut list: Vec<sys::virDomainPtr> = doms.iter().map(|d| unsafe { d.as_ptr() }).collect();

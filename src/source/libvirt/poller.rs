@@ -321,7 +321,7 @@ impl Poller for LibvirtPoller {
         }
         let slow = self.polls % SLOW_EVERY == 0;
         self.polls += 1;
-        let out = match self.from_batch(slow).await {
+        let out = match self.stats_from_batch(slow).await {
             Some(out) => out,
             None => self.poll_alone(slow).await,
         };
@@ -343,7 +343,7 @@ impl LibvirtPoller {
     /// caller, or a call stuck on this hung VM, holds it) or names other devices or another
     /// vCPU count go alone: those need the monitor's state, the job, the aliases or the
     /// pinning, which only a call of the domain's own reads.
-    async fn from_batch(&mut self, slow: bool) -> Option<Result<SourceSample, PollError>> {
+    async fn stats_from_batch(&mut self, slow: bool) -> Option<Result<SourceSample, PollError>> {
         if !self.batchable || slow || self.job_was_active || self.aliases.is_none() {
             return None;
         }
