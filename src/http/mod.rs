@@ -477,3 +477,39 @@ where
         tracing::info!(drain = ?DRAIN, "connections still open after the drain deadline; closing them");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(budget: usize) -> App {
+        let store = Arc::new(Store::new(["qemu:///system"]));
+        let http = Arc::new(limits::HttpStats {
+            budget: Arc::new(budget::ReplyBudget::new(budget)),
+            ..limits::HttpStats::default()
+        });
+        let collector =
+            VmCollector::new(store.clone(), "node-1".into(), Duration::from_secs(60)).with_http(http).observing();
+        App { store, collector, node: "node-1".into(), debug_token: None }
+    }
+
+    #[test]
+    fn metrics_is_shed_with_retry_after_while_the_reply_budget_is_full_and_served_once_it_frees() {
+        let app = app(1 << 20);
+        let size = app.collector.render_bytes(Format::Prometheus).len();
+        assert!(size >= budget::UNCHARGED_BELOW, "{size} bytes: too small to be charged");
+        // Something else holds all but a few bytes of the budget.
+        let other = app.collector.reply_budget().charge(vec![0u8; (1 << 20) - 16]).expect("fits");
+        let r = metrics(&app, None, None);
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers().get(warp::http::header::RETRY_AFTER).and_then(|v| v.to_str().ok()), Some("1"));
+        let r = metrics(&app, None, Some("gzip"));
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "gzip bodies are charged too");
+        drop(other);
+        let r = metrics(&app, None, None);
+        assert_eq!(r.status(), StatusCode::OK);
+        // The shed requests are exported (and the body, made after, shows them).
+        assert!(String::from_utf8_lossy(r.body()).contains("vmbridge_http_replies_shed_total{node=\"node-1\"} 2"));
+        assert_eq!(app.collector.reply_budget().shed(), 2);
+    }
+}
