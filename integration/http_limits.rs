@@ -246,3 +246,119 @@ fn silent_tls_clients_are_dropped_at_the_header_timeout_and_https_keeps_answerin
     drop(held);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// One HTTP/2 frame: 9-byte header (length, type, flags, stream) and payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).expect("frame length").to_be_bytes();
+    let mut f = vec![len[1], len[2], len[3], kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// An HTTP/2 client (cleartext, prior knowledge) that sends `streams` requests for
+/// `/metrics` at once and never reads a byte of what comes back: not the replies, not even the
+/// server's SETTINGS. Written frame by frame (HPACK without indexing or Huffman), so nothing in
+/// it reads, acknowledges or opens a flow-control window the way a client library would.
+fn hostile_h2(addr: std::net::SocketAddr, streams: u32) -> TcpStream {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(0x4, 0, 0, &[])); // SETTINGS, all defaults
+    // :method GET (static 2), :scheme http (static 6), :path /metrics (name 4, literal value),
+    // :authority x (name 1, literal value).
+    let mut block = vec![0x82, 0x86, 0x04, 8];
+    block.extend_from_slice(b"/metrics");
+    block.extend_from_slice(&[0x01, 1, b'x']);
+    for i in 0..streams {
+        out.extend(h2_frame(0x1, 0x4 | 0x1, 2 * i + 1, &block)); // HEADERS, END_HEADERS | END_STREAM
+    }
+    let _ = s.write_all(&out);
+    s
+}
+
+#[test]
+fn http2_clients_that_never_read_their_replies_cannot_exhaust_memory() {
+    const CONNS: usize = 50;
+    const STREAMS: u32 = 200;
+    let _serial = serial();
+    let dir = scratch("h2");
+    let cfg = dir.join("vmbridge.toml");
+    std::fs::write(
+        &cfg,
+        "[libvirt]\nuris = [\"test:///default\"]\n[http]\nheader_timeout = \"2s\"\nidle_timeout = \"4s\"\n\
+         max_connections = 256\nwrite_timeout = \"20s\"\n",
+    )
+    .expect("config");
+    let bridge = Bridge::start_without_libvirt(&["--config", cfg.to_str().unwrap()]);
+    let pid = bridge.pid();
+    eventually(Duration::from_secs(20), "the first scrape", || bridge.get("/metrics", None).status == 200);
+    let reply = bridge.get("/metrics", None).body.len() as u64;
+    let (fds0, rss0) = (open_fds(pid), rss_bytes(pid));
+    // What vmbridge may hold for these clients: a few private copies of the reply per
+    // connection (it shares one body; this leaves room for a new body per scrape), plus
+    // per-connection buffers. Without any bound it holds every reply of every stream:
+    // CONNS x STREAMS x reply.
+    let bound = rss0 + (24 << 20) + CONNS as u64 * 8 * reply;
+
+    let held: Vec<TcpStream> = (0..CONNS).map(|_| hostile_h2(bridge.addr, STREAMS)).collect();
+    // A PING on every connection twice a second keeps it from the idle deadline: only the
+    // replies it never reads make it stall.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pinger = {
+        let mut conns: Vec<TcpStream> = held.iter().map(|s| s.try_clone().expect("clone")).collect();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for s in &mut conns {
+                    let _ = s.write_all(&h2_frame(0x6, 0, 0, &[0u8; 8]));
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        })
+    };
+
+    // While they hold their connections, a fresh scrape is answered, and sees them open.
+    let (status, body) = try_get(bridge.addr, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    let open = Exposition::parse(body.split("\r\n\r\n").nth(1).unwrap_or_default())
+        .value("vmbridge_http_connections", &[("listener", "public")])
+        .expect("open connections gauge");
+    assert!(open >= CONNS as f64, "only {open} connections open while {CONNS} hostile ones are held");
+
+    // Until vmbridge has closed every hostile connection at the write deadline (a peer that
+    // reads nothing), its RSS stays under the bound.
+    let mut peak = rss_bytes(pid);
+    let closed = || {
+        let (status, body) = try_get(bridge.addr, "/metrics");
+        (status == 200)
+            .then(|| {
+                Exposition::parse(body.split("\r\n\r\n").nth(1).unwrap_or_default()).value(
+                    "vmbridge_http_connections_closed_total",
+                    &[("listener", "public"), ("reason", "write_timeout")],
+                )
+            })
+            .flatten()
+            .unwrap_or(0.0)
+    };
+    let took = eventually(Duration::from_secs(90), "the hostile connections to meet the write deadline", || {
+        peak = peak.max(rss_bytes(pid));
+        assert!(
+            peak < bound,
+            "RSS {rss0} -> {peak} bytes with {CONNS} x {STREAMS} unread replies of {reply} bytes (bound {bound})"
+        );
+        closed() >= CONNS as f64
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    pinger.join().expect("pinger");
+    let fds_back = eventually(Duration::from_secs(30), "descriptors to fall back", || open_fds(pid) <= fds0 + 4);
+    let shed = bridge.metrics().value("vmbridge_http_replies_shed_total", &[]).expect("shed counter");
+    eprintln!(
+        "{CONNS} x {STREAMS} unread HTTP/2 replies of {reply} bytes: RSS {} -> peak {} MiB (bound {} MiB); \
+         closed at the write deadline within {took:?}, fds back within {fds_back:?}; {shed} requests shed",
+        rss0 >> 20,
+        peak >> 20,
+        bound >> 20
+    );
+    drop(held);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1331,7 +1331,18 @@ family!(
     Bridge,
     "vmbridge",
     Node,
-    "HTTP connections vmbridge closed or refused, per listener and reason: header_timeout, idle_timeout, evicted (room for a new one), refused (503 at the cap), error (the client's)."
+    "HTTP connections vmbridge closed or refused, per listener and reason: header_timeout, idle_timeout, write_timeout (a reply its peer did not read within http.write_timeout), evicted (room for a new one), refused (503 at the cap), error (the client's)."
+);
+family!(
+    HTTP_SHED,
+    "vmbridge_http_replies_shed",
+    Counter,
+    N,
+    [],
+    Bridge,
+    "vmbridge",
+    Node,
+    "Requests answered 503 (with Retry-After) because the reply budget, http.reply_budget_bytes over both listeners, had no room for a new body: replies that peers read slowly or not at all hold it until written or until http.write_timeout."
 );
 family!(
     LAUNCHER_DAEMONS,
@@ -1461,7 +1472,7 @@ impl Selection {
 }
 
 /// vmbridge's own families (written by `collector::bridge`), in order.
-pub const BRIDGE: [&MetricDef; 22] = [
+pub const BRIDGE: [&MetricDef; 23] = [
     &SOURCE_UP,
     &BREAKER_STATE,
     &SOURCE_LAST_SUCCESS,
@@ -1483,6 +1494,7 @@ pub const BRIDGE: [&MetricDef; 22] = [
     &ENDPOINT_BATCHED_POLLS,
     &HTTP_CONNECTIONS,
     &HTTP_CLOSED,
+    &HTTP_SHED,
     &LAUNCHER_DAEMONS,
 ];
 

@@ -196,6 +196,13 @@ pub struct HttpFileConfig {
     /// Open connections at most; past it the longest-parked connection (at least 1 s in its
     /// state) makes room, else the new one gets a 503. Default 256.
     pub max_connections: Option<usize>,
+    /// A reply not handed to the socket this long after it was ready (a peer that does not
+    /// read: its HTTP/2 window or its socket stays full) closes its connection. Default `30s`.
+    pub write_timeout: Option<String>,
+    /// Bytes of reply bodies held at once over both listeners (a body shared by concurrent
+    /// scrapes counts once); a request whose new body does not fit gets a 503 with
+    /// `Retry-After`. Default 33554432 (32 MiB).
+    pub reply_budget_bytes: Option<usize>,
 }
 
 /// `[poll]`.
@@ -352,6 +359,8 @@ pub struct Settings {
     pub sources: Sources,
     /// HTTP client limits.
     pub http: crate::http::limits::Limits,
+    /// Bytes of reply bodies held at once, both listeners together.
+    pub reply_budget_bytes: usize,
     /// The families exported.
     pub selection: crate::catalogue::Selection,
     /// Every family for every VM, NaN where absent.
@@ -567,9 +576,14 @@ impl FileConfig {
             ),
             idle_timeout: check.duration("http.idle_timeout", &self.http.idle_timeout, http_defaults.idle_timeout),
             max_connections: self.http.max_connections.unwrap_or(http_defaults.max_connections),
+            write_timeout: check.duration("http.write_timeout", &self.http.write_timeout, http_defaults.write_timeout),
         };
         if !(1..=100_000).contains(&http.max_connections) {
             check.err("http.max_connections", "must be between 1 and 100000");
+        }
+        let reply_budget_bytes = self.http.reply_budget_bytes.unwrap_or(crate::http::budget::DEFAULT_BUDGET);
+        if !(1 << 20..=1 << 31).contains(&reply_budget_bytes) {
+            check.err("http.reply_budget_bytes", "must be between 1048576 and 2147483648");
         }
         let selection = crate::catalogue::Selection { profile: self.metrics_profile.unwrap_or_default(), groups };
         let qga = crate::source::qga::config::validate(&self.qga, &mut check);
@@ -623,6 +637,7 @@ impl FileConfig {
             health_detail: self.health_detail.unwrap_or(false),
             selection,
             http,
+            reply_budget_bytes,
             sources: Sources {
                 libvirt: crate::source::libvirt::LibvirtSettings {
                     device_labels: self.libvirt.device_labels.unwrap_or_default(),

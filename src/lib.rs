@@ -142,7 +142,10 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> Result<(), RunE
         keep_ephemeral: settings.keep_ephemeral,
         health_detail: settings.health_detail,
     };
-    let http_stats = Arc::new(http::limits::HttpStats::default());
+    let http_stats = Arc::new(http::limits::HttpStats {
+        budget: Arc::new(http::budget::ReplyBudget::new(settings.reply_budget_bytes)),
+        ..http::limits::HttpStats::default()
+    });
     let collector = VmCollector::new(store.clone(), settings.node_name.clone(), settings.staleness)
         .with_options(options)
         .with_selection(settings.selection.clone())

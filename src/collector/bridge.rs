@@ -150,6 +150,8 @@ pub(super) fn encode_node(enc: &mut crate::collector::Out<'_>, n: &NodeView<'_>)
             f.sample(&[("node", node), ("listener", name), ("reason", reason)], n as f64)?;
         }
     }
+    let mut f = family(enc, &c::HTTP_SHED)?;
+    f.sample(&[("node", node)], http.budget.shed() as f64)?;
     let mut f = family(enc, &c::LAUNCHER_DAEMONS)?;
     if let Some(l) = launchers {
         for (status, n) in [("accepted", l.accepted), ("untrusted", l.untrusted), ("over_cap", l.over_cap)] {

@@ -21,6 +21,7 @@ use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
 use crate::catalogue::{self, Kind, MetricDef};
 use crate::clock::now_unix;
+use crate::http::budget::OverBudget;
 use crate::source::{Source, SourceKind, Visit};
 use crate::store::{Observer, SourceSnapshot, VmKey, VmSnapshot};
 
@@ -296,13 +297,16 @@ struct Cached {
 #[derive(Debug, Default)]
 pub(crate) struct Cache {
     vms: Mutex<HashMap<VmKey, Cached>>,
-    gzip: Mutex<Option<GzipCached>>,
+    gzip: Mutex<Option<BodyCached>>,
+    plain: Mutex<Option<BodyCached>>,
     /// Parts encoded so far, by part (for the tests).
     encoded: [std::sync::atomic::AtomicU64; PARTS],
 }
 
+/// A whole body, and what it was made from: every concurrent scrape of an unchanged
+/// exposition shares it (its storage, and its one charge to the reply budget).
 #[derive(Debug)]
-struct GzipCached {
+struct BodyCached {
     format: Format,
     fingerprint: u64,
     body: bytes::Bytes,
@@ -529,20 +533,35 @@ impl VmCollector {
     }
 
     /// The exposition gzip-compressed at `level` (0–9), reused while nothing it was made from
-    /// has changed.
-    pub fn render_gzip(&self, format: Format, level: u32) -> bytes::Bytes {
+    /// has changed. A new body is charged to the reply budget; [`OverBudget`] when it has no
+    /// room.
+    pub fn render_gzip(&self, format: Format, level: u32) -> Result<bytes::Bytes, OverBudget> {
+        self.shared(&self.cache.gzip, format, |plain| gzip(&plain, level))
+    }
+
+    /// The exposition as [`render_bytes`](Self::render_bytes) makes it, as one body shared
+    /// by every scrape while nothing it was made from has changed (as [`render_gzip`](Self::render_gzip)).
+    pub fn render_shared(&self, format: Format) -> Result<bytes::Bytes, OverBudget> {
+        self.shared(&self.cache.plain, format, |plain| plain)
+    }
+
+    fn shared(
+        &self,
+        slot: &Mutex<Option<BodyCached>>,
+        format: Format,
+        make: impl FnOnce(Vec<u8>) -> Vec<u8>,
+    ) -> Result<bytes::Bytes, OverBudget> {
         let (vms, node, fingerprint, _) = self.gather();
         {
-            let g = self.cache.gzip.lock().unwrap_or_else(PoisonError::into_inner);
+            let g = slot.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(g) = g.as_ref().filter(|g| g.format == format && g.fingerprint == fingerprint) {
-                return g.body.clone();
+                return Ok(g.body.clone());
             }
         }
-        let plain = concat(format, &self.selection, &vms, &node);
-        let body = bytes::Bytes::from(gzip(&plain, level));
-        *self.cache.gzip.lock().unwrap_or_else(PoisonError::into_inner) =
-            Some(GzipCached { format, fingerprint, body: body.clone() });
-        body
+        let body = self.http.budget.charge(make(concat(format, &self.selection, &vms, &node)))?;
+        *slot.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(BodyCached { format, fingerprint, body: body.clone() });
+        Ok(body)
     }
 }
 

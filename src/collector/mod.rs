@@ -97,6 +97,11 @@ impl VmCollector {
         self
     }
 
+    /// The reply budget its bodies are charged to (shared with every HTTP reply).
+    pub fn reply_budget(&self) -> &crate::http::budget::ReplyBudget {
+        &self.http.budget
+    }
+
     /// Shared, and told by `store` of every change, so a VM is encoded when its sources
     /// publish rather than at scrape time.
     pub fn observing(self) -> Arc<Self> {

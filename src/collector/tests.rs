@@ -742,13 +742,13 @@ fn gzip_bodies_decompress_to_the_plain_exposition_and_are_reused_while_nothing_c
     let sample = LibvirtSample::new(rich_params(), rich_memory());
     let store = store_with(vec![("a", source(Some(sample), Some(crate::clock::now_unix())))]);
     let collector = VmCollector::new(store, "node-1".into(), Duration::from_secs(60)).observing();
-    let z = collector.render_gzip(Format::Prometheus, 1);
+    let z = collector.render_gzip(Format::Prometheus, 1).expect("within the reply budget");
     let mut plain = String::new();
     std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&z[..]), &mut plain).expect("gunzip");
     assert_eq!(plain, collector.render(Format::Prometheus));
-    let again = collector.render_gzip(Format::Prometheus, 1);
+    let again = collector.render_gzip(Format::Prometheus, 1).expect("within the reply budget");
     assert_eq!(again.as_ptr(), z.as_ptr(), "the same body, not compressed again");
-    let om = collector.render_gzip(Format::OpenMetrics, 1);
+    let om = collector.render_gzip(Format::OpenMetrics, 1).expect("within the reply budget");
     assert_ne!(om.as_ptr(), z.as_ptr(), "another format is another body");
 }
 
@@ -853,4 +853,39 @@ fn a_publish_encodes_only_its_sources_part_and_matches_a_cold_full_encode_byte_f
     let (_, stats) = collector.render_with_stats(Format::Prometheus);
     assert_eq!((stats.reused, stats.encoded), (2, 0));
     assert_eq!(delta(&before), want(&[]));
+}
+
+#[test]
+fn plain_bodies_are_shared_between_scrapes_and_charged_once_to_the_reply_budget() {
+    use crate::http::budget::{OverBudget, ReplyBudget};
+    use crate::http::limits::HttpStats;
+    let sample = LibvirtSample::new(rich_params(), rich_memory());
+    let store = store_with(vec![("a", source(Some(sample), Some(crate::clock::now_unix())))]);
+    let http = Arc::new(HttpStats { budget: Arc::new(ReplyBudget::new(1 << 20)), ..HttpStats::default() });
+    let collector =
+        VmCollector::new(store.clone(), "node-1".into(), Duration::from_secs(60)).with_http(http.clone()).observing();
+    let body = collector.render_shared(Format::Prometheus).expect("within the reply budget");
+    assert_eq!(&body[..], &collector.render_bytes(Format::Prometheus)[..]);
+    assert!(body.len() >= crate::http::budget::UNCHARGED_BELOW, "{} bytes: too small to be charged", body.len());
+    let held = http.budget.held();
+    assert_eq!(held, body.len());
+    // A second scrape of the unchanged exposition shares the body and its charge.
+    let again = collector.render_shared(Format::Prometheus).expect("shared");
+    assert_eq!(again.as_ptr(), body.as_ptr(), "the same body, not a copy");
+    assert_eq!(http.budget.held(), held);
+    // Another format is another body, charged too; both are given back once nobody holds them.
+    let om = collector.render_shared(Format::OpenMetrics).expect("within the reply budget");
+    assert_ne!(om.as_ptr(), body.as_ptr());
+    assert_eq!(http.budget.held(), body.len() + om.len());
+    drop((body, again));
+    assert_eq!(http.budget.held(), om.len(), "the cache now holds the OpenMetrics body only");
+
+    // With a budget too small for a second body while the first is held, a new body is refused.
+    let size = collector.render_bytes(Format::Prometheus).len();
+    let http = Arc::new(HttpStats { budget: Arc::new(ReplyBudget::new(size + 10)), ..HttpStats::default() });
+    let tight = VmCollector::new(store, "node-1".into(), Duration::from_secs(60)).with_http(http.clone()).observing();
+    let first = tight.render_shared(Format::Prometheus).expect("the first fits");
+    assert_eq!(tight.render_shared(Format::OpenMetrics), Err(OverBudget));
+    assert_eq!(http.budget.shed(), 1);
+    drop(first);
 }

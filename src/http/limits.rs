@@ -5,6 +5,9 @@
 //!   requests and half-sent ones.
 //! - **Idle deadline.** A keep-alive connection that carries no new request for `idle_timeout`
 //!   is closed. Set it longer than any scrape interval.
+//! - **Write deadline.** A reply must be handed to the socket within `write_timeout` of being
+//!   ready. A peer that reads nothing (its HTTP/2 flow-control window never opens, or its socket
+//!   is never drained) is closed then, and what it held is released.
 //! - **Connection cap.** At most `max_connections` connections are open per listener. When the
 //!   cap is reached, a new connection evicts the connection that has been longest in its
 //!   current state, provided that is at least [`EVICTABLE_AFTER`]. Otherwise the new one
@@ -39,11 +42,18 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Open connections at most.
     pub max_connections: usize,
+    /// From a reply being ready to its last byte handed to the socket.
+    pub write_timeout: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { header_timeout: Duration::from_secs(10), idle_timeout: Duration::from_secs(120), max_connections: 256 }
+        Limits {
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+            max_connections: 256,
+            write_timeout: Duration::from_secs(30),
+        }
     }
 }
 
@@ -57,6 +67,8 @@ pub struct ListenerStats {
     pub header_timeout: AtomicU64,
     /// Closed at the idle deadline.
     pub idle_timeout: AtomicU64,
+    /// Closed at the write deadline (a reply the peer did not read).
+    pub write_timeout: AtomicU64,
     /// Closed to make room for a new connection.
     pub evicted: AtomicU64,
     /// Refused at the cap (503).
@@ -67,11 +79,12 @@ pub struct ListenerStats {
 
 impl ListenerStats {
     /// `(reason label, count)` for every reason.
-    pub fn closed(&self) -> [(&'static str, u64); 5] {
+    pub fn closed(&self) -> [(&'static str, u64); 6] {
         let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("header_timeout", l(&self.header_timeout)),
             ("idle_timeout", l(&self.idle_timeout)),
+            ("write_timeout", l(&self.write_timeout)),
             ("evicted", l(&self.evicted)),
             ("refused", l(&self.refused)),
             ("error", l(&self.errors)),
@@ -79,13 +92,15 @@ impl ListenerStats {
     }
 }
 
-/// Both listeners' figures.
+/// Both listeners' figures, and the reply budget they share.
 #[derive(Debug, Default)]
 pub struct HttpStats {
     /// The public port.
     pub public: Arc<ListenerStats>,
     /// The debug listener.
     pub debug: Arc<ListenerStats>,
+    /// Bytes of reply bodies held, over both listeners (`vmbridge_http_reply_bytes`).
+    pub budget: Arc<super::budget::ReplyBudget>,
 }
 
 /// One open connection, as the tracker sees it.
@@ -95,8 +110,58 @@ struct Ctl {
     since_ms: AtomicU64,
     /// Set to close it.
     evict: AtomicBool,
-    /// Wakes its task after `evict` is set.
+    /// Wakes its task after `evict` is set, or a reply starts.
     waker: AtomicWaker,
+    /// Replies ready and not yet handed to the socket: (id, ready at).
+    replies: Mutex<Vec<(u64, Instant)>>,
+    /// `replies.len()`, read without the lock.
+    pending: AtomicU64,
+    next_reply: AtomicU64,
+}
+
+impl Ctl {
+    /// When the oldest reply still being written became ready.
+    fn oldest_reply(&self) -> Option<Instant> {
+        if self.pending.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        self.replies.lock().ok()?.iter().map(|r| r.1).min()
+    }
+}
+
+/// A connection's replies, for the write deadline: [`ConnReplies::start`] as each reply is
+/// ready; the guard it returns is dropped once the reply's last byte left.
+#[derive(Debug, Clone)]
+pub struct ConnReplies(Arc<Ctl>);
+
+impl ConnReplies {
+    /// A reply of this connection is ready: its write deadline starts now.
+    pub fn start(&self) -> ReplyGuard {
+        let id = self.0.next_reply.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut r) = self.0.replies.lock() {
+            r.push((id, Instant::now()));
+            self.0.pending.store(r.len() as u64, Ordering::Release);
+        }
+        // The connection's task arms the deadline when it next polls its socket.
+        self.0.waker.wake();
+        ReplyGuard { ctl: self.0.clone(), id }
+    }
+}
+
+/// One reply being written; see [`ConnReplies::start`].
+#[derive(Debug)]
+pub struct ReplyGuard {
+    ctl: Arc<Ctl>,
+    id: u64,
+}
+
+impl Drop for ReplyGuard {
+    fn drop(&mut self) {
+        if let Ok(mut r) = self.ctl.replies.lock() {
+            r.retain(|e| e.0 != self.id);
+            self.ctl.pending.store(r.len() as u64, Ordering::Release);
+        }
+    }
 }
 
 /// Admits connections to one listener under [`Limits`].
@@ -132,6 +197,13 @@ impl Drop for Slot {
         if removed {
             self.tracker.stats.open.fetch_sub(1, Ordering::Relaxed);
         }
+    }
+}
+
+impl Slot {
+    /// Its connection's replies, for the write deadline.
+    pub fn replies(&self) -> ConnReplies {
+        ConnReplies(self.ctl.clone())
     }
 }
 
@@ -203,6 +275,9 @@ pub struct Limited<IO> {
     /// A request is due (its head has begun or the connection is new), else idle.
     request_due: bool,
     deadline: Pin<Box<Sleep>>,
+    /// The write deadline, and the time it is armed for (none while no reply is being written).
+    write_deadline: Pin<Box<Sleep>>,
+    write_due: Option<Instant>,
     /// Counted once: the eviction or timeout that closed it.
     closed: bool,
 }
@@ -211,7 +286,15 @@ impl<IO> Limited<IO> {
     /// Wraps a just-accepted connection: its first request is due within the header timeout.
     pub fn new(io: IO, slot: Slot) -> Self {
         let d = Instant::now() + slot.tracker.limits.header_timeout;
-        Limited { io, slot, request_due: true, deadline: Box::pin(tokio::time::sleep_until(d)), closed: false }
+        Limited {
+            io,
+            slot,
+            request_due: true,
+            deadline: Box::pin(tokio::time::sleep_until(d)),
+            write_deadline: Box::pin(tokio::time::sleep_until(d)),
+            write_due: None,
+            closed: false,
+        }
     }
 
     fn enter(&mut self, request_due: bool) {
@@ -223,13 +306,36 @@ impl<IO> Limited<IO> {
     }
 
     /// Fails once the connection was evicted (counted by the tracker).
-    fn evicted(&mut self, cx: &Context<'_>) -> Option<io::Error> {
+    fn evicted(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
         self.slot.ctl.waker.register(cx.waker());
         if self.slot.ctl.evict.load(Ordering::Relaxed) {
             self.closed = true;
             return Some(io::Error::new(io::ErrorKind::ConnectionAborted, "evicted to make room for a new connection"));
         }
-        None
+        self.stalled(cx)
+    }
+
+    /// Fails once a reply has waited for the peer longer than the write timeout (counted
+    /// here). Called on every read and write: the connection's task reads all along under
+    /// HTTP/2, and an HTTP/1 reply in a full socket retries its write.
+    fn stalled(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        let Some(oldest) = self.slot.ctl.oldest_reply() else {
+            self.write_due = None;
+            return None;
+        };
+        let due = oldest + self.slot.tracker.limits.write_timeout;
+        if self.write_due != Some(due) {
+            self.write_due = Some(due);
+            self.write_deadline.as_mut().reset(due);
+        }
+        if self.write_deadline.as_mut().poll(cx).is_pending() {
+            return None;
+        }
+        if !self.closed {
+            self.closed = true;
+            self.slot.tracker.stats.write_timeout.fetch_add(1, Ordering::Relaxed);
+        }
+        Some(io::Error::new(io::ErrorKind::TimedOut, "the peer did not read its reply in time"))
     }
 }
 
@@ -282,7 +388,11 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Limited<IO> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let this = &mut *self;
+        if let Some(e) = this.evicted(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.io).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -300,7 +410,7 @@ mod tests {
     }
 
     fn limits(max: usize) -> Limits {
-        Limits { header_timeout: Duration::from_secs(10), idle_timeout: Duration::from_secs(120), max_connections: max }
+        Limits { max_connections: max, ..Limits::default() }
     }
 
     #[tokio::test(start_paused = true)]
@@ -400,5 +510,58 @@ mod tests {
         drop(b);
         assert_eq!(t.open(), 1);
         assert_eq!(s.open.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reply_the_peer_does_not_read_closes_its_connection_at_the_write_timeout() {
+        let s = stats();
+        let t = Tracker::new(Limits { write_timeout: Duration::from_secs(30), ..limits(4) }, s.clone());
+        let Admission::Admitted(slot) = t.admit() else { panic!("admitted") };
+        let replies = slot.replies();
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut conn = Limited::new(server, slot);
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.expect("write");
+        let mut buf = [0u8; 64];
+        assert!(conn.read(&mut buf).await.expect("read") > 0);
+        // A reply written in time: its guard goes, and nothing is closed.
+        let quick = replies.start();
+        tokio::time::advance(Duration::from_secs(20)).await;
+        drop(quick);
+        conn.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.expect("reply");
+        // The next reply is never read: at 30 s (before the idle deadline, 120 s), the
+        // connection is closed.
+        let started = Instant::now();
+        let _stuck = replies.start();
+        let err = conn.read(&mut buf).await.expect_err("write deadline");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
+        assert_eq!(s.write_timeout.load(Ordering::Relaxed), 1);
+        assert_eq!(s.idle_timeout.load(Ordering::Relaxed) + s.header_timeout.load(Ordering::Relaxed), 0);
+        // Writes fail too, and the close is counted once.
+        assert!(conn.write_all(b"more").await.is_err());
+        assert_eq!(s.write_timeout.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_write_deadline_runs_from_the_oldest_reply_still_unwritten() {
+        let s = stats();
+        let t = Tracker::new(Limits { write_timeout: Duration::from_secs(30), ..limits(4) }, s.clone());
+        let Admission::Admitted(slot) = t.admit() else { panic!("admitted") };
+        let replies = slot.replies();
+        let (_client, server) = tokio::io::duplex(1024);
+        let mut conn = Limited::new(server, slot);
+        conn.write_all(b"x").await.expect("write");
+        let first = replies.start();
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let _second = replies.start();
+        // The first goes at 25 s: the second, ready at 10 s, is due at 40 s.
+        tokio::time::advance(Duration::from_secs(15)).await;
+        drop(first);
+        let started = Instant::now();
+        let mut buf = [0u8; 8];
+        let err = conn.read(&mut buf).await.expect_err("write deadline");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(15));
+        assert_eq!(s.write_timeout.load(Ordering::Relaxed), 1);
     }
 }

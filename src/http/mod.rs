@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use warp::Filter;
 use warp::http::{Response, StatusCode, header::CONTENT_TYPE};
 
+pub mod budget;
 pub mod limits;
 
 use crate::collector::VmCollector;
@@ -45,9 +46,24 @@ fn reply(status: StatusCode, content_type: &str, body: impl Into<bytes::Bytes>) 
     r
 }
 
-fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Reply {
-    match serde_json::to_string_pretty(v) {
-        Ok(body) => reply(status, "application/json", body),
+/// A reply whose body is charged to the reply budget ([`budget`]); 503 when it has no room.
+fn charged(app: &App, status: StatusCode, content_type: &str, body: Vec<u8>) -> Reply {
+    match app.collector.reply_budget().charge(body) {
+        Ok(body) => reply(status, content_type, body),
+        Err(budget::OverBudget) => over_budget(),
+    }
+}
+
+/// `503` with `Retry-After`: the reply budget has no room for this body now.
+fn over_budget() -> Reply {
+    let mut r = reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "reply budget exhausted, retry shortly\n");
+    r.headers_mut().insert(warp::http::header::RETRY_AFTER, warp::http::HeaderValue::from(budget::RETRY_AFTER_SECONDS));
+    r
+}
+
+fn json<T: serde::Serialize>(app: &App, status: StatusCode, v: &T) -> Reply {
+    match serde_json::to_vec_pretty(v) {
+        Ok(body) => charged(app, status, "application/json", body),
         Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("cannot serialise: {e}\n")),
     }
 }
@@ -70,16 +86,17 @@ pub fn accepts_gzip(accept_encoding: Option<&str>) -> bool {
 }
 
 /// `/metrics`: the pre-encoded exposition in the format `accept` asks for, gzip-compressed
-/// when `accept_encoding` allows it.
+/// when `accept_encoding` allows it. Concurrent scrapes of an unchanged exposition share one
+/// body; a new body that does not fit in the reply budget gets a 503 with `Retry-After`.
 pub fn metrics(app: &App, accept: Option<&str>, accept_encoding: Option<&str>) -> Reply {
     let format = Format::negotiate(accept);
-    let mut r = if accepts_gzip(accept_encoding) {
-        let mut r = reply(StatusCode::OK, format.content_type(), app.collector.render_gzip(format, GZIP_LEVEL));
+    let gzip = accepts_gzip(accept_encoding);
+    let body = if gzip { app.collector.render_gzip(format, GZIP_LEVEL) } else { app.collector.render_shared(format) };
+    let Ok(body) = body else { return over_budget() };
+    let mut r = reply(StatusCode::OK, format.content_type(), body);
+    if gzip {
         r.headers_mut().insert(warp::http::header::CONTENT_ENCODING, warp::http::HeaderValue::from_static("gzip"));
-        r
-    } else {
-        reply(StatusCode::OK, format.content_type(), app.collector.render_bytes(format))
-    };
+    }
     r.headers_mut().insert(warp::http::header::VARY, warp::http::HeaderValue::from_static("Accept-Encoding"));
     r
 }
@@ -99,11 +116,11 @@ pub fn readyz(app: &App) -> Reply {
 /// `/debug/vms/{namespace}/{name}`.
 pub fn debug_vm(app: &App, namespace: &str, name: &str) -> Reply {
     let (Some(namespace), Some(name)) = (debug::decode_segment(namespace), debug::decode_segment(name)) else {
-        return json(StatusCode::BAD_REQUEST, &serde_json::json!({"error": "path is not UTF-8"}));
+        return json(app, StatusCode::BAD_REQUEST, &serde_json::json!({"error": "path is not UTF-8"}));
     };
     match debug::vm(&app.store, &app.node, &VmId { namespace, name }) {
-        Some(doc) => json(StatusCode::OK, &doc),
-        None => json(StatusCode::NOT_FOUND, &serde_json::json!({"error": "no such VM"})),
+        Some(doc) => json(app, StatusCode::OK, &doc),
+        None => json(app, StatusCode::NOT_FOUND, &serde_json::json!({"error": "no such VM"})),
     }
 }
 
@@ -131,7 +148,7 @@ pub fn debug_routes(
     let index = warp::path!("debug" / "vms")
         .and(warp::get())
         .and(with_app(app.clone()))
-        .map(|app: Arc<App>| json(StatusCode::OK, &debug::index(&app.store, &app.node)));
+        .map(|app: Arc<App>| json(&app, StatusCode::OK, &debug::index(&app.store, &app.node)));
     let vm = warp::path!("debug" / "vms" / String / String)
         .and(warp::get())
         .and(with_app(app))
@@ -146,7 +163,7 @@ pub fn debug_listener_routes(
 ) -> impl Filter<Extract = (Reply,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
     let page = warp::path::end().and(warp::get()).and(with_app(app.clone())).map(|app: Arc<App>| {
         let html = crate::status::render(&debug::index(&app.store, &app.node));
-        reply(StatusCode::OK, "text/html; charset=utf-8", html)
+        charged(&app, StatusCode::OK, "text/html; charset=utf-8", html.into_bytes())
     });
     let metrics = warp::path!("metrics")
         .and(warp::get())
@@ -250,6 +267,119 @@ fn ours(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// HTTP/2 streams open at once per connection (hyper's default is 200). A scraper uses one;
+/// each stream may hold a reply its peer has not read yet.
+pub const H2_MAX_STREAMS: u32 = 4;
+
+/// HTTP/2 receive windows (stream, connection): vmbridge serves GETs, so a request body is
+/// never read, and what a client may push before it is refused stays small (hyper's
+/// defaults: 1 MiB each).
+pub const H2_WINDOWS: (u32, u32) = (16 << 10, 64 << 10);
+
+/// HTTP/2 reply data buffered per stream (hyper's default: 400 KiB).
+pub const H2_MAX_SEND_BUF: usize = 64 << 10;
+
+/// HTTP/2 request header list, bytes at most (hyper's default, made explicit).
+pub const H2_MAX_HEADER_LIST: u32 = 16 << 10;
+
+/// The connection builder: HTTP/1.1 and HTTP/2 under the bounds above.
+fn builder() -> hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor> {
+    let mut b = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    b.http2()
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .initial_stream_window_size(H2_WINDOWS.0)
+        .initial_connection_window_size(H2_WINDOWS.1)
+        .max_send_buf_size(H2_MAX_SEND_BUF)
+        .max_header_list_size(H2_MAX_HEADER_LIST);
+    b
+}
+
+/// A connection's service: every reply's body data carries a guard of the connection's
+/// write deadline ([`limits::ConnReplies`]) until the last of it has been handed to the
+/// socket, however the protocol buffers it (an HTTP/2 stream without window keeps it).
+#[derive(Clone)]
+struct Tracked<S> {
+    inner: S,
+    replies: limits::ConnReplies,
+}
+
+impl<S, R, B> hyper::service::Service<R> for Tracked<S>
+where
+    S: hyper::service::Service<R, Response = warp::http::Response<B>>,
+    S::Future: Send + 'static,
+    S::Error: 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Unpin,
+{
+    type Response = warp::http::Response<TrackedBody<B>>;
+    type Error = S::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>>;
+
+    fn call(&self, req: R) -> Self::Future {
+        let fut = self.inner.call(req);
+        let replies = self.replies.clone();
+        Box::pin(async move {
+            let resp = fut.await?;
+            let guard = Arc::new(replies.start());
+            Ok(resp.map(|inner| TrackedBody { inner, guard: Some(guard) }))
+        })
+    }
+}
+
+/// A reply body whose data holds its reply's write-deadline guard.
+struct TrackedBody<B> {
+    inner: B,
+    guard: Option<Arc<limits::ReplyGuard>>,
+}
+
+/// Body data and the guard it keeps alive.
+struct Held {
+    data: bytes::Bytes,
+    _guard: Arc<limits::ReplyGuard>,
+}
+
+impl AsRef<[u8]> for Held {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl<B: http_body::Body<Data = bytes::Bytes> + Unpin> http_body::Body for TrackedBody<B> {
+    type Data = bytes::Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        match polled {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                let guard = this.guard.clone();
+                std::task::Poll::Ready(Some(Ok(frame.map_data(|data| match guard {
+                    Some(g) if !data.is_empty() => bytes::Bytes::from_owner(Held { data, _guard: g }),
+                    _ => data,
+                }))))
+            }
+            std::task::Poll::Ready(None) => {
+                // The data already sent keeps the guard for as long as it is buffered.
+                this.guard = None;
+                std::task::Poll::Ready(None)
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Refused connections answered at once (each holds its descriptor up to 250 ms).
 pub const REFUSING: usize = 64;
 
@@ -263,8 +393,7 @@ pub async fn serve<F>(listener: Listener, routes: F, stop: CancellationToken)
 where
     F: Filter<Extract = (Reply,), Error = warp::Rejection> + Clone + Send + Sync + 'static,
 {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::rt::TokioIo;
     use hyper_util::service::TowerToHyperService;
     use tokio::io::AsyncWriteExt;
     let svc = warp::service(routes);
@@ -275,6 +404,7 @@ where
     });
     let Listener { socket, tracker, stats, tls, .. } = listener;
     let refusing = Arc::new(tokio::sync::Semaphore::new(REFUSING));
+    let builder = builder();
     loop {
         let (tcp, _peer) = tokio::select! {
             res = socket.accept() => match res {
@@ -308,12 +438,13 @@ where
                 continue;
             }
         };
+        let svc = Tracked { inner: TowerToHyperService::new(svc.clone()), replies: slot.replies() };
         let io = limits::Limited::new(tcp, slot);
-        let (acceptor, svc, watcher) = (tls.as_ref().map(ReloadingAcceptor::current), svc.clone(), graceful.watcher());
+        let (acceptor, watcher, builder) =
+            (tls.as_ref().map(ReloadingAcceptor::current), graceful.watcher(), builder.clone());
         let (stats, summary) = (stats.clone(), summary.clone());
         let handshake = tracker.limits().header_timeout;
         tokio::spawn(async move {
-            let builder = Builder::new(TokioExecutor::new());
             let result = match acceptor {
                 // The whole handshake within the header timeout: the socket's own deadline turns
                 // idle once the server's first handshake bytes are written.
@@ -323,14 +454,13 @@ where
                         return;
                     }
                     Ok(Ok(stream)) => {
-                        let conn =
-                            builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(svc));
+                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
                         watcher.watch(conn.into_owned()).await
                     }
                     Ok(Err(e)) => Err(Box::new(e) as Box<dyn std::error::Error + Send + Sync>),
                 },
                 None => {
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(svc));
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
                     watcher.watch(conn.into_owned()).await
                 }
             };
@@ -345,5 +475,41 @@ where
     drop(socket);
     if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
         tracing::info!(drain = ?DRAIN, "connections still open after the drain deadline; closing them");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(budget: usize) -> App {
+        let store = Arc::new(Store::new(["qemu:///system"]));
+        let http = Arc::new(limits::HttpStats {
+            budget: Arc::new(budget::ReplyBudget::new(budget)),
+            ..limits::HttpStats::default()
+        });
+        let collector =
+            VmCollector::new(store.clone(), "node-1".into(), Duration::from_secs(60)).with_http(http).observing();
+        App { store, collector, node: "node-1".into(), debug_token: None }
+    }
+
+    #[test]
+    fn metrics_is_shed_with_retry_after_while_the_reply_budget_is_full_and_served_once_it_frees() {
+        let app = app(1 << 20);
+        let size = app.collector.render_bytes(Format::Prometheus).len();
+        assert!(size >= budget::UNCHARGED_BELOW, "{size} bytes: too small to be charged");
+        // Something else holds all but a few bytes of the budget.
+        let other = app.collector.reply_budget().charge(vec![0u8; (1 << 20) - 16]).expect("fits");
+        let r = metrics(&app, None, None);
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers().get(warp::http::header::RETRY_AFTER).and_then(|v| v.to_str().ok()), Some("1"));
+        let r = metrics(&app, None, Some("gzip"));
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "gzip bodies are charged too");
+        drop(other);
+        let r = metrics(&app, None, None);
+        assert_eq!(r.status(), StatusCode::OK);
+        // The shed requests are exported (and the body, made after, shows them).
+        assert!(String::from_utf8_lossy(r.body()).contains("vmbridge_http_replies_shed_total{node=\"node-1\"} 2"));
+        assert_eq!(app.collector.reply_budget().shed(), 2);
     }
 }
