@@ -1,8 +1,8 @@
 //! The Kubernetes deployment in `deploy/`, without a cluster: every manifest parses into a typed
 //! object with no unknown field, the objects agree with each other (ports, labels, selectors,
 //! probes, kustomization), the PrometheusRule equals the plain rule file, the dashboard ConfigMap
-//! embeds the dashboard, every metric used exists in docs/METRICS.md, and promtool checks and
-//! unit-tests the rules.
+//! embeds the dashboard, every metric used exists in docs/METRICS.md, every alert has its
+//! runbook and KubeVirt's alert labels, and promtool checks and unit-tests the rules.
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a failed expectation is the report
 #![allow(clippy::disallowed_methods)] // runs promtool
 
@@ -558,6 +558,128 @@ fn alerts_are_labelled_annotated_and_unit_tested() {
     let untested: Vec<&&str> = names.iter().filter(|n| !fired.contains(**n)).collect();
     assert!(untested.is_empty(), "alerts no promtool case fires: {untested:?}");
     assert!(silent > 0, "no promtool case checks that an alert stays silent");
+}
+
+/// The runbook_url base in the rule file and the committed PrometheusRule: the runbooks' path in
+/// this repository (deploy/gen-prometheusrule.sh replaces it when RUNBOOK_BASE_URL is set).
+const RUNBOOK_BASE: &str = "docs/runbooks";
+/// The sections of a runbook, in order, as KubeVirt's runbooks (kubevirt/monitoring) have them.
+const RUNBOOK_SECTIONS: [&str; 4] = ["## Meaning", "## Impact", "## Diagnosis", "## Mitigation"];
+
+/// What an alert lacks of KubeVirt's conventions: its runbook (a `runbook_url` to an existing
+/// `docs/runbooks/<alert>.md` with the four sections) and KubeVirt's alert labels.
+fn alert_convention_faults(file: &str, rule: &Rule) -> Vec<String> {
+    let Some(name) = rule.alert.as_deref() else { return Vec::new() };
+    let mut faults = Vec::new();
+    let mut fault = |what: String| faults.push(format!("{file}: alert {name}: {what}"));
+    for (label, allowed) in [
+        ("severity", &["critical", "warning", "info"][..]),
+        ("operator_health_impact", &["none", "warning", "critical"][..]),
+        ("kubernetes_operator_part_of", &["kubevirt"][..]),
+        ("kubernetes_operator_component", &["vmbridge"][..]),
+    ] {
+        match rule.labels.get(label) {
+            None => fault(format!("label {label} is missing (allowed: {allowed:?})")),
+            Some(v) if !allowed.contains(&v.as_str()) => fault(format!("label {label}={v:?} is not one of {allowed:?}")),
+            Some(_) => {}
+        }
+    }
+    let want = format!("{RUNBOOK_BASE}/{name}.md");
+    match rule.annotations.get("runbook_url") {
+        None => fault(format!("annotation runbook_url is missing (want {want:?})")),
+        Some(url) if *url != want => fault(format!("runbook_url is {url:?}, want {want:?}")),
+        Some(_) => {}
+    }
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(&want);
+    match std::fs::read_to_string(&path) {
+        Err(e) => fault(format!("runbook {want}: {e}")),
+        Ok(text) => {
+            if text.lines().next() != Some(format!("# {name}").as_str()) {
+                fault(format!("runbook {want} does not start with the line \"# {name}\""));
+            }
+            // Each section once, as a line of its own, in order, with something under it.
+            let headings: Vec<(usize, &str)> =
+                text.lines().enumerate().filter(|(_, l)| l.starts_with("## ")).map(|(i, l)| (i, l.trim_end())).collect();
+            let found: Vec<&str> = headings.iter().map(|(_, h)| *h).filter(|h| RUNBOOK_SECTIONS.contains(h)).collect();
+            if found != RUNBOOK_SECTIONS {
+                fault(format!("runbook {want} has the sections {found:?}, want {RUNBOOK_SECTIONS:?} in this order"));
+            }
+            let lines: Vec<&str> = text.lines().collect();
+            for (k, (at, heading)) in headings.iter().enumerate() {
+                let end = headings.get(k + 1).map_or(lines.len(), |(next, _)| *next);
+                if lines[at + 1..end].iter().all(|l| l.trim().is_empty()) {
+                    fault(format!("runbook {want}: section {heading:?} is empty"));
+                }
+            }
+        }
+    }
+    faults
+}
+
+/// Every alert, in the rule file and in the PrometheusRule alike, links a runbook that exists and
+/// has KubeVirt's four sections, and carries KubeVirt's alert labels with allowed values; every
+/// runbook belongs to an alert.
+#[test]
+fn every_alert_has_a_runbook_and_kubevirts_alert_labels() {
+    let m = manifests();
+    let plain = rule_file();
+    let mut faults = Vec::new();
+    let mut alerts = BTreeSet::new();
+    for (file, rules) in [("deploy/rules/vmbridge.rules.yaml", &plain), ("deploy/prometheusrule.yaml", &m.prometheus_rule.spec)] {
+        for rule in rules.groups.iter().flat_map(|g| &g.rules) {
+            faults.extend(alert_convention_faults(file, rule));
+            alerts.extend(rule.alert.clone());
+        }
+    }
+    assert!(alerts.len() >= 9, "alerts found: {alerts:?}");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(RUNBOOK_BASE);
+    match std::fs::read_dir(&dir) {
+        Err(e) => faults.push(format!("{RUNBOOK_BASE}: {e}")),
+        Ok(entries) => {
+            for entry in entries {
+                let file = entry.expect("dir entry").file_name().to_string_lossy().into_owned();
+                if !file.strip_suffix(".md").is_some_and(|a| alerts.contains(a)) {
+                    faults.push(format!("{RUNBOOK_BASE}/{file}: no alert of that name"));
+                }
+            }
+        }
+    }
+    assert!(faults.is_empty(), "alerts short of KubeVirt's conventions:\n  {}", faults.join("\n  "));
+}
+
+/// The generator reproduces the committed PrometheusRule byte for byte, and RUNBOOK_BASE_URL
+/// moves every runbook_url (and nothing else) to another base.
+#[test]
+fn the_rule_generator_reproduces_the_prometheusrule_and_takes_a_runbook_base() {
+    let dir = std::env::temp_dir().join(format!("vmbridge-gen-prometheusrule-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let run = |base: Option<&str>, out: &Path| {
+        let mut cmd = Command::new("bash");
+        cmd.arg(deploy("gen-prometheusrule.sh")).arg(out).env_remove("RUNBOOK_BASE_URL");
+        if let Some(b) = base {
+            cmd.env("RUNBOOK_BASE_URL", b);
+        }
+        let o = cmd.output().expect("run bash");
+        assert!(o.status.success(), "gen-prometheusrule.sh: {}", String::from_utf8_lossy(&o.stderr));
+        std::fs::read_to_string(out).expect("generated file")
+    };
+    let default = run(None, &dir.join("default.yaml"));
+    assert!(
+        default == read("prometheusrule.yaml"),
+        "deploy/prometheusrule.yaml is not what `bash deploy/gen-prometheusrule.sh` writes: rerun it"
+    );
+    let base = "https://example.org/vmbridge/blob/main/docs/runbooks";
+    let moved = run(Some(&format!("{base}/")), &dir.join("moved.yaml"));
+    let moved: Value = serde_norway::from_str(&moved).expect("generated YAML");
+    let moved: PrometheusRule = strict("generated with RUNBOOK_BASE_URL", &moved);
+    let mut plain = rule_file();
+    for rule in plain.groups.iter_mut().flat_map(|g| &mut g.rules) {
+        if let Some(name) = &rule.alert {
+            rule.annotations.insert("runbook_url".into(), format!("{base}/{name}.md"));
+        }
+    }
+    assert_eq!(moved.spec, plain);
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
