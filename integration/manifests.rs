@@ -580,7 +580,9 @@ fn alert_convention_faults(file: &str, rule: &Rule) -> Vec<String> {
     ] {
         match rule.labels.get(label) {
             None => fault(format!("label {label} is missing (allowed: {allowed:?})")),
-            Some(v) if !allowed.contains(&v.as_str()) => fault(format!("label {label}={v:?} is not one of {allowed:?}")),
+            Some(v) if !allowed.contains(&v.as_str()) => {
+                fault(format!("label {label}={v:?} is not one of {allowed:?}"))
+            }
             Some(_) => {}
         }
     }
@@ -598,8 +600,12 @@ fn alert_convention_faults(file: &str, rule: &Rule) -> Vec<String> {
                 fault(format!("runbook {want} does not start with the line \"# {name}\""));
             }
             // Each section once, as a line of its own, in order, with something under it.
-            let headings: Vec<(usize, &str)> =
-                text.lines().enumerate().filter(|(_, l)| l.starts_with("## ")).map(|(i, l)| (i, l.trim_end())).collect();
+            let headings: Vec<(usize, &str)> = text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| l.starts_with("## "))
+                .map(|(i, l)| (i, l.trim_end()))
+                .collect();
             let found: Vec<&str> = headings.iter().map(|(_, h)| *h).filter(|h| RUNBOOK_SECTIONS.contains(h)).collect();
             if found != RUNBOOK_SECTIONS {
                 fault(format!("runbook {want} has the sections {found:?}, want {RUNBOOK_SECTIONS:?} in this order"));
@@ -625,7 +631,9 @@ fn every_alert_has_a_runbook_and_kubevirts_alert_labels() {
     let plain = rule_file();
     let mut faults = Vec::new();
     let mut alerts = BTreeSet::new();
-    for (file, rules) in [("deploy/rules/vmbridge.rules.yaml", &plain), ("deploy/prometheusrule.yaml", &m.prometheus_rule.spec)] {
+    for (file, rules) in
+        [("deploy/rules/vmbridge.rules.yaml", &plain), ("deploy/prometheusrule.yaml", &m.prometheus_rule.spec)]
+    {
         for rule in rules.groups.iter().flat_map(|g| &g.rules) {
             faults.extend(alert_convention_faults(file, rule));
             alerts.extend(rule.alert.clone());
