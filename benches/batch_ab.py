@@ -12,6 +12,8 @@ runs vmbridge once per window for S seconds after every healthy VM reported, and
 - libvirt calls per VM per poll cycle (vmbridge_endpoint_calls_total over the span);
 - RSS and threads at the end;
 - the healthy VMs' libvirt data age at each scrape (now - last success), p50 and p99 and max.
+An arm named `collectd` runs collectd's virt plugin (same interval, write_prometheus scraped each
+second) instead, for the ratio against a peer measured in the same run.
 Prints one Markdown row per run and a summary of medians per window. The lab domains ab-* are
 destroyed at the end (other domains are left alone).
 """
@@ -74,7 +76,57 @@ def libvirtd_pid():
     return int(out[0]) if out else None
 
 
+def run_collectd(args, names, port):
+    """collectd's virt plugin at the same interval, alone, measured over the same span."""
+    work = tempfile.mkdtemp(prefix="ab-collectd-")
+    conf = os.path.join(work, "collectd.conf")
+    subprocess.run(["python3", os.path.join(ROOT, "benches", "scale.py"), "collectd-conf", "--workdir", work,
+                    "--port", str(port), "--interval", args.interval.rstrip("s"), "--out", conf], check=True)
+    proc = subprocess.Popen(["/usr/sbin/collectd", "-f", "-C", conf], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        # Until it reports every domain (at most 5 minutes), then the same settling time.
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            time.sleep(1)
+            try:
+                text = scrape(port)
+            except OSError:
+                continue
+            if all(f'"{n}"' in text for n in names):
+                break
+        else:
+            return None
+        time.sleep(args.settle)
+        ld = libvirtd_pid()
+        t0, c0 = time.time(), cpu_seconds(proc.pid)
+        l0 = cpu_seconds(ld) if ld else 0.0
+        while time.time() - t0 < args.secs:
+            time.sleep(1)
+            scrape(port)
+        span = time.time() - t0
+        return {
+            "window": "collectd",
+            "cpu": (cpu_seconds(proc.pid) - c0) / span * 60,
+            "libvirtd": ((cpu_seconds(ld) if ld else 0.0) - l0) / span * 60,
+            "calls": float("nan"),
+            "rss": status(proc.pid, "VmRSS") / 1024,
+            "threads": status(proc.pid, "Threads"),
+            "age50": float("nan"),
+            "age99": float("nan"),
+            "agemax": float("nan"),
+        }
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def run(args, window, names, stopped, port):
+    if window == "collectd":
+        return run_collectd(args, names, port)
     healthy = [n for n in names if n not in stopped]
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as cfg:
         cfg.write(f'[libvirt]\nbatch_window = "{window}"\n[poll]\ninterval = "{args.interval}"\n')
@@ -143,7 +195,8 @@ def main():
     p.add_argument("--secs", type=int, default=60)
     p.add_argument("--settle", type=int, default=10)
     p.add_argument("--interval", default="5s")
-    p.add_argument("--windows", default="0s,250ms")
+    p.add_argument("--windows", default="0s,250ms",
+                   help="vmbridge's libvirt.batch_window per arm; 'collectd' is an arm running collectd's virt plugin")
     p.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "vmbridge"))
     p.add_argument("--keep", action="store_true", help="leave the ab-* domains running")
     args = p.parse_args()
