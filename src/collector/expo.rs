@@ -290,7 +290,13 @@ type Parts = Vec<(PartKey, Arc<Fragments>)>;
 struct Cached {
     /// The revision of the snapshot the newest part was encoded from.
     revision: u64,
+    /// The VM's basis when every part was last found current: while a scrape finds the same,
+    /// no part needs checking (a part's inputs change only with the snapshot or its freshness).
+    basis: Basis,
     parts: Parts,
+    /// The parts with runs, in part order: what a scrape copies (most VMs have two or three;
+    /// skipping the others keeps a scrape from touching every part of every VM).
+    live: Vec<Arc<Fragments>>,
 }
 
 /// The collector's pre-encoded VMs.
@@ -395,7 +401,7 @@ impl VmCollector {
         let b = basis(vm, now, self.staleness.as_secs_f64());
         let d = drives(vm, b);
         let mut any = false;
-        let parts = (0..PARTS)
+        let parts: Parts = (0..PARTS)
             .map(|p| match old.and_then(|o| o.get(p)) {
                 Some((k, f)) if k.holds(p, vm, b, d) => (k.clone(), f.clone()),
                 _ => {
@@ -404,7 +410,8 @@ impl VmCollector {
                 }
             })
             .collect();
-        (Cached { revision: vm.revision, parts }, any)
+        let live = parts.iter().filter(|(_, f)| !f.spans.is_empty()).map(|(_, f)| f.clone()).collect();
+        (Cached { revision: vm.revision, basis: b, parts, live }, any)
     }
 
     /// Encodes what changed of `vm` and keeps the result, unless what is kept is newer.
@@ -447,48 +454,62 @@ impl VmCollector {
         let now = now_unix();
         let staleness = self.staleness.as_secs_f64();
         let mut stats = RenderStats::default();
-        let mut out: Vec<Arc<Fragments>> = Vec::with_capacity(vms.len() * PARTS);
+        // Per VM, its live parts from the cache, or (for a VM with a part to encode) its index.
+        enum Entry {
+            Live(Arc<Fragments>),
+            Missing(usize),
+        }
+        let mut entries: Vec<Entry> = Vec::with_capacity(vms.len() * 3);
         let mut fp = std::collections::hash_map::DefaultHasher::new();
-        // VMs with a part to encode: their place in `out` and their old parts.
-        let mut missing: Vec<(usize, usize, Option<Parts>)> = Vec::new();
+        // VMs with a part to encode: their index and their old parts.
+        let mut missing: Vec<(usize, Option<Parts>)> = Vec::new();
         {
             let cache = self.cache.vms.lock().unwrap_or_else(PoisonError::into_inner);
             for (i, vm) in vms.iter().enumerate() {
                 let b = basis(vm, now, staleness);
                 (b.revision, b.fresh, b.stuck).hash(&mut fp);
                 let cached = cache.get(&vm.key());
-                let d = drives(vm, b);
-                match cached {
-                    Some(c) if c.parts.iter().enumerate().all(|(p, (k, _))| k.holds(p, vm, b, d)) => {
-                        out.extend(c.parts.iter().map(|(_, f)| f.clone()));
+                let current = |c: &Cached| {
+                    c.basis == b || {
+                        let d = drives(vm, b);
+                        c.parts.iter().enumerate().all(|(p, (k, _))| k.holds(p, vm, b, d))
                     }
+                };
+                match cached {
+                    Some(c) if current(c) => entries.extend(c.live.iter().map(|f| Entry::Live(f.clone()))),
                     _ => {
-                        missing.push((i, out.len(), cached.map(|c| c.parts.clone())));
-                        out.extend(std::iter::repeat_with(|| Arc::new(Fragments::default())).take(PARTS));
+                        entries.push(Entry::Missing(missing.len()));
+                        missing.push((i, cached.map(|c| c.parts.clone())));
                     }
                 }
             }
         }
         stats.reused = vms.len() - missing.len();
         stats.encoded = missing.len();
+        let mut encoded: Vec<Vec<Arc<Fragments>>> = Vec::with_capacity(missing.len());
         if !missing.is_empty() {
-            let encoded: Vec<(usize, Cached)> = missing
+            let fresh: Vec<(usize, Cached)> = missing
                 .into_iter()
-                .map(|(i, at, old)| {
+                .map(|(i, old)| {
                     let (c, _) = self.encode_vm(&vms[i], now, old.as_deref());
-                    for (p, (_, f)) in c.parts.iter().enumerate() {
-                        out[at + p] = f.clone();
-                    }
+                    encoded.push(c.live.clone());
                     (i, c)
                 })
                 .collect();
             let mut cache = self.cache.vms.lock().unwrap_or_else(PoisonError::into_inner);
-            for (i, c) in encoded {
+            for (i, c) in fresh {
                 let key = vms[i].key();
                 let keep = cache.get(&key).is_some_and(|old| old.revision > c.revision);
                 if !keep {
                     cache.insert(key, c);
                 }
+            }
+        }
+        let mut out: Vec<Arc<Fragments>> = Vec::with_capacity(entries.len() + encoded.len() * 3);
+        for e in entries {
+            match e {
+                Entry::Live(f) => out.push(f),
+                Entry::Missing(j) => out.extend(encoded[j].iter().cloned()),
             }
         }
         {
