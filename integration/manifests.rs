@@ -398,7 +398,7 @@ fn daemonset_pod_runs_vmbridge_as_specified() {
     let q = |m: &Option<BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>, k: &str| {
         m.as_ref().and_then(|m| m.get(k)).map(|q| q.0.clone()).unwrap_or_default()
     };
-    assert_eq!((q(&res.requests, "cpu"), q(&res.requests, "memory")), ("20m".into(), "32Mi".into()));
+    assert_eq!((q(&res.requests, "cpu"), q(&res.requests, "memory")), ("50m".into(), "64Mi".into()));
     assert_eq!((q(&res.limits, "cpu"), q(&res.limits, "memory")), ("200m".into(), "128Mi".into()));
 
     // Root with exactly the capabilities to reach other containers' sockets, nothing else.
