@@ -138,9 +138,25 @@ impl Default for LauncherScan {
     }
 }
 
-/// `qemu+unix:///system?socket=PATH`.
-pub fn socket_uri(path: &Path) -> String {
-    format!("qemu+unix:///system?socket={}", path.display())
+/// `qemu+unix:///system?socket=PATH`, or `qemu+unix:///session?socket=PATH` for a daemon that
+/// does not run as root: such a daemon (KubeVirt's non-root launchers, the default, run
+/// virtqemud as uid 107) refuses `/system` ("unexpected qemu URI path '/system', try
+/// qemu:///session", seen with libvirt 9.0).
+pub fn socket_uri(path: &Path, session: bool) -> String {
+    let driver = if session { "session" } else { "system" };
+    format!("qemu+unix:///{driver}?socket={}", path.display())
+}
+
+/// Whether the process `pid` runs as a user other than root (its real uid in
+/// `/proc/<pid>/status`); `false` when that cannot be read.
+fn unprivileged(proc_root: &Path, pid: u32) -> bool {
+    std::fs::read_to_string(proc_root.join(pid.to_string()).join("status")).is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().next())
+            .is_some_and(|uid| uid != "0")
+    })
 }
 
 impl LauncherScan {
@@ -189,7 +205,12 @@ impl LauncherScan {
             let ro = existing.iter().find(|(ro, _)| *ro).or_else(|| existing.first());
             let rw = existing.iter().find(|(ro, _)| !*ro);
             if let Some((_, ro)) = ro {
-                found.push(Launcher { pid, uri: socket_uri(ro), agent_uri: rw.map(|(_, p)| socket_uri(p)) });
+                let session = unprivileged(&self.proc_root, pid);
+                found.push(Launcher {
+                    pid,
+                    uri: socket_uri(ro, session),
+                    agent_uri: rw.map(|(_, p)| socket_uri(p, session)),
+                });
             }
         }
         found.sort_by_key(|l| l.pid);
@@ -230,6 +251,10 @@ mod tests {
         mk("10", "libvirtd", "mnt:[1]", &["var/run/libvirt/libvirt-sock-ro"]); // host daemon
         mk("20", "virtqemud", "mnt:[2]", &["var/run/libvirt/virtqemud-sock-ro", "var/run/libvirt/virtqemud-sock"]);
         mk("30", "libvirtd", "mnt:[3]", &["var/run/libvirt/libvirt-sock"]);
+        // A non-root launcher's daemon (KubeVirt's default: virtqemud as uid 107) serves only
+        // session URIs; a root one, system URIs.
+        std::fs::write(root.join("20/status"), "Name:\tvirtqemud\nUid:\t0\t0\t0\t0\n").expect("status");
+        std::fs::write(root.join("30/status"), "Name:\tlibvirtd\nUid:\t107\t107\t107\t107\n").expect("status");
         mk("40", "bash", "mnt:[4]", &["var/run/libvirt/libvirt-sock"]);
         mk("50", "libvirtd", "mnt:[5]", &[]); // no socket yet
         let scan = LauncherScan { proc_root: root.clone(), trust: Trust::Any, ..Default::default() };
@@ -239,6 +264,9 @@ mod tests {
         assert!(found[0].uri.ends_with("/20/root/var/run/libvirt/virtqemud-sock-ro"), "{}", found[0].uri);
         assert!(found[0].agent_uri.as_deref().is_some_and(|u| u.ends_with("virtqemud-sock")));
         assert!(found[1].uri.ends_with("/30/root/var/run/libvirt/libvirt-sock"));
+        assert!(found[0].uri.starts_with("qemu+unix:///system?socket="), "{}", found[0].uri);
+        assert!(found[1].uri.starts_with("qemu+unix:///session?socket="), "{}", found[1].uri);
+        assert!(found[1].agent_uri.as_deref().is_some_and(|u| u.starts_with("qemu+unix:///session?socket=")));
         let before: BTreeMap<u32, Launcher> = found.iter().map(|l| (l.pid, l.clone())).collect();
         let (added, gone) = diff(&before, &found[1..]);
         assert!(added.is_empty());
