@@ -502,6 +502,9 @@ impl FileConfig {
             == Some(Duration::ZERO);
         lanes.batch_window = if off {
             Duration::ZERO
+        } else if self.libvirt.batch_window.is_none() {
+            // Unset: the default, but never more than a quarter of a short poll timeout.
+            lanes.batch_window.min(timeout / 4)
         } else {
             check.duration("libvirt.batch_window", &self.libvirt.batch_window, lanes.batch_window)
         };
@@ -680,6 +683,8 @@ mod tests {
         assert_eq!(lanes("").ok(), Some(crate::source::libvirt::batch::DEFAULT_WINDOW));
         assert_eq!(lanes("[libvirt]\nbatch_window = \"0s\"\n").ok(), Some(Duration::ZERO));
         assert_eq!(lanes("[libvirt]\nbatch_window = \"100ms\"\n").ok(), Some(Duration::from_millis(100)));
+        // Unset with a short poll timeout: a quarter of it, so such a configuration stays valid.
+        assert_eq!(lanes("[poll]\ntimeout = \"200ms\"\n").ok(), Some(Duration::from_millis(50)));
         let Err(ConfigError::Invalid(errs)) = lanes("[libvirt]\nbatch_window = \"5s\"\n") else {
             panic!("a window as long as the poll timeout must be refused")
         };

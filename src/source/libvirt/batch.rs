@@ -1,6 +1,7 @@
 //! One bulk-stats call for many domains of a daemon (`virDomainListGetStats` with a list),
 //! instead of one call (and three round trips) per domain and poll.
 //!
+//! Only daemons with more than one running domain batch (a KubeVirt launcher's has one).
 //! A VM's poller whose domain answered its last poll in full asks here first
 //! ([`Endpoint::batch_stats`]). Requests that arrive within a short window (`libvirt.batch_window`,
 //! default 250 ms) go out together, at most [`MAX_DOMAINS`] domains a call, each call on a
@@ -55,7 +56,11 @@ impl Endpoint {
     /// (`libvirt.batch_window` 0): `None` at once.
     pub async fn batch_stats(self: &Arc<Self>, uuid: &str, limiter: &Arc<Semaphore>, wait: Duration) -> Option<Params> {
         let window = self.limits().batch_window;
-        if window.is_zero() {
+        // A daemon of one VM (a KubeVirt launcher's) has nothing to batch: its VM is polled
+        // alone, so a daemon that hangs whole fails its VM's polls as before (a batch would
+        // take the lane, and the VM's own call would then wait on a connection being opened
+        // to the hung daemon).
+        if window.is_zero() || self.domains.load(Ordering::Relaxed) < 2 {
             return None;
         }
         let (tx, rx) = oneshot::channel();

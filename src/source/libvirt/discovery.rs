@@ -172,6 +172,7 @@ pub async fn run(
             }
         }
         store.endpoint_listed(&endpoint.uri, now.len());
+        endpoint.set_domains(now.len());
         endpoint.retain_events(|uuid| now.contains_key(uuid));
         known = now;
     }

@@ -72,6 +72,8 @@ pub struct Endpoint {
     calls: AtomicU64,
     /// Domains' statistics answered by a batch.
     pub(super) batched: AtomicU64,
+    /// Running domains at discovery's last listing (batches only when more than one).
+    pub(super) domains: std::sync::atomic::AtomicUsize,
 }
 
 /// What the saturation probes found.
@@ -243,6 +245,7 @@ impl Endpoint {
             batches: super::batch::Batches::default(),
             calls: AtomicU64::new(0),
             batched: AtomicU64::new(0),
+            domains: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -419,6 +422,11 @@ impl Endpoint {
     /// The bounds of the lanes and batches.
     pub fn limits(&self) -> &LaneLimits {
         &self.limits
+    }
+
+    /// Notes how many running domains discovery listed on this daemon.
+    pub fn set_domains(&self, n: usize) {
+        self.domains.store(n, Ordering::Relaxed);
     }
 
     /// Counts `n` calls made on the lanes.
