@@ -66,6 +66,20 @@ def samples(text, name):
     return out
 
 
+def wait_ready(port, ready, limit=300):
+    """Scrapes `port` once a second until `ready(text)` (True), or `limit` seconds (False)."""
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        time.sleep(1)
+        try:
+            text = scrape(port)
+        except OSError:
+            continue
+        if ready(text):
+            return True
+    return False
+
+
 def pct(xs, q):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
@@ -86,16 +100,7 @@ def run_collectd(args, names, port):
                             stderr=subprocess.DEVNULL)
     try:
         # Until it reports every domain (at most 5 minutes), then the same settling time.
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            time.sleep(1)
-            try:
-                text = scrape(port)
-            except OSError:
-                continue
-            if all(f'"{n}"' in text for n in names):
-                break
-        else:
+        if not wait_ready(port, lambda text: all(f'"{n}"' in text for n in names)):
             return None
         time.sleep(args.settle)
         ld = libvirtd_pid()
@@ -136,19 +141,11 @@ def run(args, window, names, stopped, port):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         # Until every healthy VM reported libvirt data (at most 5 minutes).
-        deadline = time.time() + 300
-        ready_after = None
-        while time.time() < deadline:
-            time.sleep(1)
-            try:
-                text = scrape(port)
-            except OSError:
-                continue
+        def all_up(text):
             up = {l["name"] for l, v in samples(text, "vmbridge_source_up") if l.get("source") == "libvirt" and v == 1}
-            if all(n.split("_", 1)[-1] in up or n in up for n in healthy):
-                ready_after = time.time()
-                break
-        if ready_after is None:
+            return all(n.split("_", 1)[-1] in up or n in up for n in healthy)
+
+        if not wait_ready(port, all_up):
             return None
         time.sleep(args.settle)
         ld = libvirtd_pid()

@@ -340,7 +340,7 @@ fn http2_clients_that_never_read_their_replies_cannot_exhaust_memory() {
             .flatten()
             .unwrap_or(0.0)
     };
-    let took = eventually(Duration::from_secs(90), "the hostile connections to meet the write deadline", || {
+    let took = eventually(Duration::from_secs(180), "the hostile connections to meet the write deadline", || {
         peak = peak.max(rss_bytes(pid));
         assert!(
             peak < bound,
