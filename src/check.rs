@@ -346,6 +346,10 @@ fn explain(
             "agent not connected".into(),
             Some("start qemu-guest-agent in the guest (install it if missing); vmbridge re-checks on its own".into()),
         ),
+        ErrorKind::AgentDisabled => (
+            format!("agent polling off for this VM: {msg}"),
+            Some("remove the VM from qga.exclude, or its vmbridge metadata element, to poll its agent".into()),
+        ),
         ErrorKind::Timeout => (
             format!("no answer in time: {msg}"),
             Some("the VM, its monitor or its agent is hung or very busy (paused, stopped, overloaded)".into()),

@@ -50,6 +50,8 @@ enum Health {
     Ok,
     /// No guest agent: a state of the VM, not a fault (the breaker stays closed).
     NoAgent,
+    /// The VM opted out of agent polling (`qga.exclude`, domain metadata): a choice, not a fault.
+    AgentOff,
     /// Not polled yet.
     Pending,
     /// Failing: the breaker is not closed, or the last poll failed for a real reason.
@@ -66,6 +68,7 @@ impl Health {
         }
         match s.last_error_kind {
             Some(ErrorKind::AgentUnavailable) => Health::NoAgent,
+            Some(ErrorKind::AgentDisabled) => Health::AgentOff,
             Some(_) => Health::Failing,
             None => Health::Pending,
         }
@@ -74,7 +77,7 @@ impl Health {
     fn class(self) -> &'static str {
         match self {
             Health::Ok => "ok",
-            Health::NoAgent => "noagent",
+            Health::NoAgent | Health::AgentOff => "noagent",
             Health::Pending => "pending",
             Health::Failing => "failing",
         }
@@ -265,6 +268,7 @@ fn vm_row(h: &mut String, vm: &VmSummary, failed: &[(SourceKind, &SourceSummary)
         let text = match health {
             Health::Ok => format!("ok · {}", age(s.data_age_seconds)),
             Health::NoAgent => "no agent".to_owned(),
+            Health::AgentOff => "agent polling off".to_owned(),
             Health::Pending => "not polled yet".to_owned(),
             Health::Failing if s.breaker == BreakerState::Closed => {
                 format!("failing · data {}", age(s.data_age_seconds))

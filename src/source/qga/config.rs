@@ -43,6 +43,11 @@ pub struct QgaFileConfig {
     /// Per-VM caps on what a guest can make vmbridge export.
     #[serde(default)]
     pub limits: QgaLimitsFile,
+    /// VMs whose guest agent is never called (not even `guest-ping`): globs on
+    /// `namespace/name`, e.g. `["tenant-a/*", "*/db-*"]`. On a plain libvirt host a domain can
+    /// also opt out itself, with `<vmbridge:agent xmlns:vmbridge="urn:vmbridge:1" poll="off"/>`
+    /// in its metadata. Default none.
+    pub exclude: Option<Vec<String>>,
 }
 
 /// `[qga.periods]`: a duration per command, keyed as in `commands::COMMANDS`.
@@ -102,6 +107,8 @@ pub struct QgaRuntime {
     pub socket_pattern: Option<String>,
     /// Per-command settings.
     pub poll: QgaSettings,
+    /// VMs that opted out by config (`qga.exclude`).
+    pub exclude: super::optout::Exclude,
 }
 
 impl QgaRuntime {
@@ -154,10 +161,16 @@ pub fn validate(q: &QgaFileConfig, check: &mut Check) -> QgaRuntime {
         check.err("qga.socket_pattern", "is required when qga.transport is \"socket\"");
     }
     check.socket_pattern("qga.socket_pattern", &q.socket_pattern);
+    let exclude =
+        super::optout::Exclude::new(q.exclude.as_deref().unwrap_or_default()).unwrap_or_else(|(field, problem)| {
+            check.err(&field, problem);
+            super::optout::Exclude::default()
+        });
     QgaRuntime {
         enabled: q.enabled.unwrap_or(true),
         transport,
         socket_pattern: q.socket_pattern.clone(),
         poll: QgaSettings { timeout, max_reply_bytes, periods, limits },
+        exclude,
     }
 }

@@ -60,13 +60,22 @@ pub struct QgaPoller {
     sample: QgaSample,
     /// Fired by libvirt's agent-connected event, when the VM came through libvirt.
     wake: Option<std::sync::Arc<tokio::sync::Notify>>,
+    /// The VM's opt-out (`qga.exclude`, domain metadata): asked before every poll.
+    gate: super::optout::Gate,
 }
 
 impl QgaPoller {
     /// A poller over `transport`.
     pub fn new(transport: Transport, settings: QgaSettings) -> Self {
         let sample = QgaSample { transport: transport.name().to_owned(), ..Default::default() };
-        QgaPoller { transport, settings, enabled: None, due: BTreeMap::new(), sample, wake: None }
+        let gate = super::optout::Gate::open();
+        QgaPoller { transport, settings, enabled: None, due: BTreeMap::new(), sample, wake: None, gate }
+    }
+
+    /// Asks `gate` before every poll: a VM that opted out gets no agent call at all.
+    pub fn with_gate(mut self, gate: super::optout::Gate) -> Self {
+        self.gate = gate;
+        self
     }
 
     /// Also re-checks an absent agent as soon as `wake` fires.
@@ -173,6 +182,7 @@ impl Poller for QgaPoller {
     }
 
     async fn poll(&mut self) -> Result<SourceSample, PollError> {
+        self.gate.admit(self.settings.timeout).await?;
         let info_due = self.due.get("info").is_none_or(|d| Instant::now() >= *d);
         let mut contacted = false;
         if self.enabled.is_none() || info_due || self.transport.take_reconnected() {
