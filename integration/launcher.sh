@@ -131,9 +131,18 @@ dynamic_ownership = 0
 security_driver = "none"
 cgroup_controllers = [ ]
 EOF
+    # No polkit: a pod has no system D-Bus to ask it, so a launcher's daemon authorises a client
+    # by its sockets' modes alone: read-only 0777, read-write 0700 (its owner only, as a
+    # session-mode daemon's one socket). Debian's defaults (auth_unix_ro = "polkit", and then
+    # both sockets 0777) would refuse every non-root client here ("Unable to get system bus
+    # connection"); root clients never reach polkit.
     cat >"$d/etc/libvirtd.conf" <<'EOF'
 # private libvirtd.conf of a vmbridge launcher (integration/launcher.sh)
 log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
+auth_unix_ro = "none"
+auth_unix_rw = "none"
+unix_sock_ro_perms = "0777"
+unix_sock_rw_perms = "0700"
 EOF
     cat >"$d/etc/virtlogd.conf" <<'EOF'
 log_outputs = "3:file:/var/log/libvirt/virtlogd.log"

@@ -410,7 +410,8 @@ fn daemonset_pod_runs_vmbridge_as_specified() {
     let caps = sc.capabilities.as_ref().expect("capabilities");
     assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_owned()][..]));
     let added: BTreeSet<&str> = caps.add.iter().flatten().map(String::as_str).collect();
-    assert_eq!(added, BTreeSet::from(["SYS_PTRACE", "DAC_READ_SEARCH", "DAC_OVERRIDE"]));
+    // The two integration/least_privilege.rs measures as needed (DAC_READ_SEARCH is not).
+    assert_eq!(added, BTreeSet::from(["SYS_PTRACE", "DAC_OVERRIDE"]));
 
     // Nothing writable, no host paths; the mounts are where the flags point.
     let volumes = pod.volumes.clone().unwrap_or_default();
