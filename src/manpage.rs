@@ -12,6 +12,21 @@ use clap_mangen::Man;
 /// page changes only when the interface or the prose does.
 const SOURCE: &str = concat!("vmbridge ", env!("CARGO_PKG_VERSION"));
 
+/// The date on the title line: that of the newest `debian/changelog` entry (the release the page
+/// describes), as YYYY-MM-DD. clap_mangen needs one: with an empty date, roff drops the argument
+/// and the title line's fields shift.
+fn release_date() -> String {
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let changelog = include_str!("../debian/changelog");
+    // " -- Name <mail>  Wed, 25 Nov 2026 15:20:58 +0000"
+    let trailer = changelog.lines().find(|l| l.starts_with(" -- ")).expect("debian/changelog has a trailer line");
+    let date = trailer.rsplit_once(">  ").expect("trailer: maintainer, two spaces, date").1;
+    let f: Vec<&str> = date.split_whitespace().collect();
+    let month = MONTHS.iter().position(|m| f.get(2) == Some(m)).expect("RFC 2822 month") + 1;
+    let day: u32 = f.get(1).and_then(|d| d.parse().ok()).expect("RFC 2822 day");
+    format!("{}-{month:02}-{day:02}", f.get(3).expect("RFC 2822 year"))
+}
+
 fn page(man: &Man, parts: &[Part<'_>]) -> String {
     let mut out = Vec::new();
     for part in parts {
@@ -51,7 +66,7 @@ pub fn pages() -> Vec<(&'static str, String)> {
     let check = cmd.find_subcommand("check").expect("the check subcommand").clone();
     let man = |c: clap::Command| {
         let title = c.get_display_name().unwrap_or_else(|| c.get_name()).to_uppercase();
-        Man::new(c).title(title).source(SOURCE).manual("User Commands")
+        Man::new(c).title(title).date(release_date()).source(SOURCE).manual("User Commands")
     };
     let main = page(
         &man(cmd.clone()),
