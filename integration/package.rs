@@ -61,7 +61,13 @@ fn the_package_installs_runs_as_its_user_and_purges_clean() {
     let conffiles = run("dpkg-query", &["-W", "-f=${Conffiles}", "vmbridge"]).1;
     assert!(conffiles.contains("/etc/vmbridge/vmbridge.toml"), "not a conffile: {conffiles}");
     let files = run("dpkg", &["-L", "vmbridge"]).1;
-    for f in ["/usr/bin/vmbridge", "vmbridge.service", "/usr/share/man/man1/vmbridge.1", "/usr/share/doc/vmbridge/"] {
+    for f in [
+        "/usr/bin/vmbridge",
+        "vmbridge.service",
+        "/usr/share/man/man1/vmbridge.1",
+        "/usr/share/man/man1/vmbridge-check.1",
+        "/usr/share/doc/vmbridge/",
+    ] {
         assert!(files.contains(f), "{f} not in the package:\n{files}");
     }
     let deps = run("dpkg-query", &["-W", "-f=${Depends}", "vmbridge"]).1;
@@ -132,7 +138,13 @@ fn the_package_installs_runs_as_its_user_and_purges_clean() {
     assert!(!installed(), "still installed after purge");
     assert!(!run("getent", &["passwd", "vmbridge"]).0, "user vmbridge left behind");
     assert!(!run("getent", &["group", "vmbridge"]).0, "group vmbridge left behind");
-    for p in ["/etc/vmbridge", "/usr/bin/vmbridge", "/usr/share/doc/vmbridge", "/usr/share/man/man1/vmbridge.1.gz"] {
+    for p in [
+        "/etc/vmbridge",
+        "/usr/bin/vmbridge",
+        "/usr/share/doc/vmbridge",
+        "/usr/share/man/man1/vmbridge.1.gz",
+        "/usr/share/man/man1/vmbridge-check.1.gz",
+    ] {
         assert!(!Path::new(p).exists(), "{p} left behind after purge");
     }
     assert_eq!(lines("/etc/passwd"), passwd, "/etc/passwd differs after install and purge");

@@ -56,6 +56,8 @@ pub mod config;
 pub mod debug;
 pub mod http;
 pub mod log_summary;
+#[cfg(test)]
+mod manpage;
 pub mod schema;
 pub mod source;
 pub mod stall;
