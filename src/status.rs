@@ -12,20 +12,9 @@ use crate::breaker::BreakerState;
 use crate::debug::{DebugIndex, SourceSummary, VmSummary};
 use crate::source::{ErrorKind, SourceKind};
 
-/// Escapes text for HTML element content and attribute values.
+/// Escapes text for HTML element content and attribute values (`&`, `<`, `>`, `"`, `'`).
 pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
+    html_escape::encode_quoted_attribute(s).into_owned()
 }
 
 /// "12 s ago", "3 min ago", "never".
@@ -308,7 +297,7 @@ mod tests {
     fn escapes_everything_a_guest_or_libvirt_could_inject() {
         assert_eq!(
             escape("<script>alert('x')</script>&\""),
-            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;&quot;"
+            "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;&amp;&quot;"
         );
     }
 
