@@ -179,3 +179,46 @@ fn an_impostor_daemon_is_rejected_and_counted_and_the_real_launcher_is_unaffecte
     drop(fake);
     drop(real);
 }
+
+/// A libvirt daemon below a process named `virt-launcher`, in its own mount namespace but
+/// without KubeVirt's launcher layout (no virt-launcher command socket
+/// `/run/kubevirt/sockets/launcher-sock`): any pod can name its processes so. It is rejected
+/// and its VM is never exported, while a launcher with the layout still is.
+#[test]
+fn a_daemon_named_like_a_launcher_without_kubevirts_layout_is_not_trusted() {
+    let _serial = serial();
+    let real = Launcher::start("kvt-ok", "kvt-nsok_db");
+    let _ = Command::new("bash").arg(root().join("integration/launcher.sh")).args(["kill", "kvt-alias"]).output();
+    let fake_out = launcher(&["start-namesake", "kvt-alias", "kvt-nsalias_evil"]);
+    let fake = Launcher("kvt-alias".to_owned());
+    let fake_pid = fake_out.lines().find_map(|l| l.strip_prefix("pid ")).expect("pid").trim().to_owned();
+    let real_pid = launcher(&["pid", &real.0]).trim().to_owned();
+    // The namesake's parent really is named virt-launcher: only the layout tells them apart.
+    let ppid = std::fs::read_to_string(format!("/proc/{fake_pid}/stat")).expect("stat");
+    let ppid = ppid.rsplit_once(')').expect("stat").1.split_whitespace().nth(1).expect("ppid").to_owned();
+    assert_eq!(std::fs::read_to_string(format!("/proc/{ppid}/comm")).expect("comm").trim(), "virt-launcher");
+    let bridge = Bridge::start_without_libvirt(&["--discovery", "kubevirt", "--poll-interval", "1s", "--no-qga"]);
+    let (e, _) = bridge.wait_for(Duration::from_secs(30), "the real launcher's VM and the namesake rejected", |e| {
+        e.value("vmbridge_source_up", &[("namespace", "kvt-nsok"), ("name", "db"), ("source", "libvirt")]) == Some(1.0)
+            && e.value("vmbridge_launcher_daemons", &[("status", "untrusted")]).is_some_and(|n| n >= 1.0)
+    });
+    // Two more scans: the namesake's VM never appears.
+    std::thread::sleep(Duration::from_secs(3));
+    let e2 = bridge.metrics();
+    for e in [&e, &e2] {
+        assert!(e.of_vm("evil").is_empty(), "the namesake's VM was exported");
+        let endpoints: Vec<String> =
+            e.find("vmbridge_endpoint_up", &[]).iter().filter_map(|s| s.labels.get("uri").cloned()).collect();
+        assert!(endpoints.iter().any(|u| u.contains(&format!("/proc/{real_pid}/"))), "{endpoints:?}");
+        assert!(
+            !endpoints.iter().any(|u| u.contains(&format!("/proc/{fake_pid}/"))),
+            "the namesake became an endpoint: {endpoints:?}"
+        );
+    }
+    assert!(
+        bridge.log.lock().unwrap().iter().any(|l| l.contains("not taken for launchers") && l.contains(&fake_pid)),
+        "the rejection is logged with the namesake's PID"
+    );
+    drop(fake);
+    drop(real);
+}
