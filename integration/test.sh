@@ -27,16 +27,29 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # The real-guest tier boots a Debian kernel + busybox/qemu-ga initramfs (built once, cached).
 bash integration/guest/build.sh >/dev/null
-# Fuzzing (every target in fuzz/, VMB_FUZZ_SECS each, default 30) runs beside the rest at idle
-# CPU priority (SCHED_IDLE: it gets only what the builds and the lab tests leave, so their load
-# is what it was); it is waited for at the end, and a crash fails the suite.
+# Two jobs run beside the rest at idle CPU priority (SCHED_IDLE: they get only the CPU the builds
+# and the lab tests leave, so the lab's load is what it was), and are waited for at the end:
+# - fuzzing: every target in fuzz/ for VMB_FUZZ_SECS (default 30) each; a crash fails the suite;
+# - the supply-chain check: cargo deny with deny.toml (advisories from the offline snapshot,
+#   licenses, bans, sources; integration/deny.sh); a finding fails the suite. cargo-deny is
+#   pinned and built from source when missing (about 4 min of CPU).
+# Each has its own CARGO_HOME (target/cargo-bg-*): a starved idle job holding cargo's package
+# cache lock must never make the foreground builds wait for it.
 mkdir -p target
-fuzz_log=target/fuzz-ci.log
-# Its own session (setsid), so that an early exit stops the fuzzers with it.
-setsid chrt --idle 0 bash fuzz/run.sh "${VMB_FUZZ_SECS:-30}" >"$fuzz_log" 2>&1 &
+bg() { # NAME CMD: start CMD in its own session (an early exit stops it) at idle priority
+    local name=$1
+    shift
+    CARGO_HOME="$PWD/target/cargo-bg-$name" PATH="$PWD/target/cargo-bg-$name/bin:$PATH" \
+        setsid chrt --idle 0 "$@" >"target/$name-ci.log" 2>&1 &
+    echo "== $name started at idle priority (pid $!, log target/$name-ci.log)"
+}
+bg fuzz bash fuzz/run.sh "${VMB_FUZZ_SECS:-30}"
 fuzz_pid=$!
-trap 'kill -- "-$fuzz_pid" 2>/dev/null || true' EXIT
-echo "== fuzz/run.sh ${VMB_FUZZ_SECS:-30} started at idle priority (pid $fuzz_pid, log $fuzz_log)"
+bg deny bash -c 'set -e; command -v cargo-deny >/dev/null || cargo install --locked cargo-deny --version 0.20.2
+    cargo fetch --locked --quiet; bash integration/deny.sh'
+deny_pid=$!
+stop_bg() { kill -- "-$fuzz_pid" "-$deny_pid" 2>/dev/null || true; }
+trap stop_bg EXIT
 # The installable artefacts, which the image and package tests install and run: the .deb
 # (cargo-deb, pinned) and the OCI image, built twice to check it is reproducible.
 echo "== cargo deb"
@@ -46,17 +59,11 @@ echo "== deploy/image/build.sh"
 # cargo deb has just built target/release/vmbridge: the image takes that binary (no second build).
 VMBRIDGE_IMAGE_SKIP_CARGO=1 bash deploy/image/build.sh
 # Only the integration tests' domains (prefix "it"); the daemons stop only if no lab domain is left.
-trap 'kill -- "-$fuzz_pid" 2>/dev/null || true; bash "$lab" down it >/dev/null 2>&1 || true' EXIT
+trap 'stop_bg; bash "$lab" down it >/dev/null 2>&1 || true' EXIT
 
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 rc=0
-echo "== cargo deny check (deny.toml: advisories from the offline snapshot, licenses, bans, sources)"
-# Pinned, installed only if missing: a from-source build of about 20 min wall here on 2 busy
-# cores (4 min CPU); keep ~/.cargo/bin cached between CI runs. A finding fails the run at the
-# end; the rest still runs. The snapshot: VMBRIDGE_ADVISORY_DB, default ../shared/advisory-db.
-command -v cargo-deny >/dev/null || cargo install --locked cargo-deny --version 0.20.2
-bash integration/deny.sh || rc=$?
 echo "== cargo test --doc (the allow-lists' compile-fail proofs)"
 # --all-targets leaves doctests out; they run first (seconds) and a failure does not stop the rest.
 cargo test --doc --locked || rc=$?
@@ -66,13 +73,17 @@ export VMB_HUNG_PHASE_SECS="${VMB_HUNG_PHASE_SECS:-40}"
 echo "== cargo test (unit, CLI, real-lab integration)"
 # A hang anywhere must not eat CI's whole time limit: each lab test also has its own watchdog.
 timeout --signal=INT --kill-after=30s 45m cargo test --all-targets --locked --no-fail-fast || rc=$?
-echo "== fuzz (waiting for the idle-priority run; now alone on the machine)"
-fuzz_rc=0
-wait "$fuzz_pid" || fuzz_rc=$?
-sed -n '/^== summary/,$p' "$fuzz_log"
-if [ "$fuzz_rc" -ne 0 ]; then
-    echo "fuzz/run.sh failed (exit $fuzz_rc): the end of $fuzz_log:"
-    tail -n 60 "$fuzz_log"
-    rc=1
-fi
+wait_bg() { # NAME PID SUMMARY-SED: wait for a background job, show its summary, fail on error
+    local name=$1 pid=$2 job_rc=0
+    echo "== $name (waiting for the idle-priority job; now alone on the machine)"
+    wait "$pid" || job_rc=$?
+    sed -n "$3" "target/$name-ci.log"
+    if [ "$job_rc" -ne 0 ]; then
+        echo "$name failed (exit $job_rc): the end of target/$name-ci.log:"
+        tail -n 60 "target/$name-ci.log"
+        rc=1
+    fi
+}
+wait_bg deny "$deny_pid" '/^deny.sh:\|^advisories\|^bans\|^licenses\|^sources/p'
+wait_bg fuzz "$fuzz_pid" '/^== summary/,$p'
 exit "$rc"
