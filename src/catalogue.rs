@@ -1246,6 +1246,28 @@ family!(
     "Why the VM is stuck, present (value 1) only while it is: process_stopped (QEMU in /proc state T), io_blocked (QEMU's main thread in state D; wchan names the kernel function it waits in), monitor_busy (the QEMU monitor occupied or held by a job past the poll timeout while libvirt polls fail, from virDomainGetControlInfo), agent_unresponsive (the guest agent's polls timing out). The first that holds, in that order."
 );
 family!(
+    GUEST_HEARTBEAT,
+    "vmbridge_guest_heartbeat",
+    Gauge,
+    N,
+    ["state"],
+    Bridge,
+    "vmbridge",
+    Vm,
+    "Whether the guest is alive, one series (value 1) for the current state: ok (the agent answered its last guest-ping within qga.heartbeat_slow), agent_slow (it answered, slower than that), agent_silent (the agent channel is connected but the last poll timed out), guest_stalled (the domain is running but its vCPUs used no time for qga.heartbeat_stalled_polls libvirt polls in a row, and the agent does not answer), no_agent (no agent connected, or the guest source is off), unknown (the host side does not answer: QEMU stopped or blocked, its monitor busy, libvirt polls failing or stale; or the domain is not running, the agent answers garbage, or nothing was polled yet). Never ok while the host side does not answer. With --health-detail every state is written, the others at 0."
+);
+family!(
+    GUEST_AGENT_RTT,
+    "vmbridge_guest_agent_rtt",
+    Gauge,
+    S,
+    [],
+    Bridge,
+    "vmbridge",
+    Vm,
+    "Round-trip time of the guest-ping sent at the start of each guest-agent poll (through libvirt, its RPC included), while the last poll succeeded. A ping that had to connect first is sent again and only the second is timed."
+);
+family!(
     SOURCE_EFFECTIVE_INTERVAL,
     "vmbridge_source_effective_interval",
     Gauge,
@@ -1472,7 +1494,7 @@ impl Selection {
 }
 
 /// vmbridge's own families (written by `collector::bridge`), in order.
-pub const BRIDGE: [&MetricDef; 23] = [
+pub const BRIDGE: [&MetricDef; 25] = [
     &SOURCE_UP,
     &BREAKER_STATE,
     &SOURCE_LAST_SUCCESS,
@@ -1483,6 +1505,8 @@ pub const BRIDGE: [&MetricDef; 23] = [
     &BREAKER_TRANSITIONS,
     &STUCK_CALLS,
     &VM_STALL_REASON,
+    &GUEST_HEARTBEAT,
+    &GUEST_AGENT_RTT,
     &VMS,
     &VM_CONFLICTS,
     &ENDPOINT_UP,

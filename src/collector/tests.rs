@@ -231,7 +231,9 @@ fn every_declared_family_is_emitted() {
     // Polling stretched (the node busy): the effective interval is written.
     let mut libvirt = (*source(Some(sample), Some(crate::clock::now_unix()))).clone();
     (libvirt.stretched, libvirt.effective_interval_seconds) = (true, Some(12.5));
-    let store = store_with_guest(vec![("a", Arc::new(libvirt))], Some(guest_source(rich_guest())));
+    // The agent's ping was timed: its round-trip time is written.
+    let guest = crate::source::qga::QgaSample { rtt_seconds: Some(0.004), ..rich_guest() };
+    let store = store_with_guest(vec![("a", Arc::new(libvirt))], Some(guest_source(guest)));
     // Its QEMU stopped: the stall reason is written.
     store.publish(&crate::store::VmKey::new("qemu:///system", "uuid-a"), SourceKind::Process, process_source("T"));
     // KubeVirt mode's launcher counts.
@@ -630,9 +632,17 @@ fn health_stays_within_twelve_series_per_vm_and_shows_what_occurred() {
         Some(guest_source(rich_guest())),
     );
     let compact = VmCollector::new(store.clone(), "node-1".into(), Duration::from_secs(60)).render(Format::OpenMetrics);
-    let lines = bridge_lines(&compact, "a");
-    // Four sources, three series each.
+    let (heartbeat, lines): (Vec<&str>, Vec<&str>) = bridge_lines(&compact, "a")
+        .into_iter()
+        .partition(|l| l.starts_with("vmbridge_guest_heartbeat{") || l.starts_with("vmbridge_guest_agent_rtt"));
+    // Four sources, three series each; plus the VM's one guest heartbeat state (the domain
+    // is paused in these parameters, so the guest cannot be judged; the ping is untimed in
+    // this sample: no round-trip time).
     assert_eq!(lines.len(), 12, "{lines:#?}");
+    assert_eq!(
+        heartbeat,
+        ["vmbridge_guest_heartbeat{namespace=\"ns\",name=\"a\",node=\"node-1\",state=\"unknown\"} 1.0"]
+    );
     for family in ["vmbridge_source_up{", "vmbridge_source_last_success_timestamp_seconds{", "vmbridge_breaker_state{"]
     {
         assert_eq!(lines.iter().filter(|l| l.starts_with(family)).count(), 4, "{family}: {lines:#?}");
@@ -676,8 +686,8 @@ fn health_stays_within_twelve_series_per_vm_and_shows_what_occurred() {
         + crate::source::ErrorKind::ALL.len()
         + crate::breaker::TransitionReason::ALL.len()
         + 1;
-    // Plus the guest agent's five dropped-item counters.
-    assert_eq!(lines.len(), 4 * per_source + 5, "{lines:#?}");
+    // Plus the guest agent's five dropped-item counters, and every heartbeat state.
+    assert_eq!(lines.len(), 4 * per_source + 5 + crate::heartbeat::Heartbeat::ALL.len(), "{lines:#?}");
 }
 
 #[test]

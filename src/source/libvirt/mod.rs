@@ -46,6 +46,10 @@ pub struct LibvirtSample {
     /// Answers that needed such carrying since discovery, per stats group
     /// (`vmbridge_source_partial_total`).
     pub partial_total: BTreeMap<String, u64>,
+    /// Polls in a row, up to this one, in which the domain was running and its vCPUs' summed
+    /// time (`vcpu.N.time`, else `cpu.time`) did not advance: the guest heartbeat's
+    /// `guest_stalled` (see [`crate::heartbeat`]).
+    pub vcpu_idle_polls: u32,
 }
 
 impl LibvirtSample {
@@ -66,6 +70,7 @@ impl LibvirtSample {
             events: Default::default(),
             carried: BTreeMap::new(),
             partial_total: BTreeMap::new(),
+            vcpu_idle_polls: 0,
         }
     }
 }

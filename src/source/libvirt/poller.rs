@@ -157,6 +157,8 @@ pub struct LibvirtPoller {
     limiter: Arc<Semaphore>,
     /// The last poll succeeded: this one may take its statistics from a batch.
     batchable: bool,
+    /// The vCPUs' time at the last poll, and polls in a row it did not advance.
+    vcpu_time: VcpuProgress,
 }
 
 impl LibvirtPoller {
@@ -189,6 +191,7 @@ impl LibvirtPoller {
             affinity: (None, None),
             limiter,
             batchable: false,
+            vcpu_time: VcpuProgress::default(),
         }
     }
 }
@@ -442,6 +445,39 @@ impl LibvirtPoller {
     }
 }
 
+/// Whether a running domain's vCPUs advance, poll to poll.
+#[derive(Debug, Default, Clone, Copy)]
+struct VcpuProgress {
+    /// The summed vCPU time (ns) at the last poll that had one.
+    last: Option<u64>,
+    /// Polls in a row it did not advance while running.
+    idle: u32,
+}
+
+impl VcpuProgress {
+    /// Takes this poll's sample; returns the polls in a row without vCPU time. Not running,
+    /// or no time reported: 0 (a paused guest is not a stalled one). `fresh`: libvirt answered
+    /// the vCPU group this time (a carried one is not counted either way).
+    fn observe(&mut self, s: &DomainSample, fresh: bool) -> u32 {
+        let running = s.state.is_some_and(|st| st.state == i64::from(sys::VIR_DOMAIN_RUNNING));
+        let vcpus: Option<u64> =
+            s.vcpus.iter().map(|v| v.time_ns).try_fold(0u64, |acc, t| t.map(|t| acc.saturating_add(t)));
+        let time = vcpus.filter(|_| !s.vcpus.is_empty()).or(s.cpu_time_ns);
+        match (running, time) {
+            (true, Some(t)) if fresh => {
+                self.idle = if self.last == Some(t) { self.idle.saturating_add(1) } else { 0 };
+                self.last = Some(t);
+            }
+            (true, Some(_)) => {}
+            _ => {
+                self.idle = 0;
+                self.last = time;
+            }
+        }
+        self.idle
+    }
+}
+
 impl LibvirtPoller {
     /// A sample from one answer: carried values put back, the monitor's state judged, the job
     /// and pinning readings kept or reused.
@@ -476,6 +512,9 @@ impl LibvirtPoller {
         if let Some((_, aliases)) = &self.aliases {
             sample.parsed.apply_aliases(aliases, self.device_labels);
         }
+        // A vCPU group carried from an earlier answer says nothing new about progress.
+        let vcpu_fresh = !merged.carried.contains_key("vcpu");
+        sample.vcpu_idle_polls = self.vcpu_time.observe(&sample.parsed, vcpu_fresh);
         sample.carried = merged.carried.into_iter().map(|(g, n)| (g.to_owned(), n)).collect();
         sample.partial_total = self.carry.partial_total().iter().map(|(g, n)| ((*g).to_owned(), *n)).collect();
         let now = tokio::time::Instant::now();
@@ -520,6 +559,40 @@ impl LibvirtPoller {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vcpu_time_that_stops_while_running_counts_idle_polls() {
+        let dom = |state: i64, times: &[Option<u64>], cpu: Option<u64>| DomainSample {
+            state: Some(super::super::stats::DomainState { state, reason: 0 }),
+            cpu_time_ns: cpu,
+            vcpus: times
+                .iter()
+                .enumerate()
+                .map(|(id, t)| super::super::stats::VcpuSample { id, time_ns: *t, ..Default::default() })
+                .collect(),
+            ..Default::default()
+        };
+        let run = i64::from(sys::VIR_DOMAIN_RUNNING);
+        let paused = i64::from(sys::VIR_DOMAIN_PAUSED);
+        let mut p = VcpuProgress::default();
+        // The first reading is a baseline, not an idle poll.
+        assert_eq!(p.observe(&dom(run, &[Some(10), Some(20)], Some(99)), true), 0);
+        assert_eq!(p.observe(&dom(run, &[Some(11), Some(20)], Some(99)), true), 0);
+        assert_eq!(p.observe(&dom(run, &[Some(11), Some(20)], Some(150)), true), 1, "cpu.time moved, vCPUs did not");
+        assert_eq!(p.observe(&dom(run, &[Some(11), Some(20)], Some(150)), true), 2);
+        // A carried vCPU group counts neither way.
+        assert_eq!(p.observe(&dom(run, &[Some(11), Some(20)], Some(150)), false), 2);
+        assert_eq!(p.observe(&dom(run, &[Some(11), Some(20)], Some(150)), true), 3);
+        // Paused: not stalled, and the count starts again.
+        assert_eq!(p.observe(&dom(paused, &[Some(11), Some(20)], Some(150)), true), 0);
+        assert_eq!(p.observe(&dom(run, &[Some(11), Some(20)], Some(150)), true), 1);
+        assert_eq!(p.observe(&dom(run, &[Some(12), Some(20)], Some(150)), true), 0);
+        // Without per-vCPU times, cpu.time.
+        let mut p = VcpuProgress::default();
+        assert_eq!(p.observe(&dom(run, &[], Some(5)), true), 0);
+        assert_eq!(p.observe(&dom(run, &[], Some(5)), true), 1);
+        assert_eq!(p.observe(&dom(run, &[], None), true), 0, "no time at all: nothing to judge");
+    }
 
     #[test]
     fn only_a_monitor_occupied_past_the_limit_is_stuck() {

@@ -43,6 +43,12 @@ pub struct QgaFileConfig {
     /// Per-VM caps on what a guest can make vmbridge export.
     #[serde(default)]
     pub limits: QgaLimitsFile,
+    /// A `guest-ping` slower than this makes the guest heartbeat `agent_slow`. Default `1s`;
+    /// below `qga.timeout`.
+    pub heartbeat_slow: Option<String>,
+    /// This many libvirt polls in a row in which a running domain's vCPUs used no time make
+    /// the guest heartbeat `guest_stalled`. Default 3; 0 turns that check off.
+    pub heartbeat_stalled_polls: Option<u32>,
 }
 
 /// `[qga.periods]`: a duration per command, keyed as in `commands::COMMANDS`.
@@ -154,10 +160,20 @@ pub fn validate(q: &QgaFileConfig, check: &mut Check) -> QgaRuntime {
         check.err("qga.socket_pattern", "is required when qga.transport is \"socket\"");
     }
     check.socket_pattern("qga.socket_pattern", &q.socket_pattern);
+    let defaults = crate::heartbeat::Bounds::default();
+    let slow = check.duration("qga.heartbeat_slow", &q.heartbeat_slow, Duration::from_secs_f64(defaults.slow_seconds));
+    if slow >= timeout {
+        check.err("qga.heartbeat_slow", "must be below qga.timeout (a ping that slow times out)");
+    }
+    let stalled_polls = q.heartbeat_stalled_polls.unwrap_or(defaults.stalled_polls);
+    if stalled_polls > 1000 {
+        check.err("qga.heartbeat_stalled_polls", "must be at most 1000");
+    }
+    let heartbeat = crate::heartbeat::Bounds { slow_seconds: slow.as_secs_f64(), stalled_polls };
     QgaRuntime {
         enabled: q.enabled.unwrap_or(true),
         transport,
         socket_pattern: q.socket_pattern.clone(),
-        poll: QgaSettings { timeout, max_reply_bytes, periods, limits },
+        poll: QgaSettings { timeout, max_reply_bytes, periods, limits, heartbeat },
     }
 }
