@@ -256,3 +256,94 @@ fn guest_block_io_errors_are_counted_exactly() {
     assert_eq!(lv_count(&without.metrics()) - l0, caused, "libvirt count settled");
     eprintln!("{caused} I/O errors caused, counted exactly by both paths");
 }
+
+/// The VM's current guest heartbeat state, if written.
+fn heartbeat(e: &Exposition, name: &str) -> Option<String> {
+    let states: Vec<String> = e
+        .find("vmbridge_guest_heartbeat", &[("name", name)])
+        .iter()
+        .filter(|s| s.value == 1.0)
+        .map(|s| s.labels["state"].clone())
+        .collect();
+    assert!(states.len() <= 1, "one current state per VM: {states:?}");
+    states.into_iter().next()
+}
+
+/// The guest heartbeat on the real guest: `ok` with a round-trip time while the agent
+/// answers; with its QEMU SIGSTOPped, `unknown` or `guest_stalled` and never `ok` again until
+/// SIGCONT; then the guest stops its own qemu-ga (SIGSTOP inside the guest, from
+/// `vmb.agent_stop_after`: the channel stays connected) and the state goes `ok` →
+/// `agent_silent`.
+#[test]
+fn guest_heartbeat_follows_a_silent_agent_and_a_stopped_qemu() {
+    let _serial = serial();
+    let name = "itg-heartbeat";
+    // Long enough for vmbridge's first polls and the SIGSTOP phase, on a loaded machine.
+    let agent_stop_after = 75;
+    let _ = Command::new("bash").arg(root().join("integration/lab.sh")).args(["destroy", name]).output();
+    let out = Command::new("bash")
+        .arg(root().join("integration/lab.sh"))
+        .args(["add-guest", name])
+        .env("VMB_GUEST_CMDLINE", format!("vmb.agent_stop_after={agent_stop_after}"))
+        .output()
+        .expect("lab.sh");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        let _ = Command::new("bash").arg(root().join("integration/lab.sh")).args(["destroy", name]).output();
+        assert!(stderr.contains("did not answer guest-ping within"), "add-guest failed: {stderr}");
+        eprintln!("SKIPPED heartbeat tier: the guest did not boot in time under TCG:\n{stderr}");
+        return;
+    }
+    let booted = std::time::Instant::now();
+    let dom = Domain { name: name.to_owned() };
+    let dir = std::env::temp_dir().join(format!("vmbridge-heartbeat-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let cfg = dir.join("vmbridge.toml");
+    std::fs::write(&cfg, "[poll]\ninterval = \"1s\"\ntimeout = \"3s\"\n[qga]\ntimeout = \"2s\"\n").expect("cfg");
+    let bridge = Bridge::start(&["--config", cfg.to_str().unwrap()]);
+    let vm = [("name", name)];
+
+    let (e, took) = bridge.wait_for(Duration::from_secs(30), "heartbeat ok", |e| heartbeat(e, name).as_deref() == Some("ok"));
+    let rtt = e.value("vmbridge_guest_agent_rtt_seconds", &vm).expect("a round-trip time while ok");
+    assert!(rtt > 0.0 && rtt < 2.0, "rtt {rtt} within the 2 s command deadline");
+    eprintln!("ok {took:?} after vmbridge started; vmbridge_guest_agent_rtt_seconds {rtt}");
+
+    // QEMU stopped: the host cannot vouch for the guest. Never ok once it left ok.
+    dom.stop();
+    let (e, took) = bridge.wait_for(Duration::from_secs(30), "heartbeat unknown or guest_stalled", |e| {
+        matches!(heartbeat(e, name).as_deref(), Some("unknown" | "guest_stalled"))
+    });
+    eprintln!("QEMU stopped: {:?} after {took:?}", heartbeat(&e, name));
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(500));
+        let s = heartbeat(&bridge.metrics(), name);
+        assert_ne!(s.as_deref(), Some("ok"), "ok while QEMU is stopped; states so far {seen:?}");
+        seen.push(s);
+    }
+    eprintln!("while stopped: {seen:?}");
+    dom.cont();
+    let (_, took) = bridge.wait_for(Duration::from_secs(60), "heartbeat ok again", |e| {
+        heartbeat(e, name).as_deref() == Some("ok")
+    });
+    eprintln!("ok again {took:?} after SIGCONT");
+    assert!(
+        booted.elapsed() < Duration::from_secs(agent_stop_after - 5),
+        "the SIGSTOP phase ran past the guest's own agent stop ({:?}); raise agent_stop_after",
+        booted.elapsed()
+    );
+
+    // The guest stops its own agent: ok → agent_silent, and the round-trip time goes.
+    let (e, took) = bridge.wait_for(Duration::from_secs(agent_stop_after + 60), "heartbeat agent_silent", |e| {
+        let s = heartbeat(e, name);
+        assert!(matches!(s.as_deref(), Some("ok" | "agent_silent")), "ok → agent_silent only, saw {s:?}");
+        s.as_deref() == Some("agent_silent")
+    });
+    eprintln!("agent_silent {took:?} later, {:?} after boot", booted.elapsed());
+    assert_eq!(e.value("vmbridge_guest_agent_rtt_seconds", &vm), None, "no round-trip time for a silent agent");
+    let console = std::fs::read_to_string(format!("/var/lib/vmbridge-lab/vms/{name}/console.log")).unwrap_or_default();
+    assert!(console.contains("stopped qemu-ga (SIGSTOP)"), "the guest says it stopped its agent:\n{console}");
+    // It stays silent (the agent never answers again).
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(heartbeat(&bridge.metrics(), name).as_deref(), Some("agent_silent"));
+}
