@@ -303,7 +303,8 @@ fn guest_heartbeat_follows_a_silent_agent_and_a_stopped_qemu() {
     let bridge = Bridge::start(&["--config", cfg.to_str().unwrap()]);
     let vm = [("name", name)];
 
-    let (e, took) = bridge.wait_for(Duration::from_secs(30), "heartbeat ok", |e| heartbeat(e, name).as_deref() == Some("ok"));
+    let (e, took) =
+        bridge.wait_for(Duration::from_secs(30), "heartbeat ok", |e| heartbeat(e, name).as_deref() == Some("ok"));
     let rtt = e.value("vmbridge_guest_agent_rtt_seconds", &vm).expect("a round-trip time while ok");
     assert!(rtt > 0.0 && rtt < 2.0, "rtt {rtt} within the 2 s command deadline");
     eprintln!("ok {took:?} after vmbridge started; vmbridge_guest_agent_rtt_seconds {rtt}");
@@ -323,9 +324,8 @@ fn guest_heartbeat_follows_a_silent_agent_and_a_stopped_qemu() {
     }
     eprintln!("while stopped: {seen:?}");
     dom.cont();
-    let (_, took) = bridge.wait_for(Duration::from_secs(60), "heartbeat ok again", |e| {
-        heartbeat(e, name).as_deref() == Some("ok")
-    });
+    let (_, took) =
+        bridge.wait_for(Duration::from_secs(60), "heartbeat ok again", |e| heartbeat(e, name).as_deref() == Some("ok"));
     eprintln!("ok again {took:?} after SIGCONT");
     assert!(
         booted.elapsed() < Duration::from_secs(agent_stop_after - 5),

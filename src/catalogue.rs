@@ -544,6 +544,17 @@ family!(
     "The number of other page faults, when disk IO was not required. Page faults occur when a process makes a valid access to virtual memory that is not available."
 );
 family!(
+    GUEST_MEMORY_STATS,
+    "vmbridge_guest_memory_stats",
+    Gauge,
+    N,
+    ["state"],
+    Hypervisor,
+    "libvirt balloon.last-update",
+    Vm,
+    "Whether the guest-reported memory figures (kubevirt_vmi_memory_available/usable/unused/cached_bytes, swap, page faults) are exported, one series (value 1) for the current state: fresh (the balloon driver's last report, balloon.last-update, is at most 3 stats periods old; the period is measured from the stamp's steps, 10 s assumed until one was seen), stale (older: the figures are withheld, since a driver that stopped reporting leaves its last figures in place), unavailable (the guest never reported). actual_balloon, domain memory and QEMU's RSS come from the host and stay. With --health-detail every state is written, the others at 0."
+);
+family!(
     MEMORY_STATS_UPDATED,
     "kubevirt_vmi_memory_stats_last_update_timestamp",
     Gauge,

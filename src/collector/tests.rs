@@ -228,6 +228,11 @@ fn every_declared_family_is_emitted() {
     let mut sample = LibvirtSample::new(rich_params(), rich_memory());
     sample.partial_total.insert("block".into(), 1);
     sample.parsed.cpu_affinity = Some(2);
+    sample.guest_memory = Some(crate::source::libvirt::memstats::GuestMemoryStats {
+        state: crate::source::libvirt::memstats::MemoryStatsState::Fresh,
+        period_seconds: 2.0,
+        age_seconds: Some(1.0),
+    });
     // Polling stretched (the node busy): the effective interval is written.
     let mut libvirt = (*source(Some(sample), Some(crate::clock::now_unix()))).clone();
     (libvirt.stretched, libvirt.effective_interval_seconds) = (true, Some(12.5));
@@ -246,6 +251,44 @@ fn every_declared_family_is_emitted() {
             "family {name} declared but never emitted:\n{text}"
         );
     }
+}
+
+#[test]
+fn stale_guest_memory_figures_are_withheld_and_the_host_ones_stay() {
+    use crate::source::libvirt::memstats::Freshness;
+    let mut sample = LibvirtSample::new(rich_params(), rich_memory());
+    let stamp = 1_764_800_000;
+    sample.parsed.memory.last_update = Some(stamp);
+    let mut f = Freshness::default();
+    let mut fresh = sample.clone();
+    fresh.guest_memory = Some(f.judge(&mut fresh.parsed.memory, stamp as f64 + 1.0));
+    let text = scrape(store_with(vec![("a", source(Some(fresh), Some(crate::clock::now_unix())))]));
+    assert!(text.contains("kubevirt_vmi_memory_usable_bytes{"), "{text}");
+    assert!(
+        text.contains("vmbridge_guest_memory_stats{namespace=\"ns\",name=\"a\",node=\"node-1\",state=\"fresh\"} 1")
+    );
+    // The stamp never moved again: after 3 (assumed 10 s) periods the guest's figures go.
+    let mut stale = sample.clone();
+    stale.guest_memory = Some(f.judge(&mut stale.parsed.memory, stamp as f64 + 31.0));
+    let text = scrape(store_with(vec![("a", source(Some(stale), Some(crate::clock::now_unix())))]));
+    for gone in [
+        "kubevirt_vmi_memory_usable_bytes{",
+        "kubevirt_vmi_memory_available_bytes{",
+        "kubevirt_vmi_memory_unused_bytes{",
+        "kubevirt_vmi_memory_cached_bytes{",
+    ] {
+        assert!(!text.contains(gone), "{gone} withheld:\n{text}");
+    }
+    for stays in ["kubevirt_vmi_memory_actual_balloon_bytes{", "kubevirt_vmi_memory_domain_bytes{"] {
+        assert!(text.contains(stays), "{stays} stays:\n{text}");
+    }
+    assert!(
+        text.contains("vmbridge_guest_memory_stats{namespace=\"ns\",name=\"a\",node=\"node-1\",state=\"stale\"} 1")
+    );
+    // (This scrape writes every state, the others at 0.)
+    assert!(
+        text.contains("vmbridge_guest_memory_stats{namespace=\"ns\",name=\"a\",node=\"node-1\",state=\"fresh\"} 0")
+    );
 }
 
 #[test]

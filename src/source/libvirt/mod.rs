@@ -10,6 +10,7 @@ mod encode;
 pub mod endpoint;
 pub mod ffi;
 pub mod launchers;
+pub mod memstats;
 pub mod merge;
 pub mod poller;
 pub mod stats;
@@ -50,6 +51,9 @@ pub struct LibvirtSample {
     /// time (`vcpu.N.time`, else `cpu.time`) did not advance: the guest heartbeat's
     /// `guest_stalled` (see [`crate::heartbeat`]).
     pub vcpu_idle_polls: u32,
+    /// Whether the guest's balloon statistics are current, and so exported
+    /// (`vmbridge_guest_memory_stats`); `None` when not judged.
+    pub guest_memory: Option<memstats::GuestMemoryStats>,
 }
 
 impl LibvirtSample {
@@ -71,6 +75,7 @@ impl LibvirtSample {
             carried: BTreeMap::new(),
             partial_total: BTreeMap::new(),
             vcpu_idle_polls: 0,
+            guest_memory: None,
         }
     }
 }

@@ -159,6 +159,8 @@ pub struct LibvirtPoller {
     batchable: bool,
     /// The vCPUs' time at the last poll, and polls in a row it did not advance.
     vcpu_time: VcpuProgress,
+    /// The balloon statistics' last stamp and measured period.
+    memory: super::memstats::Freshness,
 }
 
 impl LibvirtPoller {
@@ -192,6 +194,7 @@ impl LibvirtPoller {
             limiter,
             batchable: false,
             vcpu_time: VcpuProgress::default(),
+            memory: super::memstats::Freshness::default(),
         }
     }
 }
@@ -515,6 +518,8 @@ impl LibvirtPoller {
         // A vCPU group carried from an earlier answer says nothing new about progress.
         let vcpu_fresh = !merged.carried.contains_key("vcpu");
         sample.vcpu_idle_polls = self.vcpu_time.observe(&sample.parsed, vcpu_fresh);
+        // Guest memory figures whose stamp stopped are withheld (the raw ones stay in `/debug`).
+        sample.guest_memory = Some(self.memory.judge(&mut sample.parsed.memory, crate::clock::now_unix()));
         sample.carried = merged.carried.into_iter().map(|(g, n)| (g.to_owned(), n)).collect();
         sample.partial_total = self.carry.partial_total().iter().map(|(g, n)| ((*g).to_owned(), *n)).collect();
         let now = tokio::time::Instant::now();

@@ -43,8 +43,8 @@ pub struct QgaFileConfig {
     /// Per-VM caps on what a guest can make vmbridge export.
     #[serde(default)]
     pub limits: QgaLimitsFile,
-    /// A `guest-ping` slower than this makes the guest heartbeat `agent_slow`. Default `1s`;
-    /// below `qga.timeout`.
+    /// A `guest-ping` slower than this makes the guest heartbeat `agent_slow`. Default `1s`
+    /// (half `qga.timeout` when that is shorter); below `qga.timeout`.
     pub heartbeat_slow: Option<String>,
     /// This many libvirt polls in a row in which a running domain's vCPUs used no time make
     /// the guest heartbeat `guest_stalled`. Default 3; 0 turns that check off.
@@ -161,8 +161,10 @@ pub fn validate(q: &QgaFileConfig, check: &mut Check) -> QgaRuntime {
     }
     check.socket_pattern("qga.socket_pattern", &q.socket_pattern);
     let defaults = crate::heartbeat::Bounds::default();
-    let slow = check.duration("qga.heartbeat_slow", &q.heartbeat_slow, Duration::from_secs_f64(defaults.slow_seconds));
-    if slow >= timeout {
+    // By default 1 s, or half the command deadline when that is shorter.
+    let slow_default = Duration::from_secs_f64(defaults.slow_seconds).min(timeout / 2);
+    let slow = check.duration("qga.heartbeat_slow", &q.heartbeat_slow, slow_default);
+    if q.heartbeat_slow.is_some() && slow >= timeout {
         check.err("qga.heartbeat_slow", "must be below qga.timeout (a ping that slow times out)");
     }
     let stalled_polls = q.heartbeat_stalled_polls.unwrap_or(defaults.stalled_polls);
