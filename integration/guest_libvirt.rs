@@ -279,7 +279,7 @@ fn guest_heartbeat_follows_a_silent_agent_and_a_stopped_qemu() {
     let _serial = serial();
     let name = "itg-heartbeat";
     // Long enough for vmbridge's first polls and the SIGSTOP phase, on a loaded machine.
-    let agent_stop_after = 75;
+    let agent_stop_after = 45;
     let _ = Command::new("bash").arg(root().join("integration/lab.sh")).args(["destroy", name]).output();
     let out = Command::new("bash")
         .arg(root().join("integration/lab.sh"))
@@ -346,4 +346,68 @@ fn guest_heartbeat_follows_a_silent_agent_and_a_stopped_qemu() {
     // It stays silent (the agent never answers again).
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(heartbeat(&bridge.metrics(), name).as_deref(), Some("agent_silent"));
+}
+
+/// Memory-stats freshness on the real guest: with the balloon stats period at 2 s the guest's
+/// figures are exported (`fresh`); once the period is set to 0 (`virsh dommemstat --period 0`,
+/// by the test: QEMU stops asking the guest, and libvirt keeps returning the last figures with
+/// a stamp that no longer moves) they are withheld within a few periods (`stale`), while
+/// `actual_balloon` and the domain's memory stay.
+#[test]
+fn guest_memory_figures_whose_stamp_stops_are_withheld() {
+    let _serial = serial();
+    let name = "itg-memstale";
+    let _ = Command::new("bash").arg(root().join("integration/lab.sh")).args(["destroy", name]).output();
+    let out =
+        Command::new("bash").arg(root().join("integration/lab.sh")).args(["add-guest", name]).output().expect("lab.sh");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        let _ = Command::new("bash").arg(root().join("integration/lab.sh")).args(["destroy", name]).output();
+        assert!(stderr.contains("did not answer guest-ping within"), "add-guest failed: {stderr}");
+        eprintln!("SKIPPED memory-freshness tier: the guest did not boot in time under TCG:\n{stderr}");
+        return;
+    }
+    let _dom = Domain { name: name.to_owned() };
+    let bridge = Bridge::start(&["--poll-interval", "1s", "--no-qga"]);
+    let vm = [("name", name)];
+    let state = |e: &Exposition| {
+        e.find("vmbridge_guest_memory_stats", &vm).iter().find(|s| s.value == 1.0).map(|s| s.labels["state"].clone())
+    };
+    let (e, took) = bridge.wait_for(Duration::from_secs(60), "fresh guest memory figures", |e| {
+        state(e).as_deref() == Some("fresh") && e.value("kubevirt_vmi_memory_usable_bytes", &vm).is_some()
+    });
+    eprintln!(
+        "fresh after {took:?}: usable {:?}, last update {:?}",
+        e.value("kubevirt_vmi_memory_usable_bytes", &vm),
+        e.value("kubevirt_vmi_memory_stats_last_update_timestamp_seconds", &vm)
+    );
+    // Let vmbridge see the stamp step at least once (the period is measured from it).
+    let first = e.value("kubevirt_vmi_memory_stats_last_update_timestamp_seconds", &vm);
+    bridge.wait_for(Duration::from_secs(30), "the stamp to move", |e| {
+        e.value("kubevirt_vmi_memory_stats_last_update_timestamp_seconds", &vm) != first
+    });
+    virsh(&["dommemstat", name, "--period", "0", "--live"]);
+    let frozen = std::time::Instant::now();
+    let (e, took) = bridge
+        .wait_for(Duration::from_secs(60), "stale guest memory figures", |e| state(e).as_deref() == Some("stale"));
+    eprintln!("stale {took:?} after the period was set to 0");
+    for gone in [
+        "kubevirt_vmi_memory_usable_bytes",
+        "kubevirt_vmi_memory_available_bytes",
+        "kubevirt_vmi_memory_unused_bytes",
+        "kubevirt_vmi_memory_cached_bytes",
+    ] {
+        assert_eq!(e.value(gone, &vm), None, "{gone} withheld once stale");
+    }
+    assert!(e.value("kubevirt_vmi_memory_actual_balloon_bytes", &vm).is_some_and(|v| v > 0.0), "actual_balloon stays");
+    assert!(e.value("kubevirt_vmi_memory_domain_bytes", &vm).is_some_and(|v| v > 0.0), "domain memory stays");
+    // libvirt still returns the frozen figures: vmbridge withholds them, it did not lose them.
+    let raw = dommemstat(name);
+    assert!(raw.contains_key("usable"), "libvirt still reports the last figures: {raw:?}");
+    assert!(frozen.elapsed() >= Duration::from_secs(2), "not stale before one period passed");
+    // Reports resume with the period back: fresh again.
+    virsh(&["dommemstat", name, "--period", "2", "--live"]);
+    bridge.wait_for(Duration::from_secs(60), "fresh again", |e| {
+        state(e).as_deref() == Some("fresh") && e.value("kubevirt_vmi_memory_usable_bytes", &vm).is_some()
+    });
 }

@@ -799,3 +799,43 @@ fn a_hot_plugged_disk_is_labelled_by_its_alias_and_unplugged_goes() {
     });
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A real domain whose vCPU halts at once with interrupts off (`VMB_LAB_MODE=halted`: the boot
+/// sector is `cli; hlt`): libvirt says running, QEMU and libvirt answer, the vCPU's time stops.
+/// The guest heartbeat says `guest_stalled` after `qga.heartbeat_stalled_polls` polls and keeps
+/// saying it; nothing answers on its agent channel, so no answer proves it alive.
+#[test]
+fn a_halted_guest_is_guest_stalled() {
+    let _serial = serial();
+    let name = "ith-halted";
+    let lab_sh = root().join("integration/lab.sh");
+    let _ = std::process::Command::new("bash").arg(&lab_sh).args(["destroy", name]).output();
+    let out = std::process::Command::new("bash")
+        .arg(&lab_sh)
+        .args(["add", name])
+        .env("VMB_LAB_MODE", "halted")
+        .output()
+        .expect("lab.sh");
+    assert!(out.status.success(), "lab.sh add: {}", String::from_utf8_lossy(&out.stderr));
+    let _dom = Domain { name: name.to_owned() };
+    let cfg = std::env::temp_dir().join(format!("vmbridge-it-halted-{}.toml", std::process::id()));
+    std::fs::write(&cfg, "[poll]\ninterval = \"1s\"\n[qga]\nheartbeat_stalled_polls = 3\n").expect("config");
+    let bridge = Bridge::start(&["--config", cfg.to_str().expect("utf-8")]);
+    let state = |e: &Exposition| {
+        e.find("vmbridge_guest_heartbeat", &[("name", name)])
+            .iter()
+            .find(|s| s.value == 1.0)
+            .map(|s| s.labels["state"].clone())
+    };
+    let (e, took) =
+        bridge.wait_for(Duration::from_secs(30), "guest_stalled", |e| state(e).as_deref() == Some("guest_stalled"));
+    eprintln!("guest_stalled {took:?} after vmbridge started");
+    assert_eq!(virsh(&["domstate", name]).trim(), "running", "libvirt calls it running");
+    assert_eq!(e.value("vmbridge_guest_agent_rtt_seconds", &[("name", name)]), None, "no agent answered");
+    let t0 = domstats(name).get("vcpu.0.time").cloned();
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(state(&bridge.metrics()).as_deref(), Some("guest_stalled"), "stays stalled");
+    }
+    assert_eq!(domstats(name).get("vcpu.0.time").cloned(), t0, "libvirt's own vCPU time did not move either");
+}

@@ -552,7 +552,7 @@ family!(
     Hypervisor,
     "libvirt balloon.last-update",
     Vm,
-    "Whether the guest-reported memory figures (kubevirt_vmi_memory_available/usable/unused/cached_bytes, swap, page faults) are exported, one series (value 1) for the current state: fresh (the balloon driver's last report, balloon.last-update, is at most 3 stats periods old; the period is measured from the stamp's steps, 10 s assumed until one was seen), stale (older: the figures are withheld, since a driver that stopped reporting leaves its last figures in place), unavailable (the guest never reported). actual_balloon, domain memory and QEMU's RSS come from the host and stay. With --health-detail every state is written, the others at 0."
+    "Whether the guest-reported memory figures (available, usable, unused, cached, swap, faults) are exported; one series (value 1), the current state: fresh (balloon.last-update at most 3 stats periods old), stale (older: withheld), unavailable (never reported). actual_balloon and domain memory stay."
 );
 family!(
     MEMORY_STATS_UPDATED,
@@ -1265,7 +1265,7 @@ family!(
     Bridge,
     "vmbridge",
     Vm,
-    "Whether the guest is alive, one series (value 1) for the current state: ok (the agent answered its last guest-ping within qga.heartbeat_slow), agent_slow (it answered, slower than that), agent_silent (the agent channel is connected but the last poll timed out), guest_stalled (the domain is running but its vCPUs used no time for qga.heartbeat_stalled_polls libvirt polls in a row, and the agent does not answer), no_agent (no agent connected, or the guest source is off), unknown (the host side does not answer: QEMU stopped or blocked, its monitor busy, libvirt polls failing or stale; or the domain is not running, the agent answers garbage, or nothing was polled yet). Never ok while the host side does not answer. With --health-detail every state is written, the others at 0."
+    "Whether the guest is alive; one series (value 1), the current state: ok (guest-ping answered within qga.heartbeat_slow), agent_slow (answered slower), agent_silent (agent channel connected, no answer), guest_stalled (running, no vCPU time for qga.heartbeat_stalled_polls libvirt polls, no agent answer), no_agent, unknown (host side not answering, domain not running, or not yet polled). Never ok while the host side does not answer."
 );
 family!(
     GUEST_AGENT_RTT,
@@ -1276,7 +1276,7 @@ family!(
     Bridge,
     "vmbridge",
     Vm,
-    "Round-trip time of the guest-ping sent at the start of each guest-agent poll (through libvirt, its RPC included), while the last poll succeeded. A ping that had to connect first is sent again and only the second is timed."
+    "Round-trip time of the guest-ping at the start of each guest-agent poll, while the agent answers."
 );
 family!(
     SOURCE_EFFECTIVE_INTERVAL,
