@@ -48,7 +48,7 @@ pub struct LibvirtSample {
     /// (`vmbridge_source_partial_total`).
     pub partial_total: BTreeMap<String, u64>,
     /// Polls in a row, up to this one, in which the domain was running and its vCPUs' summed
-    /// time (`vcpu.N.time`, else `cpu.time`) advanced by at most one 10 ms tick: the guest heartbeat's
+    /// time (`vcpu.N.time`, else `cpu.time`) did not advance: the guest heartbeat's
     /// `guest_stalled` (see [`crate::heartbeat`]).
     pub vcpu_idle_polls: u32,
     /// Whether the guest's balloon statistics are current, and so exported

@@ -46,8 +46,7 @@ pub struct QgaFileConfig {
     /// A `guest-ping` slower than this makes the guest heartbeat `agent_slow`. Default `1s`
     /// (half `qga.timeout` when that is shorter); below `qga.timeout`.
     pub heartbeat_slow: Option<String>,
-    /// This many libvirt polls in a row in which a running domain's vCPUs used no time (at
-    /// most one 10 ms tick per poll), while its agent does not answer, make
+    /// This many libvirt polls in a row in which a running domain's vCPUs used no time, while its agent does not answer, make
     /// the guest heartbeat `guest_stalled`. Default 3; 0 turns that check off.
     pub heartbeat_stalled_polls: Option<u32>,
 }
