@@ -18,23 +18,31 @@ fn agent(dom: &str, cmd: &str) -> Value {
     serde_json::from_str::<Value>(&out).expect("json")["return"].clone()
 }
 
+/// Boots lab guest `name` (`lab.sh add-guest`, with `env`) for one test: the domain (destroyed
+/// on drop) and what lab.sh said. `None` when TCG could not boot it within the budget
+/// (VMB_GUEST_BOOT_TIMEOUT): the `tier` is skipped, saying so; any other failure fails the test.
+fn boot_guest(name: &str, env: &[(&str, &str)], tier: &str) -> Option<(Domain, String)> {
+    let lab_sh = root().join("integration/lab.sh");
+    let _ = Command::new("bash").arg(&lab_sh).args(["destroy", name]).output();
+    let out = Command::new("bash").arg(&lab_sh).args(["add-guest", name]).envs(env.iter().copied()).output();
+    let out = out.expect("lab.sh");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        let _ = Command::new("bash").arg(&lab_sh).args(["destroy", name]).output();
+        assert!(stderr.contains("did not answer guest-ping within"), "add-guest failed: {stderr}");
+        eprintln!("SKIPPED {tier}: the guest did not boot in time under TCG:\n{stderr}");
+        return None;
+    }
+    Some((Domain { name: name.to_owned() }, stderr))
+}
+
 #[test]
 fn libvirt_transport_values_equal_the_real_guest_agent() {
     let _serial = serial();
     let name = "itg-agent";
-    let _ = Command::new("bash").arg(root().join("integration/lab.sh")).args(["destroy", name]).output();
-    let out =
-        Command::new("bash").arg(root().join("integration/lab.sh")).args(["add-guest", name]).output().expect("lab.sh");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        // The guest tier is skipped, saying so, only when TCG cannot boot the
-        // guest within the budget (VMB_GUEST_BOOT_TIMEOUT); any other failure fails the test.
-        let _ = Command::new("bash").arg(root().join("integration/lab.sh")).args(["destroy", name]).output();
-        assert!(stderr.contains("did not answer guest-ping within"), "add-guest failed: {stderr}");
-        eprintln!("SKIPPED libvirt guest-agent tier: the guest did not boot in time under TCG:\n{stderr}");
+    let Some((dom, stderr)) = boot_guest(name, &[], "libvirt guest-agent tier") else {
         return;
-    }
-    let dom = Domain { name: name.to_owned() };
+    };
     if let Some(line) = stderr.lines().find(|l| l.contains("boot-to-agent")) {
         eprintln!("{line}");
     }
@@ -196,21 +204,9 @@ fn exec_in_guest(dom: &str, script: &str) {
 fn guest_block_io_errors_are_counted_exactly() {
     let _serial = serial();
     let name = "itg-ioerr";
-    let _ = Command::new("bash").arg(root().join("integration/lab.sh")).args(["destroy", name]).output();
-    let out = Command::new("bash")
-        .arg(root().join("integration/lab.sh"))
-        .args(["add-guest", name])
-        .env("VMB_GUEST_ERROR_DISK", "1")
-        .output()
-        .expect("lab.sh");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        let _ = Command::new("bash").arg(root().join("integration/lab.sh")).args(["destroy", name]).output();
-        assert!(stderr.contains("did not answer guest-ping within"), "add-guest failed: {stderr}");
-        eprintln!("SKIPPED I/O error tier: the guest did not boot in time under TCG:\n{stderr}");
+    let Some((_dom, _)) = boot_guest(name, &[("VMB_GUEST_ERROR_DISK", "1")], "I/O error tier") else {
         return;
-    }
-    let _dom = Domain { name: name.to_owned() };
+    };
     let with_qmp =
         Bridge::start(&["--poll-interval", "1s", "--no-qga", "--qmp-socket", "/var/lib/vmbridge-lab/{domain}.qmp"]);
     let without = Bridge::start(&["--poll-interval", "1s", "--no-qga"]);
@@ -280,22 +276,11 @@ fn guest_heartbeat_follows_a_silent_agent_and_a_stopped_qemu() {
     let name = "itg-heartbeat";
     // Long enough for vmbridge's first polls and the SIGSTOP phase, on a loaded machine.
     let agent_stop_after = 45;
-    let _ = Command::new("bash").arg(root().join("integration/lab.sh")).args(["destroy", name]).output();
-    let out = Command::new("bash")
-        .arg(root().join("integration/lab.sh"))
-        .args(["add-guest", name])
-        .env("VMB_GUEST_CMDLINE", format!("vmb.agent_stop_after={agent_stop_after}"))
-        .output()
-        .expect("lab.sh");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        let _ = Command::new("bash").arg(root().join("integration/lab.sh")).args(["destroy", name]).output();
-        assert!(stderr.contains("did not answer guest-ping within"), "add-guest failed: {stderr}");
-        eprintln!("SKIPPED heartbeat tier: the guest did not boot in time under TCG:\n{stderr}");
+    let cmdline = format!("vmb.agent_stop_after={agent_stop_after}");
+    let Some((dom, _)) = boot_guest(name, &[("VMB_GUEST_CMDLINE", &cmdline)], "heartbeat tier") else {
         return;
-    }
+    };
     let booted = std::time::Instant::now();
-    let dom = Domain { name: name.to_owned() };
     let dir = std::env::temp_dir().join(format!("vmbridge-heartbeat-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let cfg = dir.join("vmbridge.toml");
@@ -357,17 +342,9 @@ fn guest_heartbeat_follows_a_silent_agent_and_a_stopped_qemu() {
 fn guest_memory_figures_whose_stamp_stops_are_withheld() {
     let _serial = serial();
     let name = "itg-memstale";
-    let _ = Command::new("bash").arg(root().join("integration/lab.sh")).args(["destroy", name]).output();
-    let out =
-        Command::new("bash").arg(root().join("integration/lab.sh")).args(["add-guest", name]).output().expect("lab.sh");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        let _ = Command::new("bash").arg(root().join("integration/lab.sh")).args(["destroy", name]).output();
-        assert!(stderr.contains("did not answer guest-ping within"), "add-guest failed: {stderr}");
-        eprintln!("SKIPPED memory-freshness tier: the guest did not boot in time under TCG:\n{stderr}");
+    let Some((_dom, _)) = boot_guest(name, &[], "memory-freshness tier") else {
         return;
-    }
-    let _dom = Domain { name: name.to_owned() };
+    };
     let bridge = Bridge::start(&["--poll-interval", "1s", "--no-qga"]);
     let vm = [("name", name)];
     let state = |e: &Exposition| {

@@ -265,16 +265,10 @@ mod tests {
         assert_eq!(state(run(100), A::Silent, &off), H::AgentSilent);
     }
 
+    use crate::stall::tests::vm;
+
     fn snap(sample: Option<SourceSample>, failures: u32, error: Option<ErrorKind>) -> SourceSnapshot {
-        use crate::breaker::{Breaker, BreakerConfig};
-        let mut s = SourceSnapshot::fresh(
-            Breaker::new(BreakerConfig::default()).view(tokio::time::Instant::now()),
-            std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
-        );
-        s.sample = sample.map(std::sync::Arc::new);
-        s.last_success_at = Some(100.0);
-        s.polls_total = 3;
-        s.breaker.consecutive_failures = failures;
+        let mut s = crate::stall::tests::snap(sample, failures);
         if let Some(kind) = error {
             s.last_errors.push_back(crate::store::ErrorRecord { at: 100.0, kind, message: "x".into() });
         }
@@ -291,18 +285,6 @@ mod tests {
     fn qga(rtt: Option<f64>, failures: u32, error: Option<ErrorKind>) -> SourceSnapshot {
         let q = QgaSample { rtt_seconds: rtt, ..Default::default() };
         snap(Some(SourceSample::Qga(q)), failures, error)
-    }
-
-    fn vm(sources: Vec<(SourceKind, SourceSnapshot)>) -> VmSnapshot {
-        VmSnapshot {
-            id: crate::vm::VmId { namespace: "ns".into(), name: "a".into() },
-            domain: "ns_a".into(),
-            uuid: "u".into(),
-            endpoint: "qemu:///system".into(),
-            discovered_at: 0.0,
-            sources: sources.into_iter().map(|(k, s)| (k, std::sync::Arc::new(s))).collect(),
-            revision: 0,
-        }
     }
 
     #[test]
