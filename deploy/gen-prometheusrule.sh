@@ -9,6 +9,11 @@
 # https://github.com/<org>/vmbridge/blob/main/docs/runbooks. Each alert's runbook_url becomes
 # RUNBOOK_BASE_URL/<alert>.md. Unset, it stays the runbook's path in this repository,
 # docs/runbooks/<alert>.md, as in the rule file (what the committed prometheusrule.yaml holds).
+#
+# VM_LABELS (optional): the kubevirt_vm_labels labels the vmbridge:*:vm_labels rules copy onto
+# vmbridge's series, comma-separated Prometheus label names as KubeVirt writes them
+# (label_<key, sanitized>), e.g. VM_LABELS=label_app,label_app_kubernetes_io_part_of. Unset, it
+# is the rule file's list, label_app.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="${1:-$here/prometheusrule.yaml}"
@@ -21,6 +26,17 @@ case "$base" in
         exit 2
         ;;
 esac
+default_vm_labels="label_app"
+vm_labels="${VM_LABELS:-$default_vm_labels}"
+if ! [[ "$vm_labels" =~ ^label_[A-Za-z0-9_]+(,label_[A-Za-z0-9_]+)*$ ]]; then
+    echo "gen-prometheusrule.sh: VM_LABELS must be comma-separated label names starting with label_ ([A-Za-z0-9_], no spaces), as kubevirt_vm_labels carries them" >&2
+    exit 2
+fi
+joins=$(grep -c "group_left ($default_vm_labels) vmbridge:vm_labels$" "$here/rules/vmbridge.rules.yaml" || true)
+if [ "$joins" = 0 ]; then
+    echo "gen-prometheusrule.sh: no 'group_left ($default_vm_labels) vmbridge:vm_labels' join in rules/vmbridge.rules.yaml" >&2
+    exit 1
+fi
 n=$(grep -c "^ *runbook_url: \"$default_base/[A-Za-z0-9]*\.md\"$" "$here/rules/vmbridge.rules.yaml" || true)
 alerts=$(grep -c '^ *- alert: ' "$here/rules/vmbridge.rules.yaml" || true)
 if [ "$n" != "$alerts" ]; then
@@ -36,7 +52,7 @@ fi
 # KubeVirt-style Prometheus (`ruleSelector` / `ruleNamespaceSelector` on
 # `prometheus.kubevirt.io: ""`) and OpenShift cluster monitoring.
 HEADER
-    echo "# Runbook base: $base (RUNBOOK_BASE_URL)."
+    echo "# Runbook base: $base (RUNBOOK_BASE_URL). VM labels joined: $vm_labels (VM_LABELS)."
     cat <<'HEADER'
 apiVersion: monitoring.coreos.com/v1
 kind: PrometheusRule
@@ -50,6 +66,7 @@ spec:
 HEADER
     sed -e 's/^\(.\)/  \1/' \
         -e "s|^\( *runbook_url: \"\)$default_base/|\1$base/|" \
+        -e "s|group_left ($default_vm_labels) vmbridge:vm_labels\$|group_left (${vm_labels//,/, }) vmbridge:vm_labels|" \
         "$here/rules/vmbridge.rules.yaml"
 } > "$out.tmp"
 mv "$out.tmp" "$out"

@@ -41,8 +41,8 @@ if ! pkg-config --exists libvirt 2>/dev/null; then need+=(libvirt-dev); fi
 if [ ${#need[@]} -gt 0 ]; then apt_install "${need[@]}"; fi
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
-    echo "== cargo install cargo-fuzz --locked"
-    cargo install cargo-fuzz --locked
+    echo "== cargo install cargo-fuzz --locked --version 0.13.2"
+    cargo install cargo-fuzz --locked --version 0.13.2
 fi
 
 read -r -a targets <<<"${FUZZ_TARGETS:-$(cargo fuzz list | tr '\n' ' ')}"
@@ -58,7 +58,8 @@ for t in "${targets[@]}"; do
     mkdir -p "$work" "fuzz/corpus/$t"
     echo "== $t: fuzzing for ${secs}s"
     rc=0
-    cargo fuzz run "$t" "$work" "fuzz/corpus/$t" -- \
+    # The inputs that once crashed a target (fuzz/artifacts-found) are replayed by every target.
+    cargo fuzz run "$t" "$work" "fuzz/corpus/$t" fuzz/artifacts-found -- \
         -max_total_time="$secs" -rss_limit_mb=2048 -timeout=25 -print_final_stats=1 \
         </dev/null >"$log" 2>&1 || rc=$?
     runs=$(sed -n 's/^Done \([0-9]*\) runs.*/\1/p' "$log" | tail -n1)

@@ -28,6 +28,15 @@ impl Launcher {
         launcher(&["start", name, domain]);
         Launcher(name.to_owned())
     }
+
+    /// A daemon vmbridge must not trust (`how`: launcher.sh's `start-impostor` or
+    /// `start-namesake`), and its libvirtd PID.
+    fn start_rogue(how: &str, name: &str, domain: &str) -> (Launcher, String) {
+        let _ = Command::new("bash").arg(root().join("integration/launcher.sh")).args(["kill", name]).output();
+        let out = launcher(&[how, name, domain]);
+        let pid = out.lines().find_map(|l| l.strip_prefix("pid ")).expect("pid").trim().to_owned();
+        (Launcher(name.to_owned()), pid)
+    }
 }
 
 impl Drop for Launcher {
@@ -36,6 +45,28 @@ impl Drop for Launcher {
             Command::new("bash").arg(root().join("integration/launcher.sh")).args(["cont-daemon", &self.0]).output();
         let _ = Command::new("bash").arg(root().join("integration/launcher.sh")).args(["kill", &self.0]).output();
     }
+}
+
+/// Waits until the real launcher's VM `ns`/`name` is up and a rogue daemon is counted as
+/// untrusted.
+fn wait_real_vm_and_rogue_counted(bridge: &Bridge, ns: &str, name: &str) -> Exposition {
+    let what = format!("{ns}/{name} up and an untrusted daemon counted");
+    let (e, _) = bridge.wait_for(Duration::from_secs(30), &what, |e| {
+        e.value("vmbridge_source_up", &[("namespace", ns), ("name", name), ("source", "libvirt")]) == Some(1.0)
+            && e.value("vmbridge_launcher_daemons", &[("status", "untrusted")]).is_some_and(|n| n >= 1.0)
+    });
+    e
+}
+
+/// Only the real daemon is an endpoint; the rogue's socket is never connected to.
+fn assert_real_endpoint_only(e: &Exposition, real_pid: &str, rogue_pid: &str) {
+    let endpoints: Vec<String> =
+        e.find("vmbridge_endpoint_up", &[]).iter().filter_map(|s| s.labels.get("uri").cloned()).collect();
+    assert!(endpoints.iter().any(|u| u.contains(&format!("/proc/{real_pid}/"))), "{endpoints:?}");
+    assert!(
+        !endpoints.iter().any(|u| u.contains(&format!("/proc/{rogue_pid}/"))),
+        "the rogue daemon {rogue_pid} became an endpoint: {endpoints:?}"
+    );
 }
 
 fn statm(pid: u32) -> Vec<f64> {
@@ -150,31 +181,48 @@ fn launchers_are_discovered_isolated_and_dropped() {
 fn an_impostor_daemon_is_rejected_and_counted_and_the_real_launcher_is_unaffected() {
     let _serial = serial();
     let real = Launcher::start("kvt-real", "kvt-ns_web");
-    let _ = Command::new("bash").arg(root().join("integration/launcher.sh")).args(["kill", "kvt-fake"]).output();
-    let fake_out = launcher(&["start-impostor", "kvt-fake", "kvt-ns_web"]);
-    let fake = Launcher("kvt-fake".to_owned());
-    let fake_pid = fake_out.lines().find_map(|l| l.strip_prefix("pid ")).expect("pid").trim().to_owned();
+    let (fake, fake_pid) = Launcher::start_rogue("start-impostor", "kvt-fake", "kvt-ns_web");
     let real_pid = launcher(&["pid", &real.0]).trim().to_owned();
     let bridge = Bridge::start_without_libvirt(&["--discovery", "kubevirt", "--poll-interval", "1s", "--no-qga"]);
     let vm = [("namespace", "kvt-ns"), ("name", "web")];
-    let (e, _) = bridge.wait_for(Duration::from_secs(30), "the real launcher's VM and the scan's counts", |e| {
-        e.value("vmbridge_source_up", &[("namespace", "kvt-ns"), ("name", "web"), ("source", "libvirt")]) == Some(1.0)
-            && e.value("vmbridge_launcher_daemons", &[("status", "untrusted")]).is_some_and(|n| n >= 1.0)
-    });
+    let e = wait_real_vm_and_rogue_counted(&bridge, "kvt-ns", "web");
     assert!(e.value("vmbridge_launcher_daemons", &[("status", "accepted")]).is_some_and(|n| n >= 1.0));
-    // Only the real daemon is an endpoint; the impostor's socket is never connected to.
-    let endpoints: Vec<String> =
-        e.find("vmbridge_endpoint_up", &[]).iter().filter_map(|s| s.labels.get("uri").cloned()).collect();
-    assert!(endpoints.iter().any(|u| u.contains(&format!("/proc/{real_pid}/"))), "{endpoints:?}");
-    assert!(
-        !endpoints.iter().any(|u| u.contains(&format!("/proc/{fake_pid}/"))),
-        "the impostor became an endpoint: {endpoints:?}"
-    );
+    assert_real_endpoint_only(&e, &real_pid, &fake_pid);
     assert_eq!(e.value("vmbridge_vm_conflicts", &[]), Some(0.0), "the impostor's claim reached the store");
     assert!(e.value("kubevirt_vmi_cpu_usage_seconds_total", &vm).is_some());
     assert!(
         bridge.log.lock().unwrap().iter().any(|l| l.contains("not taken for launchers") && l.contains(&fake_pid)),
         "the rejection is logged with the impostor's PID"
+    );
+    drop(fake);
+    drop(real);
+}
+
+/// A libvirt daemon below a process named `virt-launcher`, in its own mount namespace but
+/// without KubeVirt's launcher layout (no virt-launcher command socket
+/// `/run/kubevirt/sockets/launcher-sock`): any pod can name its processes so. It is rejected
+/// and its VM is never exported, while a launcher with the layout still is.
+#[test]
+fn a_daemon_named_like_a_launcher_without_kubevirts_layout_is_not_trusted() {
+    let _serial = serial();
+    let real = Launcher::start("kvt-ok", "kvt-nsok_db");
+    let (fake, fake_pid) = Launcher::start_rogue("start-namesake", "kvt-alias", "kvt-nsalias_evil");
+    let real_pid = launcher(&["pid", &real.0]).trim().to_owned();
+    // The namesake's parent really is named virt-launcher: only the layout tells them apart.
+    let ppid = std::fs::read_to_string(format!("/proc/{fake_pid}/stat")).expect("stat");
+    let ppid = ppid.rsplit_once(')').expect("stat").1.split_whitespace().nth(1).expect("ppid").to_owned();
+    assert_eq!(std::fs::read_to_string(format!("/proc/{ppid}/comm")).expect("comm").trim(), "virt-launcher");
+    let bridge = Bridge::start_without_libvirt(&["--discovery", "kubevirt", "--poll-interval", "1s", "--no-qga"]);
+    let e = wait_real_vm_and_rogue_counted(&bridge, "kvt-nsok", "db");
+    // Two more scans: the namesake's VM never appears.
+    std::thread::sleep(Duration::from_secs(3));
+    for e in [e, bridge.metrics()] {
+        assert!(e.of_vm("evil").is_empty(), "the namesake's VM was exported");
+        assert_real_endpoint_only(&e, &real_pid, &fake_pid);
+    }
+    assert!(
+        bridge.log.lock().unwrap().iter().any(|l| l.contains("not taken for launchers") && l.contains(&fake_pid)),
+        "the rejection is logged with the namesake's PID"
     );
     drop(fake);
     drop(real);

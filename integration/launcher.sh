@@ -14,6 +14,10 @@
 #   start-impostor NAME [DOMAIN]
 #                         the same, but its libvirtd daemonizes instead of running under a
 #                         virt-launcher process: what any pod could run (vmbridge rejects it)
+#   start-namesake NAME [DOMAIN]
+#                         the same, under a process named virt-launcher, but without
+#                         KubeVirt's launcher layout (no virt-launcher command socket): what
+#                         any pod could run too, with a launcher's names (vmbridge rejects it)
 #   pid NAME              the launcher's libvirtd PID
 #   stop-daemon NAME      SIGSTOP the launcher's libvirtd (a hung launcher)
 #   cont-daemon NAME      SIGCONT it
@@ -22,7 +26,10 @@
 #   list                  running launchers, "NAME PID" per line
 #   down                  kill every launcher this script started
 #
-# Inside a launcher's namespace: /var is a tmpfs re-binding the real /var's subdirs but with
+# Inside a launcher's namespace (start): KubeVirt's launcher layout, virt-launcher's command
+# socket /run/kubevirt/sockets/launcher-sock (a private tmpfs on /run/kubevirt; a bound,
+# unlistened socket: vmbridge only checks it is one) next to the daemon's /run/libvirt sockets.
+# /var is a tmpfs re-binding the real /var's subdirs but with
 # /var/run -> ../run RELATIVE (see INNER), private tmpfs on /run/libvirt and /var/lib/libvirt,
 # bind mounts of LAUNCHER_DIR/etc on /etc/libvirt (own qemu.conf: root, no security
 # driver, no cgroups) and LAUNCHER_DIR/log on /var/log/libvirt, and its own virtlogd.
@@ -131,9 +138,18 @@ dynamic_ownership = 0
 security_driver = "none"
 cgroup_controllers = [ ]
 EOF
+    # No polkit: a pod has no system D-Bus to ask it, so a launcher's daemon authorises a client
+    # by its sockets' modes alone: read-only 0777, read-write 0700 (its owner only, as a
+    # session-mode daemon's one socket). Debian's defaults (auth_unix_ro = "polkit", and then
+    # both sockets 0777) would refuse every non-root client here ("Unable to get system bus
+    # connection"); root clients never reach polkit.
     cat >"$d/etc/libvirtd.conf" <<'EOF'
 # private libvirtd.conf of a vmbridge launcher (integration/launcher.sh)
 log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
+auth_unix_ro = "none"
+auth_unix_rw = "none"
+unix_sock_ro_perms = "0777"
+unix_sock_rw_perms = "0700"
 EOF
     cat >"$d/etc/virtlogd.conf" <<'EOF'
 log_outputs = "3:file:/var/log/libvirt/virtlogd.log"
@@ -236,6 +252,13 @@ mount --bind "$d/etc" /etc/libvirt
 mount --bind "$d/log" /var/log/libvirt
 ip link set lo up 2>/dev/null || true
 virtlogd -d -p "$d/virtlogd.pid"
+if [ "${2:-launcher}" = launcher ]; then
+    mkdir -p /run/kubevirt
+    mount -t tmpfs -o mode=0755 vmb-launcher-kubevirt /run/kubevirt
+    mkdir /run/kubevirt/sockets
+    python3 -c "import socket, sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])" \
+        /run/kubevirt/sockets/launcher-sock
+fi
 if [ "${2:-launcher}" = impostor ]; then
     libvirtd -d -p "$d/libvirtd.pid"
 else
@@ -301,7 +324,8 @@ _start() { # NAME DOMAIN
     printf 'name %s\ndomain %s\n' "$name" "$dom" >"$d/state"
     # KubeVirt's virt-launcher starts the daemon as its child; this stand-in (its comm is
     # "virt-launcher", the script's name) does the same, so the daemon passes vmbridge's
-    # launcher trust check. An impostor (start-impostor) daemonizes instead: no such parent.
+    # launcher trust check. An impostor (start-impostor) daemonizes instead: no such parent;
+    # a namesake (start-namesake) has the parent but not KubeVirt's layout.
     cat >"$d/virt-launcher" <<'SCRIPT'
 #!/bin/bash
 libvirtd -p "$1/libvirtd.pid" &
@@ -523,6 +547,7 @@ main() {
     case "$cmd" in
         start) cmd_start "$@" ;;
         start-impostor) VMB_LAUNCHER_KIND=impostor cmd_start "$@" ;;
+        start-namesake) VMB_LAUNCHER_KIND=namesake cmd_start "$@" ;;
         pid) cmd_pid "$@" ;;
         stop-daemon) cmd_signal STOP "$@" ;;
         cont-daemon) cmd_signal CONT "$@" ;;

@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::io::Read as _;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -53,64 +52,24 @@ fn screenshot(url: &str, png: &std::path::Path) {
     assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// A decoded 8-bit RGB(A) PNG: width, height, pixels as RGB.
+/// A decoded PNG (image-rs' `png`, any colour type and depth, as 8-bit): width, height,
+/// pixels as RGB.
 fn decode_png(png: &[u8]) -> (u32, u32, Vec<[u8; 3]>) {
-    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
-    let (mut pos, mut ihdr, mut idat) = (8, None, Vec::new());
-    while pos + 8 <= png.len() {
-        let len = u32::from_be_bytes(png[pos..pos + 4].try_into().unwrap()) as usize;
-        let kind = &png[pos + 4..pos + 8];
-        let data = &png[pos + 8..pos + 8 + len];
-        match kind {
-            b"IHDR" => ihdr = Some(data.to_vec()),
-            b"IDAT" => idat.extend_from_slice(data),
-            _ => {}
-        }
-        pos += 12 + len;
-    }
-    let ihdr = ihdr.expect("IHDR");
-    let w = u32::from_be_bytes(ihdr[0..4].try_into().unwrap());
-    let h = u32::from_be_bytes(ihdr[4..8].try_into().unwrap());
-    let (depth, colour, interlace) = (ihdr[8], ihdr[9], ihdr[12]);
-    assert!(depth == 8 && (colour == 2 || colour == 6) && interlace == 0, "PNG format {depth}/{colour}/{interlace}");
-    let bpp = if colour == 6 { 4 } else { 3 };
-    let mut raw = Vec::new();
-    flate2::read::ZlibDecoder::new(&idat[..]).read_to_end(&mut raw).expect("inflate IDAT");
-    let stride = w as usize * bpp;
-    assert_eq!(raw.len(), h as usize * (stride + 1), "IDAT size");
-    let mut prev = vec![0u8; stride];
-    let mut pixels = Vec::with_capacity((w * h) as usize);
-    for row in raw.chunks(stride + 1) {
-        let (filter, line) = (row[0], &row[1..]);
-        let mut cur = vec![0u8; stride];
-        for i in 0..stride {
-            let a = if i >= bpp { cur[i - bpp] } else { 0 };
-            let b = prev[i];
-            let c = if i >= bpp { prev[i - bpp] } else { 0 };
-            let predictor = match filter {
-                0 => 0,
-                1 => a,
-                2 => b,
-                3 => ((a as u16 + b as u16) / 2) as u8,
-                4 => {
-                    let p = a as i16 + b as i16 - c as i16;
-                    let (pa, pb, pc) = ((p - a as i16).abs(), (p - b as i16).abs(), (p - c as i16).abs());
-                    if pa <= pb && pa <= pc {
-                        a
-                    } else if pb <= pc {
-                        b
-                    } else {
-                        c
-                    }
-                }
-                f => panic!("PNG filter {f}"),
-            };
-            cur[i] = line[i].wrapping_add(predictor);
-        }
-        pixels.extend(cur.chunks(bpp).map(|p| [p[0], p[1], p[2]]));
-        prev = cur;
-    }
-    (w, h, pixels)
+    let mut decoder = png::Decoder::new(std::io::Cursor::new(png));
+    decoder.set_transformations(png::Transformations::normalize_to_color8());
+    let mut reader = decoder.read_info().expect("PNG header");
+    let mut buf = vec![0; reader.output_buffer_size().expect("PNG size")];
+    let info = reader.next_frame(&mut buf).expect("PNG image");
+    let bpp = info.color_type.samples();
+    let pixels = buf[..info.buffer_size()]
+        .chunks(bpp)
+        .map(|p| match p {
+            [v] | [v, _] => [*v, *v, *v],
+            [r, g, b, ..] => [*r, *g, *b],
+            _ => unreachable!("{bpp} samples per pixel"),
+        })
+        .collect();
+    (info.width, info.height, pixels)
 }
 
 /// The `<li>` of the attention box for `vm`, if any.

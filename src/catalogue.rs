@@ -1386,7 +1386,7 @@ family!(
     Bridge,
     "vmbridge",
     Node,
-    "KubeVirt mode: libvirt daemons in other mount namespaces at the last scan, by status: accepted (a virt-launcher's, polled), untrusted (not below a virt-launcher nor in a pod's cgroup: ignored), over_cap (past kubevirt.max_launchers)."
+    "KubeVirt mode: libvirt daemons in other mount namespaces at the last scan, by status: accepted (a virt-launcher's, polled), untrusted (no virt-launcher parent in its container or no KubeVirt launcher socket layout: ignored), over_cap (past kubevirt.max_launchers)."
 );
 family!(
     BUILD_INFO,

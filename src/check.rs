@@ -346,6 +346,10 @@ fn explain(
             "agent not connected".into(),
             Some("start qemu-guest-agent in the guest (install it if missing); vmbridge re-checks on its own".into()),
         ),
+        ErrorKind::AgentDisabled => (
+            format!("agent polling off for this VM: {msg}"),
+            Some("remove the VM from qga.exclude, or its vmbridge metadata element, to poll its agent".into()),
+        ),
         ErrorKind::Timeout => (
             format!("no answer in time: {msg}"),
             Some("the VM, its monitor or its agent is hung or very busy (paused, stopped, overloaded)".into()),
@@ -396,8 +400,8 @@ fn socket_access(path: &Path) -> String {
             "socket {} is {:04o} {}:{}",
             path.display(),
             m.permissions().mode() & 0o7777,
-            name_of("/etc/passwd", m.uid()),
-            name_of("/etc/group", m.gid())
+            user_name(m.uid()),
+            group_name(m.gid())
         ),
         Err(e) => format!("socket {}: {e}", path.display()),
     }
@@ -406,9 +410,8 @@ fn socket_access(path: &Path) -> String {
 /// How to get access to the socket at `path`.
 fn access_fix(path: &Path) -> String {
     let Ok(m) = std::fs::metadata(path) else { return "run as root".into() };
-    let group = name_of("/etc/group", m.gid());
-    // The effective uid, without libc: the owner of this process's /proc entry.
-    let user = std::fs::metadata("/proc/self").map_or_else(|_| "USER".into(), |s| name_of("/etc/passwd", s.uid()));
+    let group = group_name(m.gid());
+    let user = user_name(nix::unistd::geteuid().as_raw());
     if m.permissions().mode() & 0o020 != 0 && m.gid() != 0 {
         format!("run as root or add user {user} to group {group} (usermod -aG {group} {user})")
     } else {
@@ -416,18 +419,15 @@ fn access_fix(path: &Path) -> String {
     }
 }
 
-/// The name of uid/gid `id` in an `/etc/passwd`-style file, else the number.
-fn name_of(file: &str, id: u32) -> String {
-    std::fs::read_to_string(file)
-        .ok()
-        .and_then(|text| {
-            text.lines().find_map(|l| {
-                let mut f = l.split(':');
-                let name = f.next()?;
-                (f.nth(1)?.parse::<u32>().ok()? == id).then(|| name.to_owned())
-            })
-        })
-        .unwrap_or_else(|| id.to_string())
+/// The name of user `uid` (the system's user database: `/etc/passwd`, or LDAP/sssd through
+/// NSS), else the number.
+fn user_name(uid: u32) -> String {
+    nix::unistd::User::from_uid(uid.into()).ok().flatten().map_or_else(|| uid.to_string(), |u| u.name)
+}
+
+/// The name of group `gid`, else the number.
+fn group_name(gid: u32) -> String {
+    nix::unistd::Group::from_gid(gid.into()).ok().flatten().map_or_else(|| gid.to_string(), |g| g.name)
 }
 
 fn secs(d: Duration) -> String {

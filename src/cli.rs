@@ -8,7 +8,7 @@ use clap::Parser;
 use crate::config::FileConfig;
 use crate::vm::DomainNaming;
 
-/// vmbridge: libvirt, QEMU and guest-agent facts as Prometheus metrics, one breaker per VM
+/// libvirt, QEMU and guest-agent facts as Prometheus metrics, one breaker per VM
 /// and source, scrapes served from memory.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "vmbridge", version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("VMBRIDGE_GIT_REVISION"), ")"))]
@@ -102,9 +102,12 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Command {
-    /// Probe every libvirt endpoint, VM and source once (same configuration and flags, normal
-    /// timeouts) and print what works and, for what does not, why and the fix. Exits 0 when at
-    /// least one source of one VM works, 1 when none does, 2 when the configuration is invalid.
+    /// Probe every libvirt endpoint, VM and source once and print what works
+    ///
+    /// Every libvirt endpoint, VM and source is probed once, with the same configuration and
+    /// flags and the normal timeouts; for what does not work, it prints why and the fix. Exits 0
+    /// when at least one source of one VM works, 1 when none does, 2 when the configuration is
+    /// invalid.
     Check {
         /// `table` for people, `json` for scripts (schema: schemas/check.schema.json).
         #[arg(long, value_enum, default_value = "table")]

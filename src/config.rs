@@ -133,9 +133,9 @@ pub struct KubevirtFileConfig {
     pub socket_paths: Option<Vec<String>>,
     /// The proc filesystem. Default `/proc`.
     pub proc_root: Option<String>,
-    /// Which daemons count as launchers: `launcher` (below a `virt-launcher` process, or in a
-    /// pod's kubepods cgroup) or `any` (any daemon of those names in another mount namespace;
-    /// for test rigs). Default `launcher`.
+    /// Which daemons count as launchers: `launcher` (below a `virt-launcher` process of its own
+    /// container, with KubeVirt's launcher socket layout) or `any` (any daemon of those names in
+    /// another mount namespace; for test rigs). Default `launcher`.
     pub trust: Option<crate::source::libvirt::launchers::Trust>,
     /// Launchers polled at most; more are counted (`over_cap`) and ignored. Default 512.
     pub max_launchers: Option<usize>,

@@ -80,34 +80,19 @@ pub struct DebugVm {
     pub vm: VmSnapshot,
 }
 
+/// What `encode_segment` escapes: everything but RFC 3986's unreserved characters.
+const SEGMENT: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
 /// Percent-encodes a path segment (warp does not decode path parameters; see `decode_segment`).
 fn encode_segment(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()
 }
 
-/// Decodes `%XX` escapes in a path segment; `None` when the result is not UTF-8.
+/// Decodes `%XX` escapes in a path segment (a `%` without two hex digits stays as it is);
+/// `None` when the result is not UTF-8.
 pub fn decode_segment(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-            if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8(out).ok()
+    percent_encoding::percent_decode_str(s).decode_utf8().ok().map(std::borrow::Cow::into_owned)
 }
 
 fn ages(vm: &VmSnapshot, now: f64) -> BTreeMap<SourceKind, Option<f64>> {
@@ -179,5 +164,8 @@ mod tests {
         assert_eq!(decode_segment("%zz").as_deref(), Some("%zz"));
         assert_eq!(decode_segment("%").as_deref(), Some("%"));
         assert_eq!(decode_segment("%ü").as_deref(), Some("%ü"));
+        // The exact bytes: unreserved characters stay, the rest is `%XX` in upper case.
+        assert_eq!(encode_segment("a/b c~-._ü"), "a%2Fb%20c~-._%C3%BC");
+        assert_eq!(decode_segment("%ff"), None);
     }
 }

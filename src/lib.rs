@@ -58,6 +58,8 @@ pub mod debug;
 pub mod heartbeat;
 pub mod http;
 pub mod log_summary;
+#[cfg(test)]
+mod manpage;
 pub mod schema;
 pub mod source;
 pub mod stall;

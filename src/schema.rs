@@ -1,5 +1,6 @@
-//! Generated files: the JSON Schemas in `schemas/` (from the Rust types) and `docs/METRICS.md`
-//! (from the catalogue). A test fails when a checked-in copy drifts; run
+//! Generated files: the JSON Schemas in `schemas/` (from the Rust types), `docs/METRICS.md`
+//! (from the catalogue) and, in the tests, the man pages in `debian/` (from the flags, see
+//! `src/manpage.rs`). A test fails when a checked-in copy drifts; run
 //! `VMBRIDGE_UPDATE_GENERATED=1 cargo test --lib generated` to rewrite them.
 
 use crate::config::FileConfig;
@@ -28,7 +29,7 @@ mod tests {
     fn generated_files_are_up_to_date() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let update = std::env::var_os("VMBRIDGE_UPDATE_GENERATED").is_some();
-        for (path, content) in generated() {
+        for (path, content) in generated().into_iter().chain(crate::manpage::pages()) {
             let full = root.join(path);
             if update {
                 std::fs::create_dir_all(full.parent().expect("generated paths have a parent")).expect("mkdir");

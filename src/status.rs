@@ -12,20 +12,9 @@ use crate::breaker::BreakerState;
 use crate::debug::{DebugIndex, SourceSummary, VmSummary};
 use crate::source::{ErrorKind, SourceKind};
 
-/// Escapes text for HTML element content and attribute values.
+/// Escapes text for HTML element content and attribute values (`&`, `<`, `>`, `"`, `'`).
 pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
+    html_escape::encode_quoted_attribute(s).into_owned()
 }
 
 /// "12 s ago", "3 min ago", "never".
@@ -50,6 +39,8 @@ enum Health {
     Ok,
     /// No guest agent: a state of the VM, not a fault (the breaker stays closed).
     NoAgent,
+    /// The VM opted out of agent polling (`qga.exclude`, domain metadata): a choice, not a fault.
+    AgentOff,
     /// Not polled yet.
     Pending,
     /// Failing: the breaker is not closed, or the last poll failed for a real reason.
@@ -66,6 +57,7 @@ impl Health {
         }
         match s.last_error_kind {
             Some(ErrorKind::AgentUnavailable) => Health::NoAgent,
+            Some(ErrorKind::AgentDisabled) => Health::AgentOff,
             Some(_) => Health::Failing,
             None => Health::Pending,
         }
@@ -74,7 +66,7 @@ impl Health {
     fn class(self) -> &'static str {
         match self {
             Health::Ok => "ok",
-            Health::NoAgent => "noagent",
+            Health::NoAgent | Health::AgentOff => "noagent",
             Health::Pending => "pending",
             Health::Failing => "failing",
         }
@@ -265,6 +257,7 @@ fn vm_row(h: &mut String, vm: &VmSummary, failed: &[(SourceKind, &SourceSummary)
         let text = match health {
             Health::Ok => format!("ok · {}", age(s.data_age_seconds)),
             Health::NoAgent => "no agent".to_owned(),
+            Health::AgentOff => "agent polling off".to_owned(),
             Health::Pending => "not polled yet".to_owned(),
             Health::Failing if s.breaker == BreakerState::Closed => {
                 format!("failing · data {}", age(s.data_age_seconds))
@@ -304,7 +297,7 @@ mod tests {
     fn escapes_everything_a_guest_or_libvirt_could_inject() {
         assert_eq!(
             escape("<script>alert('x')</script>&\""),
-            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;&quot;"
+            "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;&amp;&quot;"
         );
     }
 

@@ -219,7 +219,7 @@ pub struct Store {
 pub struct LauncherCounts {
     /// Trusted and polled.
     pub accepted: usize,
-    /// Rejected: not below a virt-launcher, not in a pod's cgroup.
+    /// Rejected: no virt-launcher parent in its container, or no KubeVirt launcher layout.
     pub untrusted: usize,
     /// Trusted, past `kubevirt.max_launchers`.
     pub over_cap: usize,

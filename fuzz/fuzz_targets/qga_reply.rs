@@ -2,103 +2,23 @@
 //! command: never a panic, caps always hold, every exported label is short and clean.
 #![no_main]
 
+#[path = "qga_check.rs"]
+mod qga_check;
+
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
+use vmbridge::source::qga::GuestLimits;
 use vmbridge::source::qga::allow::allowed;
-use vmbridge::source::qga::{Dropped, GuestData, GuestLimits};
-
-fn check_label(what: &str, s: &str, lim: &GuestLimits) {
-    assert!(s.len() <= lim.label_bytes, "{what} label is {} bytes > {}: {s:?}", s.len(), lim.label_bytes);
-    assert!(!s.chars().any(char::is_control), "{what} label has a control character: {s:?}");
-}
-
-fn check(g: &GuestData, lim: &GuestLimits) {
-    let opt = |what: &str, s: &Option<String>| {
-        if let Some(s) = s {
-            check_label(what, s, lim);
-        }
-    };
-    opt("agent_version", &g.agent_version);
-    opt("hostname", &g.hostname);
-    if let Some(fs) = &g.filesystems {
-        assert!(fs.len() <= lim.filesystems, "{} filesystems > {}", fs.len(), lim.filesystems);
-        for f in fs {
-            check_label("fs.name", &f.name, lim);
-            check_label("fs.mountpoint", &f.mountpoint, lim);
-            check_label("fs.fstype", &f.fstype, lim);
-        }
-    }
-    if let Some(ifs) = &g.interfaces {
-        assert!(ifs.len() <= lim.interfaces, "{} interfaces > {}", ifs.len(), lim.interfaces);
-        let addrs: usize = ifs.iter().map(|i| i.addresses.len()).sum();
-        assert!(addrs <= lim.addresses, "{addrs} addresses > {}", lim.addresses);
-        for i in ifs {
-            check_label("iface.name", &i.name, lim);
-            opt("iface.mac", &i.mac);
-            for a in &i.addresses {
-                check_label("addr.address", &a.address, lim);
-                assert!(a.family == "ipv4" || a.family == "ipv6", "family {:?}", a.family);
-            }
-        }
-    }
-    if let Some(os) = &g.os {
-        for (what, s) in [
-            ("os.id", &os.id),
-            ("os.name", &os.name),
-            ("os.pretty_name", &os.pretty_name),
-            ("os.version", &os.version),
-            ("os.version_id", &os.version_id),
-            ("os.kernel_release", &os.kernel_release),
-            ("os.kernel_version", &os.kernel_version),
-            ("os.machine", &os.machine),
-        ] {
-            opt(what, s);
-        }
-    }
-    if let Some(disks) = &g.disks {
-        assert!(disks.len() <= lim.disks, "{} disks > {}", disks.len(), lim.disks);
-        for d in disks {
-            check_label("disk.name", &d.name, lim);
-        }
-    }
-    if let Some(cpus) = &g.cpus {
-        assert!(cpus.len() <= lim.cpus, "{} cpus > {}", cpus.len(), lim.cpus);
-        for c in cpus {
-            assert!(c.modes.len() <= 10);
-        }
-    }
-    if let (Some(total), Some(online)) = (g.vcpus_total, g.vcpus_online) {
-        assert!(online <= total);
-    }
-}
-
-fn run(v: &Value, lim: &GuestLimits) {
-    let mut g = GuestData::default();
-    let mut dropped = Dropped::new();
-    for name in allowed() {
-        let before = g.clone();
-        let r = g.apply(name, v.clone(), lim, &mut dropped);
-        if r.is_err() {
-            // A rejected reply must not half-update what the previous good reply left.
-            assert_eq!(g, before, "{name} changed the data and then failed");
-        }
-        check(&g, lim);
-    }
-    for k in dropped.keys() {
-        assert!(["filesystem", "interface", "address", "disk", "cpu"].contains(&k.as_str()), "drop kind {k:?}");
-    }
-}
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let Ok(value) = serde_json::from_str::<Value>(&text) else { return };
-    // Tight caps make the cap paths reachable with small inputs.
-    let tight = GuestLimits { filesystems: 2, interfaces: 2, addresses: 3, disks: 2, cpus: 2, label_bytes: 16 };
-    for lim in [GuestLimits::default(), tight] {
-        run(&value, &lim);
+    let names = allowed();
+    for lim in [GuestLimits::default(), qga_check::TIGHT] {
+        qga_check::run(&names, &value, &lim);
         // Seeds are whole agent replies (`{"return": …}`): feed the `return` member too.
         if let Some(ret) = value.get("return") {
-            run(ret, &lim);
+            qga_check::run(&names, ret, &lim);
         }
     }
 });

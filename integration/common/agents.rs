@@ -27,6 +27,18 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(dir: &Path, name: &str) -> Agent {
+        Self::spawn(dir, name, &[])
+    }
+
+    /// A real qemu-ga that logs every request it reads (`-v -l`): count them with
+    /// [`requests_read`] on the returned log path.
+    pub fn start_logged(dir: &Path, name: &str) -> (Agent, PathBuf) {
+        let log = dir.join(format!("{name}.log"));
+        let agent = Self::spawn(dir, name, &["-v".as_ref(), "-l".as_ref(), log.as_os_str()]);
+        (agent, log)
+    }
+
+    fn spawn(dir: &Path, name: &str, extra: &[&std::ffi::OsStr]) -> Agent {
         let socket = dir.join(format!("{name}.sock"));
         let state = dir.join(format!("{name}.state"));
         std::fs::create_dir_all(&state).expect("state dir");
@@ -41,6 +53,7 @@ impl Agent {
             .arg(&state)
             .arg("-f")
             .arg(dir.join(format!("{name}.pid")))
+            .args(extra)
             .spawn()
             .expect("start qemu-ga");
         let start = Instant::now();
@@ -62,6 +75,16 @@ impl Drop for Agent {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The requests a logging qemu-ga ([`Agent::start_logged`]) has read so far: its debug log has
+/// one "read data, count: N, data: {...}" line per request (guest-sync included).
+pub fn requests_read(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once("read data, count: ").map(|(_, rest)| rest.to_owned()))
+        .collect()
 }
 
 /// What a scripted agent does after answering guest-sync and guest-info.

@@ -280,7 +280,22 @@ impl Bridge {
 
     /// Starts vmbridge with exactly `args` (plus listen address, log format and node name).
     pub fn start_without_libvirt(args: &[&str]) -> Bridge {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_vmbridge"))
+        Self::start_under(&[], args)
+    }
+
+    /// Starts vmbridge as [`start_without_libvirt`](Self::start_without_libvirt) does, run by
+    /// `prefix` (e.g. `setpriv --reuid … --` to drop privileges) when it is not empty.
+    pub fn start_under(prefix: &[&str], args: &[&str]) -> Bridge {
+        let bin = env!("CARGO_BIN_EXE_vmbridge");
+        let mut cmd = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let mut child = cmd
             .args(["--listen", "127.0.0.1:0", "--debug-listen", "127.0.0.1:0", "--log-json", "--node-name", "it-node"])
             .args(args)
             .stdout(Stdio::null())

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 use warp::Filter;
 use warp::http::{Response, StatusCode, header::CONTENT_TYPE};
@@ -191,7 +192,7 @@ pub fn public_routes(
         .and_then(move |auth: Option<String>| {
             let ok = match (&token, auth) {
                 (Some(t), Some(a)) => {
-                    a.strip_prefix("Bearer ").is_some_and(|given| constant_time_eq(given.as_bytes(), t.as_bytes()))
+                    a.strip_prefix("Bearer ").is_some_and(|given| bool::from(given.as_bytes().ct_eq(t.as_bytes())))
                 }
                 _ => false,
             };
@@ -200,11 +201,6 @@ pub fn public_routes(
         .untuple_one();
     let debug = authorized.and(debug_routes(app));
     metrics.or(healthz).unify().or(readyz).unify().or(debug).unify()
-}
-
-/// Compares secrets without an early exit.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Binds a listen address (warp's own bind panics on failure).

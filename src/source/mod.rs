@@ -95,11 +95,15 @@ pub enum ErrorKind {
     /// not a fault: it never counts toward opening the breaker and is re-checked on the
     /// source's slow period (see [`Poller::recheck_period`]).
     AgentUnavailable,
+    /// The VM opted out of guest-agent polling (`qga.exclude`, or vmbridge's element in its
+    /// domain metadata): no agent call is made. A state, not a fault, as
+    /// [`ErrorKind::AgentUnavailable`].
+    AgentDisabled,
 }
 
 impl ErrorKind {
     /// Every kind, so counters can be exported at zero.
-    pub const ALL: [ErrorKind; 9] = [
+    pub const ALL: [ErrorKind; 10] = [
         ErrorKind::Timeout,
         ErrorKind::PoolSaturated,
         ErrorKind::EndpointSaturated,
@@ -109,6 +113,7 @@ impl ErrorKind {
         ErrorKind::Protocol,
         ErrorKind::Internal,
         ErrorKind::AgentUnavailable,
+        ErrorKind::AgentDisabled,
     ];
 
     /// The label value.
@@ -123,13 +128,14 @@ impl ErrorKind {
             ErrorKind::Protocol => "protocol",
             ErrorKind::Internal => "internal",
             ErrorKind::AgentUnavailable => "agent_unavailable",
+            ErrorKind::AgentDisabled => "agent_disabled",
         }
     }
 
     /// Whether a failure of this kind counts toward opening the breaker. An absent agent
     /// answered at once and definitely: it is a state of the VM, not a fault to back off from.
     pub fn trips_breaker(self) -> bool {
-        !matches!(self, ErrorKind::AgentUnavailable) && !self.deferred()
+        !matches!(self, ErrorKind::AgentUnavailable | ErrorKind::AgentDisabled) && !self.deferred()
     }
 
     /// Whether the poll did not get to ask the VM at all, because the node is busy (vmbridge's

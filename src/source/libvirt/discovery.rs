@@ -246,7 +246,7 @@ pub async fn run_launchers(
         if found.untrusted != untrusted_seen {
             let new: Vec<u32> = found.untrusted.iter().copied().filter(|p| !untrusted_seen.contains(p)).collect();
             if !new.is_empty() {
-                tracing::warn!(pids = ?new, "libvirt daemons in other mount namespaces that are not below a virt-launcher nor in a pod's cgroup: not taken for launchers");
+                tracing::warn!(pids = ?new, "libvirt daemons in other mount namespaces without a virt-launcher parent of their own container and KubeVirt's launcher socket layout: not taken for launchers");
             }
             untrusted_seen = found.untrusted.clone();
         }

@@ -7,10 +7,20 @@
 //! is dropped (its VMs' series disappear) within one scan interval, and one that hangs only
 //! stalls its own endpoint.
 //!
-//! A process *name* proves nothing: any pod can run a process called `libvirtd`. A daemon is
-//! trusted as a launcher's only when a `virt-launcher` process is among its ancestors (KubeVirt
-//! starts virtqemud as virt-launcher's child), or when it sits in a kubepods cgroup of a pod
-//! (`…/kubepods…/pod<uid>/…`). Other daemons are rejected and counted
+//! A process *name* proves nothing: any pod can run a process called `libvirtd`, or start it
+//! below one it calls `virt-launcher`; and every pod sits in a kubepods cgroup. A daemon is
+//! trusted as a launcher's only when all of these hold together (see `Trust::Launcher`):
+//! - a `virt-launcher` process is among its ancestors (KubeVirt starts virtqemud as
+//!   virt-launcher's child), in the daemon's own mount namespace and cgroup (the same
+//!   container: KubeVirt's `compute`);
+//! - its root has KubeVirt's launcher layout: virt-launcher's command socket
+//!   `run/kubevirt/sockets/launcher-sock` and the daemon's own socket in `run/libvirt/`, both
+//!   real sockets reached without following any symlink.
+//!
+//! A pod that forges all of that on purpose (its own image laid out like virt-launcher's) is
+//! still not told apart: only the API server knows which pods are launchers. What the rule
+//! rules out is a daemon that merely has a launcher's name or parent.
+//! Other daemons are rejected and counted
 //! (`vmbridge_launcher_daemons{status="untrusted"}`). At most `max_launchers` are accepted.
 //! One that claims a VM another launcher already serves never replaces it (the store keeps
 //! both and flags the conflict).
@@ -33,7 +43,8 @@ pub struct Launcher {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Trust {
-    /// Only a daemon below a `virt-launcher` process, or in a pod's kubepods cgroup.
+    /// Only a daemon below a `virt-launcher` process of its own container, whose root has
+    /// KubeVirt's launcher layout (module docs).
     #[default]
     Launcher,
     /// Any daemon of the configured names in another mount namespace (test rigs without
@@ -80,8 +91,15 @@ fn parent_and_comm(proc_root: &Path, pid: u32) -> Option<(u32, String)> {
 }
 
 /// Whether a process has a `virt-launcher` (or `virt-launcher-monitor`, cut to 15 bytes in
-/// `comm`) among its ancestors.
+/// `comm`) among its ancestors in its own container: the same mount namespace and cgroup.
 fn below_virt_launcher(proc_root: &Path, pid: u32) -> bool {
+    let dir = |p: u32| proc_root.join(p.to_string());
+    let container = |p: u32| {
+        let ns = std::fs::read_link(dir(p).join("ns/mnt")).ok()?;
+        let cgroup = std::fs::read_to_string(dir(p).join("cgroup")).ok()?;
+        Some((ns, cgroup))
+    };
+    let Some(own) = container(pid) else { return false };
     let mut cur = pid;
     for _ in 0..MAX_ANCESTRY {
         let Some((ppid, _)) = parent_and_comm(proc_root, cur) else { return false };
@@ -89,7 +107,9 @@ fn below_virt_launcher(proc_root: &Path, pid: u32) -> bool {
             return false;
         }
         match parent_and_comm(proc_root, ppid) {
-            Some((_, comm)) if comm.starts_with("virt-launcher") => return true,
+            Some((_, comm)) if comm.starts_with("virt-launcher") => {
+                return container(ppid).as_ref() == Some(&own);
+            }
             Some(_) => cur = ppid,
             None => return false,
         }
@@ -97,21 +117,43 @@ fn below_virt_launcher(proc_root: &Path, pid: u32) -> bool {
     false
 }
 
-/// Whether a `/proc/<pid>/cgroup` text places the process in a pod's kubepods cgroup: a path
-/// with `kubepods` and a `pod<uid>` element (cgroupfs: `pod1b2c…-…`, systemd: `pod1b2c…_…`).
-fn in_pod_cgroup(cgroup: &str) -> bool {
-    cgroup.lines().any(|l| {
-        let path = l.splitn(3, ':').nth(2).unwrap_or_default();
-        path.contains("kubepods")
-            && path.split('/').any(|seg| {
-                let seg = seg.strip_prefix("kubepods-besteffort-").unwrap_or(seg);
-                let seg = seg.strip_prefix("kubepods-burstable-").unwrap_or(seg);
-                let seg = seg.strip_suffix(".slice").unwrap_or(seg);
-                seg.strip_prefix("pod").is_some_and(|uid| {
-                    uid.len() == 36 && uid.chars().all(|c| c.is_ascii_hexdigit() || c == '-' || c == '_')
-                })
-            })
-    })
+/// virt-launcher's command socket, relative to the pod's root. KubeVirt mounts the `sockets`
+/// emptyDir at `/var/run/kubevirt/sockets` (pkg/virt-controller/services/rendervolumes.go) and
+/// virt-launcher listens on `launcher-sock` in it (pkg/virt-handler/cmd-client/client.go:
+/// `baseDir = "/var/run/kubevirt"`, `SocketsDirectory`, `StandardLauncherSocketFileName`), both
+/// at kubevirt/kubevirt d923fdb815cd2016ddaebdaaa51db04133576d72. The launcher image's
+/// `/var/run` links to `../run`, so the path is looked up under `run/`, which never goes through
+/// that link.
+const LAUNCHER_CMD_SOCKET: &str = "run/kubevirt/sockets/launcher-sock";
+
+/// The daemon's own sockets, relative to the pod's root: KubeVirt's virt-launcher talks to
+/// `/var/run/libvirt/virtqemud-sock` (cmd/virt-launcher/virt-launcher.go, same commit); older
+/// launchers ran libvirtd (`libvirt-sock`).
+const LAUNCHER_DAEMON_SOCKETS: [&str; 2] = ["run/libvirt/virtqemud-sock", "run/libvirt/libvirt-sock"];
+
+/// Whether `rel` below `root` is a Unix socket reached without following a symlink at any
+/// step: a pod's own symlink could otherwise point the walk at vmbridge's root.
+fn socket_no_follow(root: &Path, rel: &str) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    let mut path = root.to_path_buf();
+    let mut parts = rel.split('/').peekable();
+    while let Some(part) = parts.next() {
+        path.push(part);
+        let Ok(meta) = std::fs::symlink_metadata(&path) else { return false };
+        let kind = meta.file_type();
+        let ok = if parts.peek().is_some() { kind.is_dir() } else { kind.is_socket() };
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+/// Whether the root of process `pid` is laid out as KubeVirt's virt-launcher `compute`
+/// container: virt-launcher's command socket and a libvirt daemon socket, both real sockets.
+fn has_launcher_layout(proc_root: &Path, pid: u32) -> bool {
+    let root = proc_root.join(pid.to_string()).join("root");
+    socket_no_follow(&root, LAUNCHER_CMD_SOCKET) && LAUNCHER_DAEMON_SOCKETS.iter().any(|s| socket_no_follow(&root, s))
 }
 
 impl Default for LauncherScan {
@@ -164,11 +206,7 @@ impl LauncherScan {
     fn trusted(&self, pid: u32) -> bool {
         match self.trust {
             Trust::Any => true,
-            Trust::Launcher => {
-                below_virt_launcher(&self.proc_root, pid)
-                    || std::fs::read_to_string(self.proc_root.join(pid.to_string()).join("cgroup"))
-                        .is_ok_and(|c| in_pod_cgroup(&c))
-            }
+            Trust::Launcher => below_virt_launcher(&self.proc_root, pid) && has_launcher_layout(&self.proc_root, pid),
         }
     }
 
@@ -279,28 +317,16 @@ mod tests {
 mod trust_tests {
     use super::*;
 
-    #[test]
-    fn pod_cgroups_are_recognised_in_both_drivers_and_nothing_else() {
-        let cgroupfs = "0::/kubepods/burstable/pod1b2c3d4e-1111-2222-3333-444455556666/0123abcd\n";
-        let systemd = "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1b2c3d4e_1111_2222_3333_444455556666.slice/cri-containerd-0123.scope\n";
-        let v1 = "4:memory:/kubepods/besteffort/pod1b2c3d4e-1111-2222-3333-444455556666/abc\n1:cpu:/\n";
-        for c in [cgroupfs, systemd, v1] {
-            assert!(in_pod_cgroup(c), "{c}");
-        }
-        for c in [
-            "0::/\n",
-            "0::/system.slice/libvirtd.service\n",
-            "0::/kubepods/burstable/\n",
-            "0::/user.slice/pod1b2c3d4e-1111-2222-3333-444455556666\n",
-            "0::/kubepods/podnot-a-uid\n",
-        ] {
-            assert!(!in_pod_cgroup(c), "{c}");
-        }
+    /// A real Unix socket at `path` (the listener is dropped; the socket file stays).
+    fn socket_at(path: &Path) {
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        drop(std::os::unix::net::UnixListener::bind(path).expect("bind"));
     }
 
     #[test]
-    fn only_daemons_below_virt_launcher_or_in_a_pod_are_trusted_and_the_cap_holds() {
+    fn only_daemons_below_virt_launcher_with_kubevirts_layout_are_trusted_and_the_cap_holds() {
         let root = std::env::temp_dir().join(format!("vmbridge-trust-{}-{}", std::process::id(), fastrand::u32(..)));
+        let pod = "0::/kubepods/pod1b2c3d4e-1111-2222-3333-444455556666/c\n";
         let mk = |pid: u32, ppid: u32, comm: &str, ns: &str, cgroup: &str| {
             let d = root.join(pid.to_string());
             std::fs::create_dir_all(d.join("ns")).expect("mkdir");
@@ -308,23 +334,60 @@ mod trust_tests {
             std::fs::write(d.join("stat"), format!("{pid} ({comm}) S {ppid} 1 1 0")).expect("stat");
             std::fs::write(d.join("cgroup"), cgroup).expect("cgroup");
             std::os::unix::fs::symlink(ns, d.join("ns/mnt")).expect("ns");
-            let sock = d.join("root/run/libvirt/virtqemud-sock-ro");
-            std::fs::create_dir_all(sock.parent().expect("parent")).expect("mkdir");
-            std::fs::write(&sock, "").expect("socket stand-in");
+        };
+        // KubeVirt's layout in a daemon's root: virt-launcher's command socket and its own.
+        let layout = |pid: u32| {
+            let r = root.join(pid.to_string()).join("root");
+            socket_at(&r.join(LAUNCHER_CMD_SOCKET));
+            socket_at(&r.join("run/libvirt/virtqemud-sock-ro"));
+            socket_at(&r.join("run/libvirt/virtqemud-sock"));
         };
         std::fs::create_dir_all(root.join("self/ns")).expect("self");
         std::os::unix::fs::symlink("mnt:[1]", root.join("self/ns/mnt")).expect("self ns");
-        mk(100, 1, "virt-launcher-m", "mnt:[2]", "0::/\n");
-        mk(101, 100, "virt-launcher", "mnt:[2]", "0::/\n");
-        mk(102, 101, "virtqemud", "mnt:[2]", "0::/\n"); // below virt-launcher
-        mk(200, 1, "virtqemud", "mnt:[3]", "0::/kubepods/pod1b2c3d4e-1111-2222-3333-444455556666/c\n"); // in a pod
-        mk(300, 1, "bash", "mnt:[4]", "0::/\n");
-        mk(301, 300, "libvirtd", "mnt:[4]", "0::/\n"); // an impostor: a libvirtd under a shell
-        mk(302, 1, "virtqemud", "mnt:[5]", "0::/system.slice/x\n"); // not in a pod
+        // A launcher as KubeVirt runs it: monitor, virt-launcher, virtqemud, one container.
+        mk(100, 1, "virt-launcher-m", "mnt:[2]", pod);
+        mk(101, 100, "virt-launcher", "mnt:[2]", pod);
+        mk(102, 101, "virtqemud", "mnt:[2]", pod);
+        layout(102);
+        // Below a process named virt-launcher, but without virt-launcher's command socket.
+        mk(110, 1, "virt-launcher", "mnt:[3]", pod);
+        mk(111, 110, "virtqemud", "mnt:[3]", pod);
+        socket_at(&root.join("111/root/run/libvirt/virtqemud-sock"));
+        // ... or with a plain file where the socket should be.
+        mk(120, 1, "virt-launcher", "mnt:[4]", pod);
+        mk(121, 120, "virtqemud", "mnt:[4]", pod);
+        socket_at(&root.join("121/root/run/libvirt/virtqemud-sock"));
+        let fake = root.join("121/root").join(LAUNCHER_CMD_SOCKET);
+        std::fs::create_dir_all(fake.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&fake, "").expect("plain file");
+        // ... or with the layout reached through a symlink.
+        mk(130, 1, "virt-launcher", "mnt:[5]", pod);
+        mk(131, 130, "virtqemud", "mnt:[5]", pod);
+        socket_at(&root.join("131/elsewhere/kubevirt/sockets/launcher-sock"));
+        socket_at(&root.join("131/root/run/libvirt/virtqemud-sock"));
+        std::os::unix::fs::symlink(root.join("131/elsewhere/kubevirt"), root.join("131/root/run/kubevirt"))
+            .expect("ln");
+        // ... or whose virt-launcher is in another container (mount namespace, cgroup).
+        mk(140, 1, "virt-launcher", "mnt:[6]", pod);
+        mk(141, 140, "virtqemud", "mnt:[7]", pod);
+        layout(141);
+        mk(150, 1, "virt-launcher", "mnt:[8]", "0::/kubepods/pod1b2c3d4e-1111-2222-3333-444455556666/other\n");
+        mk(151, 150, "virtqemud", "mnt:[8]", pod);
+        layout(151);
+        // The layout in a pod's cgroup, without a virt-launcher parent (was trusted before).
+        mk(200, 1, "virtqemud", "mnt:[9]", pod);
+        layout(200);
+        mk(300, 1, "bash", "mnt:[10]", "0::/\n");
+        mk(301, 300, "libvirtd", "mnt:[10]", "0::/\n"); // a libvirtd under a shell
+        layout(301);
+        // A second real launcher, for the cap.
+        mk(400, 1, "virt-launcher", "mnt:[11]", "0::/\n");
+        mk(401, 400, "libvirtd", "mnt:[11]", "0::/\n");
+        layout(401);
         let scan = LauncherScan { proc_root: root.clone(), ..Default::default() };
         let found = scan.scan();
-        assert_eq!(found.launchers.iter().map(|l| l.pid).collect::<Vec<_>>(), [102, 200]);
-        assert_eq!(found.untrusted, [301, 302]);
+        assert_eq!(found.launchers.iter().map(|l| l.pid).collect::<Vec<_>>(), [102, 401]);
+        assert_eq!(found.untrusted, [111, 121, 131, 141, 151, 200, 301]);
         assert_eq!(found.over_cap, 0);
         let capped = LauncherScan { max_launchers: 1, ..scan }.scan();
         assert_eq!((capped.launchers.len(), capped.over_cap), (1, 1));

@@ -46,9 +46,14 @@ pub struct QgaFileConfig {
     /// A `guest-ping` slower than this makes the guest heartbeat `agent_slow`. Default `1s`
     /// (half `qga.timeout` when that is shorter); below `qga.timeout`.
     pub heartbeat_slow: Option<String>,
-    /// This many libvirt polls in a row in which a running domain's vCPUs used no time, while its agent does not answer, make
-    /// the guest heartbeat `guest_stalled`. Default 3; 0 turns that check off.
+    /// This many libvirt polls in a row in which a running domain's vCPUs used no time, while
+    /// its agent does not answer, make the guest heartbeat `guest_stalled`. Default 3; 0 turns that check off.
     pub heartbeat_stalled_polls: Option<u32>,
+    /// VMs whose guest agent is never called (not even `guest-ping`): globs on
+    /// `namespace/name`, e.g. `["tenant-a/*", "*/db-*"]`. On a plain libvirt host a domain can
+    /// also opt out itself, with `<vmbridge:agent xmlns:vmbridge="urn:vmbridge:1" poll="off"/>`
+    /// in its metadata. Default none.
+    pub exclude: Option<Vec<String>>,
 }
 
 /// `[qga.periods]`: a duration per command, keyed as in `commands::COMMANDS`.
@@ -108,6 +113,8 @@ pub struct QgaRuntime {
     pub socket_pattern: Option<String>,
     /// Per-command settings.
     pub poll: QgaSettings,
+    /// VMs that opted out by config (`qga.exclude`).
+    pub exclude: super::optout::Exclude,
 }
 
 impl QgaRuntime {
@@ -172,10 +179,16 @@ pub fn validate(q: &QgaFileConfig, check: &mut Check) -> QgaRuntime {
         check.err("qga.heartbeat_stalled_polls", "must be at most 1000");
     }
     let heartbeat = crate::heartbeat::Bounds { slow_seconds: slow.as_secs_f64(), stalled_polls };
+    let exclude =
+        super::optout::Exclude::new(q.exclude.as_deref().unwrap_or_default()).unwrap_or_else(|(field, problem)| {
+            check.err(&field, problem);
+            super::optout::Exclude::default()
+        });
     QgaRuntime {
         enabled: q.enabled.unwrap_or(true),
         transport,
         socket_pattern: q.socket_pattern.clone(),
         poll: QgaSettings { timeout, max_reply_bytes, periods, limits, heartbeat },
+        exclude,
     }
 }

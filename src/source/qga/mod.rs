@@ -15,6 +15,7 @@ pub mod allow;
 pub mod commands;
 pub mod config;
 pub mod guest;
+pub mod optout;
 pub mod poller;
 pub mod transport;
 
@@ -122,7 +123,8 @@ impl Source for Qga {
             }
             (None, None, _) => return None,
         };
-        let poller = poller::QgaPoller::new(transport, q.poll.clone());
+        let gate = optout::Gate::new(vm.id, &q.exclude, vm.endpoint, vm.uuid, vm.limiter);
+        let poller = poller::QgaPoller::new(transport, q.poll.clone()).with_gate(gate);
         Some(match vm.endpoint {
             Some(e) => poller.with_wake(e.agent_waker(vm.uuid)),
             None => poller,

@@ -64,6 +64,8 @@ pub struct QgaPoller {
     sample: QgaSample,
     /// Fired by libvirt's agent-connected event, when the VM came through libvirt.
     wake: Option<std::sync::Arc<tokio::sync::Notify>>,
+    /// The VM's opt-out (`qga.exclude`, domain metadata): asked before every poll.
+    gate: super::optout::Gate,
 }
 
 impl QgaPoller {
@@ -71,7 +73,14 @@ impl QgaPoller {
     pub fn new(transport: Transport, settings: QgaSettings) -> Self {
         let sample =
             QgaSample { transport: transport.name().to_owned(), heartbeat: settings.heartbeat, ..Default::default() };
-        QgaPoller { transport, settings, enabled: None, due: BTreeMap::new(), sample, wake: None }
+        let gate = super::optout::Gate::open();
+        QgaPoller { transport, settings, enabled: None, due: BTreeMap::new(), sample, wake: None, gate }
+    }
+
+    /// Asks `gate` before every poll: a VM that opted out gets no agent call at all.
+    pub fn with_gate(mut self, gate: super::optout::Gate) -> Self {
+        self.gate = gate;
+        self
     }
 
     /// Also re-checks an absent agent as soon as `wake` fires.
@@ -179,6 +188,7 @@ impl Poller for QgaPoller {
     }
 
     async fn poll(&mut self) -> Result<SourceSample, PollError> {
+        self.gate.admit(self.settings.timeout).await?;
         // The heartbeat: a ping first, every poll, timed. It also notices a hung agent within
         // one poll interval rather than one command period. A ping that had to (re)connect
         // first is sent again, so the time is the agent's, not the connection's.
