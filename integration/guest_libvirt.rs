@@ -18,23 +18,31 @@ fn agent(dom: &str, cmd: &str) -> Value {
     serde_json::from_str::<Value>(&out).expect("json")["return"].clone()
 }
 
+/// Boots lab guest `name` (`lab.sh add-guest`, with `env`) for one test: the domain (destroyed
+/// on drop) and what lab.sh said. `None` when TCG could not boot it within the budget
+/// (VMB_GUEST_BOOT_TIMEOUT): the `tier` is skipped, saying so; any other failure fails the test.
+fn boot_guest(name: &str, env: &[(&str, &str)], tier: &str) -> Option<(Domain, String)> {
+    let lab_sh = root().join("integration/lab.sh");
+    let _ = Command::new("bash").arg(&lab_sh).args(["destroy", name]).output();
+    let out = Command::new("bash").arg(&lab_sh).args(["add-guest", name]).envs(env.iter().copied()).output();
+    let out = out.expect("lab.sh");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        let _ = Command::new("bash").arg(&lab_sh).args(["destroy", name]).output();
+        assert!(stderr.contains("did not answer guest-ping within"), "add-guest failed: {stderr}");
+        eprintln!("SKIPPED {tier}: the guest did not boot in time under TCG:\n{stderr}");
+        return None;
+    }
+    Some((Domain { name: name.to_owned() }, stderr))
+}
+
 #[test]
 fn libvirt_transport_values_equal_the_real_guest_agent() {
     let _serial = serial();
     let name = "itg-agent";
-    let _ = Command::new("bash").arg(root().join("integration/lab.sh")).args(["destroy", name]).output();
-    let out =
-        Command::new("bash").arg(root().join("integration/lab.sh")).args(["add-guest", name]).output().expect("lab.sh");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        // The guest tier is skipped, saying so, only when TCG cannot boot the
-        // guest within the budget (VMB_GUEST_BOOT_TIMEOUT); any other failure fails the test.
-        let _ = Command::new("bash").arg(root().join("integration/lab.sh")).args(["destroy", name]).output();
-        assert!(stderr.contains("did not answer guest-ping within"), "add-guest failed: {stderr}");
-        eprintln!("SKIPPED libvirt guest-agent tier: the guest did not boot in time under TCG:\n{stderr}");
+    let Some((dom, stderr)) = boot_guest(name, &[], "libvirt guest-agent tier") else {
         return;
-    }
-    let dom = Domain { name: name.to_owned() };
+    };
     if let Some(line) = stderr.lines().find(|l| l.contains("boot-to-agent")) {
         eprintln!("{line}");
     }
@@ -196,21 +204,9 @@ fn exec_in_guest(dom: &str, script: &str) {
 fn guest_block_io_errors_are_counted_exactly() {
     let _serial = serial();
     let name = "itg-ioerr";
-    let _ = Command::new("bash").arg(root().join("integration/lab.sh")).args(["destroy", name]).output();
-    let out = Command::new("bash")
-        .arg(root().join("integration/lab.sh"))
-        .args(["add-guest", name])
-        .env("VMB_GUEST_ERROR_DISK", "1")
-        .output()
-        .expect("lab.sh");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        let _ = Command::new("bash").arg(root().join("integration/lab.sh")).args(["destroy", name]).output();
-        assert!(stderr.contains("did not answer guest-ping within"), "add-guest failed: {stderr}");
-        eprintln!("SKIPPED I/O error tier: the guest did not boot in time under TCG:\n{stderr}");
+    let Some((_dom, _)) = boot_guest(name, &[("VMB_GUEST_ERROR_DISK", "1")], "I/O error tier") else {
         return;
-    }
-    let _dom = Domain { name: name.to_owned() };
+    };
     let with_qmp =
         Bridge::start(&["--poll-interval", "1s", "--no-qga", "--qmp-socket", "/var/lib/vmbridge-lab/{domain}.qmp"]);
     let without = Bridge::start(&["--poll-interval", "1s", "--no-qga"]);
@@ -255,4 +251,140 @@ fn guest_block_io_errors_are_counted_exactly() {
     assert_eq!(qmp_count(&with_qmp.metrics()) - q0, caused, "QMP count settled");
     assert_eq!(lv_count(&without.metrics()) - l0, caused, "libvirt count settled");
     eprintln!("{caused} I/O errors caused, counted exactly by both paths");
+}
+
+/// The VM's current guest heartbeat state, if written.
+fn heartbeat(e: &Exposition, name: &str) -> Option<String> {
+    let states: Vec<String> = e
+        .find("vmbridge_guest_heartbeat", &[("name", name)])
+        .iter()
+        .filter(|s| s.value == 1.0)
+        .map(|s| s.labels["state"].clone())
+        .collect();
+    assert!(states.len() <= 1, "one current state per VM: {states:?}");
+    states.into_iter().next()
+}
+
+/// The guest heartbeat on the real guest: `ok` with a round-trip time while the agent
+/// answers; with its QEMU SIGSTOPped, `unknown` or `guest_stalled` and never `ok` again until
+/// SIGCONT; then the guest stops its own qemu-ga (SIGSTOP inside the guest, from
+/// `vmb.agent_stop_after`: the channel stays connected) and the state goes `ok` →
+/// `agent_silent`.
+#[test]
+fn guest_heartbeat_follows_a_silent_agent_and_a_stopped_qemu() {
+    let _serial = serial();
+    let name = "itg-heartbeat";
+    // Long enough for vmbridge's first polls and the SIGSTOP phase, on a loaded machine.
+    let agent_stop_after = 45;
+    let cmdline = format!("vmb.agent_stop_after={agent_stop_after}");
+    let Some((dom, _)) = boot_guest(name, &[("VMB_GUEST_CMDLINE", &cmdline)], "heartbeat tier") else {
+        return;
+    };
+    let booted = std::time::Instant::now();
+    let dir = std::env::temp_dir().join(format!("vmbridge-heartbeat-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let cfg = dir.join("vmbridge.toml");
+    std::fs::write(&cfg, "[poll]\ninterval = \"1s\"\ntimeout = \"3s\"\n[qga]\ntimeout = \"2s\"\n").expect("cfg");
+    let bridge = Bridge::start(&["--config", cfg.to_str().unwrap()]);
+    let vm = [("name", name)];
+
+    let (e, took) =
+        bridge.wait_for(Duration::from_secs(30), "heartbeat ok", |e| heartbeat(e, name).as_deref() == Some("ok"));
+    let rtt = e.value("vmbridge_guest_agent_rtt_seconds", &vm).expect("a round-trip time while ok");
+    assert!(rtt > 0.0 && rtt < 2.0, "rtt {rtt} within the 2 s command deadline");
+    eprintln!("ok {took:?} after vmbridge started; vmbridge_guest_agent_rtt_seconds {rtt}");
+
+    // QEMU stopped: the host cannot vouch for the guest. Never ok once it left ok.
+    dom.stop();
+    let (e, took) = bridge.wait_for(Duration::from_secs(30), "heartbeat unknown or guest_stalled", |e| {
+        matches!(heartbeat(e, name).as_deref(), Some("unknown" | "guest_stalled"))
+    });
+    eprintln!("QEMU stopped: {:?} after {took:?}", heartbeat(&e, name));
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(500));
+        let s = heartbeat(&bridge.metrics(), name);
+        assert_ne!(s.as_deref(), Some("ok"), "ok while QEMU is stopped; states so far {seen:?}");
+        seen.push(s);
+    }
+    eprintln!("while stopped: {seen:?}");
+    dom.cont();
+    let (_, took) =
+        bridge.wait_for(Duration::from_secs(60), "heartbeat ok again", |e| heartbeat(e, name).as_deref() == Some("ok"));
+    eprintln!("ok again {took:?} after SIGCONT");
+    assert!(
+        booted.elapsed() < Duration::from_secs(agent_stop_after - 5),
+        "the SIGSTOP phase ran past the guest's own agent stop ({:?}); raise agent_stop_after",
+        booted.elapsed()
+    );
+
+    // The guest stops its own agent: ok → agent_silent, and the round-trip time goes.
+    let (e, took) = bridge.wait_for(Duration::from_secs(agent_stop_after + 60), "heartbeat agent_silent", |e| {
+        let s = heartbeat(e, name);
+        assert!(matches!(s.as_deref(), Some("ok" | "agent_silent")), "ok → agent_silent only, saw {s:?}");
+        s.as_deref() == Some("agent_silent")
+    });
+    eprintln!("agent_silent {took:?} later, {:?} after boot", booted.elapsed());
+    assert_eq!(e.value("vmbridge_guest_agent_rtt_seconds", &vm), None, "no round-trip time for a silent agent");
+    let console = std::fs::read_to_string(format!("/var/lib/vmbridge-lab/vms/{name}/console.log")).unwrap_or_default();
+    assert!(console.contains("stopped qemu-ga (SIGSTOP)"), "the guest says it stopped its agent:\n{console}");
+    // It stays silent (the agent never answers again).
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(heartbeat(&bridge.metrics(), name).as_deref(), Some("agent_silent"));
+}
+
+/// Memory-stats freshness on the real guest: with the balloon stats period at 2 s the guest's
+/// figures are exported (`fresh`); once the period is set to 0 (`virsh dommemstat --period 0`,
+/// by the test: QEMU stops asking the guest, and libvirt keeps returning the last figures with
+/// a stamp that no longer moves) they are withheld within a few periods (`stale`), while
+/// `actual_balloon` and the domain's memory stay.
+#[test]
+fn guest_memory_figures_whose_stamp_stops_are_withheld() {
+    let _serial = serial();
+    let name = "itg-memstale";
+    let Some((_dom, _)) = boot_guest(name, &[], "memory-freshness tier") else {
+        return;
+    };
+    let bridge = Bridge::start(&["--poll-interval", "1s", "--no-qga"]);
+    let vm = [("name", name)];
+    let state = |e: &Exposition| {
+        e.find("vmbridge_guest_memory_stats", &vm).iter().find(|s| s.value == 1.0).map(|s| s.labels["state"].clone())
+    };
+    let (e, took) = bridge.wait_for(Duration::from_secs(60), "fresh guest memory figures", |e| {
+        state(e).as_deref() == Some("fresh") && e.value("kubevirt_vmi_memory_usable_bytes", &vm).is_some()
+    });
+    eprintln!(
+        "fresh after {took:?}: usable {:?}, last update {:?}",
+        e.value("kubevirt_vmi_memory_usable_bytes", &vm),
+        e.value("kubevirt_vmi_memory_stats_last_update_timestamp_seconds", &vm)
+    );
+    // Let vmbridge see the stamp step at least once (the period is measured from it).
+    let first = e.value("kubevirt_vmi_memory_stats_last_update_timestamp_seconds", &vm);
+    bridge.wait_for(Duration::from_secs(30), "the stamp to move", |e| {
+        e.value("kubevirt_vmi_memory_stats_last_update_timestamp_seconds", &vm) != first
+    });
+    virsh(&["dommemstat", name, "--period", "0", "--live"]);
+    let frozen = std::time::Instant::now();
+    let (e, took) = bridge
+        .wait_for(Duration::from_secs(60), "stale guest memory figures", |e| state(e).as_deref() == Some("stale"));
+    eprintln!("stale {took:?} after the period was set to 0");
+    for gone in [
+        "kubevirt_vmi_memory_usable_bytes",
+        "kubevirt_vmi_memory_available_bytes",
+        "kubevirt_vmi_memory_unused_bytes",
+        "kubevirt_vmi_memory_cached_bytes",
+    ] {
+        assert_eq!(e.value(gone, &vm), None, "{gone} withheld once stale");
+    }
+    assert!(e.value("kubevirt_vmi_memory_actual_balloon_bytes", &vm).is_some_and(|v| v > 0.0), "actual_balloon stays");
+    assert!(e.value("kubevirt_vmi_memory_domain_bytes", &vm).is_some_and(|v| v > 0.0), "domain memory stays");
+    // libvirt still returns the frozen figures: vmbridge withholds them, it did not lose them.
+    let raw = dommemstat(name);
+    assert!(raw.contains_key("usable"), "libvirt still reports the last figures: {raw:?}");
+    assert!(frozen.elapsed() >= Duration::from_secs(2), "not stale before one period passed");
+    // Reports resume with the period back: fresh again.
+    virsh(&["dommemstat", name, "--period", "2", "--live"]);
+    bridge.wait_for(Duration::from_secs(60), "fresh again", |e| {
+        state(e).as_deref() == Some("fresh") && e.value("kubevirt_vmi_memory_usable_bytes", &vm).is_some()
+    });
 }

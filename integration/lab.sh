@@ -43,7 +43,8 @@
 # stats period 5 s, a guest-agent channel LABDIR/NAME.qga (no agent answers: a hung
 # agent) and a second direct QMP monitor LABDIR/NAME.qmp.
 # add-guest domains: the same but VMB_GUEST_MEM_MIB (default 128), balloon stats period
-# 2 s, direct kernel boot of LABDIR/guest/{kernel,initramfs.cpio.gz}, vda = an ext4 data
+# 2 s (VMB_GUEST_STATS_PERIOD), extra kernel words VMB_GUEST_CMDLINE, direct kernel boot
+# of LABDIR/guest/{kernel,initramfs.cpio.gz}, vda = an ext4 data
 # disk, and a real agent on the channel; VMB_GUEST_BOOT_TIMEOUT (default 90 s) bounds
 # the wait for guest-ping.
 set -euo pipefail
@@ -62,6 +63,10 @@ readonly MODE="${VMB_LAB_MODE:-boot}"
 readonly AGENT="${VMB_LAB_AGENT:-1}"
 readonly GUEST_MEM_MIB="${VMB_GUEST_MEM_MIB:-128}"
 readonly GUEST_BOOT_TIMEOUT="${VMB_GUEST_BOOT_TIMEOUT:-90}"
+# add-guest: extra kernel command line words for the guest's /init (e.g.
+# vmb.agent_stop_after=20), and the balloon stats period (0: the guest never refreshes them).
+readonly GUEST_CMDLINE="${VMB_GUEST_CMDLINE:-}"
+readonly GUEST_STATS_PERIOD="${VMB_GUEST_STATS_PERIOD:-2}"
 GUEST_BUILD="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/guest/build.sh"
 readonly GUEST_BUILD
 readonly DEFAULT_PREFIX="lab_vm-"
@@ -451,7 +456,7 @@ write_guest_domain_xml() { # NAME -> path of xml
     <type arch='x86_64' machine='q35'>hvm</type>
     <kernel>$GUEST_KERNEL</kernel>
     <initrd>$GUEST_INITRD</initrd>
-    <cmdline>console=ttyS0 vmb.hostname=$name</cmdline>
+    <cmdline>console=ttyS0 vmb.hostname=$name${GUEST_CMDLINE:+ $GUEST_CMDLINE}</cmdline>
   </os>
   <features><acpi/></features>
   <clock offset='utc'/>
@@ -479,7 +484,7 @@ write_guest_domain_xml() { # NAME -> path of xml
       <target type='virtio' name='org.qemu.guest_agent.0'/>
     </channel>
     <memballoon model='virtio'>
-      <stats period='2'/>
+      <stats period='$GUEST_STATS_PERIOD'/>
     </memballoon>
   </devices>
   <qemu:commandline>
@@ -683,6 +688,8 @@ cmd_add_guest() {
     need_root
     init_state
     [[ "$GUEST_BOOT_TIMEOUT" =~ ^[0-9]+$ ]] || die "VMB_GUEST_BOOT_TIMEOUT must be whole seconds"
+    [[ "$GUEST_STATS_PERIOD" =~ ^[0-9]+$ ]] || die "VMB_GUEST_STATS_PERIOD must be whole seconds"
+    [[ "$GUEST_CMDLINE" =~ ^[A-Za-z0-9._=/\ -]*$ ]] || die "VMB_GUEST_CMDLINE: letters, digits, . _ = / - and spaces only"
     local paths
     paths=$(VMB_LAB_DIR="$LAB_DIR" bash "$GUEST_BUILD") || die "guest image build failed ($GUEST_BUILD)"
     GUEST_KERNEL=$(sed -n 1p <<<"$paths")

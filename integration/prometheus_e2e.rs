@@ -859,6 +859,8 @@ const MASKED_VALUES: &[&str] = &[
     "vmbridge_source_last_success_timestamp_seconds",
     "vmbridge_source_poll_duration_seconds",
     "vmbridge_source_polls_total",
+    // The guest agent's ping round trip is measured.
+    "vmbridge_guest_agent_rtt_seconds",
     // How many scrapers are connected, and how many connections ended, depend on the test's
     // own polling.
     "vmbridge_http_connections",

@@ -544,6 +544,17 @@ family!(
     "The number of other page faults, when disk IO was not required. Page faults occur when a process makes a valid access to virtual memory that is not available."
 );
 family!(
+    GUEST_MEMORY_STATS,
+    "vmbridge_guest_memory_stats",
+    Gauge,
+    N,
+    ["state"],
+    Hypervisor,
+    "libvirt balloon.last-update",
+    Vm,
+    "Whether the guest-reported memory figures (available, usable, unused, cached, swap, faults) are exported; one series (value 1), the current state: fresh (balloon.last-update at most 3 stats periods old), stale (older: withheld), unavailable (never reported). actual_balloon and domain memory stay."
+);
+family!(
     MEMORY_STATS_UPDATED,
     "kubevirt_vmi_memory_stats_last_update_timestamp",
     Gauge,
@@ -1246,6 +1257,28 @@ family!(
     "Why the VM is stuck, present (value 1) only while it is: process_stopped (QEMU in /proc state T), io_blocked (QEMU's main thread in state D; wchan names the kernel function it waits in), monitor_busy (the QEMU monitor occupied or held by a job past the poll timeout while libvirt polls fail, from virDomainGetControlInfo), agent_unresponsive (the guest agent's polls timing out). The first that holds, in that order."
 );
 family!(
+    GUEST_HEARTBEAT,
+    "vmbridge_guest_heartbeat",
+    Gauge,
+    N,
+    ["state"],
+    Bridge,
+    "vmbridge",
+    Vm,
+    "Whether the guest is alive; one series (value 1), the current state: ok (guest-ping answered within qga.heartbeat_slow), agent_slow (answered slower), agent_silent (agent channel connected, no answer), guest_stalled (running, no vCPU time for qga.heartbeat_stalled_polls libvirt polls, no agent answer), no_agent, unknown (host side not answering, domain not running, or not yet polled). Never ok while the host side does not answer."
+);
+family!(
+    GUEST_AGENT_RTT,
+    "vmbridge_guest_agent_rtt",
+    Gauge,
+    S,
+    [],
+    Bridge,
+    "vmbridge",
+    Vm,
+    "Round-trip time of the guest-ping at the start of each guest-agent poll, while the agent answers."
+);
+family!(
     SOURCE_EFFECTIVE_INTERVAL,
     "vmbridge_source_effective_interval",
     Gauge,
@@ -1472,7 +1505,7 @@ impl Selection {
 }
 
 /// vmbridge's own families (written by `collector::bridge`), in order.
-pub const BRIDGE: [&MetricDef; 23] = [
+pub const BRIDGE: [&MetricDef; 25] = [
     &SOURCE_UP,
     &BREAKER_STATE,
     &SOURCE_LAST_SUCCESS,
@@ -1483,6 +1516,8 @@ pub const BRIDGE: [&MetricDef; 23] = [
     &BREAKER_TRANSITIONS,
     &STUCK_CALLS,
     &VM_STALL_REASON,
+    &GUEST_HEARTBEAT,
+    &GUEST_AGENT_RTT,
     &VMS,
     &VM_CONFLICTS,
     &ENDPOINT_UP,

@@ -43,6 +43,8 @@ pub struct VmSummary {
     pub sources: BTreeMap<SourceKind, SourceSummary>,
     /// Why the VM is stuck, while it is (`vmbridge_vm_stall_reason`).
     pub stall: Option<crate::stall::Stall>,
+    /// Whether the guest is alive (`vmbridge_guest_heartbeat`), the data's age not judged.
+    pub heartbeat: crate::heartbeat::Pulse,
 }
 
 /// `/debug/vms`.
@@ -71,6 +73,8 @@ pub struct DebugVm {
     pub data_age_seconds: BTreeMap<SourceKind, Option<f64>>,
     /// Why the VM is stuck, while it is (`vmbridge_vm_stall_reason`).
     pub stall: Option<crate::stall::Stall>,
+    /// Whether the guest is alive (`vmbridge_guest_heartbeat`), the data's age not judged.
+    pub heartbeat: crate::heartbeat::Pulse,
     /// The VM's full snapshot.
     #[serde(flatten)]
     pub vm: VmSnapshot,
@@ -123,6 +127,7 @@ pub fn index(store: &Store, node: &str) -> DebugIndex {
             // The process source's last successful scan counts, however old (the metric
             // also asks that it be within the staleness window).
             stall: crate::stall::of(vm, now, f64::INFINITY),
+            heartbeat: crate::heartbeat::of(vm, now, f64::INFINITY),
         })
         .collect();
     DebugIndex {
@@ -142,6 +147,7 @@ pub fn vm(store: &Store, node: &str, id: &VmId) -> Option<DebugVm> {
         generated_at: now,
         data_age_seconds: ages(&vm, now),
         stall: crate::stall::of(&vm, now, f64::INFINITY),
+        heartbeat: crate::heartbeat::of(&vm, now, f64::INFINITY),
         vm: (*vm).clone(),
     })
 }

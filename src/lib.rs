@@ -36,7 +36,8 @@
 //! - [`breaker`]: Closed / Open / HalfOpen with `backon` back-off.
 //! - [`collector`]: runs each source's encoder over the store, then the event and migration
 //!   families (from one source per VM for its life: QMP when configured, else libvirt) and
-//!   vmbridge's own; [`catalogue`] lists every family.
+//!   vmbridge's own; [`catalogue`] lists every family. [`stall`] and [`heartbeat`] judge a VM
+//!   from what several sources already know (why it is stuck; whether its guest is alive).
 //! - [`check`]: `vmbridge check`, every endpoint, VM and source probed once through the same
 //!   pollers, with a diagnosis and a fix for each failure.
 //! - [`http`]: the endpoints, with a bounded drain at shutdown; [`config`] and [`cli`]: typed,
@@ -54,6 +55,7 @@ pub mod clock;
 pub mod collector;
 pub mod config;
 pub mod debug;
+pub mod heartbeat;
 pub mod http;
 pub mod log_summary;
 #[cfg(test)]

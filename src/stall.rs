@@ -146,7 +146,7 @@ pub fn of(vm: &VmSnapshot, now: f64, staleness: f64) -> Option<Stall> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::breaker::{Breaker, BreakerConfig};
     use crate::source::process::{ProcessSample, ProcessStats};
@@ -155,7 +155,8 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::AtomicU64;
 
-    fn snap(sample: Option<SourceSample>, failures: u32) -> SourceSnapshot {
+    /// A source's snapshot: last success at 100, three polls, `failures` in a row.
+    pub(crate) fn snap(sample: Option<SourceSample>, failures: u32) -> SourceSnapshot {
         let mut s = SourceSnapshot::fresh(
             Breaker::new(BreakerConfig::default()).view(tokio::time::Instant::now()),
             Arc::new(AtomicU64::new(0)),
@@ -178,7 +179,8 @@ mod tests {
         snap(Some(SourceSample::Process(ProcessSample { processes: vec![p] })), 0)
     }
 
-    fn vm(sources: Vec<(SourceKind, SourceSnapshot)>) -> VmSnapshot {
+    /// VM `ns/a` with `sources`.
+    pub(crate) fn vm(sources: Vec<(SourceKind, SourceSnapshot)>) -> VmSnapshot {
         VmSnapshot {
             id: crate::vm::VmId { namespace: "ns".into(), name: "a".into() },
             domain: "ns_a".into(),

@@ -319,6 +319,11 @@ mod tests {
             href: format!("/debug/vms/default/{name}"),
             sources: sources.into_iter().collect(),
             stall: None,
+            heartbeat: crate::heartbeat::Pulse {
+                state: crate::heartbeat::Heartbeat::Ok,
+                rtt_seconds: None,
+                bounds: Default::default(),
+            },
         }
     }
 

@@ -1,10 +1,12 @@
-//! Bridge health: per VM and source (up, breaker, freshness, errors, stuck calls) and per node
+//! Bridge health: per VM and source (up, breaker, freshness, errors, stuck calls), the VM's
+//! stall reason and guest heartbeat (judged across sources), and per node
 //! (endpoints, VM count, build info). Exported for every VM whatever its data's age, so a
 //! VM whose data went stale is still visible, and flagged.
 
 use super::{BuildInfo, VmView, family};
 use crate::breaker::{BreakerState, TransitionReason};
 use crate::catalogue as c;
+use crate::heartbeat::Heartbeat;
 use crate::source::ErrorKind;
 use crate::store::{EndpointStatus, SourceSnapshot};
 
@@ -99,6 +101,16 @@ pub(super) fn encode_vm(enc: &mut crate::collector::Out<'_>, vm: &VmView<'_>, de
         let wchan = stall.wchan.as_deref().unwrap_or("");
         f.vm_sample(vm, &[("reason", stall.reason.as_str()), ("wchan", wchan)], Some(1.0))?;
     }
+    let pulse = crate::heartbeat::of(vm.vm, vm.now, vm.staleness);
+    let mut f = family(enc, &c::GUEST_HEARTBEAT)?;
+    for state in Heartbeat::ALL {
+        let current = pulse.state == state;
+        if detail || current {
+            f.vm_sample(vm, &[("state", state.as_str())], Some(f64::from(u8::from(current))))?;
+        }
+    }
+    let mut f = family(enc, &c::GUEST_AGENT_RTT)?;
+    f.vm_sample(vm, &[], pulse.rtt_seconds)?;
     Ok(())
 }
 

@@ -228,10 +228,17 @@ fn every_declared_family_is_emitted() {
     let mut sample = LibvirtSample::new(rich_params(), rich_memory());
     sample.partial_total.insert("block".into(), 1);
     sample.parsed.cpu_affinity = Some(2);
+    sample.guest_memory = Some(crate::source::libvirt::memstats::GuestMemoryStats {
+        state: crate::source::libvirt::memstats::MemoryStatsState::Fresh,
+        period_seconds: 2.0,
+        age_seconds: Some(1.0),
+    });
     // Polling stretched (the node busy): the effective interval is written.
     let mut libvirt = (*source(Some(sample), Some(crate::clock::now_unix()))).clone();
     (libvirt.stretched, libvirt.effective_interval_seconds) = (true, Some(12.5));
-    let store = store_with_guest(vec![("a", Arc::new(libvirt))], Some(guest_source(rich_guest())));
+    // The agent's ping was timed: its round-trip time is written.
+    let guest = crate::source::qga::QgaSample { rtt_seconds: Some(0.004), ..rich_guest() };
+    let store = store_with_guest(vec![("a", Arc::new(libvirt))], Some(guest_source(guest)));
     // Its QEMU stopped: the stall reason is written.
     store.publish(&crate::store::VmKey::new("qemu:///system", "uuid-a"), SourceKind::Process, process_source("T"));
     // KubeVirt mode's launcher counts.
@@ -244,6 +251,44 @@ fn every_declared_family_is_emitted() {
             "family {name} declared but never emitted:\n{text}"
         );
     }
+}
+
+#[test]
+fn stale_guest_memory_figures_are_withheld_and_the_host_ones_stay() {
+    use crate::source::libvirt::memstats::Freshness;
+    let mut sample = LibvirtSample::new(rich_params(), rich_memory());
+    let stamp = 1_764_800_000;
+    sample.parsed.memory.last_update = Some(stamp);
+    let mut f = Freshness::default();
+    let mut fresh = sample.clone();
+    fresh.guest_memory = Some(f.judge(&mut fresh.parsed.memory, stamp as f64 + 1.0));
+    let text = scrape(store_with(vec![("a", source(Some(fresh), Some(crate::clock::now_unix())))]));
+    assert!(text.contains("kubevirt_vmi_memory_usable_bytes{"), "{text}");
+    assert!(
+        text.contains("vmbridge_guest_memory_stats{namespace=\"ns\",name=\"a\",node=\"node-1\",state=\"fresh\"} 1")
+    );
+    // The stamp never moved again: after 3 (assumed 10 s) periods the guest's figures go.
+    let mut stale = sample.clone();
+    stale.guest_memory = Some(f.judge(&mut stale.parsed.memory, stamp as f64 + 31.0));
+    let text = scrape(store_with(vec![("a", source(Some(stale), Some(crate::clock::now_unix())))]));
+    for gone in [
+        "kubevirt_vmi_memory_usable_bytes{",
+        "kubevirt_vmi_memory_available_bytes{",
+        "kubevirt_vmi_memory_unused_bytes{",
+        "kubevirt_vmi_memory_cached_bytes{",
+    ] {
+        assert!(!text.contains(gone), "{gone} withheld:\n{text}");
+    }
+    for stays in ["kubevirt_vmi_memory_actual_balloon_bytes{", "kubevirt_vmi_memory_domain_bytes{"] {
+        assert!(text.contains(stays), "{stays} stays:\n{text}");
+    }
+    assert!(
+        text.contains("vmbridge_guest_memory_stats{namespace=\"ns\",name=\"a\",node=\"node-1\",state=\"stale\"} 1")
+    );
+    // (This scrape writes every state, the others at 0.)
+    assert!(
+        text.contains("vmbridge_guest_memory_stats{namespace=\"ns\",name=\"a\",node=\"node-1\",state=\"fresh\"} 0")
+    );
 }
 
 #[test]
@@ -630,9 +675,17 @@ fn health_stays_within_twelve_series_per_vm_and_shows_what_occurred() {
         Some(guest_source(rich_guest())),
     );
     let compact = VmCollector::new(store.clone(), "node-1".into(), Duration::from_secs(60)).render(Format::OpenMetrics);
-    let lines = bridge_lines(&compact, "a");
-    // Four sources, three series each.
+    let (heartbeat, lines): (Vec<&str>, Vec<&str>) = bridge_lines(&compact, "a")
+        .into_iter()
+        .partition(|l| l.starts_with("vmbridge_guest_heartbeat{") || l.starts_with("vmbridge_guest_agent_rtt"));
+    // Four sources, three series each; plus the VM's one guest heartbeat state (the domain
+    // is paused in these parameters, so the guest cannot be judged; the ping is untimed in
+    // this sample: no round-trip time).
     assert_eq!(lines.len(), 12, "{lines:#?}");
+    assert_eq!(
+        heartbeat,
+        ["vmbridge_guest_heartbeat{namespace=\"ns\",name=\"a\",node=\"node-1\",state=\"unknown\"} 1.0"]
+    );
     for family in ["vmbridge_source_up{", "vmbridge_source_last_success_timestamp_seconds{", "vmbridge_breaker_state{"]
     {
         assert_eq!(lines.iter().filter(|l| l.starts_with(family)).count(), 4, "{family}: {lines:#?}");
@@ -676,8 +729,8 @@ fn health_stays_within_twelve_series_per_vm_and_shows_what_occurred() {
         + crate::source::ErrorKind::ALL.len()
         + crate::breaker::TransitionReason::ALL.len()
         + 1;
-    // Plus the guest agent's five dropped-item counters.
-    assert_eq!(lines.len(), 4 * per_source + 5, "{lines:#?}");
+    // Plus the guest agent's five dropped-item counters, and every heartbeat state.
+    assert_eq!(lines.len(), 4 * per_source + 5 + crate::heartbeat::Heartbeat::ALL.len(), "{lines:#?}");
 }
 
 #[test]

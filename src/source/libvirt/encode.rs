@@ -2,6 +2,7 @@
 //! stats) and its part of the hypervisor group (state, memory and balloon, vCPU and device
 //! counts, block sizes), and how often libvirt answered in part.
 
+use super::memstats::MemoryStatsState;
 use super::stats::{BlockSample, NetSample, VcpuSample};
 use super::{DomainSample, Libvirt};
 use crate::catalogue::{self as c, MetricDef};
@@ -87,6 +88,7 @@ pub(super) fn families() -> Vec<&'static MetricDef> {
     out.extend(BLOCK.iter().map(|(d, _)| *d));
     out.push(&c::DOMAIN_STATE);
     out.extend(PER_VM.iter().map(|(d, _)| *d));
+    out.push(&c::GUEST_MEMORY_STATS);
     out.extend(SIZES.iter().map(|(d, _)| *d));
     out.push(&c::SOURCE_PARTIAL);
     out
@@ -149,6 +151,18 @@ pub(super) fn encode(enc: &mut crate::collector::Out<'_>, vms: &[VmView<'_>]) ->
         let mut f = family(enc, def)?;
         for vm in vms {
             f.vm_sample(vm, &[], parsed(vm).and_then(get))?;
+        }
+    }
+    let mut f = family(enc, &c::GUEST_MEMORY_STATS)?;
+    for vm in vms {
+        let Some(g) = vm.sample::<Libvirt>().and_then(|l| l.guest_memory) else {
+            continue;
+        };
+        for state in MemoryStatsState::ALL {
+            let current = g.state == state;
+            if vm.health_detail || current {
+                f.vm_sample(vm, &[("state", state.as_str())], Some(f64::from(u8::from(current))))?;
+            }
         }
     }
     for (def, get) in SIZES {

@@ -10,6 +10,7 @@ mod encode;
 pub mod endpoint;
 pub mod ffi;
 pub mod launchers;
+pub mod memstats;
 pub mod merge;
 pub mod poller;
 pub mod stats;
@@ -46,6 +47,13 @@ pub struct LibvirtSample {
     /// Answers that needed such carrying since discovery, per stats group
     /// (`vmbridge_source_partial_total`).
     pub partial_total: BTreeMap<String, u64>,
+    /// Polls in a row, up to this one, in which the domain was running and its vCPUs' summed
+    /// time (`vcpu.N.time`, else `cpu.time`) did not advance: the guest heartbeat's
+    /// `guest_stalled` (see [`crate::heartbeat`]).
+    pub vcpu_idle_polls: u32,
+    /// Whether the guest's balloon statistics are current, and so exported
+    /// (`vmbridge_guest_memory_stats`); `None` when not judged.
+    pub guest_memory: Option<memstats::GuestMemoryStats>,
 }
 
 impl LibvirtSample {
@@ -66,6 +74,8 @@ impl LibvirtSample {
             events: Default::default(),
             carried: BTreeMap::new(),
             partial_total: BTreeMap::new(),
+            vcpu_idle_polls: 0,
+            guest_memory: None,
         }
     }
 }

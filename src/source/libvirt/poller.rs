@@ -157,6 +157,10 @@ pub struct LibvirtPoller {
     limiter: Arc<Semaphore>,
     /// The last poll succeeded: this one may take its statistics from a batch.
     batchable: bool,
+    /// The vCPUs' time at the last poll, and polls in a row it did not advance.
+    vcpu_time: VcpuProgress,
+    /// The balloon statistics' last stamp and measured period.
+    memory: super::memstats::Freshness,
 }
 
 impl LibvirtPoller {
@@ -189,6 +193,8 @@ impl LibvirtPoller {
             affinity: (None, None),
             limiter,
             batchable: false,
+            vcpu_time: VcpuProgress::default(),
+            memory: super::memstats::Freshness::default(),
         }
     }
 }
@@ -442,6 +448,43 @@ impl LibvirtPoller {
     }
 }
 
+/// Whether a running domain's vCPUs advance, poll to poll.
+#[derive(Debug, Default, Clone, Copy)]
+struct VcpuProgress {
+    /// The summed vCPU time (ns) at the last poll that had one.
+    last: Option<u64>,
+    /// Polls in a row it did not advance while running. Exactly: under TCG a vCPU halted
+    /// with interrupts off still shows a stray 10 ms tick every 1–2 s (QEMU's vCPU thread
+    /// wakes for its timers), and so does an idle guest, so no tolerance could tell them apart;
+    /// under KVM a halted vCPU blocks in the kernel and its time stands still.
+    idle: u32,
+}
+
+impl VcpuProgress {
+    /// Takes this poll's sample; returns the polls in a row without vCPU time. Not running,
+    /// or no time reported: 0 (a paused guest is not a stalled one). `fresh`: libvirt answered
+    /// the vCPU group this time (a carried one is not counted either way).
+    fn observe(&mut self, s: &DomainSample, fresh: bool) -> u32 {
+        let running = s.state.is_some_and(|st| st.state == i64::from(sys::VIR_DOMAIN_RUNNING));
+        let vcpus: Option<u64> =
+            s.vcpus.iter().map(|v| v.time_ns).try_fold(0u64, |acc, t| t.map(|t| acc.saturating_add(t)));
+        let time = vcpus.filter(|_| !s.vcpus.is_empty()).or(s.cpu_time_ns);
+        match (running, time) {
+            (true, Some(t)) if fresh => {
+                let ran = self.last != Some(t);
+                self.idle = if ran { 0 } else { self.idle.saturating_add(1) };
+                self.last = Some(t);
+            }
+            (true, Some(_)) => {}
+            _ => {
+                self.idle = 0;
+                self.last = time;
+            }
+        }
+        self.idle
+    }
+}
+
 impl LibvirtPoller {
     /// A sample from one answer: carried values put back, the monitor's state judged, the job
     /// and pinning readings kept or reused.
@@ -476,6 +519,11 @@ impl LibvirtPoller {
         if let Some((_, aliases)) = &self.aliases {
             sample.parsed.apply_aliases(aliases, self.device_labels);
         }
+        // A vCPU group carried from an earlier answer says nothing new about progress.
+        let vcpu_fresh = !merged.carried.contains_key("vcpu");
+        sample.vcpu_idle_polls = self.vcpu_time.observe(&sample.parsed, vcpu_fresh);
+        // Guest memory figures whose stamp stopped are withheld (the raw ones stay in `/debug`).
+        sample.guest_memory = Some(self.memory.judge(&mut sample.parsed.memory, crate::clock::now_unix()));
         sample.carried = merged.carried.into_iter().map(|(g, n)| (g.to_owned(), n)).collect();
         sample.partial_total = self.carry.partial_total().iter().map(|(g, n)| ((*g).to_owned(), *n)).collect();
         let now = tokio::time::Instant::now();
@@ -520,6 +568,44 @@ impl LibvirtPoller {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vcpu_time_that_stops_while_running_counts_idle_polls() {
+        let dom = |state: i64, times: &[Option<u64>], cpu: Option<u64>| DomainSample {
+            state: Some(super::super::stats::DomainState { state, reason: 0 }),
+            cpu_time_ns: cpu,
+            vcpus: times
+                .iter()
+                .enumerate()
+                .map(|(id, t)| super::super::stats::VcpuSample { id, time_ns: *t, ..Default::default() })
+                .collect(),
+            ..Default::default()
+        };
+        let run = i64::from(sys::VIR_DOMAIN_RUNNING);
+        let paused = i64::from(sys::VIR_DOMAIN_PAUSED);
+        let ms = |v: u64| Some(v * 1_000_000);
+        let mut p = VcpuProgress::default();
+        // The first reading is a baseline, not an idle poll.
+        assert_eq!(p.observe(&dom(run, &[ms(100), ms(200)], ms(990)), true), 0);
+        assert_eq!(p.observe(&dom(run, &[ms(150), ms(200)], ms(990)), true), 0);
+        assert_eq!(p.observe(&dom(run, &[ms(150), ms(200)], ms(1500)), true), 1, "cpu.time moved, vCPUs did not");
+        assert_eq!(p.observe(&dom(run, &[ms(150), ms(200)], ms(1500)), true), 2);
+        // A carried vCPU group counts neither way.
+        assert_eq!(p.observe(&dom(run, &[ms(150), ms(200)], ms(1500)), false), 2);
+        assert_eq!(p.observe(&dom(run, &[ms(150), ms(200)], ms(1500)), true), 3);
+        // Paused: not stalled, and the count starts again.
+        assert_eq!(p.observe(&dom(paused, &[ms(150), ms(200)], ms(1500)), true), 0);
+        assert_eq!(p.observe(&dom(run, &[ms(150), ms(200)], ms(1500)), true), 1);
+        // One tick is progress.
+        assert_eq!(p.observe(&dom(run, &[ms(160), ms(200)], ms(1500)), true), 0);
+        // A counter that went back (a new QEMU) is a new baseline, not progress lost.
+        assert_eq!(p.observe(&dom(run, &[ms(1), ms(1)], ms(5)), true), 0);
+        // Without per-vCPU times, cpu.time.
+        let mut p = VcpuProgress::default();
+        assert_eq!(p.observe(&dom(run, &[], ms(5)), true), 0);
+        assert_eq!(p.observe(&dom(run, &[], ms(5)), true), 1);
+        assert_eq!(p.observe(&dom(run, &[], None), true), 0, "no time at all: nothing to judge");
+    }
 
     #[test]
     fn only_a_monitor_occupied_past_the_limit_is_stuck() {

@@ -43,6 +43,12 @@ pub struct QgaFileConfig {
     /// Per-VM caps on what a guest can make vmbridge export.
     #[serde(default)]
     pub limits: QgaLimitsFile,
+    /// A `guest-ping` slower than this makes the guest heartbeat `agent_slow`. Default `1s`
+    /// (half `qga.timeout` when that is shorter); below `qga.timeout`.
+    pub heartbeat_slow: Option<String>,
+    /// This many libvirt polls in a row in which a running domain's vCPUs used no time, while
+    /// its agent does not answer, make the guest heartbeat `guest_stalled`. Default 3; 0 turns that check off.
+    pub heartbeat_stalled_polls: Option<u32>,
     /// VMs whose guest agent is never called (not even `guest-ping`): globs on
     /// `namespace/name`, e.g. `["tenant-a/*", "*/db-*"]`. On a plain libvirt host a domain can
     /// also opt out itself, with `<vmbridge:agent xmlns:vmbridge="urn:vmbridge:1" poll="off"/>`
@@ -161,6 +167,18 @@ pub fn validate(q: &QgaFileConfig, check: &mut Check) -> QgaRuntime {
         check.err("qga.socket_pattern", "is required when qga.transport is \"socket\"");
     }
     check.socket_pattern("qga.socket_pattern", &q.socket_pattern);
+    let defaults = crate::heartbeat::Bounds::default();
+    // By default 1 s, or half the command deadline when that is shorter.
+    let slow_default = Duration::from_secs_f64(defaults.slow_seconds).min(timeout / 2);
+    let slow = check.duration("qga.heartbeat_slow", &q.heartbeat_slow, slow_default);
+    if q.heartbeat_slow.is_some() && slow >= timeout {
+        check.err("qga.heartbeat_slow", "must be below qga.timeout (a ping that slow times out)");
+    }
+    let stalled_polls = q.heartbeat_stalled_polls.unwrap_or(defaults.stalled_polls);
+    if stalled_polls > 1000 {
+        check.err("qga.heartbeat_stalled_polls", "must be at most 1000");
+    }
+    let heartbeat = crate::heartbeat::Bounds { slow_seconds: slow.as_secs_f64(), stalled_polls };
     let exclude =
         super::optout::Exclude::new(q.exclude.as_deref().unwrap_or_default()).unwrap_or_else(|(field, problem)| {
             check.err(&field, problem);
@@ -170,7 +188,7 @@ pub fn validate(q: &QgaFileConfig, check: &mut Check) -> QgaRuntime {
         enabled: q.enabled.unwrap_or(true),
         transport,
         socket_pattern: q.socket_pattern.clone(),
-        poll: QgaSettings { timeout, max_reply_bytes, periods, limits },
+        poll: QgaSettings { timeout, max_reply_bytes, periods, limits, heartbeat },
         exclude,
     }
 }

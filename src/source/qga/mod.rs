@@ -63,6 +63,11 @@ pub struct QgaSample {
     pub data: GuestData,
     /// Items left out by the per-VM caps since discovery, by kind.
     pub dropped: Dropped,
+    /// Round-trip time of the `guest-ping` at the start of the last poll, in seconds
+    /// (`vmbridge_guest_agent_rtt_seconds`).
+    pub rtt_seconds: Option<f64>,
+    /// The bounds the guest heartbeat is judged with (`[qga]`).
+    pub heartbeat: crate::heartbeat::Bounds,
 }
 
 /// The guest-agent source.

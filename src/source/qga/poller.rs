@@ -1,4 +1,5 @@
-//! Polls one VM's guest agent: `guest-info` first (and again periodically or after a
+//! Polls one VM's guest agent: a timed `guest-ping` at the start of every poll (the guest
+//! heartbeat's round-trip time, [`crate::heartbeat`]), `guest-info` (and again periodically or after a
 //! reconnect) to learn which commands exist and are enabled, then each supported command on
 //! its own period. A transport failure (timeout, garbage, oversized reply) fails the poll and
 //! feeds the breaker; no agent at all (`agent_unavailable`) fails the poll without feeding it,
@@ -36,6 +37,8 @@ pub struct QgaSettings {
     pub periods: BTreeMap<String, Duration>,
     /// Per-VM caps.
     pub limits: GuestLimits,
+    /// The guest heartbeat's bounds.
+    pub heartbeat: crate::heartbeat::Bounds,
 }
 
 impl Default for QgaSettings {
@@ -45,6 +48,7 @@ impl Default for QgaSettings {
             max_reply_bytes: 1 << 20,
             periods: COMMANDS.iter().map(|c| (c.key.to_owned(), c.period)).collect(),
             limits: GuestLimits::default(),
+            heartbeat: crate::heartbeat::Bounds::default(),
         }
     }
 }
@@ -67,7 +71,8 @@ pub struct QgaPoller {
 impl QgaPoller {
     /// A poller over `transport`.
     pub fn new(transport: Transport, settings: QgaSettings) -> Self {
-        let sample = QgaSample { transport: transport.name().to_owned(), ..Default::default() };
+        let sample =
+            QgaSample { transport: transport.name().to_owned(), heartbeat: settings.heartbeat, ..Default::default() };
         let gate = super::optout::Gate::open();
         QgaPoller { transport, settings, enabled: None, due: BTreeMap::new(), sample, wake: None, gate }
     }
@@ -176,19 +181,39 @@ impl Poller for QgaPoller {
     }
 
     fn deadline(&self) -> std::time::Duration {
-        // Every command once, `guest-info` up to twice, a ping, and the transport's sync.
-        let calls = u32::try_from(COMMANDS.len()).unwrap_or(u32::MAX).saturating_add(4);
+        // Every command once, `guest-info` up to twice, a ping up to twice, and the
+        // transport's sync.
+        let calls = u32::try_from(COMMANDS.len()).unwrap_or(u32::MAX).saturating_add(5);
         self.settings.timeout.saturating_mul(calls)
     }
 
     async fn poll(&mut self) -> Result<SourceSample, PollError> {
         self.gate.admit(self.settings.timeout).await?;
+        // The heartbeat: a ping first, every poll, timed. It also notices a hung agent within
+        // one poll interval rather than one command period. A ping that had to (re)connect
+        // first is sent again, so the time is the agent's, not the connection's.
+        self.sample.rtt_seconds = None;
+        let mut reconnected = false;
+        for _ in 0..2 {
+            let ping = AgentRequest::new(qga::guest_ping {});
+            let started = Instant::now();
+            match self.transport.execute(&ping, self.settings.timeout).await {
+                Ok(_) | Err(AgentError::Command(_)) => {
+                    self.sample.rtt_seconds = Some(started.elapsed().as_secs_f64());
+                }
+                Err(AgentError::Transport(e)) => {
+                    return Err(PollError { message: format!("guest-ping: {}", e.message), ..e });
+                }
+            }
+            if !self.transport.take_reconnected() {
+                break;
+            }
+            reconnected = true;
+        }
         let info_due = self.due.get("info").is_none_or(|d| Instant::now() >= *d);
-        let mut contacted = false;
-        if self.enabled.is_none() || info_due || self.transport.take_reconnected() {
+        if self.enabled.is_none() || info_due || reconnected {
             self.enabled = None;
             self.discover().await?;
-            contacted = true;
         }
         for c in COMMANDS {
             let key = c.key;
@@ -200,23 +225,11 @@ impl Poller for QgaPoller {
             let due = self.due.get(key).is_none_or(|d| Instant::now() >= *d);
             if enabled && due {
                 self.run(key, req).await?;
-                contacted = true;
             }
             // A reconnect in the middle (socket transport) means capabilities may have changed.
             if self.transport.take_reconnected() {
                 self.enabled = None;
                 self.discover().await?;
-            }
-        }
-        if !contacted {
-            // Nothing was due: a ping keeps "last success" meaning "the agent answered then",
-            // and notices a hung agent within one poll interval rather than one period.
-            let ping = AgentRequest::new(qga::guest_ping {});
-            match self.transport.execute(&ping, self.settings.timeout).await {
-                Ok(_) | Err(AgentError::Command(_)) => {}
-                Err(AgentError::Transport(e)) => {
-                    return Err(PollError { message: format!("guest-ping: {}", e.message), ..e });
-                }
             }
         }
         Ok(SourceSample::Qga(self.sample.clone()))
