@@ -346,3 +346,35 @@ fn hostile_and_hung_agents_are_isolated() {
     hung.signal("CONT");
     bridge.wait_for(Duration::from_secs(10), "the hung agent to recover", |e| up(e, "hung") == Some(1.0));
 }
+
+/// Eight agents answering every command with just under 1 MiB of tiny values (`[0,0,…]`,
+/// about 17 MB each once parsed without a bound): each reply is refused while it is parsed,
+/// at twice the reply cap, so vmbridge's peak memory stays far below what eight such
+/// values would take (before: 183 MB peak on the release binary).
+#[test]
+fn agents_replying_megabytes_of_tiny_values_are_refused_within_bounded_memory() {
+    let _watchdog = common::watchdog();
+    let dir = scratch("tiny-values");
+    let paths: Vec<(String, PathBuf)> =
+        (0..8).map(|i| (format!("tiny{i}"), dir.join(format!("tiny{i}.sock")))).collect();
+    for (_, p) in &paths {
+        hostile_agent(p.clone(), Misbehaviour::TinyValues);
+    }
+    let vms: Vec<(&str, &Path)> = paths.iter().map(|(n, p)| (n.as_str(), p.as_path())).collect();
+    let bridge = start_bridge(&config(&dir, &vms, ""));
+    let errors = |e: &Exposition, n: &str| {
+        e.value("vmbridge_source_errors_total", &[("name", n), ("source", "qga"), ("kind", "protocol")]).unwrap_or(0.0)
+    };
+    // Every agent's replies refused ten times over (each a megabyte parsed in part).
+    let (e, _) = bridge.wait_for(Duration::from_secs(90), "each agent's replies refused 10 times", |e| {
+        paths.iter().all(|(n, _)| errors(e, n) >= 10.0)
+    });
+    for (n, _) in &paths {
+        assert_eq!(e.value("vmbridge_source_up", &[("name", n), ("source", "qga")]), Some(0.0), "{n}");
+    }
+    let doc = bridge.get("/debug/vms/qga/tiny0", None).body;
+    assert!(doc.contains("parses into more than 2097152 bytes"), "the cap is named in the last error: {doc}");
+    let peak = peak_rss_bytes(bridge.pid());
+    eprintln!("peak RSS {} MiB with 8 agents sending 1 MiB of tiny values", peak >> 20);
+    assert!(peak < 64 << 20, "RSS peaked at {} MiB", peak >> 20);
+}

@@ -27,6 +27,9 @@ enum Mode {
     NewPorts,
     /// Drive names and stat names of 10 kB.
     HugeLabels,
+    /// 8 MiB of events carrying small values (`[0,0,…]`) before every reply: they grow
+    /// sixteenfold when parsed, unlike the long strings of `Flood`.
+    SmallValues,
 }
 
 /// Serves QMP on `path` in `mode`; counts the `qom-get` commands it receives.
@@ -76,6 +79,13 @@ fn monitor(path: PathBuf, mode: Mode) -> Arc<AtomicU64> {
                             let ev = json!({"event": "BLOCK_IO_ERROR", "data": {"device": long, "operation": "read"}});
                             pre.push_str(&ev.to_string());
                             pre.push('\n');
+                        }
+                        Mode::SmallValues => {
+                            let ev = json!({"event": "SMALL", "data": {"v": vec![0; 2000]}}).to_string();
+                            while pre.len() < 8 << 20 {
+                                pre.push_str(&ev);
+                                pre.push('\n');
+                            }
                         }
                         Mode::Honest => {}
                     }
@@ -176,5 +186,36 @@ fn hostile_monitors_are_bounded_and_the_honest_one_stays_fresh() {
         "RSS peak {} MiB; {lookups} qom-get in {polls_seen} polls; flood protocol errors {protocol:?}",
         peak >> 20
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// 8 MiB of small-value events before every reply (before: a 156-189 MB peak from one such
+/// monitor, as the events' parsed size was not counted). The poll budget counts what each
+/// event takes once parsed, so the poll fails early and memory stays low.
+#[test]
+fn a_flood_of_small_value_events_is_bounded_by_the_poll_budget() {
+    let _serial = serial();
+    let dir = common::agents::scratch("hostile-qmp-small");
+    let (honest, small) = (dir.join("honest.qmp"), dir.join("small.qmp"));
+    monitor(honest.clone(), Mode::Honest);
+    monitor(small.clone(), Mode::SmallValues);
+    let bridge = Bridge::start_without_libvirt(&[
+        "--config",
+        config(&dir, &[("honest", &honest), ("small", &small)]).to_str().unwrap(),
+    ]);
+    let up = |e: &Exposition, name: &str| e.value("vmbridge_source_up", &[("name", name), ("source", "qmp")]);
+    let protocol = |e: &Exposition| {
+        e.value("vmbridge_source_errors_total", &[("name", "small"), ("source", "qmp"), ("kind", "protocol")])
+            .unwrap_or(0.0)
+    };
+    let (e, _) = bridge.wait_for(Duration::from_secs(60), "the small-value flood refused 5 times", |e| {
+        up(e, "honest") == Some(1.0) && protocol(e) >= 5.0
+    });
+    assert_eq!(up(&e, "small"), Some(0.0));
+    let doc = bridge.get("/debug/vms/qmp/small", None).body;
+    assert!(doc.contains("bytes in one poll (read and parsed)"), "the budget is named in the last error: {doc}");
+    let peak = peak_rss_bytes(bridge.pid());
+    eprintln!("peak RSS {} MiB with a monitor sending 8 MiB of small-value events per command", peak >> 20);
+    assert!(peak < 64 << 20, "RSS peaked at {} MiB", peak >> 20);
     let _ = std::fs::remove_dir_all(&dir);
 }

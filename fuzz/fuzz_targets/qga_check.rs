@@ -7,7 +7,7 @@ use vmbridge::source::qga::{Dropped, GuestData, GuestLimits};
 
 /// Tight caps make the cap paths reachable with small inputs.
 pub const TIGHT: GuestLimits =
-    GuestLimits { filesystems: 2, interfaces: 2, addresses: 3, disks: 2, cpus: 2, label_bytes: 16 };
+    GuestLimits { filesystems: 2, interfaces: 2, addresses: 3, disks: 2, cpus: 2, label_bytes: 16, series: 24 };
 
 fn check_label(what: &str, s: &str, lim: &GuestLimits) {
     assert!(s.len() <= lim.label_bytes, "{what} label is {} bytes > {}: {s:?}", s.len(), lim.label_bytes);
@@ -69,6 +69,7 @@ pub fn check(g: &GuestData, lim: &GuestLimits) {
             assert!(c.modes.len() <= 10);
         }
     }
+    assert!(g.series() <= lim.series, "{} series > {}", g.series(), lim.series);
     if let (Some(total), Some(online)) = (g.vcpus_total, g.vcpus_online) {
         assert!(online <= total);
     }
@@ -80,7 +81,7 @@ pub fn run(names: &[&str], v: &Value, lim: &GuestLimits) {
     let mut dropped = Dropped::new();
     for &name in names {
         let before = g.clone();
-        let r = g.apply(name, v.clone(), lim, &mut dropped);
+        let r = g.apply(name, v, lim, &mut dropped);
         if r.is_err() {
             // A rejected reply must not half-update what the previous good reply left.
             assert_eq!(g, before, "{name} changed the data and then failed");

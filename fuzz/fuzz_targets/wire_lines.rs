@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-use vmbridge::source::wire::truncate;
+use vmbridge::source::wire::{ParseError, parse_bounded, preview, truncate};
 
 fn check_truncate(s: &str, max: usize) {
     let t = truncate(s, max);
@@ -24,13 +24,22 @@ fn line(raw: &str) {
     if trimmed.is_empty() {
         return;
     }
-    let value: Value = match serde_json::from_str(trimmed) {
-        Ok(v) => v,
-        Err(_) => {
+    // Parsed within a cap, as LineConn does; the charge never exceeds it.
+    let limit = 4 * raw.len().max(64);
+    let value: Value = match parse_bounded(trimmed, limit) {
+        Ok((v, charged)) => {
+            assert!(charged <= limit);
+            v
+        }
+        Err(ParseError::TooBig) => return,
+        Err(ParseError::Syntax) => {
             check_truncate(trimmed, 120);
             return;
         }
     };
+    // What /debug shows of a value is bounded.
+    let shown = preview(&value, 256);
+    assert!(shown.len() <= 256 + 40, "preview of {} bytes", shown.len());
     // Greeting: src/source/qmp/conn.rs and poller.rs.
     if let Some(g) = value.get("QMP") {
         let v = &g["version"]["qemu"];

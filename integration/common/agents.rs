@@ -96,6 +96,9 @@ pub enum Misbehaviour {
     SlowLoris,
     Oversized,
     Flood,
+    /// Replies of just under 1 MiB of tiny values (`[0,0,…]`), which grow sixteenfold when
+    /// parsed without a bound.
+    TinyValues,
 }
 
 /// A scripted agent for faults a real one cannot be made to produce; its behaviour can be
@@ -144,6 +147,9 @@ pub fn hostile_agent(path: PathBuf, mode: Misbehaviour) -> HostileAgent {
                             }
                             Misbehaviour::Oversized => {
                                 format!("{{\"return\": {{\"id\": \"{}\"}}}}", "x".repeat(2 << 20))
+                            }
+                            Misbehaviour::TinyValues => {
+                                format!("{{\"return\": [{}0]}}", "0,".repeat((1 << 19) - 32))
                             }
                             Misbehaviour::Flood => {
                                 let fs: Vec<Value> = (0..1000)

@@ -545,16 +545,26 @@ pub fn fds_and_threads(pid: u32) -> (usize, usize) {
     (fds, threads)
 }
 
-/// Resident set size of a process, bytes (`VmRSS`).
-pub fn rss_bytes(pid: u32) -> u64 {
+/// A `kB` field of a process's `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`), in bytes.
+fn status_bytes(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse::<u64>().ok())
-        .expect("VmRSS")
+        .expect(field)
         * 1024
+}
+
+/// Resident set size of a process, bytes (`VmRSS`).
+pub fn rss_bytes(pid: u32) -> u64 {
+    status_bytes(pid, "VmRSS:")
+}
+
+/// Peak resident set size of a process so far, bytes (`VmHWM`).
+pub fn peak_rss_bytes(pid: u32) -> u64 {
+    status_bytes(pid, "VmHWM:")
 }
 
 /// Open file descriptors of a process, now.

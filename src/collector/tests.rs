@@ -121,7 +121,7 @@ fn rich_guest() -> crate::source::qga::QgaSample {
         ("guest-get-memory-block-info", json!({"size": 134217728})),
     ];
     for (cmd, v) in replies {
-        q.data.apply(cmd, v, &lim, &mut q.dropped).expect("fixture parses");
+        q.data.apply(cmd, &v, &lim, &mut q.dropped).expect("fixture parses");
     }
     q
 }

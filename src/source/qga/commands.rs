@@ -38,7 +38,7 @@ pub struct Command {
     /// Its default period.
     pub period: Duration,
     /// Applies a successful reply to the VM's data.
-    pub parse: fn(&mut GuestData, Value, &GuestLimits, &mut Dropped) -> Result<(), String>,
+    pub parse: fn(&mut GuestData, &Value, &GuestLimits, &mut Dropped) -> Result<(), String>,
     /// The families it feeds, in the order `encode` writes them.
     pub families: &'static [&'static MetricDef],
     /// Writes them.
@@ -122,12 +122,49 @@ impl GuestData {
     pub fn apply(
         &mut self,
         command: &str,
-        reply: Value,
+        reply: &Value,
         lim: &GuestLimits,
         dropped: &mut Dropped,
     ) -> Result<(), String> {
         let c = COMMANDS.iter().find(|c| c.name() == command).ok_or_else(|| format!("no parser for {command}"))?;
-        (c.parse)(self, reply, lim, dropped)
+        (c.parse)(self, reply, lim, dropped)?;
+        self.fit_series(lim.series, dropped);
+        Ok(())
+    }
+
+    /// Series the item lists add: per filesystem 2, per interface 8 (with counters) and 1
+    /// per address, per disk 10, per CPU one per mode.
+    pub fn series(&self) -> usize {
+        let fs = self.filesystems.as_ref().map_or(0, |f| f.len() * FS.len());
+        let ifs = self
+            .interfaces
+            .as_ref()
+            .map_or(0, |i| i.iter().map(|i| i.addresses.len() + if i.stats.is_some() { NET.len() } else { 0 }).sum());
+        let disks = self.disks.as_ref().map_or(0, |d| d.len() * DISK.len());
+        let cpus = self.cpus.as_ref().map_or(0, |c| c.iter().map(|c| c.modes.len()).sum());
+        fs + ifs + disks + cpus
+    }
+
+    /// Keeps [`Self::series`] within `budget` by leaving out items from the end, the
+    /// last-polled lists first (CPUs, disks, interfaces, filesystems); each is counted as
+    /// dropped.
+    fn fit_series(&mut self, budget: usize, dropped: &mut Dropped) {
+        fn pop<T>(list: &mut Option<Vec<T>>, kind: &str, dropped: &mut Dropped) -> bool {
+            let popped = list.as_mut().and_then(Vec::pop).is_some();
+            if popped {
+                count_drop(dropped, kind, 1);
+            }
+            popped
+        }
+        while self.series() > budget {
+            if !(pop(&mut self.cpus, "cpu", dropped)
+                || pop(&mut self.disks, "disk", dropped)
+                || pop(&mut self.interfaces, "interface", dropped)
+                || pop(&mut self.filesystems, "filesystem", dropped))
+            {
+                return;
+            }
+        }
     }
 }
 
@@ -196,14 +233,24 @@ const FSINFO: Command = Command {
     // Read leniently: a newer agent may extend the disk-address enums.
     parse: |g, reply, lim, dropped| {
         let Value::Array(items) = reply else { return Err("fsinfo reply is not a list".into()) };
-        count_drop(dropped, "filesystem", items.len().saturating_sub(lim.filesystems));
         let max = lim.label_bytes;
-        let mut out = Vec::new();
-        for item in items.into_iter().take(lim.filesystems) {
+        let mut out: Vec<Filesystem> = Vec::new();
+        let mut left_out = 0;
+        for item in items {
+            if out.len() == lim.filesystems {
+                left_out += 1;
+                continue;
+            }
             let s = |k: &str| item.get(k).and_then(Value::as_str).map(|v| label(v, max));
             let (Some(name), Some(mountpoint), Some(fstype)) = (s("name"), s("mountpoint"), s("type")) else {
                 return Err("fsinfo entry lacks name, mountpoint or type".into());
             };
+            // The same filesystem twice (or two that clean to the same labels) would be two
+            // series with identical labels: the first is kept.
+            if out.iter().any(|f| f.name == name && f.mountpoint == mountpoint && f.fstype == fstype) {
+                left_out += 1;
+                continue;
+            }
             let n = |k: &str| item.get(k).and_then(Value::as_u64);
             out.push(Filesystem {
                 name,
@@ -213,6 +260,7 @@ const FSINFO: Command = Command {
                 used_bytes: n("used-bytes"),
             });
         }
+        count_drop(dropped, "filesystem", left_out);
         g.filesystems = Some(out);
         Ok(())
     },
@@ -360,27 +408,34 @@ const NETWORK: Command = Command {
     period: secs(30),
     parse: |g, reply, lim, dropped| {
         let ifaces: Vec<qga::GuestNetworkInterface> = typed(reply)?;
-        count_drop(dropped, "interface", ifaces.len().saturating_sub(lim.interfaces));
         let max = lim.label_bytes;
         let mut budget = lim.addresses;
-        let mut out = Vec::new();
-        for i in ifaces.into_iter().take(lim.interfaces) {
-            let addrs = i.ip_addresses.unwrap_or_default();
-            let keep = addrs.len().min(budget);
-            count_drop(dropped, "address", addrs.len() - keep);
-            budget -= keep;
-            let addresses = addrs
-                .into_iter()
-                .take(keep)
-                .map(|a| Address {
+        let mut out: Vec<Interface> = Vec::new();
+        let mut left_out = 0;
+        for i in ifaces {
+            let name = label(&i.name, max);
+            // Past the cap, or a name already seen (its series would repeat the labels).
+            if out.len() == lim.interfaces || out.iter().any(|o| o.name == name) {
+                left_out += 1;
+                continue;
+            }
+            let mut addresses: Vec<Address> = Vec::new();
+            for a in i.ip_addresses.unwrap_or_default() {
+                let a = Address {
                     address: label(&a.ip_address, max),
                     family: match a.ip_address_type {
                         qga::GuestIpAddressType::ipv4 => "ipv4".into(),
                         qga::GuestIpAddressType::ipv6 => "ipv6".into(),
                     },
                     prefix: a.prefix,
-                })
-                .collect();
+                };
+                if budget == 0 || addresses.contains(&a) {
+                    count_drop(dropped, "address", 1);
+                    continue;
+                }
+                budget -= 1;
+                addresses.push(a);
+            }
             let stats = i.statistics.map(|s| InterfaceStats {
                 rx_bytes: s.rx_bytes,
                 rx_packets: s.rx_packets,
@@ -391,13 +446,9 @@ const NETWORK: Command = Command {
                 tx_errs: s.tx_errs,
                 tx_dropped: s.tx_dropped,
             });
-            out.push(Interface {
-                name: label(&i.name, max),
-                mac: opt_label(i.hardware_address, max),
-                addresses,
-                stats,
-            });
+            out.push(Interface { name, mac: opt_label(i.hardware_address, max), addresses, stats });
         }
+        count_drop(dropped, "interface", left_out);
         g.interfaces = Some(out);
         Ok(())
     },
@@ -792,12 +843,17 @@ const DISKSTATS: Command = Command {
     period: secs(15),
     parse: |g, reply, lim, dropped| {
         let disks: Vec<qga::GuestDiskStatsInfo> = typed(reply)?;
-        count_drop(dropped, "disk", disks.len().saturating_sub(lim.disks));
-        let out = disks
-            .into_iter()
-            .take(lim.disks)
-            .map(|d| DiskStats {
-                name: label(&d.name, lim.label_bytes),
+        let mut out: Vec<DiskStats> = Vec::new();
+        let mut left_out = 0;
+        for d in disks {
+            let name = label(&d.name, lim.label_bytes);
+            // Past the cap, or a name already seen (its series would repeat the labels).
+            if out.len() == lim.disks || out.iter().any(|o| o.name == name) {
+                left_out += 1;
+                continue;
+            }
+            out.push(DiskStats {
+                name,
                 read_ios: d.stats.read_ios,
                 read_sectors: d.stats.read_sectors,
                 read_ticks: d.stats.read_ticks,
@@ -808,8 +864,9 @@ const DISKSTATS: Command = Command {
                 flush_ticks: d.stats.flush_ticks,
                 ios_pgr: d.stats.ios_pgr,
                 total_ticks: d.stats.total_ticks,
-            })
-            .collect();
+            });
+        }
+        count_drop(dropped, "disk", left_out);
         g.disks = Some(out);
         Ok(())
     },
@@ -868,20 +925,30 @@ const CPUSTATS: Command = Command {
     // Read leniently: only the Linux shape is known; other OS types are skipped, not fatal.
     parse: |g, reply, lim, dropped| {
         let Value::Array(items) = reply else { return Err("cpustats reply is not a list".into()) };
-        count_drop(dropped, "cpu", items.len().saturating_sub(lim.cpus));
-        let mut out = Vec::new();
-        for item in items.into_iter().take(lim.cpus) {
+        let mut out: Vec<CpuStats> = Vec::new();
+        let mut left_out = 0;
+        for (i, item) in items.iter().enumerate() {
+            if i >= lim.cpus {
+                left_out += 1;
+                continue;
+            }
             let Value::Object(map) = item else { return Err("cpustats entry is not an object".into()) };
             if map.get("type").and_then(Value::as_str) != Some("linux") {
                 continue;
             }
             let cpu = map.get("cpu").and_then(Value::as_i64).ok_or("cpustats entry lacks cpu")?;
+            // A CPU reported twice would repeat its series' labels: the first is kept.
+            if out.iter().any(|c| c.cpu == cpu) {
+                left_out += 1;
+                continue;
+            }
             let modes = CPU_MODES
                 .iter()
                 .filter_map(|m| map.get(*m).and_then(Value::as_u64).map(|v| ((*m).to_owned(), v)))
                 .collect();
             out.push(CpuStats { cpu, modes });
         }
+        count_drop(dropped, "cpu", left_out);
         g.cpus = Some(out);
         Ok(())
     },

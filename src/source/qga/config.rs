@@ -100,6 +100,9 @@ pub struct QgaLimitsFile {
     pub cpus: Option<usize>,
     /// Longest label value from a guest, in bytes. Default 128.
     pub label_bytes: Option<usize>,
+    /// Series one VM's guest data may add (filesystems, interfaces, addresses, disks, CPUs);
+    /// items past it are left out and counted as dropped. Default 2000.
+    pub series: Option<usize>,
 }
 
 /// Validated guest-agent settings.
@@ -157,6 +160,7 @@ pub fn validate(q: &QgaFileConfig, check: &mut Check) -> QgaRuntime {
         disks: limit("disks", q.limits.disks, defaults.disks, 1),
         cpus: limit("cpus", q.limits.cpus, defaults.cpus, 1),
         label_bytes: limit("label_bytes", q.limits.label_bytes, defaults.label_bytes, 16),
+        series: limit("series", q.limits.series, defaults.series, 16),
     };
     let transport = q.transport.unwrap_or(if q.socket_pattern.is_some() {
         QgaTransportKind::Socket

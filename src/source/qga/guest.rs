@@ -25,11 +25,21 @@ pub struct GuestLimits {
     pub cpus: usize,
     /// Longest label value, in bytes.
     pub label_bytes: usize,
+    /// Series the guest's item lists may add per VM (see `GuestData::series`).
+    pub series: usize,
 }
 
 impl Default for GuestLimits {
     fn default() -> Self {
-        GuestLimits { filesystems: 64, interfaces: 32, addresses: 64, disks: 64, cpus: 512, label_bytes: 128 }
+        GuestLimits {
+            filesystems: 64,
+            interfaces: 32,
+            addresses: 64,
+            disks: 64,
+            cpus: 512,
+            label_bytes: 128,
+            series: 2000,
+        }
     }
 }
 
@@ -161,8 +171,8 @@ pub(super) fn count_drop(dropped: &mut Dropped, kind: &str, n: usize) {
     }
 }
 
-pub(super) fn typed<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, String> {
-    serde_json::from_value(v).map_err(|e| e.to_string())
+pub(super) fn typed<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, String> {
+    T::deserialize(v).map_err(|e| e.to_string())
 }
 
 pub(super) fn opt_label(s: Option<String>, max: usize) -> Option<String> {
@@ -188,7 +198,7 @@ mod tests {
         let mut g = GuestData::default();
         let mut dropped = Dropped::new();
         let fs: Vec<Value> = (0..5).map(|i| json!({"name": format!("vd{i}"), "mountpoint": format!("/m{i}"), "type": "ext4", "disk": [], "total-bytes": 10, "used-bytes": 5})).collect();
-        g.apply("guest-get-fsinfo", Value::Array(fs), &lim, &mut dropped).expect("parses");
+        g.apply("guest-get-fsinfo", &Value::Array(fs), &lim, &mut dropped).expect("parses");
         assert_eq!(g.filesystems.as_ref().map(Vec::len), Some(2));
         let ifs = json!([
             {"name": "eth0", "hardware-address": "52:54:00:00:00:01", "ip-addresses": [
@@ -197,7 +207,7 @@ mod tests {
                 {"ip-address": "fe80::1", "ip-address-type": "ipv6", "prefix": 64}]},
             {"name": "eth1"}
         ]);
-        g.apply("guest-network-get-interfaces", ifs, &lim, &mut dropped).expect("parses");
+        g.apply("guest-network-get-interfaces", &ifs, &lim, &mut dropped).expect("parses");
         assert_eq!(g.interfaces.as_ref().map(|i| i[0].addresses.len()), Some(2));
         assert_eq!(dropped, Dropped::from([("filesystem".into(), 3), ("interface".into(), 1), ("address".into(), 1)]));
     }
@@ -216,7 +226,102 @@ mod tests {
             ("guest-get-load", json!({"load1": "high"})),
             ("guest-info", json!(null)),
         ] {
-            assert!(g.apply(cmd, v, &lim, &mut d).is_err(), "{cmd} accepted garbage");
+            assert!(g.apply(cmd, &v, &lim, &mut d).is_err(), "{cmd} accepted garbage");
         }
+    }
+
+    #[test]
+    fn the_same_item_twice_is_one_series() {
+        let lim = GuestLimits::default();
+        let mut g = GuestData::default();
+        let mut d = Dropped::new();
+        let root = json!({"name": "vda1", "mountpoint": "/", "type": "ext4", "total-bytes": 10, "used-bytes": 5});
+        let fs = json!([root, root, {"name": "vda1", "mountpoint": "/home", "type": "ext4"}]);
+        g.apply("guest-get-fsinfo", &fs, &lim, &mut d).expect("parses");
+        let mounts: Vec<&str> = g.filesystems.iter().flatten().map(|f| f.mountpoint.as_str()).collect();
+        assert_eq!(mounts, ["/", "/home"]);
+        // Two that differ only past the label cap clean to the same labels: also one.
+        let long =
+            |tail: &str| json!({"name": "vdb", "mountpoint": format!("/{}{tail}", "m".repeat(200)), "type": "xfs"});
+        g.apply("guest-get-fsinfo", &json!([long("a"), long("b")]), &lim, &mut d).expect("parses");
+        assert_eq!(g.filesystems.as_ref().map(Vec::len), Some(1));
+        let ifs = json!([
+            {"name": "eth0", "ip-addresses": [
+                {"ip-address": "10.0.0.1", "ip-address-type": "ipv4", "prefix": 24},
+                {"ip-address": "10.0.0.1", "ip-address-type": "ipv4", "prefix": 24}]},
+            {"name": "eth0"}
+        ]);
+        g.apply("guest-network-get-interfaces", &ifs, &lim, &mut d).expect("parses");
+        assert_eq!(g.interfaces.as_ref().map(|i| (i.len(), i[0].addresses.len())), Some((1, 1)));
+        let disk = json!({"name": "vda", "major": 253, "minor": 0, "stats": {"read-ios": 1}});
+        g.apply("guest-get-diskstats", &json!([disk, disk]), &lim, &mut d).expect("parses");
+        assert_eq!(g.disks.as_ref().map(Vec::len), Some(1));
+        let cpu = json!({"type": "linux", "cpu": 0, "user": 1, "idle": 2});
+        g.apply("guest-get-cpustats", &json!([cpu, cpu]), &lim, &mut d).expect("parses");
+        assert_eq!(g.cpus.as_ref().map(Vec::len), Some(1));
+        assert_eq!(
+            d,
+            Dropped::from([
+                ("filesystem".into(), 2),
+                ("address".into(), 1),
+                ("interface".into(), 1),
+                ("disk".into(), 1),
+                ("cpu".into(), 1)
+            ])
+        );
+    }
+
+    #[test]
+    fn one_vm_stays_within_its_series_budget() {
+        // Every cap at its default: 64 filesystems, 32 interfaces with 64 addresses, 64
+        // disks and 512 CPUs with 10 modes would be about 6,200 series.
+        let lim = GuestLimits::default();
+        let mut g = GuestData::default();
+        let mut d = Dropped::new();
+        let fs: Vec<Value> = (0..64)
+            .map(|i| json!({"name": format!("vd{i}"), "mountpoint": format!("/m{i}"), "type": "ext4"}))
+            .collect();
+        g.apply("guest-get-fsinfo", &Value::Array(fs), &lim, &mut d).expect("parses");
+        let stats = json!({"rx-bytes": 1, "rx-packets": 1, "rx-errs": 0, "rx-dropped": 0, "tx-bytes": 1, "tx-packets": 1, "tx-errs": 0, "tx-dropped": 0});
+        let ifs: Vec<Value> = (0..32)
+            .map(|i| {
+                json!({"name": format!("eth{i}"), "statistics": stats, "ip-addresses": [
+                {"ip-address": format!("10.0.{i}.1"), "ip-address-type": "ipv4", "prefix": 24},
+                {"ip-address": format!("10.0.{i}.2"), "ip-address-type": "ipv4", "prefix": 24}]})
+            })
+            .collect();
+        g.apply("guest-network-get-interfaces", &Value::Array(ifs), &lim, &mut d).expect("parses");
+        let disks: Vec<Value> =
+            (0..64).map(|i| json!({"name": format!("sd{i}"), "major": 8, "minor": i, "stats": {}})).collect();
+        g.apply("guest-get-diskstats", &Value::Array(disks), &lim, &mut d).expect("parses");
+        let modes = ["user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal", "guest", "guestnice"];
+        let cpus: Vec<Value> = (0..512)
+            .map(|i| {
+                let mut m: serde_json::Map<String, Value> = modes.iter().map(|m| ((*m).to_owned(), json!(1))).collect();
+                m.insert("type".into(), json!("linux"));
+                m.insert("cpu".into(), json!(i));
+                Value::Object(m)
+            })
+            .collect();
+        assert_eq!(d, Dropped::new(), "nothing dropped before the CPUs");
+        g.apply("guest-get-cpustats", &Value::Array(cpus), &lim, &mut d).expect("parses");
+        assert!(g.series() <= 2000, "{} series", g.series());
+        // 128 + 32 x 8 + 64 addresses + 640 = 1,088 before the CPUs leave room for 91 of 512.
+        assert_eq!(g.cpus.as_ref().map(Vec::len), Some(91));
+        assert_eq!(d, Dropped::from([("cpu".into(), 421)]));
+        // Applied again, the same reply keeps the same series.
+        let before = g.clone();
+        g.apply(
+            "guest-get-fsinfo",
+            &json!(before.filesystems.as_ref().map(|f| {
+                f.iter()
+                    .map(|f| json!({"name": f.name, "mountpoint": f.mountpoint, "type": f.fstype}))
+                    .collect::<Vec<_>>()
+            })),
+            &lim,
+            &mut d,
+        )
+        .expect("parses");
+        assert_eq!(g.series(), before.series());
     }
 }

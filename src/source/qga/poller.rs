@@ -18,7 +18,7 @@ use super::commands::{COMMANDS, by_key};
 use super::guest::GuestLimits;
 use super::transport::{AgentError, Transport};
 use crate::clock::{now_unix, unix_seconds};
-use crate::source::wire::truncate;
+use crate::source::wire::{preview, truncate};
 use crate::source::{ErrorKind, PollError, Poller, SourceKind, SourceSample};
 
 /// Default period of the command with config key `key`.
@@ -110,13 +110,14 @@ impl QgaPoller {
         state.next_due_at = Some(unix_seconds(SystemTime::now() + period));
         match result {
             Ok(reply) => {
-                // Personal data (user names) never reaches `/debug`.
-                let shown =
-                    by_key(key).map_or_else(|| reply.value.clone(), |c| super::commands::shown(c, &reply.value));
-                state.last_reply = Some(truncate(&shown.to_string(), 2048));
+                // Personal data (user names) never reaches `/debug`; the reply is copied only
+                // to redact it, and only ever shown in part.
+                let redacted =
+                    by_key(key).filter(|c| !c.private.is_empty()).map(|c| super::commands::shown(c, &reply.value));
+                state.last_reply = Some(preview(redacted.as_ref().unwrap_or(&reply.value), 2048));
                 state.last_reply_bytes = Some(reply.bytes);
                 let applied =
-                    self.sample.data.apply(name, reply.value.clone(), &self.settings.limits, &mut self.sample.dropped);
+                    self.sample.data.apply(name, &reply.value, &self.settings.limits, &mut self.sample.dropped);
                 let state = self.sample.commands.entry(name.to_owned()).or_default();
                 match applied {
                     Ok(()) => {

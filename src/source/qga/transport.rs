@@ -20,7 +20,7 @@ use virt::domain::Domain;
 use super::allow::AgentRequest;
 use crate::source::libvirt::blocking::{BlockingSlot, SlotError};
 use crate::source::libvirt::endpoint::{self, Conn, Endpoint};
-use crate::source::wire::{LineConn, WireError, truncate};
+use crate::source::wire::{LineConn, PARSED_PER_LINE_BYTE, ParseError, WireError, parse_bounded, truncate};
 use crate::source::{ErrorKind, PollError};
 
 /// How an agent command failed.
@@ -65,7 +65,9 @@ fn wire_error(e: WireError) -> AgentError {
         // No socket, or nothing listening on it: no agent (a state, not a fault).
         WireError::Connect { io: Io::NotFound | Io::ConnectionRefused, .. } => ErrorKind::AgentUnavailable,
         WireError::Timeout(_) => ErrorKind::Timeout,
-        WireError::TooLong(_) | WireError::Garbage(_) | WireError::OverBudget(_) => ErrorKind::Protocol,
+        WireError::TooLong(_) | WireError::TooBig(_) | WireError::Garbage(_) | WireError::OverBudget(_) => {
+            ErrorKind::Protocol
+        }
         WireError::Connect { .. } | WireError::Closed | WireError::Io(_) | WireError::Poisoned => ErrorKind::Connection,
     };
     AgentError::Transport(PollError::new(kind, e.to_string()))
@@ -95,7 +97,7 @@ impl SocketAgent {
         // queued in the channel are skipped until the agent echoes it.
         let id = fastrand::i64(1..i64::from(i32::MAX));
         conn.send(AgentRequest::new(qapi::qga::guest_sync { id }).into_json(), until).await.map_err(wire_error)?;
-        conn.read_until(until, started, |v| (v.get("return").and_then(Value::as_i64) == Some(id)).then_some(()))
+        conn.read_until(until, started, |v, _| (v.get("return").and_then(Value::as_i64) == Some(id)).then_some(()))
             .await
             .map_err(wire_error)?;
         self.conn = Some(conn);
@@ -113,15 +115,8 @@ impl SocketAgent {
         let Some(conn) = self.conn.as_mut() else { return Err(wire_error(WireError::Poisoned)) };
         let result = async {
             conn.send(req.json().to_owned(), until).await?;
-            let mut bytes = 0;
             // QGA answers in order and carries no event stream: the next object is the reply.
-            let v = conn
-                .read_until(until, started, |v| {
-                    bytes = v.to_string().len();
-                    Some(v)
-                })
-                .await?;
-            Ok::<_, WireError>((v, bytes))
+            conn.read_until(until, started, |v, bytes| Some((v, bytes))).await
         }
         .await;
         match result {
@@ -224,13 +219,15 @@ impl LibvirtAgent {
                 format!("reply of {} bytes exceeds the {} byte cap", text.len(), self.max_reply),
             ))),
             Ok(text) => {
-                let v: Value = serde_json::from_str(&text).map_err(|_| {
-                    AgentError::Transport(PollError::new(
-                        ErrorKind::Protocol,
-                        format!("garbage from agent: {}", truncate(&text, 120)),
-                    ))
-                })?;
-                unwrap_reply(v, text.len())
+                let cap = self.max_reply.saturating_mul(PARSED_PER_LINE_BYTE);
+                let v = match parse_bounded(&text, cap) {
+                    Ok((v, _)) => v,
+                    Err(ParseError::TooBig) => return Err(wire_error(WireError::TooBig(cap))),
+                    Err(ParseError::Syntax) => return Err(wire_error(WireError::Garbage(truncate(&text, 120)))),
+                };
+                let bytes = text.len();
+                drop(text);
+                unwrap_reply(v, bytes)
             }
             Err(e) => {
                 use virt::enumutil::Enum;

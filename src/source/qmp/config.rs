@@ -18,7 +18,8 @@ pub struct QmpFileConfig {
     pub timeout: Option<String>,
     /// Largest QMP message accepted, in bytes. Default 1048576.
     pub max_message_bytes: Option<usize>,
-    /// Most bytes one poll reads from a monitor, events and replies together; past it the
+    /// Most bytes one poll reads from a monitor, events and replies together, each counted
+    /// as its bytes plus the size it takes once parsed; past it the
     /// connection is dropped and the poll fails (the breaker does the rest). Default 8388608.
     pub max_poll_bytes: Option<u64>,
 }

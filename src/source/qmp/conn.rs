@@ -30,26 +30,29 @@ pub struct QmpConn {
     events: Vec<Value>,
 }
 
-/// Keeps a QMP message that is an event; says whether it was one.
-fn keep_event(events: &mut Vec<Value>, v: &Value) -> bool {
+/// Keeps a QMP message that is an event; gives it back when it is not one.
+fn keep_event(events: &mut Vec<Value>, v: Value) -> Option<Value> {
     if v.get("event").is_some() {
-        // A flood cannot grow this without bound: the poller drains it every poll.
+        // A flood cannot grow this without bound: the poller drains it every poll, and the
+        // poll's read budget counts each event's parsed size.
         if events.len() < 10_000 {
-            events.push(v.clone());
+            events.push(v);
         }
-        true
+        None
     } else {
-        false
+        Some(v)
     }
 }
 
 impl QmpConn {
-    /// Connects, reads the greeting and negotiates capabilities within `deadline`.
-    pub async fn connect(path: &Path, deadline: Duration, max_line: usize) -> Result<QmpConn, WireError> {
+    /// Connects, reads the greeting and negotiates capabilities within `deadline`, reading
+    /// at most `budget` bytes (events included) meanwhile.
+    pub async fn connect(path: &Path, deadline: Duration, max_line: usize, budget: u64) -> Result<QmpConn, WireError> {
         let started = Instant::now();
         let until = started + deadline;
         let mut line = LineConn::connect(path, deadline, max_line).await?;
-        let greeting = line.read_until(until, started, |v| v.get("QMP").cloned()).await?;
+        line.budget_reads(budget);
+        let greeting = line.read_until(until, started, |v, _| v.get("QMP").cloned()).await?;
         let mut conn = QmpConn { line, next_id: 1, greeting, events: Vec::new() };
         match conn
             .execute(qapi::qmp::qmp_capabilities { enable: None }, until.saturating_duration_since(Instant::now()))
@@ -74,18 +77,15 @@ impl QmpConn {
         let req = QmpRequest::new(cmd, id);
         self.line.send(req.into_json(), until).await.map_err(QmpError::Transport)?;
         let events = &mut self.events;
-        let reply = self
+        let (reply, bytes) = self
             .line
-            .read_until(until, started, |v| {
-                if keep_event(events, &v) {
-                    return None;
-                }
+            .read_until(until, started, |v, bytes| {
+                let v = keep_event(events, v)?;
                 // Replies to other ids (stale, from an earlier timed-out command) are skipped.
-                (v.get("id").and_then(Value::as_u64) == Some(id)).then_some(v)
+                (v.get("id").and_then(Value::as_u64) == Some(id)).then_some((v, bytes))
             })
             .await
             .map_err(QmpError::Transport)?;
-        let bytes = reply.to_string().len();
         match reply {
             Value::Object(mut m) => {
                 if let Some(r) = m.remove("return") {

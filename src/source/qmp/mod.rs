@@ -124,6 +124,10 @@ pub struct Migration {
     pub iteration: Option<u64>,
 }
 
+/// The largest migration speed believed, in bytes per second (1 Pbit/s; QEMU's own
+/// bandwidth limit parameter stops far below it).
+const MAX_BPS: f64 = 1e15 / 8.0;
+
 impl Migration {
     /// From a `query-migrate` reply; `None` when no migration ever ran.
     pub fn from_query_migrate(v: &Value) -> Option<Migration> {
@@ -151,7 +155,12 @@ impl Migration {
             memory_processed_bytes: u(ram, "transferred"),
             memory_remaining_bytes: u(ram, "remaining"),
             // QEMU reports megabits per second.
-            memory_bps: ram.get("mbps").and_then(Value::as_f64).map(|m| m * 1e6 / 8.0),
+            // A value no link reaches (or that overflows to infinity) is left out.
+            memory_bps: ram
+                .get("mbps")
+                .and_then(Value::as_f64)
+                .map(|m| m * 1e6 / 8.0)
+                .filter(|b| b.is_finite() && *b >= 0.0 && *b <= MAX_BPS),
             memory_constant_pages: u(ram, "duplicate"),
             compression_bytes: v.get("compression").and_then(|c| u(c, "compressed-size")),
             dirty_rate_pages_per_second: u(ram, "dirty-pages-rate"),
@@ -481,6 +490,19 @@ mod tests {
         assert_eq!(m.memory_bps, Some(1e6));
         assert_eq!(m.data_processed_bytes, Some(90));
         assert_eq!(m.iteration, Some(2));
+    }
+
+    #[test]
+    fn a_huge_or_negative_mbps_is_left_out_not_infinite() {
+        for mbps in [json!(1e308), json!(f64::MAX), json!(-8.0), json!(1e13)] {
+            let m = Migration::from_query_migrate(&json!({"status": "active", "ram": {"mbps": mbps}}))
+                .expect("a migration");
+            assert_eq!(m.memory_bps, None, "mbps {mbps}");
+        }
+        // 100 Gbit/s is believed.
+        let m = Migration::from_query_migrate(&json!({"status": "active", "ram": {"mbps": 100000.0}}))
+            .expect("a migration");
+        assert_eq!(m.memory_bps, Some(12.5e9));
     }
 
     #[test]

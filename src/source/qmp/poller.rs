@@ -15,7 +15,8 @@ use super::allow::{QueryStats, ReadOnlyQmpCommand};
 use super::conn::{QmpConn, QmpError};
 use super::{BlockExt, Migration, QmpSample};
 use crate::clock::now_unix;
-use crate::source::wire::{WireError, truncate};
+use crate::source::label;
+use crate::source::wire::{WireError, preview, truncate};
 use crate::source::{ErrorKind, PollError, Poller, SourceKind, SourceSample};
 
 /// Events kept for `/debug`.
@@ -24,6 +25,24 @@ const RECENT_EVENTS: usize = 32;
 /// `qom-get` lookups of unknown virtio-serial ports per poll: a monitor inventing a new port id
 /// in every event must not make vmbridge send a command per event.
 const PORT_LOOKUPS_PER_POLL: usize = 4;
+
+/// Capabilities kept from the greeting (QEMU 10 offers two).
+const GREETING_CAPABILITIES: usize = 16;
+
+/// `major.minor.micro` from the greeting, when all three are numbers (the greeting is the
+/// monitor's, so nothing else of it is kept as it came).
+fn qemu_version(greeting: &Value) -> Option<String> {
+    let v = &greeting["version"]["qemu"];
+    let n = |k: &str| v[k].as_u64();
+    Some(format!("{}.{}.{}", n("major")?, n("minor")?, n("micro")?))
+}
+
+/// The capabilities the greeting offers: at most [`GREETING_CAPABILITIES`], each cleaned
+/// and at most 64 bytes.
+fn capabilities(greeting: &Value) -> Vec<String> {
+    let offered = greeting["capabilities"].as_array().map(Vec::as_slice).unwrap_or_default();
+    offered.iter().filter_map(Value::as_str).take(GREETING_CAPABILITIES).map(|c| label(c, 64)).collect()
+}
 
 /// The QMP poller for one VM.
 #[derive(Debug)]
@@ -45,7 +64,9 @@ pub struct QmpPoller {
 fn transport(e: WireError) -> PollError {
     let kind = match e {
         WireError::Timeout(_) => ErrorKind::Timeout,
-        WireError::TooLong(_) | WireError::Garbage(_) | WireError::OverBudget(_) => ErrorKind::Protocol,
+        WireError::TooLong(_) | WireError::TooBig(_) | WireError::Garbage(_) | WireError::OverBudget(_) => {
+            ErrorKind::Protocol
+        }
         _ => ErrorKind::Connection,
     };
     PollError::new(kind, e.to_string())
@@ -73,7 +94,7 @@ impl QmpPoller {
         let Some(conn) = self.conn.as_mut() else { return Err(PollError::new(ErrorKind::Connection, "not connected")) };
         match conn.execute(cmd, self.timeout).await {
             Ok((v, _)) => {
-                self.sample.raw.insert(name.to_owned(), truncate(&v.to_string(), 2048));
+                self.sample.raw.insert(name.to_owned(), preview(&v, 2048));
                 Ok(Some(v))
             }
             Err(QmpError::Command(e)) => {
@@ -88,13 +109,11 @@ impl QmpPoller {
     }
 
     async fn connect(&mut self) -> Result<(), PollError> {
-        let conn = QmpConn::connect(&self.path, self.timeout, self.max_reply).await.map_err(transport)?;
-        let v = &conn.greeting["version"]["qemu"];
-        self.sample.qemu_version = Some(format!("{}.{}.{}", v["major"], v["minor"], v["micro"]));
-        self.sample.capabilities = conn.greeting["capabilities"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|c| c.as_str().map(str::to_owned)).collect())
-            .unwrap_or_default();
+        let mut conn =
+            QmpConn::connect(&self.path, self.timeout, self.max_reply, self.max_poll_bytes).await.map_err(transport)?;
+        let greeting = std::mem::take(&mut conn.greeting);
+        self.sample.qemu_version = qemu_version(&greeting);
+        self.sample.capabilities = capabilities(&greeting);
         self.conn = Some(conn);
         Ok(())
     }
@@ -129,11 +148,21 @@ impl QmpPoller {
             if self.sample.recent_events.len() == RECENT_EVENTS {
                 self.sample.recent_events.pop_front();
             }
-            let mut shown = ev.clone();
-            if let Some(d) = shown.get_mut("data") {
-                *d = Value::String(truncate(&d.to_string(), 512));
+            // What `/debug` keeps of it: its name and time, and its data as capped text.
+            let mut shown = serde_json::Map::new();
+            for (key, max) in [("event", 128), ("timestamp", 128), ("data", 512)] {
+                let v = match &ev[key] {
+                    Value::Null => continue,
+                    Value::String(s) => Value::String(truncate(s, max)),
+                    Value::Object(t) if key == "timestamp" => serde_json::json!({
+                        "seconds": t.get("seconds").and_then(Value::as_i64),
+                        "microseconds": t.get("microseconds").and_then(Value::as_i64),
+                    }),
+                    other => Value::String(preview(other, max)),
+                };
+                shown.insert(key.to_owned(), v);
             }
-            self.sample.recent_events.push_back(shown);
+            self.sample.recent_events.push_back(Value::Object(shown));
         }
         Ok(())
     }
@@ -208,5 +237,28 @@ impl Poller for QmpPoller {
         }
         self.count_events().await?;
         Ok(SourceSample::Qmp(self.sample.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn greeting_strings_are_capped_and_a_version_is_numbers_only() {
+        let long = "c\n".repeat(10_000);
+        let greeting = json!({
+            "version": {"qemu": {"major": 10, "minor": 1, "micro": 2}},
+            "capabilities": vec![long.clone(); 1000],
+        });
+        assert_eq!(qemu_version(&greeting).as_deref(), Some("10.1.2"));
+        let caps = capabilities(&greeting);
+        assert_eq!(caps.len(), GREETING_CAPABILITIES);
+        assert!(caps.iter().all(|c| c.len() <= 64 && !c.contains('\n')), "{caps:?}");
+        // Before: `format!` of the raw values, so a string of any length became the version.
+        let hostile = json!({"version": {"qemu": {"major": long, "minor": 0, "micro": 0}}});
+        assert_eq!(qemu_version(&hostile), None);
+        assert!(capabilities(&json!({"capabilities": "not a list"})).is_empty());
     }
 }
