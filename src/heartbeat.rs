@@ -28,7 +28,8 @@ pub enum Heartbeat {
     /// The domain is running, but its vCPUs used no CPU time for `qga.heartbeat_stalled_polls`
     /// libvirt polls in a row, and the agent gives no answer: the guest kernel does not run.
     GuestStalled,
-    /// No agent: its channel is not connected (or the VM has none, or the guest source is off).
+    /// No agent: its channel is not connected (or the VM has none, or the guest source is off,
+    /// or the VM opted out of agent polling).
     NoAgent,
     /// Cannot be told: the host side does not answer (QEMU stopped or blocked, monitor busy,
     /// libvirt polls failing or stale), the domain is not running, the agent answers garbage,
@@ -181,6 +182,8 @@ pub fn agent(vm: &VmSnapshot, now: f64, staleness: f64) -> (Agent, Option<&QgaSa
     let agent = if failing(q) {
         match q.last_errors.back().map(|e| e.kind) {
             Some(ErrorKind::AgentUnavailable) => Agent::Absent,
+            // Opted out of agent polling (`qga.exclude`, domain metadata): as a source that is off.
+            Some(ErrorKind::AgentDisabled) => Agent::Off,
             Some(ErrorKind::Timeout) => Agent::Silent,
             _ => Agent::Failing,
         }
@@ -302,6 +305,8 @@ mod tests {
         let absent = vm(vec![(Libvirt, libvirt(1, 0)), (Qga, qga(None, 4, Some(ErrorKind::AgentUnavailable)))]);
         assert_eq!(at(&absent, 101.0).state, H::NoAgent);
         assert_eq!(at(&vm(vec![(Libvirt, libvirt(1, 0))]), 101.0).state, H::NoAgent);
+        let opted_out = vm(vec![(Libvirt, libvirt(1, 0)), (Qga, qga(None, 4, Some(ErrorKind::AgentDisabled)))]);
+        assert_eq!(at(&opted_out, 101.0).state, H::NoAgent);
         let garbage = vm(vec![(Libvirt, libvirt(1, 0)), (Qga, qga(None, 1, Some(ErrorKind::Protocol)))]);
         assert_eq!(at(&garbage, 101.0).state, H::Unknown);
         let stalled = vm(vec![(Libvirt, libvirt(1, 3)), (Qga, qga(None, 2, Some(ErrorKind::Timeout)))]);
