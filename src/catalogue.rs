@@ -1265,7 +1265,7 @@ family!(
     Bridge,
     "vmbridge",
     Vm,
-    "Whether the guest is alive; one series (value 1), the current state: ok (guest-ping answered within qga.heartbeat_slow), agent_slow (answered slower), agent_silent (agent channel connected, no answer), guest_stalled (running, no vCPU time for qga.heartbeat_stalled_polls libvirt polls, no agent answer), no_agent, unknown (host side not answering, domain not running, or not yet polled). Never ok while the host side does not answer."
+    "Whether the guest is alive; one series (value 1), the current state: ok (guest-ping within qga.heartbeat_slow), agent_slow, agent_silent (channel connected, no answer), guest_stalled (running, no vCPU time for qga.heartbeat_stalled_polls polls and 30 s, agent silent), no_agent, unknown (host side not answering, not running, not yet polled). Never ok while the host does not answer."
 );
 family!(
     GUEST_AGENT_RTT,

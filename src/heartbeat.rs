@@ -26,7 +26,8 @@ pub enum Heartbeat {
     /// The agent channel is connected, but the agent does not answer (its last poll timed out).
     AgentSilent,
     /// The domain is running, but its vCPUs used no CPU time for `qga.heartbeat_stalled_polls`
-    /// libvirt polls in a row, and the agent gives no answer: the guest kernel does not run.
+    /// libvirt polls in a row and at least 30 s, and the agent gives no answer: the guest kernel
+    /// does not run.
     GuestStalled,
     /// No agent: its channel is not connected (or the VM has none, or the guest source is off,
     /// or the VM opted out of agent polling).

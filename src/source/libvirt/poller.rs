@@ -448,16 +448,32 @@ impl LibvirtPoller {
     }
 }
 
+/// How long a running domain's vCPU time must stand still before its idle polls count: libvirt
+/// reads vCPU time in 10 ms clock ticks, and an idle tickless guest can show none for several
+/// seconds (seen on the lab's real guest, its agent stopped, on a loaded machine: `guest_stalled`
+/// after 3 one-second polls), so a few short polls are no proof that its kernel stopped.
+pub const STALL_MIN_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Whether a running domain's vCPUs advance, poll to poll.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 struct VcpuProgress {
     /// The summed vCPU time (ns) at the last poll that had one.
     last: Option<u64>,
+    /// When it last advanced (or was first seen, or stopped running).
+    since: std::time::Instant,
+    /// Idle polls count only once the time stood still this long ([`STALL_MIN_IDLE`]).
+    min_idle: std::time::Duration,
     /// Polls in a row it did not advance while running. Exactly: under TCG a vCPU halted
     /// with interrupts off still shows a stray 10 ms tick every 1–2 s (QEMU's vCPU thread
     /// wakes for its timers), and so does an idle guest, so no tolerance could tell them apart;
     /// under KVM a halted vCPU blocks in the kernel and its time stands still.
     idle: u32,
+}
+
+impl Default for VcpuProgress {
+    fn default() -> Self {
+        VcpuProgress { last: None, since: std::time::Instant::now(), min_idle: STALL_MIN_IDLE, idle: 0 }
+    }
 }
 
 impl VcpuProgress {
@@ -473,15 +489,19 @@ impl VcpuProgress {
             (true, Some(t)) if fresh => {
                 let ran = self.last != Some(t);
                 self.idle = if ran { 0 } else { self.idle.saturating_add(1) };
+                if ran {
+                    self.since = std::time::Instant::now();
+                }
                 self.last = Some(t);
             }
             (true, Some(_)) => {}
             _ => {
                 self.idle = 0;
                 self.last = time;
+                self.since = std::time::Instant::now();
             }
         }
-        self.idle
+        if self.since.elapsed() >= self.min_idle { self.idle } else { 0 }
     }
 }
 
@@ -584,7 +604,8 @@ mod tests {
         let run = i64::from(sys::VIR_DOMAIN_RUNNING);
         let paused = i64::from(sys::VIR_DOMAIN_PAUSED);
         let ms = |v: u64| Some(v * 1_000_000);
-        let mut p = VcpuProgress::default();
+        // Idle polls count at once here (no floor), to spell out the counting.
+        let mut p = VcpuProgress { min_idle: std::time::Duration::ZERO, ..VcpuProgress::default() };
         // The first reading is a baseline, not an idle poll.
         assert_eq!(p.observe(&dom(run, &[ms(100), ms(200)], ms(990)), true), 0);
         assert_eq!(p.observe(&dom(run, &[ms(150), ms(200)], ms(990)), true), 0);
@@ -601,10 +622,22 @@ mod tests {
         // A counter that went back (a new QEMU) is a new baseline, not progress lost.
         assert_eq!(p.observe(&dom(run, &[ms(1), ms(1)], ms(5)), true), 0);
         // Without per-vCPU times, cpu.time.
-        let mut p = VcpuProgress::default();
+        let mut p = VcpuProgress { min_idle: std::time::Duration::ZERO, ..VcpuProgress::default() };
         assert_eq!(p.observe(&dom(run, &[], ms(5)), true), 0);
         assert_eq!(p.observe(&dom(run, &[], ms(5)), true), 1);
         assert_eq!(p.observe(&dom(run, &[], None), true), 0, "no time at all: nothing to judge");
+        // With the floor: polls without vCPU time count only once it stood still that long.
+        let mut p = VcpuProgress::default();
+        assert_eq!(p.observe(&dom(run, &[ms(1)], None), true), 0);
+        for _ in 0..5 {
+            assert_eq!(p.observe(&dom(run, &[ms(1)], None), true), 0, "idle for less than {STALL_MIN_IDLE:?}");
+        }
+        p.since -= STALL_MIN_IDLE;
+        assert_eq!(
+            p.observe(&dom(run, &[ms(1)], None), true),
+            6,
+            "idle for {STALL_MIN_IDLE:?}: every idle poll counts"
+        );
     }
 
     #[test]

@@ -46,8 +46,9 @@ pub struct QgaFileConfig {
     /// A `guest-ping` slower than this makes the guest heartbeat `agent_slow`. Default `1s`
     /// (half `qga.timeout` when that is shorter); below `qga.timeout`.
     pub heartbeat_slow: Option<String>,
-    /// This many libvirt polls in a row in which a running domain's vCPUs used no time, while
-    /// its agent does not answer, make the guest heartbeat `guest_stalled`. Default 3; 0 turns that check off.
+    /// This many libvirt polls in a row in which a running domain's vCPUs used no time (and for
+    /// at least 30 s), while its agent does not answer, make the guest heartbeat
+    /// `guest_stalled`. Default 3; 0 turns that check off.
     pub heartbeat_stalled_polls: Option<u32>,
     /// VMs whose guest agent is never called (not even `guest-ping`): globs on
     /// `namespace/name`, e.g. `["tenant-a/*", "*/db-*"]`. On a plain libvirt host a domain can
