@@ -13,22 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
 
-fn launcher(args: &[&str]) -> String {
-    let out =
-        Command::new("bash").arg(root().join("integration/launcher.sh")).args(args).output().expect("launcher.sh");
-    assert!(out.status.success(), "launcher.sh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-struct Launcher(String);
-
 impl Launcher {
-    fn start(name: &str, domain: &str) -> Launcher {
-        let _ = Command::new("bash").arg(root().join("integration/launcher.sh")).args(["kill", name]).output();
-        launcher(&["start", name, domain]);
-        Launcher(name.to_owned())
-    }
-
     /// A daemon vmbridge must not trust (`how`: launcher.sh's `start-impostor` or
     /// `start-namesake`), and its libvirtd PID.
     fn start_rogue(how: &str, name: &str, domain: &str) -> (Launcher, String) {
@@ -36,14 +21,6 @@ impl Launcher {
         let out = launcher(&[how, name, domain]);
         let pid = out.lines().find_map(|l| l.strip_prefix("pid ")).expect("pid").trim().to_owned();
         (Launcher(name.to_owned()), pid)
-    }
-}
-
-impl Drop for Launcher {
-    fn drop(&mut self) {
-        let _ =
-            Command::new("bash").arg(root().join("integration/launcher.sh")).args(["cont-daemon", &self.0]).output();
-        let _ = Command::new("bash").arg(root().join("integration/launcher.sh")).args(["kill", &self.0]).output();
     }
 }
 

@@ -29,25 +29,9 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-fn launcher(args: &[&str]) -> String {
-    let out =
-        Command::new("bash").arg(root().join("integration/launcher.sh")).args(args).output().expect("launcher.sh");
-    assert!(out.status.success(), "launcher.sh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-struct Launcher(String);
-
-impl Drop for Launcher {
-    fn drop(&mut self) {
-        let _ = Command::new("bash").arg(root().join("integration/launcher.sh")).args(["kill", &self.0]).output();
-    }
-}
 
 /// `setpriv` running vmbridge as `uid` with exactly `caps` (e.g. `["sys_ptrace"]`).
 fn setpriv(uid: u32, caps: &[&str]) -> Vec<String> {
@@ -99,9 +83,7 @@ fn reach(prefix: &[String], vm: [(&str, &str); 2], limit: Duration) -> (bool, bo
 fn sys_ptrace_is_always_needed_and_dac_override_only_for_another_uids_agent_path() {
     let _serial = serial();
     let _watchdog = watchdog();
-    let _ = Command::new("bash").arg(root().join("integration/launcher.sh")).args(["kill", "kvlp"]).output();
-    launcher(&["start", "kvlp", "kvlp-ns_vm-p"]);
-    let _l = Launcher("kvlp".into());
+    let _l = Launcher::start("kvlp", "kvlp-ns_vm-p");
     let vm = [("namespace", "kvlp-ns"), ("name", "vm-p")];
     // Found and answered: within 30 s (discovery and polls run every second or two).
     let found = Duration::from_secs(30);

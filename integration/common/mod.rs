@@ -571,3 +571,32 @@ pub fn peak_rss_bytes(pid: u32) -> u64 {
 pub fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
 }
+
+/// Runs `integration/launcher.sh` (an emulated KubeVirt launcher: a libvirtd in its own mount
+/// namespace) with `args`; its stdout. Fails the test when the script does.
+pub fn launcher(args: &[&str]) -> String {
+    let out =
+        Command::new("bash").arg(root().join("integration/launcher.sh")).args(args).output().expect("launcher.sh");
+    assert!(out.status.success(), "launcher.sh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A launcher started by `launcher.sh start`, resumed and killed when dropped.
+pub struct Launcher(pub String);
+
+impl Launcher {
+    /// Launcher `name` with one domain `domain` (a leftover of that name is killed first).
+    pub fn start(name: &str, domain: &str) -> Launcher {
+        let _ = Command::new("bash").arg(root().join("integration/launcher.sh")).args(["kill", name]).output();
+        launcher(&["start", name, domain]);
+        Launcher(name.to_owned())
+    }
+}
+
+impl Drop for Launcher {
+    fn drop(&mut self) {
+        let _ =
+            Command::new("bash").arg(root().join("integration/launcher.sh")).args(["cont-daemon", &self.0]).output();
+        let _ = Command::new("bash").arg(root().join("integration/launcher.sh")).args(["kill", &self.0]).output();
+    }
+}
