@@ -78,7 +78,7 @@ cargo test --all-targets --locked --no-run || rc=$?
 #   QMP peers, TLS, the manifests, the package, scripted agents, the CLI): about 110 s;
 # - the unit tests and every test that starts lab domains, one binary after another as before.
 # A hang anywhere must not eat CI's whole time limit: each lab test also has its own watchdog.
-labfree=(cli manifests tls http_limits hostile_qmp package prometheus_e2e)
+labfree=(cli manifests structure tls http_limits hostile_qmp package prometheus_e2e)
 lab_args=(--lib --bins --examples --benches)
 for t in $(awk '/^\[\[test\]\]/{t=1;next} t&&/^name *=/{gsub(/"/,"",$3);print $3;t=0}' Cargo.toml); do
     [[ " ${labfree[*]} " == *" $t "* ]] || lab_args+=(--test "$t")
