@@ -40,10 +40,11 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use vmbridge::breaker::{Breaker, BreakerConfig};
 use vmbridge::collector::VmCollector;
-use vmbridge::collector::text::Format;
+use vmbridge::model::SourceKind;
+use vmbridge::model::text::Format;
+use vmbridge::source::SourceSample;
 use vmbridge::source::libvirt::{LibvirtSample, ParamValue};
 use vmbridge::source::qga::{GuestLimits, QgaSample};
-use vmbridge::source::{SourceKind, SourceSample};
 use vmbridge::store::{SourceSnapshot, Store, VmSnapshot};
 use vmbridge::vm::VmId;
 

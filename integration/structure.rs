@@ -457,68 +457,14 @@ fn order(g: &Graph) -> Vec<Vec<String>> {
     layers
 }
 
-/// Modules still inside the one cycle issue 26 is untangling: the check fails on any other
-/// module in a cycle (a new cycle, or a new member), and on a module listed here that is no
-/// longer in one (take it out: the list only shrinks). Empty once the house has no circle.
-const CYCLE_BASELINE: &[&str] = &[
-    "catalogue",
-    "collector",
-    "collector::events",
-    "config",
-    "heartbeat",
-    "source",
-    "source::libvirt",
-    "source::libvirt::aliases",
-    "source::libvirt::batch",
-    "source::libvirt::discovery",
-    "source::libvirt::endpoint",
-    "source::libvirt::memstats",
-    "source::libvirt::poller",
-    "source::libvirt::stats",
-    "source::process",
-    "source::qga",
-    "source::qga::allow",
-    "source::qga::commands",
-    "source::qga::config",
-    "source::qga::guest",
-    "source::qga::optout",
-    "source::qga::poller",
-    "source::qga::transport",
-    "source::qmp",
-    "source::qmp::config",
-    "stall",
-    "store",
-    "supervisor",
-];
-
-/// Files still over [`MAX_LINES`] while issue 26 splits them, with the most lines each may
-/// have: a listed file may only shrink, and must leave the list once under the limit.
-const LONG_BASELINE: &[(&str, usize)] = &[
-    ("catalogue.rs", 1638),
-    ("collector/expo.rs", 664),
-    ("config.rs", 666),
-    ("source/libvirt/endpoint.rs", 673),
-    ("source/qga/commands.rs", 1117),
-];
-
 #[test]
 fn src_has_no_module_cycle() {
     let files = read_crate();
     let g = graph(&files);
     let found = cycles(&g);
     let mut report = String::new();
-    let mut cycling = BTreeSet::new();
     for comp in &found {
-        cycling.extend(comp.iter().cloned());
-        let new: Vec<&String> = comp.iter().filter(|m| !CYCLE_BASELINE.contains(&m.as_str())).collect();
-        if new.is_empty() {
-            continue;
-        }
-        report.push_str(&format!(
-            "\ncycle of {} modules: {}\n  new in a cycle: {new:?}\n",
-            comp.len(),
-            comp.join(", ")
-        ));
+        report.push_str(&format!("\ncycle of {} modules: {}\n", comp.len(), comp.join(", ")));
         for m in comp {
             for (to, via) in &g[m] {
                 if comp.contains(to) {
@@ -527,46 +473,23 @@ fn src_has_no_module_cycle() {
             }
         }
     }
-    let stale: Vec<&&str> = CYCLE_BASELINE.iter().filter(|m| !cycling.contains(**m)).collect();
-    if !stale.is_empty() {
-        report.push_str(&format!("\nno longer in a cycle, take out of CYCLE_BASELINE: {stale:?}\n"));
-    }
     if found.is_empty() {
         eprintln!("module order, leaf first ({} modules, 0 cycles):", g.len());
         for (i, layer) in order(&g).iter().enumerate() {
             eprintln!("  {i:2}: {}", layer.join(", "));
         }
-    } else {
-        eprintln!("{} module(s) in {} cycle(s) (baseline {})", cycling.len(), found.len(), CYCLE_BASELINE.len());
     }
-    assert!(report.is_empty(), "src/ module cycles:{report}");
+    assert!(found.is_empty(), "src/ has {} module cycle(s):{report}", found.len());
 }
 
 #[test]
 fn no_hand_written_file_over_the_limit() {
-    let mut wrong = Vec::new();
-    for f in read_crate() {
-        let path = f.path.display().to_string();
-        let allowed = LONG_BASELINE.iter().find(|(p, _)| *p == path).map(|(_, n)| *n);
-        match allowed {
-            None if f.lines > MAX_LINES => {
-                wrong.push(format!("  src/{path}: {} lines outside tests (limit {MAX_LINES})", f.lines))
-            }
-            Some(n) if f.lines > n => {
-                wrong.push(format!("  src/{path}: {} lines outside tests, grew past {n}", f.lines))
-            }
-            Some(_) if f.lines <= MAX_LINES => {
-                wrong.push(format!("  src/{path}: now {} lines, take it out of LONG_BASELINE", f.lines))
-            }
-            _ => {}
-        }
-    }
-    for (p, _) in LONG_BASELINE {
-        if !main_dir().join(p).exists() {
-            wrong.push(format!("  src/{p} is gone: take it out of LONG_BASELINE"));
-        }
-    }
-    assert!(wrong.is_empty(), "hand-written files over the limit:\n{}", wrong.join("\n"));
+    let long: Vec<String> = read_crate()
+        .iter()
+        .filter(|f| f.lines > MAX_LINES)
+        .map(|f| format!("  src/{}: {} lines outside tests (limit {MAX_LINES})", f.path.display(), f.lines))
+        .collect();
+    assert!(long.is_empty(), "hand-written files over the limit:\n{}", long.join("\n"));
 }
 
 /// The reader itself: a cycle through a `use` group, a `super` path and a module alias is

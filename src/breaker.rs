@@ -8,7 +8,7 @@
 //! - **HalfOpen**: exactly one probe. Success closes it and resets the back-off; failure
 //!   reopens it with the next, longer back-off.
 //!
-//! An *unavailable* answer (no guest agent: [`crate::source::ErrorKind::AgentUnavailable`])
+//! An *unavailable* answer (no guest agent: [`crate::model::ErrorKind::AgentUnavailable`])
 //! is a failed poll, so the source shows down, but not a fault: it never counts toward the
 //! threshold, and a probe that gets one closes the breaker, since the source answered at once
 //! and definitely. A VM without an agent therefore never cycles half-open → open.

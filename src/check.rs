@@ -17,8 +17,10 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use crate::config::{QgaTransportKind, Settings};
+use crate::model::{ErrorKind, PollError, SourceKind};
+use crate::source::api::{Source, Visit};
 use crate::source::libvirt::{discovery, endpoint, endpoint::Endpoint};
-use crate::source::{ErrorKind, PollError, Poller, Source, SourceKind, Visit, VmStart};
+use crate::source::{Poller, VmStart};
 use crate::vm::VmId;
 
 /// Everything `vmbridge check` found (`--output json`; schema in
@@ -265,7 +267,7 @@ fn start_probes(vm: &VmStart<'_>, settings: &Settings) -> Vec<Probe> {
     }
     let mut start = Start { vm, settings, out: Vec::new() };
     for kind in SourceKind::ALL {
-        kind.visit(&mut start);
+        crate::catalogue::visit(kind, &mut start);
     }
     start.out
 }

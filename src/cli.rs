@@ -86,11 +86,11 @@ pub struct Cli {
     /// Which families to export: all, or none that KubeVirt's virt-handler exports too (to run
     /// beside it) [default: full].
     #[arg(global = true, long, value_enum, value_name = "PROFILE")]
-    pub metrics_profile: Option<crate::catalogue::Profile>,
+    pub metrics_profile: Option<crate::model::metric::Profile>,
     /// Export only these groups, comma-separated (core, hypervisor, guest, qmp, process,
     /// bridge) [default: all].
     #[arg(global = true, long, value_enum, value_name = "GROUPS", value_delimiter = ',')]
-    pub metrics_groups: Option<Vec<crate::catalogue::Group>>,
+    pub metrics_groups: Option<Vec<crate::model::metric::Group>>,
     /// Print the metric catalogue and exit, without connecting anywhere.
     #[arg(global = true, long)]
     pub list_metrics: bool,
@@ -246,7 +246,7 @@ mod tests {
 
     #[test]
     fn the_metrics_profile_and_groups_come_from_flags_or_the_file() {
-        use crate::catalogue::{Group, Profile};
+        use crate::model::metric::{Group, Profile};
         let file =
             FileConfig::parse("metrics_profile = \"kubevirt-complement\"\nmetrics_groups = [\"guest\", \"bridge\"]\n")
                 .expect("parses");

@@ -3,7 +3,6 @@
 //!
 //! The file's JSON Schema is generated into `schemas/config.schema.json` from [`FileConfig`].
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -12,16 +11,18 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::breaker::BreakerConfig;
-use crate::source::Sources;
+use crate::source::PollSettings;
 pub use crate::source::qga::config::{QgaFileConfig, QgaLimitsFile, QgaPeriodsFile, QgaRuntime, QgaTransportKind};
 pub use crate::source::qmp::config::{QmpFileConfig, QmpRuntime};
-use crate::supervisor::PollSettings;
+use crate::source::{Sources, StaticVm};
 use crate::vm::DomainNaming;
+
+pub mod validate;
+
+pub use validate::{Check, FieldError, MAX_DURATION, expand_socket_pattern};
 
 /// The default listen address; 9977 is vmbridge's plain-HTTP port.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9977";
-/// The longest duration any setting accepts.
-pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The default libvirt URI.
 pub const DEFAULT_URI: &str = "qemu:///system";
@@ -91,10 +92,10 @@ pub struct FileConfig {
     pub vms: Vec<StaticVmFile>,
     /// Which families to export: `full` (all) or `kubevirt-complement` (none that KubeVirt's
     /// virt-handler exports too, to run beside it). Default `full`.
-    pub metrics_profile: Option<crate::catalogue::Profile>,
+    pub metrics_profile: Option<crate::model::metric::Profile>,
     /// Groups to export (`core`, `hypervisor`, `guest`, `qmp`, `process`, `bridge`). Default
     /// all.
-    pub metrics_groups: Option<Vec<crate::catalogue::Group>>,
+    pub metrics_groups: Option<Vec<crate::model::metric::Group>>,
 }
 
 /// `[[vms]]`: a VM without libvirt.
@@ -237,68 +238,6 @@ pub struct BreakerFileConfig {
     pub history: Option<usize>,
 }
 
-/// Collects every problem while validating, each naming its field.
-#[derive(Debug, Default)]
-pub struct Check {
-    /// The problems so far.
-    pub errors: Vec<FieldError>,
-}
-
-impl Check {
-    /// Records a problem with `field`.
-    pub fn err(&mut self, field: &str, problem: impl Into<String>) {
-        self.errors.push(FieldError { field: field.to_owned(), problem: problem.into() });
-    }
-
-    /// A duration setting such as `"5s"`, or `default` when unset (or invalid, with the
-    /// problem recorded).
-    pub fn duration(&mut self, field: &str, v: &Option<String>, default: Duration) -> Duration {
-        match v {
-            None => default,
-            Some(s) => match humantime::parse_duration(s) {
-                Ok(d) if d.is_zero() => {
-                    self.err(field, "must be greater than zero");
-                    default
-                }
-                // Far beyond any sensible setting, and small enough that `Instant + d` cannot
-                // overflow (found by fuzz/fuzz_targets/config_file.rs).
-                Ok(d) if d > MAX_DURATION => {
-                    self.err(field, format!("{s:?} is longer than the maximum of 7 days"));
-                    default
-                }
-                Ok(d) => d,
-                Err(e) => {
-                    self.err(field, format!("{s:?} is not a duration like \"5s\" or \"250ms\" ({e})"));
-                    default
-                }
-            },
-        }
-    }
-
-    /// A socket pattern must give each VM its own socket.
-    pub fn socket_pattern(&mut self, field: &str, pattern: &Option<String>) {
-        if let Some(p) = pattern {
-            if !["{domain}", "{name}"].iter().any(|ph| p.contains(ph)) {
-                self.err(field, format!("{p:?} must contain {{domain}} or {{name}} so each VM gets its own socket"));
-            }
-        }
-    }
-}
-
-/// A VM's socket from a `*.socket_pattern` (`{domain}`, `{namespace}`, `{name}` replaced).
-pub fn expand_socket_pattern(pattern: &str, domain: &str, id: &crate::vm::VmId) -> std::path::PathBuf {
-    pattern.replace("{domain}", domain).replace("{namespace}", &id.namespace).replace("{name}", &id.name).into()
-}
-
-/// One problem in the configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    /// Dotted field path, e.g. `poll.interval`.
-    pub field: String,
-    /// What is wrong.
-    pub problem: String,
-}
-
 /// Why the configuration could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -362,24 +301,13 @@ pub struct Settings {
     /// Bytes of reply bodies held at once, both listeners together.
     pub reply_budget_bytes: usize,
     /// The families exported.
-    pub selection: crate::catalogue::Selection,
+    pub selection: crate::model::metric::Selection,
     /// Every family for every VM, NaN where absent.
     pub export_all_known: bool,
     /// Keep the last migration values after the job ends.
     pub keep_ephemeral: bool,
     /// Every bridge-health series, at zero too.
     pub health_detail: bool,
-}
-
-/// A validated static VM.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StaticVm {
-    /// Its identity.
-    pub id: crate::vm::VmId,
-    /// Its agent socket.
-    pub qga_socket: Option<std::path::PathBuf>,
-    /// Its QMP monitor socket.
-    pub qmp_socket: Option<std::path::PathBuf>,
 }
 
 impl FileConfig {
@@ -566,7 +494,7 @@ impl FileConfig {
                 })
             }
         };
-        let groups = self.metrics_groups.clone().unwrap_or_else(|| crate::catalogue::Group::ALL.to_vec());
+        let groups = self.metrics_groups.clone().unwrap_or_else(|| crate::model::metric::Group::ALL.to_vec());
         if groups.is_empty() {
             check.err("metrics_groups", "must name at least one group (or be left out for all)");
         }
@@ -588,7 +516,7 @@ impl FileConfig {
         if !(1 << 20..=1 << 31).contains(&reply_budget_bytes) {
             check.err("http.reply_budget_bytes", "must be between 1048576 and 2147483648");
         }
-        let selection = crate::catalogue::Selection { profile: self.metrics_profile.unwrap_or_default(), groups };
+        let selection = crate::model::metric::Selection { profile: self.metrics_profile.unwrap_or_default(), groups };
         let qga = crate::source::qga::config::validate(&self.qga, &mut check);
         let qmp = crate::source::qmp::config::validate(&self.qmp, &mut check);
         let mut static_vms = Vec::new();
@@ -658,12 +586,6 @@ impl FileConfig {
     }
 }
 
-impl fmt::Display for FieldError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.problem)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -680,7 +602,7 @@ mod tests {
     #[test]
     fn batch_window_zero_turns_batching_off_and_must_stay_under_the_timeout() {
         let lanes = |toml: &str| FileConfig::parse(toml).expect("parses").validate("n").map(|s| s.lanes.batch_window);
-        assert_eq!(lanes("").ok(), Some(crate::source::libvirt::batch::DEFAULT_WINDOW));
+        assert_eq!(lanes("").ok(), Some(crate::source::libvirt::endpoint::batch::DEFAULT_WINDOW));
         assert_eq!(lanes("[libvirt]\nbatch_window = \"0s\"\n").ok(), Some(Duration::ZERO));
         assert_eq!(lanes("[libvirt]\nbatch_window = \"100ms\"\n").ok(), Some(Duration::from_millis(100)));
         // Unset with a short poll timeout: a quarter of it, so such a configuration stays valid.

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::breaker::BreakerState;
 use crate::clock::now_unix;
-use crate::source::SourceKind;
+use crate::model::SourceKind;
 use crate::store::{EndpointStatus, Store, VmSnapshot};
 use crate::vm::VmId;
 
@@ -24,7 +24,7 @@ pub struct SourceSummary {
     /// The most recent error message, if any.
     pub last_error: Option<String>,
     /// The most recent error's kind, if any (`agent_unavailable`: no guest agent, a state).
-    pub last_error_kind: Option<crate::source::ErrorKind>,
+    pub last_error_kind: Option<crate::model::ErrorKind>,
 }
 
 /// One VM in the index.

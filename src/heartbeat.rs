@@ -9,9 +9,10 @@
 
 use serde::Serialize;
 
+use crate::model::{ErrorKind, SourceKind};
+use crate::source::SourceSample;
 use crate::source::libvirt::LibvirtSample;
 use crate::source::qga::QgaSample;
-use crate::source::{ErrorKind, SourceKind, SourceSample};
 use crate::stall::StallReason;
 use crate::store::{SourceSnapshot, VmSnapshot};
 
@@ -62,20 +63,7 @@ impl Heartbeat {
     }
 }
 
-/// The bounds the state is judged with (`[qga]` `heartbeat_slow`, `heartbeat_stalled_polls`).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, schemars::JsonSchema)]
-pub struct Bounds {
-    /// A ping slower than this, in seconds, is `agent_slow`.
-    pub slow_seconds: f64,
-    /// This many libvirt polls in a row without vCPU time is `guest_stalled`.
-    pub stalled_polls: u32,
-}
-
-impl Default for Bounds {
-    fn default() -> Self {
-        Bounds { slow_seconds: 1.0, stalled_polls: 3 }
-    }
-}
+pub use crate::source::qga::poller::Bounds;
 
 /// What the host side says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -60,6 +60,7 @@ pub mod http;
 pub mod log_summary;
 #[cfg(test)]
 mod manpage;
+pub mod model;
 pub mod schema;
 pub mod source;
 pub mod stall;

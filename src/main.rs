@@ -17,8 +17,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if cli.list_metrics {
         // With --metrics-profile / --metrics-groups: the families that selection exports.
-        let all = vmbridge::catalogue::Selection::default();
-        let selection = vmbridge::catalogue::Selection {
+        let all = vmbridge::model::metric::Selection::default();
+        let selection = vmbridge::model::metric::Selection {
             profile: cli.metrics_profile.unwrap_or(all.profile),
             groups: cli.metrics_groups.clone().unwrap_or(all.groups),
         };

@@ -7,7 +7,8 @@
 
 use serde::Serialize;
 
-use crate::source::{ErrorKind, SourceKind, SourceSample};
+use crate::model::{ErrorKind, SourceKind};
+use crate::source::SourceSample;
 use crate::store::{SourceSnapshot, VmSnapshot};
 
 /// The reasons, most specific first (the precedence of [`of`]).
@@ -40,35 +41,6 @@ impl StallReason {
             StallReason::MonitorBusy => "monitor_busy",
             StallReason::AgentUnresponsive => "agent_unresponsive",
         }
-    }
-}
-
-/// The QEMU monitor's state as `virDomainGetControlInfo` gave it.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, schemars::JsonSchema)]
-pub struct Monitor {
-    /// `ok`, `job`, `occupied`, `error` or `unknown`.
-    pub state: &'static str,
-    /// Seconds in that state.
-    pub seconds: f64,
-}
-
-impl Monitor {
-    /// From libvirt's (state, time in it).
-    pub fn from_control((state, time): (u32, std::time::Duration)) -> Monitor {
-        use virt::sys;
-        let state = match state {
-            sys::VIR_DOMAIN_CONTROL_OK => "ok",
-            sys::VIR_DOMAIN_CONTROL_JOB => "job",
-            sys::VIR_DOMAIN_CONTROL_OCCUPIED => "occupied",
-            sys::VIR_DOMAIN_CONTROL_ERROR => "error",
-            _ => "unknown",
-        };
-        Monitor { state, seconds: time.as_secs_f64() }
-    }
-
-    /// Occupied by a command, or held by a job, for at least `limit` seconds.
-    fn busy_for(&self, limit: f64) -> bool {
-        matches!(self.state, "occupied" | "job") && self.seconds >= limit
     }
 }
 
@@ -149,6 +121,7 @@ pub fn of(vm: &VmSnapshot, now: f64, staleness: f64) -> Option<Stall> {
 pub(crate) mod tests {
     use super::*;
     use crate::breaker::{Breaker, BreakerConfig};
+    use crate::model::Monitor;
     use crate::source::process::{ProcessSample, ProcessStats};
     use crate::store::ErrorRecord;
     use std::collections::BTreeMap;

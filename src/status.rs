@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 
 use crate::breaker::BreakerState;
 use crate::debug::{DebugIndex, SourceSummary, VmSummary};
-use crate::source::{ErrorKind, SourceKind};
+use crate::model::{ErrorKind, SourceKind};
 
 /// Escapes text for HTML element content and attribute values (`&`, `<`, `>`, `"`, `'`).
 pub fn escape(s: &str) -> String {

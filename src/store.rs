@@ -11,7 +11,8 @@ use serde::{Serialize, Serializer};
 
 use crate::breaker::BreakerView;
 use crate::clock::now_unix;
-use crate::source::{ErrorKind, SourceKind, SourceSample};
+use crate::model::{ErrorKind, SourceKind};
+use crate::source::SourceSample;
 use crate::vm::VmId;
 
 /// One recorded poll failure.
@@ -47,7 +48,7 @@ pub struct SourceSnapshot {
     /// last two successful polls were more than 1.5 intervals apart.
     pub stretched: bool,
     /// The QEMU monitor's state when the last poll failed, where libvirt told it.
-    pub monitor: Option<crate::stall::Monitor>,
+    pub monitor: Option<crate::model::Monitor>,
     /// Polls attempted since the VM was discovered.
     pub polls_total: u64,
     /// Failed polls since discovery, by kind.

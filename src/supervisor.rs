@@ -10,35 +10,15 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::breaker::{Admission, Breaker, BreakerConfig, BreakerState, Transition};
+use crate::breaker::{Admission, Breaker, BreakerState, Transition};
 use crate::clock::now_unix;
-use crate::config::StaticVm;
 use crate::log_summary::{LogSummary, Verdict};
+use crate::model::{ErrorKind, PollError, SourceKind};
+use crate::source::api::{Source, Visit};
 use crate::source::libvirt::discovery::VmEvent;
-use crate::source::{ErrorKind, PollError, Poller, Source, SourceKind, SourceSample, Sources, Visit, VmStart};
+use crate::source::{PollSettings, Poller, SourceSample, Sources, StaticVm, VmStart};
 use crate::store::{ErrorRecord, SourceSnapshot, Store, VmKey, VmSnapshot};
 use crate::vm::{DomainNaming, VmId};
-
-/// How each (VM, source) task polls.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PollSettings {
-    /// Time between successful polls.
-    pub interval: Duration,
-    /// Deadline of one poll; missing it counts a failure.
-    pub timeout: Duration,
-    /// A call running this long opens the breaker at once.
-    pub hard_timeout: Duration,
-    /// Pause before re-polling after a failure while the breaker is still closed, so a
-    /// failing source is confirmed (and flagged) quickly instead of one interval per failure.
-    pub retry_delay: Duration,
-    /// Failures kept for the debug endpoint.
-    pub errors_kept: usize,
-    /// How long a value libvirt left out of a partial answer is carried from its last
-    /// observation (`breaker.staleness`): see `source::libvirt::merge`.
-    pub carry_window: Duration,
-    /// The breaker.
-    pub breaker: BreakerConfig,
-}
 
 /// A poll in flight: owned by the task, kept across missed deadlines (never a second one).
 type PollFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<SourceSample, PollError>> + Send>>;
@@ -310,7 +290,7 @@ impl Ctx {
     fn start(&self, vm: VmStart<'_>, key: &VmKey, token: &CancellationToken) {
         let mut start = Start { vm, key, ctx: self, token };
         for kind in SourceKind::ALL {
-            kind.visit(&mut start);
+            crate::catalogue::visit(kind, &mut start);
         }
     }
 }
@@ -424,6 +404,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::breaker::BreakerConfig;
     use crate::source::libvirt::LibvirtSample;
     use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -16,7 +16,7 @@ use arbitrary::{Arbitrary, Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use vmbridge::source::libvirt::stats::MAX_DEVICES;
 use vmbridge::source::libvirt::{DomainSample, LibvirtSample, ParamValue};
-use vmbridge::source::qmp::Migration;
+use vmbridge::source::events::Migration;
 
 const FIXED: &[&str] = &[
     "state.state",

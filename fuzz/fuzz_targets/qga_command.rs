@@ -10,7 +10,7 @@ mod qga_check;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use vmbridge::source::qga::GuestLimits;
-use vmbridge::source::qga::allow::allowed;
+use vmbridge::source::qga::commands::allowed;
 
 fuzz_target!(|data: &[u8]| {
     let Some(nl) = data.iter().position(|&b| b == b'\n') else { return };

@@ -8,7 +8,7 @@ mod qga_check;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use vmbridge::source::qga::GuestLimits;
-use vmbridge::source::qga::allow::allowed;
+use vmbridge::source::qga::commands::allowed;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

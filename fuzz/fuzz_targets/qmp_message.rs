@@ -4,7 +4,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Value, json};
-use vmbridge::source::qmp::{BlockExt, EventCounts, Migration};
+use vmbridge::source::events::{EventCounts, Migration};
+use vmbridge::source::qmp::BlockExt;
 
 /// `MAX_DRIVES` in src/source/qmp/mod.rs (private there).
 const MAX_DRIVES: usize = 64;

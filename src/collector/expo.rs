@@ -14,132 +14,26 @@
 //! finds it so (that is how data that ages out of the window disappears).
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
-use crate::catalogue::{self, Kind, MetricDef};
+use crate::catalogue;
 use crate::clock::now_unix;
 use crate::http::budget::OverBudget;
-use crate::source::{Source, SourceKind, Visit};
+use crate::model::SourceKind;
+use crate::source::api::{Source, Visit};
 use crate::store::{Observer, SourceSnapshot, VmKey, VmSnapshot};
 
-use super::text::Format;
-use super::{Out, VmCollector, VmView, bridge, events};
-
-/// Every family's slot (its index in [`catalogue::all`]), sample name and headers.
-pub(crate) struct Layout {
-    defs: &'static [&'static MetricDef],
-    slots: HashMap<&'static str, u16>,
-    names: Vec<String>,
-    om_headers: Vec<String>,
-    prom_headers: Vec<String>,
-}
-
-impl Layout {
-    fn build() -> Layout {
-        let defs = catalogue::all();
-        let mut l = Layout {
-            defs,
-            slots: HashMap::with_capacity(defs.len()),
-            names: Vec::with_capacity(defs.len()),
-            om_headers: Vec::with_capacity(defs.len()),
-            prom_headers: Vec::with_capacity(defs.len()),
-        };
-        for (i, d) in defs.iter().enumerate() {
-            let dup = l.slots.insert(d.name, i as u16);
-            debug_assert!(dup.is_none(), "{} twice in the catalogue", d.name);
-            l.names.push(d.exposed_name());
-            // OpenMetrics: the family is named without `_total` / `_info`, with its unit.
-            let unit = d.unit.map(|u| match u {
-                catalogue::Unit::Seconds => "seconds",
-                catalogue::Unit::Bytes => "bytes",
-            });
-            let base = match unit {
-                Some(u) => format!("{}_{u}", d.name),
-                None => d.name.to_owned(),
-            };
-            let (om_ty, prom_name, prom_ty) = match d.kind {
-                Kind::Counter => ("counter", format!("{base}_total"), "counter"),
-                Kind::Gauge => ("gauge", base.clone(), "gauge"),
-                Kind::Info => ("info", format!("{base}_info"), "gauge"),
-            };
-            let mut om = format!("# HELP {base} {}\n# TYPE {base} {om_ty}\n", d.help);
-            if let Some(u) = unit {
-                let _ = writeln!(om, "# UNIT {base} {u}");
-            }
-            l.om_headers.push(om);
-            l.prom_headers.push(format!("# HELP {prom_name} {}\n# TYPE {prom_name} {prom_ty}\n", d.help));
-        }
-        l
-    }
-
-    /// Number of families.
-    pub(crate) fn len(&self) -> usize {
-        self.defs.len()
-    }
-
-    /// `def`'s slot.
-    pub(crate) fn slot(&self, def: &'static MetricDef) -> Option<u16> {
-        self.slots.get(def.name).copied()
-    }
-
-    /// The name samples of `slot` carry.
-    pub(crate) fn sample_name(&self, slot: u16) -> &str {
-        &self.names[usize::from(slot)]
-    }
-
-    fn header(&self, slot: usize, format: Format) -> &str {
-        match format {
-            Format::OpenMetrics => &self.om_headers[slot],
-            Format::Prometheus => &self.prom_headers[slot],
-        }
-    }
-}
+use super::{VmCollector, bridge, events};
+use crate::model::exposition::{Layout, Out};
+use crate::model::text::Format;
+use crate::source::api::VmView;
 
 /// The layout, built once.
 pub(crate) fn layout() -> &'static Layout {
-    static L: LazyLock<Layout> = LazyLock::new(Layout::build);
+    static L: LazyLock<Layout> = LazyLock::new(|| Layout::build(catalogue::all()));
     &L
-}
-
-/// Appends one sample line, byte for byte as `prometheus-client` 0.25.2 writes it: the name,
-/// `{labels}` (values escaped: `\\`, `"`, newline), a space, the value (`dtoa` for counters
-/// and gauges, `1` for info), a newline.
-pub(crate) fn write_sample(buf: &mut String, name: &str, labels: &[(&str, &str)], kind: Kind, value: f64) {
-    buf.push_str(name);
-    buf.push('{');
-    for (i, (k, v)) in labels.iter().enumerate() {
-        if i > 0 {
-            buf.push(',');
-        }
-        buf.push_str(k);
-        buf.push_str("=\"");
-        push_escaped(buf, v);
-        buf.push('"');
-    }
-    buf.push_str("} ");
-    match kind {
-        Kind::Info => buf.push('1'),
-        Kind::Counter | Kind::Gauge => buf.push_str(dtoa::Buffer::new().format(value)),
-    }
-    buf.push('\n');
-}
-
-fn push_escaped(buf: &mut String, v: &str) {
-    if !v.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
-        buf.push_str(v);
-        return;
-    }
-    for c in v.chars() {
-        match c {
-            '\\' => buf.push_str("\\\\"),
-            '"' => buf.push_str("\\\""),
-            '\n' => buf.push_str("\\n"),
-            c => buf.push(c),
-        }
-    }
 }
 
 /// One VM's (or the node's) sample lines, one run per family slot.
@@ -368,7 +262,7 @@ impl VmCollector {
     /// Encodes one part of a VM's runs.
     fn encode_part(&self, part: usize, vm: &VmSnapshot, now: f64) -> Fragments {
         let mut text = String::with_capacity(4 * 1024);
-        let mut out = Out::new(&mut text, &self.selection);
+        let mut out = Out::new(&mut text, &self.selection, layout());
         let views = [VmView::new(vm, &self.node, now, self.staleness, self.options)];
         /// One source's families.
         struct Encode<'e, 'o, 'a, 'v> {
@@ -388,10 +282,10 @@ impl VmCollector {
             BRIDGE => {
                 let _ = bridge::encode_vm(&mut out, &views[0], self.options.health_detail);
             }
-            i => SourceKind::ALL[i].visit(&mut Encode { out: &mut out, views: &views }),
+            i => catalogue::visit(SourceKind::ALL[i], &mut Encode { out: &mut out, views: &views }),
         }
         self.cache.encoded[part].fetch_add(1, Ordering::Relaxed);
-        let runs = std::mem::take(&mut out.runs);
+        let runs = out.take_runs();
         Fragments::from_runs(text, runs)
     }
 
@@ -431,7 +325,7 @@ impl VmCollector {
     /// The per-node families, encoded at every scrape.
     fn encode_node(&self, vms: usize) -> Fragments {
         let mut text = String::with_capacity(2048);
-        let mut out = Out::new(&mut text, &self.selection);
+        let mut out = Out::new(&mut text, &self.selection, layout());
         let endpoints = self.store.endpoints();
         let node = bridge::NodeView {
             vms,
@@ -443,7 +337,7 @@ impl VmCollector {
             launchers: self.store.launcher_counts(),
         };
         let _ = bridge::encode_node(&mut out, &node);
-        let runs = std::mem::take(&mut out.runs);
+        let runs = out.take_runs();
         Fragments::from_runs(text, runs)
     }
 
@@ -609,10 +503,15 @@ pub fn gzip(data: &[u8], level: u32) -> Vec<u8> {
 /// reads stream through one VM's text after another and the writes advance in one stream per
 /// family, instead of reading every VM's text once per family. Within a family, samples keep
 /// the order of `vms`, then the node's.
-fn concat(format: Format, selection: &catalogue::Selection, vms: &[Arc<Fragments>], node: &Fragments) -> Vec<u8> {
+fn concat(
+    format: Format,
+    selection: &crate::model::metric::Selection,
+    vms: &[Arc<Fragments>],
+    node: &Fragments,
+) -> Vec<u8> {
     let l = layout();
     let n = l.len();
-    let selected: Vec<bool> = (0..n).map(|s| selection.includes(l.defs[s])).collect();
+    let selected: Vec<bool> = (0..n).map(|s| selection.includes(l.defs()[s])).collect();
     let all = || vms.iter().map(|f| f.as_ref()).chain(std::iter::once(node));
     // Pass 1: bytes of runs per family.
     let mut size = vec![0usize; n];
@@ -665,6 +564,8 @@ impl Observer for VmCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::exposition::write_sample;
+    use crate::model::metric::Kind;
     use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
     use prometheus_client::metrics::MetricType;
 
@@ -753,7 +654,7 @@ mod tests {
             assert!(om.starts_with("# HELP "), "{om}");
             assert_eq!(om.contains("# UNIT "), d.unit.is_some(), "{om}");
             // The classic header is what the OpenMetrics one converts to.
-            assert_eq!(super::super::text::openmetrics_to_prometheus(om), prom);
+            assert_eq!(crate::model::text::openmetrics_to_prometheus(om), prom);
         }
     }
 
@@ -770,10 +671,10 @@ mod tests {
 
     /// The old way, as the reference: each selected family's header, then that family's runs
     /// of every VM in order, then the node's.
-    fn family_by_family(format: Format, selection: &catalogue::Selection, frags: &[&Fragments]) -> String {
+    fn family_by_family(format: Format, selection: &crate::model::metric::Selection, frags: &[&Fragments]) -> String {
         let l = layout();
         let mut out = String::new();
-        for s in (0..l.len()).filter(|&s| selection.includes(l.defs[s])) {
+        for s in (0..l.len()).filter(|&s| selection.includes(l.defs()[s])) {
             out.push_str(l.header(s, format));
             for f in frags {
                 out.push_str(f.run(s));
@@ -788,8 +689,8 @@ mod tests {
     #[test]
     fn runs_are_placed_family_by_family_in_vm_order_with_every_header() {
         let l = layout();
-        let all = catalogue::Selection::default();
-        let selected: Vec<usize> = (0..l.len()).filter(|&s| all.includes(l.defs[s])).collect();
+        let all = crate::model::metric::Selection::default();
+        let selected: Vec<usize> = (0..l.len()).filter(|&s| all.includes(l.defs()[s])).collect();
         assert!(selected.len() > 10, "the default selection exports families");
         // Three VMs with runs in different families (one family shared by all, one VM with
         // none) and the node, each written in slot order as encoders write them.
@@ -814,7 +715,7 @@ mod tests {
             assert!(b_part.starts_with(&format!("vm1_{b} 1\nvm1_{b}b 2\nnode_{b} 1\nnode_{b}b 2\n")), "{b_part}");
         }
         // A selection without some families leaves their headers and runs out.
-        let none = catalogue::Selection { groups: Vec::new(), ..catalogue::Selection::default() };
+        let none = crate::model::metric::Selection { groups: Vec::new(), ..crate::model::metric::Selection::default() };
         let body = String::from_utf8(concat(Format::Prometheus, &none, &vms, &node)).expect("UTF-8");
         assert_eq!(body, family_by_family(Format::Prometheus, &none, &[&vms[0], &vms[1], &vms[2], &node]));
     }

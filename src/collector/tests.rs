@@ -1,14 +1,15 @@
 //! The collector over a synthetic store: every catalogue family is emitted, values are
 //! converted to base units, stale data is dropped while health stays, labels are escaped.
 
+use crate::model::SourceKind;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use super::text::Format;
 use super::*;
 use crate::breaker::{Breaker, BreakerConfig};
+use crate::model::text::Format;
 use crate::source::SourceSample;
 use crate::source::libvirt::{LibvirtSample, ParamValue};
 use crate::store::{SourceSnapshot, VmSnapshot};
@@ -133,7 +134,8 @@ fn guest_source(q: crate::source::qga::QgaSample) -> Arc<SourceSnapshot> {
 }
 
 fn rich_qmp() -> crate::source::qmp::QmpSample {
-    use crate::source::qmp::{BlockExt, Migration, QmpSample};
+    use crate::source::events::Migration;
+    use crate::source::qmp::{BlockExt, QmpSample};
     use serde_json::json;
     let mut q = QmpSample { status: Some("running".into()), ..Default::default() };
     q.blocks = vec![
@@ -381,7 +383,7 @@ fn guest_values_are_converted_and_described() {
 
 #[test]
 fn export_all_known_writes_nan_not_zero_and_keep_ephemeral_keeps_completed_migrations() {
-    use crate::source::qmp::Migration;
+    use crate::source::events::Migration;
     let store = store_with(vec![("empty", source(None, None))]);
     let text = VmCollector::new(store, "node-1".into(), Duration::from_secs(60))
         .with_options(ExportOptions { export_all_known: true, ..ExportOptions::default() })
@@ -614,7 +616,7 @@ fn drive_and_interface_labels_are_kubevirts_alias_names_in_every_family() {
 
 #[test]
 fn the_complement_profile_exports_no_virt_handler_family_and_groups_select() {
-    use crate::catalogue::{Group, Profile, Selection};
+    use crate::model::metric::{Group, Profile, Selection};
     let store = || {
         let sample = LibvirtSample::new(rich_params(), rich_memory());
         store_with_guest(
@@ -637,7 +639,7 @@ fn the_complement_profile_exports_no_virt_handler_family_and_groups_select() {
     };
     let (f, c) = (families(&full), families(&complement));
     // `# TYPE` names a family by its name and unit, without `_total` or `_info`.
-    let type_name = |d: &crate::catalogue::MetricDef| {
+    let type_name = |d: &crate::model::metric::MetricDef| {
         let n = d.exposed_name();
         n.strip_suffix("_total").or_else(|| n.strip_suffix("_info")).unwrap_or(&n).to_owned()
     };
@@ -654,7 +656,7 @@ fn the_complement_profile_exports_no_virt_handler_family_and_groups_select() {
     for t in families(&guest) {
         let d = crate::catalogue::all().iter().find(|d| type_name(d) == t).expect("a catalogue family");
         assert!(
-            d.group == Group::Guest || d.name == crate::catalogue::BUILD_INFO.name,
+            d.group == Group::Guest || d.name == crate::collector::bridge::BUILD_INFO.name,
             "{t} is not in the guest group"
         );
     }
@@ -696,7 +698,7 @@ fn health_stays_within_twelve_series_per_vm_and_shows_what_occurred() {
 
     // Failures of one kind and the breaker transitions they caused, on the guest agent.
     let mut failing = (*guest_source(rich_guest())).clone();
-    failing.errors_total.insert(crate::source::ErrorKind::Protocol, 3);
+    failing.errors_total.insert(crate::model::ErrorKind::Protocol, 3);
     let mut breaker = Breaker::new(BreakerConfig { failure_threshold: 1, ..BreakerConfig::default() });
     let now = tokio::time::Instant::now();
     breaker.on_failure(now, false);
@@ -726,7 +728,7 @@ fn health_stays_within_twelve_series_per_vm_and_shows_what_occurred() {
     let per_source = 1
         + crate::breaker::BreakerState::ALL.len()
         + 3
-        + crate::source::ErrorKind::ALL.len()
+        + crate::model::ErrorKind::ALL.len()
         + crate::breaker::TransitionReason::ALL.len()
         + 1;
     // Plus the guest agent's five dropped-item counters, and every heartbeat state.
@@ -772,7 +774,7 @@ fn pre_encoded_series_follow_publishes_removals_and_the_staleness_window() {
         om,
         VmCollector::new(store.clone(), "node-1".into(), Duration::from_secs(2)).render(Format::OpenMetrics)
     );
-    assert_eq!(super::text::openmetrics_to_prometheus(&om), text, "the two formats differ only in headers");
+    assert_eq!(crate::model::text::openmetrics_to_prometheus(&om), text, "the two formats differ only in headers");
 
     // A VM that leaves the store leaves the exposition.
     store.remove_vm(&crate::store::VmKey::new("qemu:///system", "uuid-b"));

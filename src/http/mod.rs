@@ -17,8 +17,8 @@ pub mod budget;
 pub mod limits;
 
 use crate::collector::VmCollector;
-use crate::collector::text::Format;
 use crate::debug;
+use crate::model::text::Format;
 use crate::store::Store;
 use crate::tls::ReloadingAcceptor;
 use crate::vm::VmId;

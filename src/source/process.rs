@@ -11,11 +11,15 @@ use std::sync::Arc;
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
-use crate::catalogue::{self as c, MetricDef};
-use crate::collector::{VmView, family};
+use crate::model::exposition::family;
+use crate::model::metric::MetricDef;
+use crate::model::metric::{B, S, family};
+use crate::model::{ErrorKind, PollError, SourceKind};
+use crate::source::api::Source;
+use crate::source::api::VmView;
 use crate::source::libvirt::blocking::{BlockingSlot, SlotError};
 use crate::source::libvirt::ffi::{clock_ticks_per_second, page_size};
-use crate::source::{ErrorKind, PollError, Poller, Source, SourceKind, SourceSample, Sources, VmStart};
+use crate::source::{Poller, SourceSample, Sources, VmStart};
 
 /// Most processes reported per VM.
 const MAX_PROCESSES: usize = 16;
@@ -70,18 +74,18 @@ pub fn read_stats(proc_root: &Path, pid: u32, ticks: u64, page: u64, btime: Opti
     let utime: u64 = f.get(11)?.parse().ok()?;
     let stime: u64 = f.get(12)?.parse().ok()?;
     let start: Option<u64> = f.get(19).and_then(|v| v.parse().ok());
-    let state = crate::source::label(f.first()?, 1);
+    let state = crate::model::label(f.first()?, 1);
     // Where it waits, only when that says why it is stuck (`0` when it does not wait).
     let wchan = (state == "D")
         .then(|| std::fs::read_to_string(dir.join("wchan")).ok())
         .flatten()
-        .map(|w| crate::source::label(w.trim(), 64))
+        .map(|w| crate::model::label(w.trim(), 64))
         .filter(|w| !w.is_empty() && w != "0");
     let statm = std::fs::read_to_string(dir.join("statm")).ok()?;
     let m: Vec<u64> = statm.split_whitespace().filter_map(|x| x.parse().ok()).collect();
     Some(ProcessStats {
         pid,
-        name: crate::source::label(&name, 32),
+        name: crate::model::label(&name, 32),
         cpu_user_seconds: utime as f64 / ticks as f64,
         cpu_system_seconds: stime as f64 / ticks as f64,
         virtual_bytes: m.first()? * page,
@@ -244,11 +248,11 @@ pub struct ProcessSettings {
 type ProcField = fn(&ProcessStats) -> f64;
 
 const FIELDS: [(&MetricDef, ProcField); 5] = [
-    (&c::INFRA_CPU_USER, |p| p.cpu_user_seconds),
-    (&c::INFRA_CPU_SYSTEM, |p| p.cpu_system_seconds),
-    (&c::INFRA_MEM_RESIDENT, |p| p.resident_bytes as f64),
-    (&c::INFRA_MEM_VIRTUAL, |p| p.virtual_bytes as f64),
-    (&c::INFRA_MEM_SHARED, |p| p.shared_bytes as f64),
+    (&INFRA_CPU_USER, |p| p.cpu_user_seconds),
+    (&INFRA_CPU_SYSTEM, |p| p.cpu_system_seconds),
+    (&INFRA_MEM_RESIDENT, |p| p.resident_bytes as f64),
+    (&INFRA_MEM_VIRTUAL, |p| p.virtual_bytes as f64),
+    (&INFRA_MEM_SHARED, |p| p.shared_bytes as f64),
 ];
 
 impl Source for Process {
@@ -276,11 +280,11 @@ impl Source for Process {
 
     fn families() -> Vec<&'static MetricDef> {
         let mut out: Vec<&'static MetricDef> = FIELDS.iter().map(|(d, _)| *d).collect();
-        out.push(&c::START_TIME);
+        out.push(&START_TIME);
         out
     }
 
-    fn encode(enc: &mut crate::collector::Out<'_>, vms: &[VmView<'_>]) -> std::fmt::Result {
+    fn encode(enc: &mut crate::model::exposition::Out<'_>, vms: &[VmView<'_>]) -> std::fmt::Result {
         for (def, get) in FIELDS {
             let mut f = family(enc, def)?;
             for vm in vms {
@@ -293,7 +297,7 @@ impl Source for Process {
                 }
             }
         }
-        let mut f = family(enc, &c::START_TIME)?;
+        let mut f = family(enc, &START_TIME)?;
         for vm in vms {
             // The QEMU process is the first.
             let qemu = vm.sample::<Process>().and_then(|p| p.processes.first());
@@ -302,6 +306,74 @@ impl Source for Process {
         Ok(())
     }
 }
+
+// Hypervisor group: infra processes (kube-metrics-collector's pod_infra group).
+family!(
+    INFRA_CPU_USER,
+    "kubevirt_pod_infra_cpu_user",
+    Counter,
+    S,
+    ["process"],
+    Process,
+    "/proc/<pid>/stat utime",
+    Vm,
+    "User CPU time of the VM's QEMU process and, in a virt-launcher, of the processes beside it."
+);
+family!(
+    INFRA_CPU_SYSTEM,
+    "kubevirt_pod_infra_cpu_system",
+    Counter,
+    S,
+    ["process"],
+    Process,
+    "/proc/<pid>/stat stime",
+    Vm,
+    "System CPU time of the VM's QEMU process and launcher-side processes."
+);
+family!(
+    INFRA_MEM_RESIDENT,
+    "kubevirt_pod_infra_memory_resident",
+    Gauge,
+    B,
+    ["process"],
+    Process,
+    "/proc/<pid>/statm resident",
+    Vm,
+    "Resident memory of the VM's QEMU process and launcher-side processes."
+);
+family!(
+    INFRA_MEM_VIRTUAL,
+    "kubevirt_pod_infra_memory_virtual",
+    Gauge,
+    B,
+    ["process"],
+    Process,
+    "/proc/<pid>/statm size",
+    Vm,
+    "Virtual memory size of the VM's QEMU process and launcher-side processes."
+);
+family!(
+    INFRA_MEM_SHARED,
+    "kubevirt_pod_infra_memory_shared",
+    Gauge,
+    B,
+    ["process"],
+    Process,
+    "/proc/<pid>/statm shared",
+    Vm,
+    "Shared (file-backed resident) memory of the VM's QEMU process and launcher-side processes."
+);
+family!(
+    START_TIME,
+    "kubevirt_vmi_start_time",
+    Gauge,
+    S,
+    [],
+    Process,
+    "/proc/<pid>/stat starttime + /proc/stat btime",
+    Vm,
+    "Start time of the VM's QEMU process, seconds since the Unix epoch (uptime is time() minus this; a restart changes it)."
+);
 
 #[cfg(test)]
 mod tests {

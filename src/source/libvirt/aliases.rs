@@ -52,7 +52,7 @@ impl Aliases {
             };
             if let (Some(target), Some(alias)) = (attr("target", "dev"), attr("alias", "name")) {
                 if map.len() < MAX_DEVICES {
-                    map.insert(crate::source::label(&target, MAX_ALIAS), crate::source::label(&alias, MAX_ALIAS));
+                    map.insert(crate::model::label(&target, MAX_ALIAS), crate::model::label(&alias, MAX_ALIAS));
                 }
             }
         }

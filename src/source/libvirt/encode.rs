@@ -2,11 +2,13 @@
 //! stats) and its part of the hypervisor group (state, memory and balloon, vCPU and device
 //! counts, block sizes), and how often libvirt answered in part.
 
+use super::families as c;
 use super::memstats::MemoryStatsState;
 use super::stats::{BlockSample, NetSample, VcpuSample};
 use super::{DomainSample, Libvirt};
-use crate::catalogue::{self as c, MetricDef};
-use crate::collector::{VmView, family, kib, ns, num};
+use crate::model::exposition::{family, kib, ns, num};
+use crate::model::metric::MetricDef;
+use crate::source::api::VmView;
 
 type NetField = fn(&NetSample) -> Option<u64>;
 type BlockField = fn(&BlockSample) -> Option<f64>;
@@ -95,7 +97,7 @@ pub(super) fn families() -> Vec<&'static MetricDef> {
 }
 
 /// Writes the libvirt families.
-pub(super) fn encode(enc: &mut crate::collector::Out<'_>, vms: &[VmView<'_>]) -> std::fmt::Result {
+pub(super) fn encode(enc: &mut crate::model::exposition::Out<'_>, vms: &[VmView<'_>]) -> std::fmt::Result {
     for (def, get) in CPU {
         let mut f = family(enc, def)?;
         for vm in vms {
@@ -176,10 +178,10 @@ pub(super) fn encode(enc: &mut crate::collector::Out<'_>, vms: &[VmView<'_>]) ->
     let mut f = family(enc, &c::SOURCE_PARTIAL)?;
     for vm in vms {
         // Counted since discovery: exported from the last sample whatever its age.
-        let Some(l) = vm.vm.sources.get(&crate::source::SourceKind::Libvirt).and_then(|s| s.sample.as_deref()) else {
+        let Some(l) = vm.vm.sources.get(&crate::model::SourceKind::Libvirt).and_then(|s| s.sample.as_deref()) else {
             continue;
         };
-        let Some(l) = <Libvirt as crate::source::Source>::sample(l) else { continue };
+        let Some(l) = <Libvirt as crate::source::api::Source>::sample(l) else { continue };
         for (group, n) in &l.partial_total {
             f.vm_sample(vm, &[("source", "libvirt"), ("group", group)], Some(*n as f64))?;
         }

@@ -3,11 +3,12 @@
 //! all through bounded blocking slots (`blocking`). `ffi` holds the only `unsafe` code.
 
 pub mod aliases;
-pub mod batch;
 pub mod blocking;
 pub mod discovery;
 mod encode;
 pub mod endpoint;
+pub mod errors;
+pub mod families;
 pub mod ffi;
 pub mod launchers;
 pub mod memstats;
@@ -34,13 +35,13 @@ pub struct LibvirtSample {
     /// which carries the figures of the same QEMU query as `virDomainMemoryStats`).
     pub memory_stats: BTreeMap<String, u64>,
     /// The current or last completed job (migration, save, dump), from `virDomainGetJobStats`.
-    pub job: Option<crate::source::qmp::Migration>,
+    pub job: Option<crate::source::events::Migration>,
     /// That job's raw typed parameters.
     pub job_params: BTreeMap<String, ParamValue>,
     /// When vmbridge first saw the last job completed, seconds since the Unix epoch.
     pub job_completed_at: Option<f64>,
     /// Domain events counted from libvirt's event API since discovery.
-    pub events: crate::source::qmp::EventCounts,
+    pub events: crate::source::events::EventCounts,
     /// Values libvirt left out of this answer (`NOWAIT` skipped them while another client held
     /// the domain's job) and that were carried from their last observation, per stats group.
     pub carried: BTreeMap<String, usize>,
@@ -92,8 +93,8 @@ pub struct LibvirtSettings {
     pub device_labels: aliases::DeviceLabels,
 }
 
-impl crate::source::Source for Libvirt {
-    const KIND: crate::source::SourceKind = crate::source::SourceKind::Libvirt;
+impl crate::source::api::Source for Libvirt {
+    const KIND: crate::model::SourceKind = crate::model::SourceKind::Libvirt;
     type Sample = LibvirtSample;
     type Settings = LibvirtSettings;
     type Poller = poller::LibvirtPoller;
@@ -123,27 +124,24 @@ impl crate::source::Source for Libvirt {
         ))
     }
 
-    fn families() -> Vec<&'static crate::catalogue::MetricDef> {
+    fn families() -> Vec<&'static crate::model::metric::MetricDef> {
         encode::families()
     }
 
-    fn encode(enc: &mut crate::collector::Out<'_>, vms: &[crate::collector::VmView<'_>]) -> std::fmt::Result {
+    fn encode(enc: &mut crate::model::exposition::Out<'_>, vms: &[crate::source::api::VmView<'_>]) -> std::fmt::Result {
         encode::encode(enc, vms)
     }
 }
 
-/// Maps a libvirt error to the bounded error kinds; `true` when the connection is unusable.
-pub fn classify(err: &virt::error::Error) -> (crate::source::ErrorKind, bool) {
-    use crate::source::ErrorKind;
-    use virt::enumutil::Enum;
-    use virt::error::ErrorNumber as N;
-    match err.code() {
-        _ if crate::source::qga::transport::agent_absent(err) => (ErrorKind::AgentUnavailable, false),
-        Enum::Known(N::NoDomain) => (ErrorKind::NoDomain, false),
-        Enum::Known(N::OperationTimeout | N::AgentUnresponsive) => (ErrorKind::Timeout, false),
-        Enum::Known(N::SystemError | N::Rpc | N::NoConnect | N::InvalidConn | N::AuthFailed) => {
-            (ErrorKind::Connection, true)
-        }
-        _ => (ErrorKind::Remote, false),
+/// The `drive` label of a disk QEMU or libvirt names by its device id (`ua-rootdisk`,
+/// `virtio-disk0`, or a QOM path `/machine/peripheral/<id>/…`): the label libvirt's sample
+/// gives the disk with that alias, so every family labels a disk alike; without one, the
+/// id with a user alias's `ua-` removed.
+pub fn drive_label<'a>(vm: &crate::source::api::VmView<'a>, id: &'a str) -> &'a str {
+    let id = id.strip_prefix("/machine/peripheral/").map_or(id, |rest| rest.split('/').next().unwrap_or(rest));
+    let libvirt = vm.sample::<Libvirt>();
+    if let Some(b) = libvirt.and_then(|l| l.parsed.blocks.iter().find(|b| b.alias.as_deref() == Some(id))) {
+        return b.label();
     }
+    aliases::user_name(id).unwrap_or(id)
 }

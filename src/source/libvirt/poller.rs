@@ -20,22 +20,13 @@ use virt::sys;
 
 use super::aliases::{Aliases, DeviceLabels};
 use super::blocking::{BlockingSlot, SlotError};
+use super::endpoint::batch::{STATS_FLAGS, STATS_GROUPS};
 use super::endpoint::{Endpoint, LaneError};
+use super::errors::classify;
 use super::merge::Carry;
-use super::{DomainSample, LibvirtSample, classify, ffi};
-use crate::source::{ErrorKind, PollError, Poller, SourceKind, SourceSample};
-
-/// The bulk-stats groups vmbridge asks for.
-pub const STATS_GROUPS: u32 = sys::VIR_DOMAIN_STATS_STATE
-    | sys::VIR_DOMAIN_STATS_CPU_TOTAL
-    | sys::VIR_DOMAIN_STATS_BALLOON
-    | sys::VIR_DOMAIN_STATS_VCPU
-    | sys::VIR_DOMAIN_STATS_INTERFACE
-    | sys::VIR_DOMAIN_STATS_BLOCK
-    | sys::VIR_DOMAIN_STATS_DIRTYRATE;
-
-/// `NOWAIT`: skip the stats that need a domain job another caller holds, instead of queueing.
-pub const STATS_FLAGS: u32 = sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT;
+use super::{DomainSample, LibvirtSample, ffi};
+use crate::model::{ErrorKind, PollError, SourceKind};
+use crate::source::{Poller, SourceSample};
 
 /// Job stats: the job type and its parameters.
 type Job = (i32, Vec<(String, ffi::ParamValue)>);
@@ -400,7 +391,7 @@ impl LibvirtPoller {
                     kind: ErrorKind::Timeout,
                     message: format!("libvirt call still running after {:.1}s{said}", running_for.as_secs_f64()),
                     hard: running_for >= self.hard_timeout,
-                    monitor: monitor.map(crate::stall::Monitor::from_control),
+                    monitor: monitor.map(crate::model::Monitor::from_control),
                 });
             }
             Err(SlotError::Saturated) => {
@@ -521,7 +512,7 @@ impl LibvirtPoller {
         // stuck there would be.
         if let Some(busy) = control.and_then(|c| monitor_stuck(c, self.timeout)) {
             return Err(PollError {
-                monitor: control.map(crate::stall::Monitor::from_control),
+                monitor: control.map(crate::model::Monitor::from_control),
                 kind: ErrorKind::Timeout,
                 message: format!(
                     "QEMU monitor busy with one command for {:.1}s; \
@@ -569,7 +560,7 @@ impl LibvirtPoller {
                 .and_then(|(j, _)| j.clone()),
         };
         if let Some((job_type, job_params)) = job {
-            sample.job = crate::source::qmp::Migration::from_libvirt_job(job_type, &job_params);
+            sample.job = crate::source::events::Migration::from_libvirt_job(job_type, &job_params);
             sample.job_params = job_params.into_iter().collect();
         }
         // Note each completed job once, when first seen.

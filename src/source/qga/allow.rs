@@ -4,8 +4,6 @@
 //! `commands`), for read-only `guest-*` queries and nothing else (vmbridge is read-only). `virt`'s `qemu_agent_command` is banned by clippy outside the
 //! transport module, so no other path can reach a guest.
 
-use qapi::qga;
-
 pub(super) mod sealed {
     pub trait Sealed {}
 }
@@ -67,14 +65,6 @@ macro_rules! allow_list {
     };
 }
 pub(super) use allow_list;
-
-/// Every command name vmbridge can send to a guest agent: the protocol's and the polled ones.
-pub fn allowed() -> Vec<&'static str> {
-    let mut names =
-        vec![AgentRequest::new(qga::guest_sync { id: 0 }).name(), AgentRequest::new(qga::guest_ping {}).name()];
-    names.extend(super::commands::COMMANDS.iter().map(super::commands::Command::name));
-    names
-}
 
 /// A serialised, allow-listed agent request.
 ///
@@ -143,6 +133,8 @@ impl AgentRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::qga::commands::allowed;
+    use qapi::qga;
 
     #[test]
     fn the_allow_list_is_read_only_guest_queries() {

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::GuestLimits;
 use super::commands::{COMMANDS, by_key};
 use super::poller::QgaSettings;
-use crate::config::Check;
+use crate::config::validate::Check;
 
 /// How the guest agent is reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -124,7 +124,7 @@ pub struct QgaRuntime {
 impl QgaRuntime {
     /// The socket path of a VM, from the pattern.
     pub fn socket_for(&self, domain: &str, id: &crate::vm::VmId) -> Option<std::path::PathBuf> {
-        self.socket_pattern.as_ref().map(|p| crate::config::expand_socket_pattern(p, domain, id))
+        self.socket_pattern.as_ref().map(|p| crate::config::validate::expand_socket_pattern(p, domain, id))
     }
 }
 
@@ -172,7 +172,7 @@ pub fn validate(q: &QgaFileConfig, check: &mut Check) -> QgaRuntime {
         check.err("qga.socket_pattern", "is required when qga.transport is \"socket\"");
     }
     check.socket_pattern("qga.socket_pattern", &q.socket_pattern);
-    let defaults = crate::heartbeat::Bounds::default();
+    let defaults = crate::source::qga::poller::Bounds::default();
     // By default 1 s, or half the command deadline when that is shorter.
     let slow_default = Duration::from_secs_f64(defaults.slow_seconds).min(timeout / 2);
     let slow = check.duration("qga.heartbeat_slow", &q.heartbeat_slow, slow_default);
@@ -183,7 +183,7 @@ pub fn validate(q: &QgaFileConfig, check: &mut Check) -> QgaRuntime {
     if stalled_polls > 1000 {
         check.err("qga.heartbeat_stalled_polls", "must be at most 1000");
     }
-    let heartbeat = crate::heartbeat::Bounds { slow_seconds: slow.as_secs_f64(), stalled_polls };
+    let heartbeat = crate::source::qga::poller::Bounds { slow_seconds: slow.as_secs_f64(), stalled_polls };
     let exclude =
         super::optout::Exclude::new(q.exclude.as_deref().unwrap_or_default()).unwrap_or_else(|(field, problem)| {
             check.err(&field, problem);

@@ -43,7 +43,7 @@ impl Default for GuestLimits {
     }
 }
 
-pub use crate::source::label;
+pub use crate::model::label;
 
 /// One mounted filesystem.
 #[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]

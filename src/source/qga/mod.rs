@@ -26,9 +26,12 @@ use serde::Serialize;
 pub use commands::GuestData;
 pub use guest::{Dropped, GuestLimits};
 
-use crate::catalogue::{MetricDef, N, family};
-use crate::collector::{VmView, family as start};
-use crate::source::{Source, SourceKind, SourceSample, Sources, VmStart, label};
+use crate::model::exposition::family as start;
+use crate::model::metric::{MetricDef, N, family};
+use crate::model::{SourceKind, label};
+use crate::source::api::Source;
+use crate::source::api::VmView;
+use crate::source::{SourceSample, Sources, VmStart};
 use transport::{LibvirtAgent, SocketAgent, Transport};
 
 /// What vmbridge knows about one agent command of one VM.
@@ -67,7 +70,7 @@ pub struct QgaSample {
     /// (`vmbridge_guest_agent_rtt_seconds`).
     pub rtt_seconds: Option<f64>,
     /// The bounds the guest heartbeat is judged with (`[qga]`).
-    pub heartbeat: crate::heartbeat::Bounds,
+    pub heartbeat: crate::source::qga::poller::Bounds,
 }
 
 /// The guest-agent source.
@@ -137,7 +140,7 @@ impl Source for Qga {
         out
     }
 
-    fn encode(enc: &mut crate::collector::Out<'_>, vms: &[VmView<'_>]) -> std::fmt::Result {
+    fn encode(enc: &mut crate::model::exposition::Out<'_>, vms: &[VmView<'_>]) -> std::fmt::Result {
         for c in commands::COMMANDS {
             (c.encode)(enc, vms)?;
         }

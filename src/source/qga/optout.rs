@@ -18,9 +18,9 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
+use crate::model::{ErrorKind, PollError};
 use crate::source::libvirt::blocking::{BlockingSlot, SlotError};
 use crate::source::libvirt::endpoint::Endpoint;
-use crate::source::{ErrorKind, PollError};
 use crate::vm::VmId;
 
 /// The XML namespace of vmbridge's domain metadata element.
@@ -168,7 +168,7 @@ impl Metadata {
         match self.slot.run(deadline, call).await {
             Ok(Ok(xml)) => Ok(xml.is_some_and(|x| metadata_opts_out(&x))),
             Ok(Err(e)) => {
-                let (kind, _) = crate::source::libvirt::classify(&e);
+                let (kind, _) = crate::source::libvirt::errors::classify(&e);
                 Err(PollError::new(kind, format!("domain metadata: {}", e.message())))
             }
             Err(SlotError::Timeout { running_for }) => Err(PollError::new(

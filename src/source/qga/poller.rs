@@ -18,8 +18,9 @@ use super::commands::{COMMANDS, by_key};
 use super::guest::GuestLimits;
 use super::transport::{AgentError, Transport};
 use crate::clock::{now_unix, unix_seconds};
+use crate::model::{ErrorKind, PollError, SourceKind};
 use crate::source::wire::{preview, truncate};
-use crate::source::{ErrorKind, PollError, Poller, SourceKind, SourceSample};
+use crate::source::{Poller, SourceSample};
 
 /// Default period of the command with config key `key`.
 pub fn default_period(key: &str) -> Duration {
@@ -38,7 +39,7 @@ pub struct QgaSettings {
     /// Per-VM caps.
     pub limits: GuestLimits,
     /// The guest heartbeat's bounds.
-    pub heartbeat: crate::heartbeat::Bounds,
+    pub heartbeat: Bounds,
 }
 
 impl Default for QgaSettings {
@@ -48,7 +49,7 @@ impl Default for QgaSettings {
             max_reply_bytes: 1 << 20,
             periods: COMMANDS.iter().map(|c| (c.key.to_owned(), c.period)).collect(),
             limits: GuestLimits::default(),
-            heartbeat: crate::heartbeat::Bounds::default(),
+            heartbeat: Bounds::default(),
         }
     }
 }
@@ -234,5 +235,20 @@ impl Poller for QgaPoller {
             }
         }
         Ok(SourceSample::Qga(self.sample.clone()))
+    }
+}
+
+/// The bounds the state is judged with (`[qga]` `heartbeat_slow`, `heartbeat_stalled_polls`).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, schemars::JsonSchema)]
+pub struct Bounds {
+    /// A ping slower than this, in seconds, is `agent_slow`.
+    pub slow_seconds: f64,
+    /// This many libvirt polls in a row without vCPU time is `guest_stalled`.
+    pub stalled_polls: u32,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Bounds { slow_seconds: 1.0, stalled_polls: 3 }
     }
 }

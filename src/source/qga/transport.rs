@@ -18,10 +18,10 @@ use tokio::time::Instant;
 use virt::domain::Domain;
 
 use super::allow::AgentRequest;
+use crate::model::{ErrorKind, PollError};
 use crate::source::libvirt::blocking::{BlockingSlot, SlotError};
 use crate::source::libvirt::endpoint::{self, Conn, Endpoint};
 use crate::source::wire::{LineConn, PARSED_PER_LINE_BYTE, ParseError, WireError, parse_bounded, truncate};
-use crate::source::{ErrorKind, PollError};
 
 /// How an agent command failed.
 #[derive(Debug, Clone, PartialEq)]
@@ -234,7 +234,7 @@ impl LibvirtAgent {
                 use virt::error::ErrorNumber as N;
                 let msg = e.message().to_owned();
                 match e.code() {
-                    _ if agent_absent(&e) => {
+                    _ if crate::source::libvirt::errors::agent_absent(&e) => {
                         Err(AgentError::Transport(PollError::new(ErrorKind::AgentUnavailable, msg)))
                     }
                     // The agent itself said no to this command: not a transport failure.
@@ -246,7 +246,7 @@ impl LibvirtAgent {
                         N::AgentUnresponsive | N::AgentUnsynced | N::AgentCommandTimeout | N::OperationTimeout,
                     ) => Err(AgentError::Transport(PollError::new(ErrorKind::Timeout, msg))),
                     _ => {
-                        let (kind, broken) = crate::source::libvirt::classify(&e);
+                        let (kind, broken) = crate::source::libvirt::errors::classify(&e);
                         if broken {
                             self.endpoint.report_agent_broken(generation);
                         }
@@ -255,21 +255,6 @@ impl LibvirtAgent {
                 }
             }
         }
-    }
-}
-
-/// Whether libvirt says the domain has no agent to talk to: "QEMU guest agent is not
-/// connected" (`VIR_ERR_AGENT_UNRESPONSIVE`, libvirt 9.0's code when the guest never opened
-/// the channel or closed it; the same code with another text means a hung agent) or "QEMU
-/// guest agent is not configured" (`VIR_ERR_ARGUMENT_UNSUPPORTED`: no channel at all).
-pub fn agent_absent(e: &virt::error::Error) -> bool {
-    use virt::enumutil::Enum;
-    use virt::error::ErrorNumber as N;
-    let msg = e.message();
-    match e.code() {
-        Enum::Known(N::AgentUnresponsive) => msg.contains("agent is not connected"),
-        Enum::Known(N::ArgumentUnsupported) => msg.contains("agent is not configured"),
-        _ => false,
     }
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use crate::config::Check;
+use crate::config::validate::Check;
 
 /// `[qmp]`.
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema, PartialEq)]
@@ -40,7 +40,7 @@ pub struct QmpRuntime {
 impl QmpRuntime {
     /// The monitor socket of a VM, from the pattern.
     pub fn socket_for(&self, domain: &str, id: &crate::vm::VmId) -> Option<std::path::PathBuf> {
-        self.socket_pattern.as_ref().map(|p| crate::config::expand_socket_pattern(p, domain, id))
+        self.socket_pattern.as_ref().map(|p| crate::config::validate::expand_socket_pattern(p, domain, id))
     }
 }
 

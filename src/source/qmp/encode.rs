@@ -2,9 +2,11 @@
 //! (Its event counters and migration data are written by `collector::events`, which picks one
 //! source per VM for them.)
 
+use super::families as c;
 use super::{BlockExt, Qmp};
-use crate::catalogue::{self as c, MetricDef};
-use crate::collector::{VmView, family, num};
+use crate::model::exposition::{family, num};
+use crate::model::metric::MetricDef;
+use crate::source::api::VmView;
 
 type BlockField = fn(&BlockExt) -> Option<f64>;
 const BLOCK: [(&MetricDef, BlockField); 11] = [
@@ -30,7 +32,7 @@ pub(super) fn families() -> Vec<&'static MetricDef> {
 }
 
 /// Writes the QMP families.
-pub(super) fn encode(enc: &mut crate::collector::Out<'_>, vms: &[VmView<'_>]) -> std::fmt::Result {
+pub(super) fn encode(enc: &mut crate::model::exposition::Out<'_>, vms: &[VmView<'_>]) -> std::fmt::Result {
     let mut f = family(enc, &c::QEMU_STATUS)?;
     for vm in vms {
         if let Some(st) = vm.sample::<Qmp>().and_then(|q| q.status.as_deref()) {
@@ -44,7 +46,7 @@ pub(super) fn encode(enc: &mut crate::collector::Out<'_>, vms: &[VmView<'_>]) ->
             // reject the scrape's second sample: keep the first.
             let mut seen = std::collections::BTreeSet::new();
             for b in vm.sample::<Qmp>().map(|q| q.blocks.as_slice()).unwrap_or_default() {
-                let drive = vm.drive_label(&b.drive);
+                let drive = crate::source::libvirt::drive_label(vm, &b.drive);
                 if seen.insert(drive) {
                     f.vm_sample(vm, &[("drive", drive)], get(b))?;
                 }

@@ -13,11 +13,13 @@ use serde_json::Value;
 
 use super::allow::{QueryStats, ReadOnlyQmpCommand};
 use super::conn::{QmpConn, QmpError};
-use super::{BlockExt, Migration, QmpSample};
+use super::{BlockExt, QmpSample};
 use crate::clock::now_unix;
-use crate::source::label;
+use crate::model::label;
+use crate::model::{ErrorKind, PollError, SourceKind};
+use crate::source::events::Migration;
 use crate::source::wire::{WireError, preview, truncate};
-use crate::source::{ErrorKind, PollError, Poller, SourceKind, SourceSample};
+use crate::source::{Poller, SourceSample};
 
 /// Events kept for `/debug`.
 const RECENT_EVENTS: usize = 32;
@@ -193,7 +195,7 @@ impl Poller for QmpPoller {
             c.budget_reads(self.max_poll_bytes);
         }
         if let Some(st) = self.run(qmp::query_status {}).await? {
-            self.sample.status = st.get("status").and_then(Value::as_str).map(|s| crate::source::label(s, 64));
+            self.sample.status = st.get("status").and_then(Value::as_str).map(|s| crate::model::label(s, 64));
         }
         if let Some(Value::Array(list)) = self.run(qmp::query_blockstats { query_nodes: None }).await? {
             self.sample.blocks = list.iter().take(64).filter_map(BlockExt::from_blockstats).collect();
@@ -229,7 +231,7 @@ impl Poller for QmpPoller {
                 // Label values from the monitor are capped like the guest's (128 bytes).
                 for s in r["stats"].as_array().into_iter().flatten().take(128) {
                     if let (Some(name), Some(v)) = (s["name"].as_str(), s["value"].as_f64()) {
-                        let stat = format!("{}/{}", crate::source::label(provider, 32), crate::source::label(name, 95));
+                        let stat = format!("{}/{}", crate::model::label(provider, 32), crate::model::label(name, 95));
                         self.sample.stats.insert(stat, v);
                     }
                 }

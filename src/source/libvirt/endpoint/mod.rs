@@ -23,13 +23,19 @@
 //!   5.0 s or 10.0 s in about one case of four (p99 7.2 s), against a p99 of 14 ms on a second
 //!   connection at the same time.
 
+pub mod batch;
+mod lanes;
+
+use lanes::Lanes;
+pub use lanes::{LaneError, LaneView, Lease};
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use virt::connect::Connect;
 
-use crate::source::qmp::EventCounts;
+use crate::source::events::EventCounts;
 
 /// A connection and its generation.
 #[derive(Clone)]
@@ -66,8 +72,8 @@ pub struct Endpoint {
     saturation: Mutex<Saturation>,
     /// One saturation probe at a time.
     probing: tokio::sync::Mutex<()>,
-    /// Bulk-stats calls for many domains (see [`super::batch`]).
-    pub(super) batches: super::batch::Batches,
+    /// Bulk-stats calls for many domains (see [`batch`]).
+    pub(super) batches: batch::Batches,
     /// Calls the pollers made on the lanes (libvirt round trips).
     calls: AtomicU64,
     /// Domains' statistics answered by a batch.
@@ -115,7 +121,7 @@ impl Default for LaneLimits {
             calls_per_connection: DEFAULT_CALLS_PER_CONNECTION,
             slow_after: Duration::from_millis(500),
             idle_close: Duration::from_secs(60),
-            batch_window: super::batch::DEFAULT_WINDOW,
+            batch_window: batch::DEFAULT_WINDOW,
         }
     }
 }
@@ -125,94 +131,6 @@ impl Default for LaneLimits {
 pub const DEFAULT_MAX_CONNECTIONS: usize = 24;
 /// Default of `libvirt.calls_per_connection`: libvirtd's default `max_client_requests`.
 pub const DEFAULT_CALLS_PER_CONNECTION: usize = 5;
-
-/// One lane: a connection and the calls running on it, by id and start.
-struct Lane {
-    conn: Conn,
-    running: Vec<(u64, Instant)>,
-    last_used: Instant,
-}
-
-impl Lane {
-    /// How long its oldest running call has run.
-    fn oldest(&self, now: Instant) -> Duration {
-        self.running.iter().map(|(_, t)| now.saturating_duration_since(*t)).max().unwrap_or_default()
-    }
-}
-
-#[derive(Default)]
-struct Lanes {
-    lanes: Vec<Lane>,
-    /// Connections being opened (counted against the bound).
-    opening: usize,
-    next_call: u64,
-}
-
-/// Why no lane could be had.
-#[derive(Debug)]
-pub enum LaneError {
-    /// Every lane has calls running past [`LaneLimits::slow_after`] or is full, and no more may
-    /// be opened: the daemon is saturated by calls that do not return (hung VMs).
-    Busy {
-        /// Lanes open.
-        lanes: usize,
-        /// Lanes with a call running past `slow_after`.
-        slow: usize,
-    },
-    /// A new lane could not be opened.
-    Connect(virt::error::Error),
-}
-
-/// A call's place on a lane, held by the blocking call while it runs; dropping it ends the
-/// call's time on the lane.
-pub struct Lease {
-    endpoint: Arc<Endpoint>,
-    id: u64,
-    /// The lane's connection.
-    pub conn: Conn,
-    /// The daemon answered the call (see [`Lease::answered`]).
-    answered: bool,
-}
-
-impl Lease {
-    /// Notes that a call on the daemon's normal workers got an answer (a value, or an error of
-    /// the daemon's own; not a connection that broke), so the daemon is not saturated.
-    pub fn answered(&mut self) {
-        self.answered = true;
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        let now = Instant::now();
-        let mut pool = self.endpoint.lanes.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(lane) = pool.lanes.iter_mut().find(|l| l.conn.generation == self.conn.generation) {
-            lane.running.retain(|(id, _)| *id != self.id);
-            lane.last_used = now;
-        }
-        drop(pool);
-        if self.answered {
-            self.endpoint.answered(now);
-        }
-    }
-}
-
-/// What the debug endpoint shows of an endpoint's lanes.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, schemars::JsonSchema)]
-pub struct LaneView {
-    /// Lanes open.
-    pub connections: usize,
-    /// Calls running on them.
-    pub calls: usize,
-    /// Calls running longer than the slow bound (stuck on hung VMs, or a daemon slow for all).
-    pub slow_calls: usize,
-    /// Lanes taking no new calls because of such a call.
-    pub avoided_connections: usize,
-    /// Calls the pollers made on them so far (libvirt round trips; a batch is one).
-    pub calls_total: u64,
-    /// Domains' statistics that a batch answered (polls that needed no call of their own).
-    pub batched_total: u64,
-}
 
 impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -242,7 +160,7 @@ impl Endpoint {
             limits: LaneLimits::default(),
             saturation: Mutex::new(Saturation::default()),
             probing: tokio::sync::Mutex::new(()),
-            batches: super::batch::Batches::default(),
+            batches: batch::Batches::default(),
             calls: AtomicU64::new(0),
             batched: AtomicU64::new(0),
             domains: std::sync::atomic::AtomicUsize::new(0),
@@ -347,78 +265,6 @@ impl Endpoint {
         ep
     }
 
-    /// A lane for one call (see [`choose`]). When every lane has a call running past
-    /// `slow_after` (or is full) and no more may be opened: [`LaneError::Busy`] if none has
-    /// room. Blocking (it may open a connection): call it on the blocking pool.
-    pub fn lease(self: &Arc<Self>) -> Result<Lease, LaneError> {
-        let lim = self.limits;
-        let mut closing = Vec::new();
-        let mut pool = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = Instant::now();
-        // Lanes whose connection the client found closed (libvirtd restarted: "client socket is
-        // closed", an error no call classifies as a broken connection) go at once; their calls,
-        // if any, end with an error by themselves. `virConnectIsAlive` asks the client, not the
-        // daemon.
-        let mut i = 0;
-        while i < pool.lanes.len() {
-            if pool.lanes[i].conn.connect.is_alive().unwrap_or(false) {
-                i += 1;
-            } else {
-                closing.push(pool.lanes.remove(i).conn);
-            }
-        }
-        // Idle lanes beyond the first are closed (hung VMs that resumed leave some behind).
-        while pool.lanes.len() > 1 {
-            let Some(i) = pool
-                .lanes
-                .iter()
-                .rposition(|l| l.running.is_empty() && now.saturating_duration_since(l.last_used) >= lim.idle_close)
-            else {
-                break;
-            };
-            // `remove`, not `swap_remove`: the order is the packing order (see `choose`).
-            closing.push(pool.lanes.remove(i).conn);
-        }
-        let states: Vec<(u64, usize, Duration)> =
-            pool.lanes.iter().map(|l| (l.conn.generation, l.running.len(), l.oldest(now))).collect();
-        let pick = match choose(&states, pool.opening, &lim) {
-            Choice::Lane(i) => Some(i),
-            Choice::Open => None,
-            Choice::Busy => {
-                let slow = states.iter().filter(|(_, n, oldest)| *n > 0 && *oldest >= lim.slow_after).count();
-                let lanes = pool.lanes.len();
-                drop(pool);
-                close_all(closing);
-                return Err(LaneError::Busy { lanes, slow });
-            }
-        };
-        if let Some(i) = pick {
-            let id = pool.next_call;
-            pool.next_call += 1;
-            let lane = &mut pool.lanes[i];
-            lane.running.push((id, now));
-            lane.last_used = now;
-            let conn = lane.conn.clone();
-            drop(pool);
-            close_all(closing);
-            return Ok(Lease { endpoint: self.clone(), id, conn, answered: false });
-        }
-        pool.opening += 1;
-        drop(pool);
-        close_all(closing);
-        let opened = open_lane(&self.uri);
-        let mut pool = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
-        pool.opening -= 1;
-        let connect = opened.map_err(LaneError::Connect)?;
-        let conn = Conn { generation: self.generations.fetch_add(1, Ordering::AcqRel) + 1, connect: Arc::new(connect) };
-        let id = pool.next_call;
-        pool.next_call += 1;
-        let now = Instant::now();
-        pool.lanes.push(Lane { conn: conn.clone(), running: vec![(id, now)], last_used: now });
-        tracing::debug!(uri = %self.uri, lanes = pool.lanes.len(), "opened a libvirt connection for the pollers");
-        Ok(Lease { endpoint: self.clone(), id, conn, answered: false })
-    }
-
     /// The bounds of the lanes and batches.
     pub fn limits(&self) -> &LaneLimits {
         &self.limits
@@ -432,28 +278,6 @@ impl Endpoint {
     /// Counts `n` calls made on the lanes.
     pub fn count_calls(&self, n: u64) {
         self.calls.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// The generations of the open lanes.
-    pub(super) fn lane_generations(&self) -> Vec<u64> {
-        self.lanes.lock().unwrap_or_else(PoisonError::into_inner).lanes.iter().map(|l| l.conn.generation).collect()
-    }
-
-    /// The lanes now, for the debug endpoint and the endpoint's series.
-    pub fn lane_view(&self) -> LaneView {
-        let pool = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = Instant::now();
-        let slow = |l: &Lane| {
-            l.running.iter().filter(|(_, t)| now.saturating_duration_since(*t) >= self.limits.slow_after).count()
-        };
-        LaneView {
-            connections: pool.lanes.len(),
-            calls: pool.lanes.iter().map(|l| l.running.len()).sum(),
-            slow_calls: pool.lanes.iter().map(slow).sum(),
-            avoided_connections: pool.lanes.iter().filter(|l| slow(l) > 0).count(),
-            calls_total: self.calls.load(Ordering::Relaxed),
-            batched_total: self.batched.load(Ordering::Relaxed),
-        }
     }
 
     /// The current read-only connection, if any.
@@ -525,14 +349,14 @@ impl Endpoint {
     }
 
     /// Counts one domain event (called on libvirt's event-loop thread).
-    pub fn record_event(&self, uuid: &str, ev: &super::ffi::DomainEvent) {
+    pub fn record_event(&self, uuid: &str, ev: &crate::source::libvirt::ffi::DomainEvent) {
         let mut book = self.events.lock().unwrap_or_else(PoisonError::into_inner);
         // Bounded: entries of domains discovery no longer lists are pruned every round.
         if book.len() < 100_000 || book.contains_key(uuid) {
             book.entry(uuid.to_owned()).or_default().count_libvirt(ev, crate::clock::now_unix());
         }
         drop(book);
-        if matches!(ev, super::ffi::DomainEvent::Agent { connected: true }) {
+        if matches!(ev, crate::source::libvirt::ffi::DomainEvent::Agent { connected: true }) {
             if let Some(w) = self.agent_wakers.lock().unwrap_or_else(PoisonError::into_inner).get(uuid) {
                 // Stores a permit when nobody waits: a poll in progress is followed by another.
                 w.notify_one();
@@ -556,10 +380,10 @@ impl Endpoint {
         self.agent_wakers.lock().unwrap_or_else(PoisonError::into_inner).retain(|k, _| keep(k));
     }
 
-    /// A sink for [`super::ffi::register_events`] that counts into this endpoint.
-    pub fn event_sink(self: &Arc<Self>) -> super::ffi::EventSink {
+    /// A sink for [`crate::source::libvirt::ffi::register_events`] that counts into this endpoint.
+    pub fn event_sink(self: &Arc<Self>) -> crate::source::libvirt::ffi::EventSink {
         let weak = Arc::downgrade(self);
-        Arc::new(move |uuid: &str, ev: super::ffi::DomainEvent| {
+        Arc::new(move |uuid: &str, ev: crate::source::libvirt::ffi::DomainEvent| {
             if let Some(ep) = weak.upgrade() {
                 ep.record_event(uuid, &ev);
             }
@@ -580,37 +404,6 @@ impl Endpoint {
         };
         close_off_thread(old, Vec::new());
     }
-}
-
-/// What [`choose`] decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Choice {
-    /// This lane.
-    Lane(usize),
-    /// Open a new lane.
-    Open,
-    /// None can be had.
-    Busy,
-}
-
-/// Lane selection, from each lane's (generation, running calls, age of its oldest call), in the
-/// order the lanes were opened: the first usable lane, else a new one within the bound, else
-/// the lane with room whose oldest call is youngest. Taking the first usable lane packs the
-/// calls on the oldest lanes, so a VM mostly finds the lane its domain handle belongs to (no
-/// lookup), and lanes opened for a burst or for hung VMs fall idle and are closed. A lane carries one
-/// call fewer than the daemon's `max_client_requests`: libvirtd stops reading a connection with
-/// that many calls running, which leaves its keep-alive unanswered, and the connection is then
-/// closed under every call on it.
-fn choose(lanes: &[(u64, usize, Duration)], opening: usize, lim: &LaneLimits) -> Choice {
-    let room = lim.calls_per_connection.saturating_sub(1).max(1);
-    let usable = |(_, n, oldest): &(u64, usize, Duration)| *n < room && *oldest < lim.slow_after;
-    if let Some(i) = lanes.iter().position(usable) {
-        return Choice::Lane(i);
-    }
-    if lanes.len() + opening < lim.max_connections {
-        return Choice::Open;
-    }
-    (0..lanes.len()).filter(|i| lanes[*i].1 < room).min_by_key(|i| lanes[*i].2).map_or(Choice::Busy, Choice::Lane)
 }
 
 impl Drop for Endpoint {
@@ -635,7 +428,7 @@ fn close_all(conns: Vec<Conn>) {
 fn close_off_thread(conn: Option<Conn>, event_ids: Vec<i32>) {
     if let (Some(conn), Ok(rt)) = (conn, tokio::runtime::Handle::try_current()) {
         rt.spawn_blocking(move || {
-            super::ffi::deregister_events(&conn.connect, &event_ids);
+            crate::source::libvirt::ffi::deregister_events(&conn.connect, &event_ids);
             drop(conn)
         });
     }
@@ -673,6 +466,7 @@ pub fn open_for_agent(uri: &str) -> Result<Connect, virt::error::Error> {
 
 #[cfg(test)]
 mod tests {
+    use super::lanes::{Choice, choose};
     use super::*;
 
     fn lim() -> LaneLimits {

@@ -23,10 +23,10 @@ use std::time::Duration;
 
 use tokio::sync::{Semaphore, oneshot};
 use virt::domain::Domain;
+use virt::sys;
 
-use super::endpoint::Endpoint;
-use super::ffi;
-use super::poller::{STATS_FLAGS, STATS_GROUPS};
+use super::Endpoint;
+use crate::source::libvirt::ffi;
 
 /// Most domains in one call: a daemon reads a domain's statistics one domain after another,
 /// so a larger call answers later, and one hung domain holds up that many others.
@@ -35,7 +35,19 @@ pub const MAX_DOMAINS: usize = 32;
 /// Default of `libvirt.batch_window`.
 pub const DEFAULT_WINDOW: Duration = Duration::from_millis(250);
 
-pub use super::ffi::Params;
+pub use crate::source::libvirt::ffi::Params;
+
+/// The bulk-stats groups vmbridge asks for.
+pub const STATS_GROUPS: u32 = sys::VIR_DOMAIN_STATS_STATE
+    | sys::VIR_DOMAIN_STATS_CPU_TOTAL
+    | sys::VIR_DOMAIN_STATS_BALLOON
+    | sys::VIR_DOMAIN_STATS_VCPU
+    | sys::VIR_DOMAIN_STATS_INTERFACE
+    | sys::VIR_DOMAIN_STATS_BLOCK
+    | sys::VIR_DOMAIN_STATS_DIRTYRATE;
+
+/// `NOWAIT`: skip the stats that need a domain job another caller holds, instead of queueing.
+pub const STATS_FLAGS: u32 = sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT;
 
 struct Member {
     uuid: String,
@@ -44,7 +56,7 @@ struct Member {
 
 /// The requests waiting for the next call, and the domain handles per lane.
 #[derive(Default)]
-pub(super) struct Batches {
+pub(in crate::source::libvirt) struct Batches {
     pending: Mutex<Vec<Member>>,
     /// Per lane (its connection's generation), the handles of its domains by UUID.
     handles: Mutex<HashMap<u64, HashMap<String, Domain>>>,

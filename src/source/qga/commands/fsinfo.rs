@@ -1,0 +1,94 @@
+//! `guest-get-fsinfo`: filesystem capacity and use per mount point.
+
+#[allow(clippy::wildcard_imports)]
+use super::*;
+
+// ---------------------------------------------------------------------------------------------
+// guest-get-fsinfo: filesystem capacity and use per mount point.
+
+allow_list!(qga::guest_get_fsinfo);
+
+family!(
+    FS_CAPACITY,
+    "kubevirt_vmi_filesystem_capacity",
+    Gauge,
+    B,
+    ["disk_name", "mount_point", "file_system_type"],
+    Guest,
+    "qga guest-get-fsinfo total-bytes",
+    Vm,
+    "Total disk capacity of the file system."
+);
+family!(
+    FS_USED,
+    "kubevirt_vmi_filesystem_used",
+    Gauge,
+    B,
+    ["disk_name", "mount_point", "file_system_type"],
+    Guest,
+    "qga guest-get-fsinfo used-bytes",
+    Vm,
+    "Used disk space of the file system."
+);
+
+type FsField = fn(&Filesystem) -> Option<u64>;
+pub(super) const FS: [(&MetricDef, FsField); 2] = [(&FS_CAPACITY, |f| f.total_bytes), (&FS_USED, |f| f.used_bytes)];
+
+pub(super) const FSINFO: Command = Command {
+    key: "fsinfo",
+    about: "filesystems",
+    request: || AgentRequest::new(qga::guest_get_fsinfo {}),
+    period: secs(30),
+    // Read leniently: a newer agent may extend the disk-address enums.
+    parse: |g, reply, lim, dropped| {
+        let Value::Array(items) = reply else { return Err("fsinfo reply is not a list".into()) };
+        let max = lim.label_bytes;
+        let mut out: Vec<Filesystem> = Vec::new();
+        let mut left_out = 0;
+        for item in items {
+            if out.len() == lim.filesystems {
+                left_out += 1;
+                continue;
+            }
+            let s = |k: &str| item.get(k).and_then(Value::as_str).map(|v| label(v, max));
+            let (Some(name), Some(mountpoint), Some(fstype)) = (s("name"), s("mountpoint"), s("type")) else {
+                return Err("fsinfo entry lacks name, mountpoint or type".into());
+            };
+            // The same filesystem twice (or two that clean to the same labels) would be two
+            // series with identical labels: the first is kept.
+            if out.iter().any(|f| f.name == name && f.mountpoint == mountpoint && f.fstype == fstype) {
+                left_out += 1;
+                continue;
+            }
+            let n = |k: &str| item.get(k).and_then(Value::as_u64);
+            out.push(Filesystem {
+                name,
+                mountpoint,
+                fstype,
+                total_bytes: n("total-bytes"),
+                used_bytes: n("used-bytes"),
+            });
+        }
+        count_drop(dropped, "filesystem", left_out);
+        g.filesystems = Some(out);
+        Ok(())
+    },
+    families: &[&FS_CAPACITY, &FS_USED],
+    encode: |enc, vms| {
+        for (def, get) in FS {
+            let mut f = start(enc, def)?;
+            for vm in vms {
+                for fs in data(vm).and_then(|g| g.filesystems.as_deref()).unwrap_or_default() {
+                    let labels = [
+                        ("disk_name", fs.name.as_str()),
+                        ("mount_point", &fs.mountpoint),
+                        ("file_system_type", &fs.fstype),
+                    ];
+                    f.vm_sample(vm, &labels, num(get(fs)))?;
+                }
+            }
+        }
+        Ok(())
+    },
+    private: &[],
+};
