@@ -146,7 +146,12 @@ fn drop_test_modules(code: &mut String) -> (Vec<String>, usize) {
         let rest = &code[at + "#[cfg(test)]".len()..];
         let item = rest.trim_start();
         let item_at = code.len() - item.len();
-        let Some(after_mod) = item.strip_prefix("mod ").or_else(|| item.strip_prefix("pub mod ")) else {
+        // `mod x`, `pub mod x`, `pub(crate) mod x`, `pub(in a::b) mod x`.
+        let unscoped = match item.strip_prefix("pub(") {
+            Some(rest) => rest.find(')').map_or(item, |close| rest[close + 1..].trim_start()),
+            None => item.strip_prefix("pub ").unwrap_or(item),
+        };
+        let Some(after_mod) = unscoped.strip_prefix("mod ") else {
             from = at + 1;
             continue;
         };
@@ -325,13 +330,27 @@ fn paths_from(code: &str, heads: &BTreeSet<String>) -> Vec<Vec<String>> {
 type Graph = BTreeMap<String, BTreeMap<String, String>>;
 
 fn graph(files: &[File]) -> Graph {
+    // `pub(in crate::a::b)` names where an item is visible, not what the module uses.
+    let scoped = |code: &str| {
+        let mut out = String::with_capacity(code.len());
+        let mut rest = code;
+        while let Some(at) = rest.find("pub(in ") {
+            out.push_str(&rest[..at]);
+            let close = rest[at..].find(')').map_or(rest.len(), |c| at + c + 1);
+            out.push_str("pub(crate)");
+            rest = &rest[close..];
+        }
+        out.push_str(rest);
+        out
+    };
     let modules: BTreeSet<String> = files.iter().map(|f| f.module.clone()).collect();
     let mut g: Graph = modules.iter().map(|m| (m.clone(), BTreeMap::new())).collect();
     for f in files {
         let mut found: Vec<Vec<String>> = Vec::new();
         let mut aliases: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut code_wo_use = String::with_capacity(f.code.len());
-        let mut rest = f.code.as_str();
+        let code = scoped(&f.code);
+        let mut rest = code.as_str();
         // `use` items (also `pub use`, `pub(crate) use`): flattened; the rest scanned for paths.
         while let Some(at) = find_use(rest) {
             code_wo_use.push_str(&rest[..at]);
@@ -473,6 +492,13 @@ fn src_has_no_module_cycle() {
             }
         }
     }
+    if std::env::var_os("VMB_STRUCTURE_EDGES").is_some() {
+        for (m, deps) in &g {
+            for (to, via) in deps {
+                eprintln!("edge {m} -> {to}   (via {via})");
+            }
+        }
+    }
     if found.is_empty() {
         eprintln!("module order, leaf first ({} modules, 0 cycles):", g.len());
         for (i, layer) in order(&g).iter().enumerate() {
@@ -506,7 +532,10 @@ fn the_reader_sees_what_it_should() {
         file("a", "use crate::{b::{self, X}, c};\nfn f() { let s = \"crate::d::Y\"; self::inner::T; }"),
         file("a::inner", "fn g() { super::super::d::Z; }"),
         file("b", "use crate::a; // crate::d\nfn h() { a::inner::W; }"),
-        file("c", "#[cfg(test)]\nmod tests { use crate::a::X; }\nfn k() { crate::a::inner::V; }"),
+        file(
+            "c",
+            "#[cfg(test)]\npub(crate) mod tests { use crate::a::X; }\nfn k() { crate::a::inner::V; }\npub(in crate::b) struct P;",
+        ),
         file("d", "use crate::a::inner; fn m<'a>(x: &'a str) -> char { 'b' }"),
     ];
     let g = graph(&files);

@@ -9,7 +9,7 @@
 //! discovery ──VmEvent(Added/Removed, endpoint + UUID)──▶ supervisor
 //!   (source::libvirt::discovery;                           one task per (VM, source), each
 //!    KubeVirt: one per launcher)                           behind its own breaker and deadline
-//!        │ endpoint status                                        │ polls (Source::poller)
+//!        │ endpoint status                                        │ polls (Poller)
 //!        ▼                                                        ▼
 //!    store: VMs keyed by endpoint + domain UUID (namespace/name are labels), each with the
 //!           last good snapshot per source; endpoint status for readiness
@@ -18,30 +18,35 @@
 //!  collector (pure, sync; Source::encode) → /metrics   debug → /debug/vms/…   status → /
 //! ```
 //!
-//! - [`source`]: every source (libvirt, qga, qmp, process) is one module implementing
-//!   [`source::Source`]: its validated settings, its sample, whether it applies to a VM (and
-//!   its poller), its metric families and their encoder. [`source::SourceKind::visit`] is the
-//!   one exhaustive `match` over the sources; the supervisor, the collector and the catalogue
-//!   go through it.
-//! - [`source::libvirt`]: one read-only connection per daemon; per-domain bulk stats with
-//!   `NOWAIT` and job stats in one blocking call, at most one in flight per VM
-//!   (`blocking::BlockingSlot`); parts libvirt skipped are carried (`merge`).
-//! - [`source::qga`], [`source::qmp`]: guest agent and QEMU monitor, over sealed allow-lists;
-//!   each guest-agent command is declared once in `source::qga::commands` (allow-list entry,
-//!   period, parser, families, encoder). [`source::process`]: QEMU and launcher processes
-//!   from `/proc`.
-//! - [`supervisor`]: starts and stops per-VM tasks; owns time (each poll's deadline, one poll
-//!   in flight, stuck calls); its tasks are the only writers of VM entries in [`store`]
-//!   (discovery writes only endpoint status).
-//! - [`breaker`]: Closed / Open / HalfOpen with `backon` back-off.
-//! - [`collector`]: runs each source's encoder over the store, then the event and migration
-//!   families (from one source per VM for its life: QMP when configured, else libvirt) and
-//!   vmbridge's own; [`catalogue`] lists every family. [`stall`] and [`heartbeat`] judge a VM
-//!   from what several sources already know (why it is stuck; whether its guest is alive).
-//! - [`check`]: `vmbridge check`, every endpoint, VM and source probed once through the same
-//!   pollers, with a diagnosis and a fix for each failure.
-//! - [`http`]: the endpoints, with a bounded drain at shutdown; [`config`] and [`cli`]: typed,
-//!   validated settings (each source's section is validated by its module).
+//! The modules form layers, leaf first; every `use` points down (or from a child to its
+//! parent), never up or sideways into another source. `cargo test --test structure` fails on
+//! a cycle among `src/`'s modules or a hand-written file over 600 lines, and prints the order.
+//!
+//! 1. [`model`]: the words every module speaks: metric definitions, selection and profiles,
+//!    the exposition writer ([`model::exposition`]), formats, error kinds, source kinds,
+//!    labels. Imports nothing of the crate.
+//! 2. [`clock`], [`vm`], [`breaker`], [`log_summary`], [`tls`], [`source::wire`],
+//!    `http::budget`: utilities. Import `model` at most.
+//! 3. The shared libvirt connection: `source::libvirt::{ffi, blocking, errors, endpoint}`
+//!    (lanes and batches are children of `endpoint`). Knows no source; may import
+//!    [`source::events`], the vocabulary libvirt's and QMP's event counts share.
+//! 4. [`source`] (as data: [`source::SourceSample`], [`source::Poller`], every source's
+//!    settings) and [`store`]: import the layers above.
+//! 5. [`source::api`]: the [`source::api::Source`] trait and [`source::api::VmView`], what an
+//!    encoder sees. Imports `store` and the layers above.
+//! 6. The sources, one folder (or file) each: [`source::libvirt`], [`source::qga`] (each
+//!    guest-agent command in its family's file under `qga::commands`), [`source::qmp`],
+//!    [`source::process`]. Each declares its settings, families, poller and encoder, and
+//!    imports only the layers above and the libvirt connection; the one sideways import is
+//!    QMP naming disks by libvirt's labels (`source::libvirt::drive_label`).
+//! 7. Judges over several sources' samples: [`stall`] (why a VM is stuck) and [`heartbeat`]
+//!    (whether its guest is alive). Import the sources' samples, never their internals.
+//! 8. [`collector`]: `events` and `bridge` (the event, migration and vmbridge families), then
+//!    [`catalogue`], the registry: `catalogue::visit` is the one place naming every source,
+//!    and the catalogue is derived from what each declares; then `collector::expo`, which
+//!    encodes. [`supervisor`] starts each source's poller through the registry.
+//! 9. [`config`] composes every source's section (shared validation in `config::validate`);
+//!    [`cli`], [`http`], [`debug`], [`status`], [`check`], [`schema`] and this file come last.
 //!
 //! vmbridge is read-only: it opens libvirt read-only (the guest-agent transport through
 //! libvirt needs a read-write connection and sends only allow-listed queries), never execs,

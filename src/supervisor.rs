@@ -286,7 +286,7 @@ impl Visit for Start<'_> {
 }
 
 impl Ctx {
-    /// Starts `vm`'s sources (the one `match` over the sources is [`SourceKind::visit`]).
+    /// Starts `vm`'s sources (the one `match` over the sources is `catalogue::visit`).
     fn start(&self, vm: VmStart<'_>, key: &VmKey, token: &CancellationToken) {
         let mut start = Start { vm, key, ctx: self, token };
         for kind in SourceKind::ALL {

@@ -461,7 +461,7 @@ family!(
     "vmbridge build information; the value is always 1."
 );
 
-/// vmbridge's own families, in the order [`encode`] writes them.
+/// vmbridge's own families, in the order `encode` writes them.
 pub const BRIDGE: [&MetricDef; 25] = [
     &SOURCE_UP,
     &BREAKER_STATE,

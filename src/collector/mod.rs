@@ -1,4 +1,4 @@
-//! The scrape path: a `prometheus-client` [`Collector`] that encodes the snapshot store and
+//! The scrape path: a `prometheus-client` `Collector` that encodes the snapshot store and
 //! nothing else. `encode` is synchronous and pure: no I/O, no locks held while encoding, no
 //! waiting on any VM. Each source encodes its own families ([`crate::source::api::Source::encode`]);
 //! here are the helpers they share, the event and migration families (which come from one of

@@ -1,5 +1,5 @@
 //! What a metric family is: its type, unit, group, scope and labels ([`MetricDef`], declared
-//! with [`family!`]), and which families an exporter selects (profile and groups). Each
+//! with `family!`), and which families an exporter selects (profile and groups). Each
 //! source declares its own families; `catalogue` lists them all.
 
 /// The base name of `vmbridge_build_info`, exported whatever the selection.

@@ -4,7 +4,7 @@
 //! - [`metric`]: metric families ([`metric::MetricDef`]), groups, profiles, the selection;
 //! - [`exposition`]: the sample-line writer the encoders share and the slot layout;
 //! - [`text`]: the two exposition formats;
-//! - [`error`], [`kind`], [`label`]: poll errors, source kinds, safe label values.
+//! - [`error`], [`kind`], [`label()`]: poll errors, source kinds, safe label values.
 
 pub mod error;
 pub mod exposition;

@@ -23,7 +23,7 @@ pub struct ExportOptions {
     pub health_detail: bool,
 }
 
-/// Something done once per source type (see [`SourceKind::visit`]).
+/// Something done once per source type (see `catalogue::visit`).
 pub trait Visit {
     /// Called with the source's type.
     fn visit<S: Source>(&mut self);

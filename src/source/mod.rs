@@ -1,13 +1,16 @@
 //! Sources: where a VM's facts come from. Each (VM, source) pair is polled by its own task
 //! behind its own breaker (see `supervisor`), so one slow source never delays another.
 //!
-//! Every source is one module implementing [`Source`]: its validated settings, its sample,
-//! when it applies to a VM (and the poller then), its metric families and their encoder.
-//! [`SourceKind::visit`] is the one exhaustive `match` over the sources; the supervisor
-//! (starting pollers), the collector (encoding) and the catalogue (listing families) all go
-//! through it. Adding a source is its module, a [`SourceKind`] variant and a [`SourceSample`]
-//! variant, the settings field in [`Sources`], and its section in `config`: the compiler
-//! points at each `match` arm still missing.
+//! Each source is one folder (or file) implementing [`api::Source`]: its validated settings,
+//! its sample, when it applies to a VM (and the poller then), its metric families and their
+//! encoder. This module holds what the store and the supervisor need of them as data: the
+//! sample of any source ([`SourceSample`]), the [`Poller`] trait, every source's settings
+//! ([`Sources`]) and what a VM's sources start from ([`VmStart`]). `catalogue::visit` is the
+//! one exhaustive `match` over the sources (the registry). Adding a source is its folder, a
+//! `SourceKind` variant (in `model`), a [`SourceSample`] variant, its settings field in
+//! [`Sources`] and its config section, and its line in `catalogue::visit`: the compiler points
+//! at each `match` arm still missing. [`events`] is shared vocabulary: what the event and
+//! migration families count, which libvirt and QMP both can tell.
 
 pub mod api;
 pub mod events;
@@ -58,7 +61,7 @@ pub trait Poller: Send + 'static {
     fn poll(&mut self) -> impl std::future::Future<Output = Result<SourceSample, PollError>> + Send;
     /// Calls abandoned at their deadline and still running, for `vmbridge_stuck_calls`.
     fn stuck_calls(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64>;
-    /// How long to wait before polling again after an [`ErrorKind::AgentUnavailable`]
+    /// How long to wait before polling again after an [`crate::model::ErrorKind::AgentUnavailable`]
     /// answer; `None`: the poll interval.
     fn recheck_period(&self) -> Option<std::time::Duration> {
         None

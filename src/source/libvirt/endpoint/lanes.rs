@@ -97,7 +97,7 @@ pub struct LaneView {
 }
 
 impl Endpoint {
-    /// A lane for one call (see [`choose`]). When every lane has a call running past
+    /// A lane for one call (see `choose`). When every lane has a call running past
     /// `slow_after` (or is full) and no more may be opened: [`LaneError::Busy`] if none has
     /// room. Blocking (it may open a connection): call it on the blocking pool.
     pub fn lease(self: &Arc<Self>) -> Result<Lease, LaneError> {

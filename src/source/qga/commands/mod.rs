@@ -9,7 +9,7 @@
 //! left out of `allow_list!` does not compile.
 //!
 //! Everything in a reply is the tenant's: counts are capped (extra items are counted as
-//! dropped, not exported), label values are cleaned and shortened ([`label`]), users are
+//! dropped, not exported), label values are cleaned and shortened ([`label()`]), users are
 //! counted but not named.
 
 use std::time::Duration;
