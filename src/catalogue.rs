@@ -1,7 +1,6 @@
-//! The registry: the one place that lists the sources ([`visit`]), and the catalogue of every
-//! metric family vmbridge exports, derived from what each source declares
-//! (`Source::families`), then the event and migration families and vmbridge's own. It drives
-//! the collector,
+//! The catalogue of every metric family vmbridge exports, derived from what each registered
+//! source declares (`Source::families`, through `source::visit`), then the event and
+//! migration families and vmbridge's own. It drives the collector,
 //! `--list-metrics` and the generated `docs/METRICS.md` (a test fails when they drift, and
 //! another when a declared family is never emitted).
 //!
@@ -12,21 +11,9 @@
 use std::fmt::Write as _;
 
 use crate::collector::{bridge, events};
-use crate::model::SourceKind;
 use crate::model::metric::{Group, Kind, MetricDef, Selection};
+use crate::source::SourceKind;
 use crate::source::api::{Source, Visit};
-use crate::source::{libvirt, process, qga, qmp};
-
-/// Calls `visitor` with `kind`'s [`Source`] type: the one exhaustive `match` over the
-/// sources, and the one place that names them all (the registry).
-pub fn visit<V: Visit>(kind: SourceKind, visitor: &mut V) {
-    match kind {
-        SourceKind::Libvirt => visitor.visit::<libvirt::Libvirt>(),
-        SourceKind::Qga => visitor.visit::<qga::Qga>(),
-        SourceKind::Qmp => visitor.visit::<qmp::Qmp>(),
-        SourceKind::Process => visitor.visit::<process::Process>(),
-    }
-}
 
 /// Every family, in exposition order: each source's (in [`SourceKind::ALL`] order), the
 /// event and migration families, then vmbridge's own.
@@ -40,7 +27,7 @@ pub fn all() -> &'static [&'static MetricDef] {
         }
         let mut c = Collect(Vec::new());
         for kind in SourceKind::ALL {
-            visit(kind, &mut c);
+            crate::source::visit(kind, &mut c);
         }
         c.0.extend(events::FAMILIES);
         c.0.extend(bridge::BRIDGE);
@@ -48,6 +35,25 @@ pub fn all() -> &'static [&'static MetricDef] {
         c.0
     });
     &ALL
+}
+
+/// Every family a real source exports: [`all`] without the families of sources registered
+/// only under a condition (a test source). `docs/METRICS.md` and `--list-metrics` list these.
+pub fn documented() -> &'static [&'static MetricDef] {
+    static DOCUMENTED: std::sync::LazyLock<Vec<&'static MetricDef>> = std::sync::LazyLock::new(|| {
+        struct Collect(Vec<&'static MetricDef>);
+        impl Visit for Collect {
+            fn visit<S: Source>(&mut self) {
+                self.0.extend(S::families());
+            }
+        }
+        let mut conditional = Collect(Vec::new());
+        for kind in SourceKind::ALL.into_iter().filter(|k| k.conditional()) {
+            crate::source::visit(kind, &mut conditional);
+        }
+        all().iter().copied().filter(|d| !conditional.0.iter().any(|c| c.name == d.name)).collect()
+    });
+    &DOCUMENTED
 }
 
 fn kind_str(k: Kind) -> &'static str {
@@ -70,7 +76,7 @@ fn profiles(d: &MetricDef) -> &'static str {
 /// The families `selection` exports as plain text, one per line (`--list-metrics`).
 pub fn list_text(selection: &Selection) -> String {
     let mut out = String::new();
-    for d in all().iter().filter(|d| selection.includes(d)) {
+    for d in documented().iter().filter(|d| selection.includes(d)) {
         let _ = writeln!(
             out,
             "{:<58} {:<8} {:<10} {:<19} {{{}}}  {}",
@@ -115,7 +121,7 @@ pub fn markdown() -> String {
             "\n## {title} (`{}`)\n\n| name | type | labels | profiles | source | help |\n|---|---|---|---|---|---|\n",
             group.as_str()
         );
-        for d in all().iter().filter(|d| d.group == group) {
+        for d in documented().iter().filter(|d| d.group == group) {
             let _ = writeln!(
                 out,
                 "| `{}` | {} | {} | {} | {} | {} |",

@@ -17,7 +17,8 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use crate::config::{QgaTransportKind, Settings};
-use crate::model::{ErrorKind, PollError, SourceKind};
+use crate::model::{ErrorKind, PollError};
+use crate::source::SourceKind;
 use crate::source::api::{Source, Visit};
 use crate::source::libvirt::{discovery, endpoint, endpoint::Endpoint};
 use crate::source::{Poller, VmStart};
@@ -267,7 +268,7 @@ fn start_probes(vm: &VmStart<'_>, settings: &Settings) -> Vec<Probe> {
     }
     let mut start = Start { vm, settings, out: Vec::new() };
     for kind in SourceKind::ALL {
-        crate::catalogue::visit(kind, &mut start);
+        crate::source::visit(kind, &mut start);
     }
     start.out
 }

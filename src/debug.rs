@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::breaker::BreakerState;
 use crate::clock::now_unix;
-use crate::model::SourceKind;
+use crate::source::SourceKind;
 use crate::store::{EndpointStatus, Store, VmSnapshot};
 use crate::vm::VmId;
 

@@ -9,7 +9,8 @@
 
 use serde::Serialize;
 
-use crate::model::{ErrorKind, SourceKind};
+use crate::model::ErrorKind;
+use crate::source::SourceKind;
 use crate::source::SourceSample;
 use crate::source::libvirt::LibvirtSample;
 use crate::source::qga::QgaSample;

@@ -30,8 +30,10 @@
 //! 3. The shared libvirt connection: `source::libvirt::{ffi, blocking, errors, endpoint}`
 //!    (lanes and batches are children of `endpoint`). Knows no source; may import
 //!    [`source::events`], the vocabulary libvirt's and QMP's event counts share.
-//! 4. [`source`] (as data: [`source::SourceSample`], [`source::Poller`], every source's
-//!    settings) and [`store`]: import the layers above.
+//! 4. [`source`], the registry (one line per source makes [`source::SourceKind`],
+//!    [`source::SourceSample`] and [`source::visit`]), with what the store and supervisor need
+//!    of the sources as data ([`source::Poller`], every source's settings), and [`store`]:
+//!    import the layers above (a parent may name its children).
 //! 5. [`source::api`]: the [`source::api::Source`] trait and [`source::api::VmView`], what an
 //!    encoder sees. Imports `store` and the layers above.
 //! 6. The sources, one folder (or file) each: [`source::libvirt`], [`source::qga`] (each
@@ -42,9 +44,9 @@
 //! 7. Judges over several sources' samples: [`stall`] (why a VM is stuck) and [`heartbeat`]
 //!    (whether its guest is alive). Import the sources' samples, never their internals.
 //! 8. [`collector`]: `events` and `bridge` (the event, migration and vmbridge families), then
-//!    [`catalogue`], the registry: `catalogue::visit` is the one place naming every source,
-//!    and the catalogue is derived from what each declares; then `collector::expo`, which
-//!    encodes. [`supervisor`] starts each source's poller through the registry.
+//!    [`catalogue`], derived from what each registered source declares (no hand-kept list);
+//!    then `collector::expo`, which encodes. [`supervisor`] starts each source's poller
+//!    through the registry.
 //! 9. [`config`] composes every source's section (shared validation in `config::validate`);
 //!    [`cli`], [`http`], [`debug`], [`status`], [`check`], [`schema`] and this file come last.
 //!

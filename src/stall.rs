@@ -7,7 +7,8 @@
 
 use serde::Serialize;
 
-use crate::model::{ErrorKind, SourceKind};
+use crate::model::ErrorKind;
+use crate::source::SourceKind;
 use crate::source::SourceSample;
 use crate::store::{SourceSnapshot, VmSnapshot};
 

@@ -10,7 +10,8 @@ use std::fmt::Write as _;
 
 use crate::breaker::BreakerState;
 use crate::debug::{DebugIndex, SourceSummary, VmSummary};
-use crate::model::{ErrorKind, SourceKind};
+use crate::model::ErrorKind;
+use crate::source::SourceKind;
 
 /// Escapes text for HTML element content and attribute values (`&`, `<`, `>`, `"`, `'`).
 pub fn escape(s: &str) -> String {

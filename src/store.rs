@@ -11,7 +11,8 @@ use serde::{Serialize, Serializer};
 
 use crate::breaker::BreakerView;
 use crate::clock::now_unix;
-use crate::model::{ErrorKind, SourceKind};
+use crate::model::ErrorKind;
+use crate::source::SourceKind;
 use crate::source::SourceSample;
 use crate::vm::VmId;
 

@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 use crate::breaker::{Admission, Breaker, BreakerState, Transition};
 use crate::clock::now_unix;
 use crate::log_summary::{LogSummary, Verdict};
-use crate::model::{ErrorKind, PollError, SourceKind};
+use crate::model::{ErrorKind, PollError};
+use crate::source::SourceKind;
 use crate::source::api::{Source, Visit};
 use crate::source::libvirt::discovery::VmEvent;
 use crate::source::{PollSettings, Poller, SourceSample, Sources, StaticVm, VmStart};
@@ -286,11 +287,11 @@ impl Visit for Start<'_> {
 }
 
 impl Ctx {
-    /// Starts `vm`'s sources (the one `match` over the sources is `catalogue::visit`).
+    /// Starts `vm`'s sources (the one `match` over the sources is `source::visit`).
     fn start(&self, vm: VmStart<'_>, key: &VmKey, token: &CancellationToken) {
         let mut start = Start { vm, key, ctx: self, token };
         for kind in SourceKind::ALL {
-            crate::catalogue::visit(kind, &mut start);
+            crate::source::visit(kind, &mut start);
         }
     }
 }

@@ -4,10 +4,10 @@
 //! backwards (two sources count from different starts); a stale QMP source's series are
 //! absent instead.
 
-use crate::model::SourceKind;
 use crate::model::exposition::{family, num};
 use crate::model::metric::MetricDef;
 use crate::model::metric::{B, N, S, family};
+use crate::source::SourceKind;
 use crate::source::api::VmView;
 use crate::source::events::{EventCounts, Migration};
 use crate::source::libvirt::Libvirt;

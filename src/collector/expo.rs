@@ -21,7 +21,7 @@ use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use crate::catalogue;
 use crate::clock::now_unix;
 use crate::http::budget::OverBudget;
-use crate::model::SourceKind;
+use crate::source::SourceKind;
 use crate::source::api::{Source, Visit};
 use crate::store::{Observer, SourceSnapshot, VmKey, VmSnapshot};
 
@@ -282,7 +282,7 @@ impl VmCollector {
             BRIDGE => {
                 let _ = bridge::encode_vm(&mut out, &views[0], self.options.health_detail);
             }
-            i => catalogue::visit(SourceKind::ALL[i], &mut Encode { out: &mut out, views: &views }),
+            i => crate::source::visit(SourceKind::ALL[i], &mut Encode { out: &mut out, views: &views }),
         }
         self.cache.encoded[part].fetch_add(1, Ordering::Relaxed);
         let runs = out.take_runs();

@@ -4,15 +4,13 @@
 //! - [`metric`]: metric families ([`metric::MetricDef`]), groups, profiles, the selection;
 //! - [`exposition`]: the sample-line writer the encoders share and the slot layout;
 //! - [`text`]: the two exposition formats;
-//! - [`error`], [`kind`], [`label()`]: poll errors, source kinds, safe label values.
+//! - [`error`], [`label()`]: poll errors, safe label values.
 
 pub mod error;
 pub mod exposition;
-pub mod kind;
 pub mod label;
 pub mod metric;
 pub mod text;
 
 pub use error::{ErrorKind, Monitor, PollError};
-pub use kind::SourceKind;
 pub use label::label;

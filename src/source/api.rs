@@ -1,13 +1,13 @@
 //! What a source implements and what its encoder sees: the [`Source`] trait, the [`Visit`]or
-//! the registry (`catalogue::visit`) calls once per source type, and [`VmView`], one VM as
+//! the registry ([`super::visit`]) calls once per source type, and [`VmView`], one VM as
 //! the encoders see it (labels and each source's fresh sample).
 
 use std::time::Duration;
 
 use super::{Poller, SourceSample, Sources, VmStart};
-use crate::model::SourceKind;
 use crate::model::exposition::{Out, VmLabels};
 use crate::model::metric::MetricDef;
+use crate::source::SourceKind;
 use crate::store::{SourceSnapshot, VmSnapshot};
 
 /// How absent and ended values are exported.
@@ -23,7 +23,7 @@ pub struct ExportOptions {
     pub health_detail: bool,
 }
 
-/// Something done once per source type (see `catalogue::visit`).
+/// Something done once per source type (see [`super::visit`]).
 pub trait Visit {
     /// Called with the source's type.
     fn visit<S: Source>(&mut self);

@@ -3,49 +3,52 @@
 //!
 //! Each source is one folder (or file) implementing [`api::Source`]: its validated settings,
 //! its sample, when it applies to a VM (and the poller then), its metric families and their
-//! encoder. This module holds what the store and the supervisor need of them as data: the
-//! sample of any source ([`SourceSample`]), the [`Poller`] trait, every source's settings
-//! ([`Sources`]) and what a VM's sources start from ([`VmStart`]). `catalogue::visit` is the
-//! one exhaustive `match` over the sources (the registry). Adding a source is its folder, a
-//! `SourceKind` variant (in `model`), a [`SourceSample`] variant, its settings field in
-//! [`Sources`] and its config section, and its line in `catalogue::visit`: the compiler points
-//! at each `match` arm still missing. [`events`] is shared vocabulary: what the event and
-//! migration families count, which libvirt and QMP both can tell.
+//! encoder. This module is the registry: its one `sources!` invocation lists every source, one
+//! line each, and makes [`SourceKind`], [`SourceSample`] and [`visit`] (the one exhaustive
+//! `match` over the sources) from it. Adding a source is its folder plus its line there (and,
+//! when it has settings, their field in [`Sources`] and its config section); `fake.rs`, a
+//! source registered only in the unit tests, shows it. It also holds what the store and the
+//! supervisor need of the sources as data: the [`Poller`] trait, every source's settings and
+//! what a VM's sources start from ([`VmStart`]). [`events`] is shared vocabulary: what the
+//! event and migration families count, which libvirt and QMP both can tell.
 
 pub mod api;
 pub mod events;
-pub mod libvirt;
-pub mod process;
-pub mod qga;
-pub mod qmp;
 pub mod wire;
+
+mod registry;
+
+// The registry: every source, one line each, in the order of `SourceKind`'s variants
+// (their `Ord`, used by maps keyed by kind): the variant, its module (a folder or file here)
+// and `api::Source` type, its sample type, its position in the exposition (families of
+// position 0 come first), its `source` label value, and the docs of its kind and sample.
+// This one invocation declares the modules and makes `SourceKind`, `SourceSample` and
+// `visit`, so adding a source is its folder plus one line here (and, if it has settings,
+// their field in `Sources` and its config section).
+registry::sources! {
+    Libvirt = libvirt::Libvirt, libvirt::LibvirtSample, 0, "libvirt",
+        "libvirt bulk stats and memory stats.", "From libvirt.";
+    Qga = qga::Qga, qga::QgaSample, 3, "qga",
+        "The qemu-guest-agent.", "From the guest agent.";
+    Qmp = qmp::Qmp, qmp::QmpSample, 1, "qmp",
+        "A direct QMP monitor.", "From a direct QMP monitor.";
+    Process = process::Process, process::ProcessSample, 2, "process",
+        "The VM's processes, from /proc.", "From /proc.";
+    #[cfg(test)]
+    Fake = fake::Fake, fake::FakeSample, 4, "fake",
+        "A source that exists only in the unit tests: it shows that a source is its module plus its line here.",
+        "From the test source.";
+}
 
 use std::sync::Arc;
 
-use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use std::time::Duration;
 
 use crate::breaker::BreakerConfig;
-use crate::model::{PollError, SourceKind};
+use crate::model::PollError;
 use crate::vm::VmId;
-
-/// The last good data of one source for one VM. Held behind an `Arc` in the store, so the
-/// size difference between variants costs nothing per scrape.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
-#[serde(tag = "source", rename_all = "snake_case")]
-pub enum SourceSample {
-    /// From libvirt.
-    Libvirt(libvirt::LibvirtSample),
-    /// From the guest agent.
-    Qga(qga::QgaSample),
-    /// From a direct QMP monitor.
-    Qmp(qmp::QmpSample),
-    /// From /proc.
-    Process(process::ProcessSample),
-}
 
 /// One (VM, source) poller. The supervisor owns time: it runs at most one `poll` future per
 /// (VM, source) at a time, gives it [`Poller::deadline`], and when the deadline passes counts

@@ -178,7 +178,7 @@ pub(super) fn encode(enc: &mut crate::model::exposition::Out<'_>, vms: &[VmView<
     let mut f = family(enc, &c::SOURCE_PARTIAL)?;
     for vm in vms {
         // Counted since discovery: exported from the last sample whatever its age.
-        let Some(l) = vm.vm.sources.get(&crate::model::SourceKind::Libvirt).and_then(|s| s.sample.as_deref()) else {
+        let Some(l) = vm.vm.sources.get(&crate::source::SourceKind::Libvirt).and_then(|s| s.sample.as_deref()) else {
             continue;
         };
         let Some(l) = <Libvirt as crate::source::api::Source>::sample(l) else { continue };

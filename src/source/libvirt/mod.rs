@@ -94,7 +94,7 @@ pub struct LibvirtSettings {
 }
 
 impl crate::source::api::Source for Libvirt {
-    const KIND: crate::model::SourceKind = crate::model::SourceKind::Libvirt;
+    const KIND: crate::source::SourceKind = crate::source::SourceKind::Libvirt;
     type Sample = LibvirtSample;
     type Settings = LibvirtSettings;
     type Poller = poller::LibvirtPoller;

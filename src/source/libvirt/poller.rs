@@ -25,7 +25,8 @@ use super::endpoint::{Endpoint, LaneError};
 use super::errors::classify;
 use super::merge::Carry;
 use super::{DomainSample, LibvirtSample, ffi};
-use crate::model::{ErrorKind, PollError, SourceKind};
+use crate::model::{ErrorKind, PollError};
+use crate::source::SourceKind;
 use crate::source::{Poller, SourceSample};
 
 /// Job stats: the job type and its parameters.

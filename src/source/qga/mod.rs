@@ -28,7 +28,8 @@ pub use guest::{Dropped, GuestLimits};
 
 use crate::model::exposition::family as start;
 use crate::model::metric::{MetricDef, N, family};
-use crate::model::{SourceKind, label};
+use crate::model::label;
+use crate::source::SourceKind;
 use crate::source::api::Source;
 use crate::source::api::VmView;
 use crate::source::{SourceSample, Sources, VmStart};

@@ -18,7 +18,8 @@ use super::commands::{COMMANDS, by_key};
 use super::guest::GuestLimits;
 use super::transport::{AgentError, Transport};
 use crate::clock::{now_unix, unix_seconds};
-use crate::model::{ErrorKind, PollError, SourceKind};
+use crate::model::{ErrorKind, PollError};
+use crate::source::SourceKind;
 use crate::source::wire::{preview, truncate};
 use crate::source::{Poller, SourceSample};
 

@@ -25,7 +25,7 @@ use crate::source::events::{EventCounts, Migration};
 pub enum Qmp {}
 
 impl crate::source::api::Source for Qmp {
-    const KIND: crate::model::SourceKind = crate::model::SourceKind::Qmp;
+    const KIND: crate::source::SourceKind = crate::source::SourceKind::Qmp;
     type Sample = QmpSample;
     type Settings = config::QmpRuntime;
     type Poller = poller::QmpPoller;
@@ -148,7 +148,6 @@ impl BlockExt {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::events::*;
     use serde_json::json;
 
     #[test]
