@@ -7,7 +7,9 @@ use super::{BuildInfo, VmView, family};
 use crate::breaker::{BreakerState, TransitionReason};
 use crate::catalogue as c;
 use crate::heartbeat::Heartbeat;
-use crate::source::ErrorKind;
+use crate::source::libvirt::Libvirt;
+use crate::source::qga::Qga;
+use crate::source::{ErrorKind, Source, SourceKind};
 use crate::store::{EndpointStatus, SourceSnapshot};
 
 fn sources<'a>(vm: &'a VmView<'_>) -> impl Iterator<Item = (&'static str, &'a SourceSnapshot)> {
@@ -111,6 +113,19 @@ pub(super) fn encode_vm(enc: &mut crate::collector::Out<'_>, vm: &VmView<'_>, de
     }
     let mut f = family(enc, &c::GUEST_AGENT_RTT)?;
     f.vm_sample(vm, &[], pulse.rtt_seconds)?;
+    // Counted since discovery: written from each source's last sample whatever its age, only
+    // for the family and reason pairs that occurred.
+    let mut f = family(enc, &c::GUEST_VALUES_REJECTED)?;
+    let sample = |k: SourceKind| vm.vm.sources.get(&k).and_then(|s| s.sample.as_deref());
+    let libvirt = sample(SourceKind::Libvirt).and_then(Libvirt::sample).map(|l| &l.rejected);
+    let qga = sample(SourceKind::Qga).and_then(Qga::sample).map(|q| &q.rejected);
+    for rejected in [libvirt, qga].into_iter().flatten() {
+        for (fam, reasons) in &rejected.counts {
+            for (reason, n) in reasons {
+                f.vm_sample(vm, &[("family", fam), ("reason", reason)], Some(*n as f64))?;
+            }
+        }
+    }
     Ok(())
 }
 

@@ -13,6 +13,7 @@ pub mod libvirt;
 pub mod process;
 pub mod qga;
 pub mod qmp;
+pub mod reject;
 pub mod wire;
 
 use std::sync::Arc;

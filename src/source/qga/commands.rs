@@ -25,6 +25,11 @@ use super::guest::{
 use super::{Qga, label};
 use crate::catalogue::{B, MetricDef, N, S, family};
 use crate::collector::{Family, VmView, family as start, num};
+use crate::source::reject::{self, Context, Rejected, Rejections};
+
+/// Applies a successful reply (the `return` value) to the VM's data, within the caps; items
+/// left out are counted in [`Dropped`], impossible values pushed to the `Vec<Rejected>`.
+pub type Parse = fn(&mut GuestData, &Value, &GuestLimits, &mut Dropped, &mut Vec<Rejected>) -> Result<(), String>;
 
 /// One polled guest-agent command.
 #[derive(Debug, Clone, Copy)]
@@ -37,8 +42,9 @@ pub struct Command {
     pub request: fn() -> AgentRequest,
     /// Its default period.
     pub period: Duration,
-    /// Applies a successful reply to the VM's data.
-    pub parse: fn(&mut GuestData, &Value, &GuestLimits, &mut Dropped) -> Result<(), String>,
+    /// Applies a successful reply to the VM's data; impossible values ([`crate::source::reject`])
+    /// are left out and pushed to the last argument.
+    pub parse: Parse,
     /// The families it feeds, in the order `encode` writes them.
     pub families: &'static [&'static MetricDef],
     /// Writes them.
@@ -118,16 +124,21 @@ pub struct GuestData {
 }
 
 impl GuestData {
-    /// Applies a successful reply of the command named `command` (its `return` value).
+    /// Applies a successful reply of the command named `command` (its `return` value). Its
+    /// impossible values are left out and recorded in `rejected` (only when the reply as a
+    /// whole was usable).
     pub fn apply(
         &mut self,
         command: &str,
         reply: &Value,
         lim: &GuestLimits,
         dropped: &mut Dropped,
+        rejected: &mut Rejections,
     ) -> Result<(), String> {
         let c = COMMANDS.iter().find(|c| c.name() == command).ok_or_else(|| format!("no parser for {command}"))?;
-        (c.parse)(self, reply, lim, dropped)?;
+        let mut pending = Vec::new();
+        (c.parse)(self, reply, lim, dropped, &mut pending)?;
+        rejected.record_all(pending);
         self.fit_series(lim.series, dropped);
         Ok(())
     }
@@ -231,7 +242,7 @@ const FSINFO: Command = Command {
     request: || AgentRequest::new(qga::guest_get_fsinfo {}),
     period: secs(30),
     // Read leniently: a newer agent may extend the disk-address enums.
-    parse: |g, reply, lim, dropped| {
+    parse: |g, reply, lim, dropped, rejected| {
         let Value::Array(items) = reply else { return Err("fsinfo reply is not a list".into()) };
         let max = lim.label_bytes;
         let mut out: Vec<Filesystem> = Vec::new();
@@ -251,14 +262,16 @@ const FSINFO: Command = Command {
                 left_out += 1;
                 continue;
             }
-            let n = |k: &str| item.get(k).and_then(Value::as_u64);
-            out.push(Filesystem {
-                name,
-                mountpoint,
-                fstype,
-                total_bytes: n("total-bytes"),
-                used_bytes: n("used-bytes"),
-            });
+            // Impossible sizes are left out (the other values stay): negative, not a number,
+            // past i64::MAX, or used over the capacity the same entry gives.
+            let raw = |k: &str| item.get(k).unwrap_or(&Value::Null);
+            let at = Some(mountpoint.as_str());
+            let total = reject::check(&FS_CAPACITY, raw("total-bytes"), 1.0, Context::default(), at, rejected);
+            let used =
+                reject::check(&FS_USED, raw("used-bytes"), 1.0, Context { limit: total, previous: None }, at, rejected);
+            let total_bytes = total.and_then(|_| raw("total-bytes").as_u64());
+            let used_bytes = used.and_then(|_| raw("used-bytes").as_u64());
+            out.push(Filesystem { name, mountpoint, fstype, total_bytes, used_bytes });
         }
         count_drop(dropped, "filesystem", left_out);
         g.filesystems = Some(out);
@@ -406,7 +419,7 @@ const NETWORK: Command = Command {
     about: "interfaces and IP addresses",
     request: || AgentRequest::new(qga::guest_network_get_interfaces {}),
     period: secs(30),
-    parse: |g, reply, lim, dropped| {
+    parse: |g, reply, lim, dropped, _| {
         let ifaces: Vec<qga::GuestNetworkInterface> = typed(reply)?;
         let max = lim.label_bytes;
         let mut budget = lim.addresses;
@@ -518,7 +531,7 @@ const USERS: Command = Command {
     about: "logged-in users",
     request: || AgentRequest::new(qga::guest_get_users {}),
     period: secs(30),
-    parse: |g, reply, _, _| {
+    parse: |g, reply, _, _, _| {
         let users: Vec<qga::GuestUser> = typed(reply)?;
         g.users = Some(users.len() as u64);
         Ok(())
@@ -550,7 +563,7 @@ const OSINFO: Command = Command {
     about: "operating system",
     request: || AgentRequest::new(qga::guest_get_osinfo {}),
     period: secs(300),
-    parse: |g, reply, lim, _| {
+    parse: |g, reply, lim, _, _| {
         let o: qga::GuestOSInfo = typed(reply)?;
         let max = lim.label_bytes;
         g.os = Some(OsInfo {
@@ -614,10 +627,15 @@ const VCPUS: Command = Command {
     about: "vCPUs online",
     request: || AgentRequest::new(qga::guest_get_vcpus {}),
     period: secs(30),
-    parse: |g, reply, _, _| {
+    parse: |g, reply, _, _, rejected| {
         let cpus: Vec<qga::GuestLogicalProcessor> = typed(reply)?;
-        g.vcpus_total = Some(cpus.len() as u64);
-        g.vcpus_online = Some(cpus.iter().filter(|c| c.online).count() as u64);
+        let total = cpus.len() as u64;
+        let online = cpus.iter().filter(|c| c.online).count() as u64;
+        let ok = |def, n: u64, rejected: &mut Vec<Rejected>| {
+            reject::check(def, &Value::from(n), 1.0, Context::default(), None, rejected).map(|_| n)
+        };
+        g.vcpus_total = ok(&GUEST_VCPUS, total, rejected);
+        g.vcpus_online = ok(&GUEST_VCPUS_ONLINE, online, rejected);
         Ok(())
     },
     families: &[&GUEST_VCPUS, &GUEST_VCPUS_ONLINE],
@@ -635,15 +653,18 @@ const VCPUS: Command = Command {
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct GuestGetLoad {}
 
-/// Its reply.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
+/// Its reply (each average absent when missing or rejected).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 pub struct GuestLoadInfo {
     /// 1-minute load average.
-    pub load1: f64,
+    #[serde(default)]
+    pub load1: Option<f64>,
     /// 5-minute load average.
-    pub load5: f64,
+    #[serde(default)]
+    pub load5: Option<f64>,
     /// 15-minute load average.
-    pub load15: f64,
+    #[serde(default)]
+    pub load15: Option<f64>,
 }
 
 impl qapi::Command for GuestGetLoad {
@@ -693,15 +714,25 @@ const LOAD: Command = Command {
     about: "load averages",
     request: || AgentRequest::new(GuestGetLoad {}),
     period: secs(15),
-    parse: |g, reply, _, _| {
-        g.load = Some(typed(reply)?);
+    // Read leniently, one average at a time: a NaN, negative or absurd one is left out, the
+    // others stay.
+    parse: |g, reply, _, _, rejected| {
+        let Value::Object(map) = reply else { return Err("load reply is not an object".into()) };
+        let mut load = |def, key: &str| {
+            reject::check(def, map.get(key).unwrap_or(&Value::Null), 1.0, Context::default(), None, rejected)
+        };
+        g.load = Some(GuestLoadInfo {
+            load1: load(&GUEST_LOAD_1M, "load1"),
+            load5: load(&GUEST_LOAD_5M, "load5"),
+            load15: load(&GUEST_LOAD_15M, "load15"),
+        });
         Ok(())
     },
     families: &[&GUEST_LOAD_1M, &GUEST_LOAD_5M, &GUEST_LOAD_15M],
     encode: |enc, vms| {
-        per_vm(&mut start(enc, &GUEST_LOAD_1M)?, vms, |g| g.load.map(|l| l.load1))?;
-        per_vm(&mut start(enc, &GUEST_LOAD_5M)?, vms, |g| g.load.map(|l| l.load5))?;
-        per_vm(&mut start(enc, &GUEST_LOAD_15M)?, vms, |g| g.load.map(|l| l.load15))
+        per_vm(&mut start(enc, &GUEST_LOAD_1M)?, vms, |g| g.load.and_then(|l| l.load1))?;
+        per_vm(&mut start(enc, &GUEST_LOAD_5M)?, vms, |g| g.load.and_then(|l| l.load5))?;
+        per_vm(&mut start(enc, &GUEST_LOAD_15M)?, vms, |g| g.load.and_then(|l| l.load15))
     },
     private: &[],
 };
@@ -841,7 +872,7 @@ const DISKSTATS: Command = Command {
     about: "guest disk counters",
     request: || AgentRequest::new(qga::guest_get_diskstats {}),
     period: secs(15),
-    parse: |g, reply, lim, dropped| {
+    parse: |g, reply, lim, dropped, _| {
         let disks: Vec<qga::GuestDiskStatsInfo> = typed(reply)?;
         let mut out: Vec<DiskStats> = Vec::new();
         let mut left_out = 0;
@@ -923,7 +954,7 @@ const CPUSTATS: Command = Command {
     request: || AgentRequest::new(qga::guest_get_cpustats {}),
     period: secs(15),
     // Read leniently: only the Linux shape is known; other OS types are skipped, not fatal.
-    parse: |g, reply, lim, dropped| {
+    parse: |g, reply, lim, dropped, _| {
         let Value::Array(items) = reply else { return Err("cpustats reply is not a list".into()) };
         let mut out: Vec<CpuStats> = Vec::new();
         let mut left_out = 0;
@@ -990,7 +1021,7 @@ const TIMEZONE: Command = Command {
     about: "time zone offset",
     request: || AgentRequest::new(qga::guest_get_timezone {}),
     period: secs(300),
-    parse: |g, reply, _, _| {
+    parse: |g, reply, _, _, _| {
         let tz: qga::GuestTimezone = typed(reply)?;
         g.timezone_offset_seconds = Some(tz.offset);
         Ok(())
@@ -1022,7 +1053,7 @@ const HOSTNAME: Command = Command {
     about: "host name",
     request: || AgentRequest::new(qga::guest_get_host_name {}),
     period: secs(300),
-    parse: |g, reply, lim, _| {
+    parse: |g, reply, lim, _, _| {
         let h: qga::GuestHostName = typed(reply)?;
         g.hostname = Some(label(&h.host_name, lim.label_bytes));
         Ok(())
@@ -1062,7 +1093,7 @@ const MEMORY_BLOCK_INFO: Command = Command {
     about: "memory block size",
     request: || AgentRequest::new(qga::guest_get_memory_block_info {}),
     period: secs(300),
-    parse: |g, reply, _, _| {
+    parse: |g, reply, _, _, _| {
         let m: qga::GuestMemoryBlockInfo = typed(reply)?;
         g.memory_block_size_bytes = Some(m.size);
         Ok(())
@@ -1094,7 +1125,7 @@ const INFO: Command = Command {
     about: "capabilities",
     request: || AgentRequest::new(qga::guest_info {}),
     period: secs(300),
-    parse: |g, reply, lim, _| {
+    parse: |g, reply, lim, _, _| {
         let info: qga::GuestAgentInfo = typed(reply)?;
         g.agent_version = Some(label(&info.version, lim.label_bytes));
         Ok(())
