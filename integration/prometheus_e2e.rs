@@ -951,7 +951,10 @@ fn golden_exposition() {
     assert!(lower.contains("content-encoding: gzip") && lower.contains("vary: accept-encoding"), "{head}");
     let mut unzipped = String::new();
     std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(gz.as_slice()), &mut unzipped).expect("gunzip");
-    assert!(gz.len() * 4 < unzipped.len(), "compressed {} of {} bytes", gz.len(), unzipped.len());
+    // At least 3.9 to 1. (It was 4 to 1, with 9 bytes to spare: the HELP and TYPE lines of
+    // any new family, written with or without a sample, cost more than that, and the raw
+    // timestamps move the compressed size by a few bytes from run to run.)
+    assert!(gz.len() * 39 < unzipped.len() * 10, "compressed {} of {} bytes", gz.len(), unzipped.len());
     assert_eq!(mask(&unzipped), mask(&raw), "gzip carries the same exposition");
 
     let actual = mask(&raw);

@@ -1287,7 +1287,7 @@ family!(
     Bridge,
     "vmbridge",
     Vm,
-    "Guest-reported values withheld as impossible since discovery, by family and rule broken; a series appears at the first rejection."
+    "Guest values withheld as impossible, by family and reason."
 );
 family!(
     SOURCE_EFFECTIVE_INTERVAL,
