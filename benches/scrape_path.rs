@@ -213,7 +213,7 @@ fn guest(i: usize) -> QgaSample {
         ("guest-get-memory-block-info", json!({"size": 134217728})),
     ];
     for (cmd, v) in replies {
-        q.data.apply(cmd, &v, &lim, &mut q.dropped).expect("guest fixture parses");
+        q.data.apply(cmd, &v, &lim, &mut q.dropped, &mut q.rejected).expect("guest fixture parses");
     }
     q
 }

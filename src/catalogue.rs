@@ -134,6 +134,41 @@ pub fn markdown() -> String {
             );
         }
     }
+    out.push_str(&rejection_rules());
+    out
+}
+
+/// The section of `docs/METRICS.md` on impossible values, from each source's rules (`source::reject`).
+fn rejection_rules() -> String {
+    use crate::source::reject::KEEP;
+    let mut out = format!(
+        "\n## Impossible values (`{name}`)\n\n\
+         Every value a guest reports (through its agent, or through its balloon driver into \
+         libvirt's memory statistics) is checked where it is parsed, every poll, against the rules \
+         below, in order; the first it breaks rejects it. A rejected value is withheld: its series \
+         is absent until a later reply passes (the other values of the same reply stay, and a \
+         rejection is not a poll failure). Each rejection adds 1 to \
+         `{name}{{namespace,name,node,family,reason}}`, where `family` is the exported name of the \
+         family the value would have been in and `reason` the rule's. The counter counts per poll \
+         that withheld a value since the VM was discovered (it resets only when vmbridge restarts \
+         or the VM is rediscovered), and a (family, reason) pair has no series until its first \
+         rejection: vmbridge writes no zeros for it. `/debug/vms/{{namespace}}/{{name}}` shows the \
+         last rejected values under each source's `rejected.last` (at most {KEEP} per source, \
+         newest kept, one per family, reason and item): the value as received (`raw`; libvirt's \
+         memory figures in KiB), the value and the `bound` it broke in the family's unit, the rule \
+         in words, and when (`at`). A libvirt-side rejection is counted once per poll, an \
+         agent-side one once per reply of its command.\n\n\
+         A counter (swap, faults) may go back only with a reset: QEMU restarted (its `cpu.time` \
+         went back) or the guest rebooted (every counter last accepted above zero went back in \
+         the same poll). One counter going back while another does not is rejected until it passes \
+         its last accepted value again. Memory figures are checked after the freshness judgement \
+         (`vmbridge_guest_memory_stats`): stale figures are withheld for that reason, not counted \
+         here.\n\n| family | reason | bound |\n|---|---|---|\n",
+        name = bridge::GUEST_VALUES_REJECTED.exposed_name()
+    );
+    for r in crate::source::qga::commands::RULES.iter().chain(&crate::source::libvirt::memstats::RULES) {
+        let _ = writeln!(out, "| `{}` | `{}` | {} |", r.family.exposed_name(), r.reason.as_str(), r.bound);
+    }
     out
 }
 

@@ -70,6 +70,17 @@ pub fn check(g: &GuestData, lim: &GuestLimits) {
         }
     }
     assert!(g.series() <= lim.series, "{} series > {}", g.series(), lim.series);
+    // Impossible values never reach the data (`source::reject`).
+    for f in g.filesystems.iter().flatten() {
+        if let (Some(used), Some(total)) = (f.used_bytes, f.total_bytes) {
+            assert!(used <= total, "used {used} > total {total}");
+        }
+    }
+    if let Some(l) = g.load {
+        for v in [l.load1, l.load5, l.load15].into_iter().flatten() {
+            assert!(v.is_finite() && v >= 0.0, "load {v}");
+        }
+    }
     if let (Some(total), Some(online)) = (g.vcpus_total, g.vcpus_online) {
         assert!(online <= total);
     }
@@ -79,9 +90,10 @@ pub fn check(g: &GuestData, lim: &GuestLimits) {
 pub fn run(names: &[&str], v: &Value, lim: &GuestLimits) {
     let mut g = GuestData::default();
     let mut dropped = Dropped::new();
+    let mut rejected = vmbridge::source::reject::Rejections::default();
     for &name in names {
         let before = g.clone();
-        let r = g.apply(name, v, lim, &mut dropped);
+        let r = g.apply(name, v, lim, &mut dropped, &mut rejected);
         if r.is_err() {
             // A rejected reply must not half-update what the previous good reply left.
             assert_eq!(g, before, "{name} changed the data and then failed");
@@ -90,6 +102,15 @@ pub fn run(names: &[&str], v: &Value, lim: &GuestLimits) {
     }
     for k in dropped.keys() {
         assert!(["filesystem", "interface", "address", "disk", "cpu"].contains(&k.as_str()), "drop kind {k:?}");
+    }
+    // Rejections: bounded, and labelled only from the fixed sets.
+    let families: Vec<String> = vmbridge::source::qga::commands::RULES.iter().map(|r| r.family.exposed_name()).collect();
+    assert!(rejected.last.len() <= vmbridge::source::reject::KEEP);
+    for (family, reasons) in &rejected.counts {
+        assert!(families.contains(family), "family {family:?}");
+        for reason in reasons.keys() {
+            assert!(vmbridge::source::reject::Reason::ALL.iter().any(|r| r.as_str() == reason), "reason {reason:?}");
+        }
     }
 }
 

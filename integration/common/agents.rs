@@ -99,6 +99,10 @@ pub enum Misbehaviour {
     /// Replies of just under 1 MiB of tiny values (`[0,0,…]`), which grow sixteenfold when
     /// parsed without a bound.
     TinyValues,
+    /// Well-formed replies with impossible values: fsinfo with `/` used (2000) over its
+    /// capacity (1000) beside a sane `/data`, and `guest-get-load` (also advertised) with a
+    /// negative 1-minute load beside sane 5- and 15-minute ones.
+    Impossible,
 }
 
 /// A scripted agent for faults a real one cannot be made to produce; its behaviour can be
@@ -126,13 +130,28 @@ pub fn hostile_agent(path: PathBuf, mode: Misbehaviour) -> HostileAgent {
                     let Ok(req) = serde_json::from_str::<Value>(&line) else { continue };
                     let reply = match req["execute"].as_str().unwrap_or_default() {
                         "guest-sync" => json!({"return": req["arguments"]["id"]}).to_string(),
-                        "guest-info" => json!({"return": {"version": "evil\"1.0\n", "supported_commands": [
-                            {"name": "guest-get-fsinfo", "enabled": true, "success-response": true},
-                            {"name": "guest-get-osinfo", "enabled": true, "success-response": true}]}})
-                        .to_string(),
+                        "guest-info" => {
+                            let impossible =
+                                *shared.lock().unwrap_or_else(|e| e.into_inner()) == Misbehaviour::Impossible;
+                            json!({"return": {"version": "evil\"1.0\n", "supported_commands": [
+                                {"name": "guest-get-fsinfo", "enabled": true, "success-response": true},
+                                {"name": "guest-get-osinfo", "enabled": true, "success-response": true},
+                                {"name": "guest-get-load", "enabled": impossible, "success-response": true}]}})
+                            .to_string()
+                        }
                         _ => match *shared.lock().unwrap_or_else(|e| e.into_inner()) {
                             Misbehaviour::Healthy => match req["execute"].as_str() {
                                 Some("guest-get-fsinfo") => json!({"return": [{"name": "vda1", "mountpoint": "/", "type": "ext4", "disk": [], "total-bytes": 1000, "used-bytes": 10}]}).to_string(),
+                                _ => json!({"return": {"id": "fake", "pretty-name": "Fake OS"}}).to_string(),
+                            },
+                            Misbehaviour::Impossible => match req["execute"].as_str() {
+                                Some("guest-get-fsinfo") => json!({"return": [
+                                    {"name": "vda1", "mountpoint": "/", "type": "ext4", "disk": [], "total-bytes": 1000, "used-bytes": 2000},
+                                    {"name": "vdb", "mountpoint": "/data", "type": "xfs", "disk": [], "total-bytes": 5000, "used-bytes": 100}]})
+                                .to_string(),
+                                Some("guest-get-load") => {
+                                    json!({"return": {"load1": -0.5, "load5": 0.25, "load15": 0.125}}).to_string()
+                                }
                                 _ => json!({"return": {"id": "fake", "pretty-name": "Fake OS"}}).to_string(),
                             },
                             Misbehaviour::Garbage => "}}}{{{ not json at all".to_owned(),

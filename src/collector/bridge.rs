@@ -9,7 +9,10 @@ use crate::heartbeat::Heartbeat;
 use crate::model::ErrorKind;
 use crate::model::exposition::family;
 use crate::model::metric::{MetricDef, N, S, family};
-use crate::source::api::VmView;
+use crate::source::SourceKind;
+use crate::source::api::{Source, VmView};
+use crate::source::libvirt::Libvirt;
+use crate::source::qga::Qga;
 use crate::store::{EndpointStatus, SourceSnapshot};
 
 fn sources<'a>(vm: &'a VmView<'_>) -> impl Iterator<Item = (&'static str, &'a SourceSnapshot)> {
@@ -117,6 +120,19 @@ pub(super) fn encode_vm(
     }
     let mut f = family(enc, &GUEST_AGENT_RTT)?;
     f.vm_sample(vm, &[], pulse.rtt_seconds)?;
+    // Counted since discovery: written from each source's last sample whatever its age, only
+    // for the family and reason pairs that occurred.
+    let mut f = family(enc, &GUEST_VALUES_REJECTED)?;
+    let sample = |k: SourceKind| vm.vm.sources.get(&k).and_then(|s| s.sample.as_deref());
+    let libvirt = sample(SourceKind::Libvirt).and_then(Libvirt::sample).map(|l| &l.rejected);
+    let qga = sample(SourceKind::Qga).and_then(Qga::sample).map(|q| &q.rejected);
+    for rejected in [libvirt, qga].into_iter().flatten() {
+        for (fam, reasons) in &rejected.counts {
+            for (reason, n) in reasons {
+                f.vm_sample(vm, &[("family", fam), ("reason", reason)], Some(*n as f64))?;
+            }
+        }
+    }
     Ok(())
 }
 
@@ -340,6 +356,17 @@ family!(
     "Round-trip time of the guest-ping at the start of each guest-agent poll, while the agent answers."
 );
 family!(
+    GUEST_VALUES_REJECTED,
+    "vmbridge_guest_values_rejected",
+    Counter,
+    N,
+    ["family", "reason"],
+    Bridge,
+    "vmbridge",
+    Vm,
+    "Guest values withheld as impossible, by family and reason."
+);
+family!(
     SOURCE_EFFECTIVE_INTERVAL,
     "vmbridge_source_effective_interval",
     Gauge,
@@ -348,7 +375,7 @@ family!(
     Bridge,
     "vmbridge",
     Vm,
-    "Seconds between the source's last two successful polls: the poll interval as the endpoint serves it. Polls the node or the daemon cannot serve in time (error kinds pool_saturated, endpoint_saturated) are deferred, not failed: one that waited for a call slot queues again at once, one the daemon did not answer comes back an interval later, so polling stretches instead of failing. Written while polling is stretched (over 1.5 intervals, or the last poll deferred), and always with --health-detail."
+    "Seconds between the source's last two successful polls: the poll interval as the endpoint serves it (polls deferred as pool_saturated or endpoint_saturated stretch it, see the README). Written while polling is stretched (over 1.5 intervals, or the last poll deferred), and always with --health-detail."
 );
 family!(
     ENDPOINT_SATURATED,
@@ -462,7 +489,7 @@ family!(
 );
 
 /// vmbridge's own families, in the order `encode` writes them.
-pub const BRIDGE: [&MetricDef; 25] = [
+pub const BRIDGE: [&MetricDef; 26] = [
     &SOURCE_UP,
     &BREAKER_STATE,
     &SOURCE_LAST_SUCCESS,
@@ -475,6 +502,7 @@ pub const BRIDGE: [&MetricDef; 25] = [
     &VM_STALL_REASON,
     &GUEST_HEARTBEAT,
     &GUEST_AGENT_RTT,
+    &GUEST_VALUES_REJECTED,
     &VMS,
     &VM_CONFLICTS,
     &ENDPOINT_UP,

@@ -122,7 +122,7 @@ fn rich_guest() -> crate::source::qga::QgaSample {
         ("guest-get-memory-block-info", json!({"size": 134217728})),
     ];
     for (cmd, v) in replies {
-        q.data.apply(cmd, &v, &lim, &mut q.dropped).expect("fixture parses");
+        q.data.apply(cmd, &v, &lim, &mut q.dropped, &mut q.rejected).expect("fixture parses");
     }
     q
 }
@@ -239,7 +239,15 @@ fn every_declared_family_is_emitted() {
     let mut libvirt = (*source(Some(sample), Some(crate::clock::now_unix()))).clone();
     (libvirt.stretched, libvirt.effective_interval_seconds) = (true, Some(12.5));
     // The agent's ping was timed: its round-trip time is written.
-    let guest = crate::source::qga::QgaSample { rtt_seconds: Some(0.004), ..rich_guest() };
+    let mut guest = crate::source::qga::QgaSample { rtt_seconds: Some(0.004), ..rich_guest() };
+    // One impossible value (a second filesystem's used over its capacity): the rejection
+    // counter is written.
+    let fs = serde_json::json!([
+        {"name": "vda1", "mountpoint": "/", "type": "ext4", "disk": [], "total-bytes": 1000, "used-bytes": 400},
+        {"name": "vdb", "mountpoint": "/data", "type": "ext4", "disk": [], "total-bytes": 1000, "used-bytes": 4000}
+    ]);
+    let lim = crate::source::qga::GuestLimits::default();
+    guest.data.apply("guest-get-fsinfo", &fs, &lim, &mut guest.dropped, &mut guest.rejected).expect("parses");
     let store = store_with_guest(vec![("a", Arc::new(libvirt))], Some(guest_source(guest)));
     // Its QEMU stopped: the stall reason is written.
     store.publish(&crate::store::VmKey::new("qemu:///system", "uuid-a"), SourceKind::Process, process_source("T"));
@@ -943,4 +951,233 @@ fn plain_bodies_are_shared_between_scrapes_and_charged_once_to_the_reply_budget(
     assert_eq!(tight.render_shared(Format::OpenMetrics), Err(OverBudget));
     assert_eq!(http.budget.shed(), 1);
     drop(first);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Impossible guest values (`source::reject`): one test per rule, on raw agent replies or
+// recorded libvirt memory statistics.
+
+/// The `vmbridge_guest_values_rejected_total` line of VM `vm` for `family` and `reason`.
+fn rejected_line(vm: &str, family: &str, reason: &str, n: u64) -> String {
+    format!(
+        "vmbridge_guest_values_rejected_total{{namespace=\"ns\",name=\"{vm}\",node=\"node-1\",family=\"{family}\",reason=\"{reason}\"}} {n}"
+    )
+}
+
+/// A guest sample after the agent's raw `replies`.
+fn guest_after(replies: &[(&str, serde_json::Value)]) -> crate::source::qga::QgaSample {
+    let mut q = crate::source::qga::QgaSample { transport: "socket".into(), ..Default::default() };
+    let lim = crate::source::qga::GuestLimits::default();
+    for (cmd, v) in replies {
+        q.data
+            .apply(cmd, v, &lim, &mut q.dropped, &mut q.rejected)
+            .expect("a reply with impossible values still parses");
+    }
+    q
+}
+
+fn scrape_guest(q: crate::source::qga::QgaSample) -> String {
+    let libvirt = source(Some(LibvirtSample::new(rich_params(), rich_memory())), Some(crate::clock::now_unix()));
+    scrape(store_with_guest(vec![("a", libvirt)], Some(guest_source(q))))
+}
+
+#[test]
+fn reject_used_over_capacity_withholds_used_and_keeps_the_capacity_and_other_filesystems() {
+    let reply = serde_json::json!([
+        {"name": "vda1", "mountpoint": "/", "type": "ext4", "disk": [], "total-bytes": 1000, "used-bytes": 2000},
+        {"name": "vdb", "mountpoint": "/data", "type": "xfs", "disk": [], "total-bytes": 5000, "used-bytes": 100}
+    ]);
+    let q = guest_after(&[("guest-get-fsinfo", reply)]);
+    let text = scrape_guest(q.clone());
+    let root =
+        "namespace=\"ns\",name=\"a\",node=\"node-1\",disk_name=\"vda1\",mount_point=\"/\",file_system_type=\"ext4\"";
+    assert!(!text.contains(&format!("kubevirt_vmi_filesystem_used_bytes{{{root}}}")), "{text}");
+    assert!(text.contains(&format!("kubevirt_vmi_filesystem_capacity_bytes{{{root}}} 1000")), "{text}");
+    assert!(text.contains("mount_point=\"/data\",file_system_type=\"xfs\"} 100"), "{text}");
+    assert!(
+        text.contains(&rejected_line("a", "kubevirt_vmi_filesystem_used_bytes", "used_over_capacity", 1)),
+        "{text}"
+    );
+    // `/debug`: the raw value, the bound, the mount point.
+    let shown = serde_json::to_value(&q.rejected).expect("serialises");
+    let last = &shown["last"][0];
+    assert_eq!(
+        (&last["raw"], &last["bound"], &last["item"]),
+        (&serde_json::json!(2000), &serde_json::json!(1000.0), &serde_json::json!("/"))
+    );
+    assert_eq!(last["reason"], "used_over_capacity");
+}
+
+#[test]
+fn reject_negative_load_withholds_that_average_only() {
+    let q = guest_after(&[("guest-get-load", serde_json::json!({"load1": -0.5, "load5": 0.25, "load15": 0.125}))]);
+    let text = scrape_guest(q);
+    let vm = "{namespace=\"ns\",name=\"a\",node=\"node-1\"}";
+    assert!(!text.contains(&format!("kubevirt_vmi_guest_load_1m{vm}")), "{text}");
+    assert!(text.contains(&format!("kubevirt_vmi_guest_load_5m{vm} 0.25")), "{text}");
+    assert!(text.contains(&format!("kubevirt_vmi_guest_load_15m{vm} 0.125")), "{text}");
+    assert!(text.contains(&rejected_line("a", "kubevirt_vmi_guest_load_1m", "negative", 1)), "{text}");
+}
+
+#[test]
+fn reject_not_finite_load_and_a_negative_filesystem_size() {
+    // JSON has no NaN: an agent that prints one sends a string (or the reply is not JSON at all).
+    let q = guest_after(&[
+        ("guest-get-load", serde_json::json!({"load1": 1.0, "load5": "NaN", "load15": "inf"})),
+        (
+            "guest-get-fsinfo",
+            serde_json::json!([{"name": "vda1", "mountpoint": "/", "type": "ext4", "disk": [], "total-bytes": -4096, "used-bytes": 10}]),
+        ),
+    ]);
+    let text = scrape_guest(q.clone());
+    let vm = "{namespace=\"ns\",name=\"a\",node=\"node-1\"}";
+    assert!(text.contains(&format!("kubevirt_vmi_guest_load_1m{vm} 1")), "{text}");
+    assert!(!text.contains("kubevirt_vmi_guest_load_5m{") && !text.contains("kubevirt_vmi_guest_load_15m{"), "{text}");
+    assert!(text.contains(&rejected_line("a", "kubevirt_vmi_guest_load_5m", "not_finite", 1)), "{text}");
+    assert!(text.contains(&rejected_line("a", "kubevirt_vmi_guest_load_15m", "not_finite", 1)), "{text}");
+    // A negative capacity is withheld; used stays (there is no capacity to compare it with).
+    assert!(!text.contains("kubevirt_vmi_filesystem_capacity_bytes{"), "{text}");
+    assert!(
+        text.contains("kubevirt_vmi_filesystem_used_bytes{") && text.contains("file_system_type=\"ext4\"} 10"),
+        "{text}"
+    );
+    assert!(text.contains(&rejected_line("a", "kubevirt_vmi_filesystem_capacity_bytes", "negative", 1)), "{text}");
+    let shown = serde_json::to_value(&q.rejected).expect("serialises");
+    assert!(shown["last"].as_array().is_some_and(|l| l.iter().any(|r| r["raw"] == "NaN")), "{shown}");
+}
+
+#[test]
+fn reject_over_range_vcpus_and_a_wrapped_negative_used_size() {
+    let cpus: Vec<serde_json::Value> =
+        (0..5000).map(|i| serde_json::json!({"logical-id": i, "online": i < 2, "can-offline": true})).collect();
+    let q = guest_after(&[
+        ("guest-get-vcpus", serde_json::Value::Array(cpus)),
+        // -1 went through a u64: 2^64 - 1.
+        (
+            "guest-get-fsinfo",
+            serde_json::json!([{"name": "vda1", "mountpoint": "/", "type": "ext4", "disk": [], "total-bytes": 1000, "used-bytes": u64::MAX}]),
+        ),
+    ]);
+    let text = scrape_guest(q);
+    let vm = "{namespace=\"ns\",name=\"a\",node=\"node-1\"}";
+    assert!(!text.contains("kubevirt_vmi_guest_vcpus{"), "{text}");
+    assert!(text.contains(&format!("kubevirt_vmi_guest_vcpus_online{vm} 2")), "{text}");
+    assert!(text.contains(&rejected_line("a", "kubevirt_vmi_guest_vcpus", "over_range", 1)), "{text}");
+    assert!(text.contains(&rejected_line("a", "kubevirt_vmi_filesystem_used_bytes", "over_range", 1)), "{text}");
+    assert!(text.contains("kubevirt_vmi_filesystem_capacity_bytes{"), "{text}");
+}
+
+/// Memory statistics as libvirt returned them from the lab guest (128 MiB, tags as
+/// `virDomainMemoryStats` numbers them), with `over` replacing some.
+fn recorded_memory(over: &[(u32, u64)]) -> LibvirtSample {
+    let mut params = rich_params();
+    for (k, v) in [("balloon.current", 131_072), ("balloon.maximum", 131_072)] {
+        params.retain(|(p, _)| p != k);
+        params.push((k.to_owned(), ParamValue::UInt(v)));
+    }
+    let mut tags: BTreeMap<u32, u64> = [
+        (0, 0),
+        (1, 0),
+        (2, 263),
+        (3, 40_113),
+        (4, 83_500),
+        (5, 116_468),
+        (6, 131_072),
+        (7, 171_232),
+        (8, 88_412),
+        (10, 6_008),
+    ]
+    .into_iter()
+    .collect();
+    tags.extend(over.iter().copied());
+    LibvirtSample::new(params, tags.into_iter().collect())
+}
+
+/// Each poll's sample through one VM's plausibility check, as the poller runs it.
+fn checked(p: &mut crate::source::libvirt::memstats::Plausibility, mut s: LibvirtSample) -> LibvirtSample {
+    p.check(&mut s.parsed.memory, s.parsed.cpu_time_ns);
+    s.rejected = p.rejected.clone();
+    s
+}
+
+fn scrape_libvirt(vms: Vec<(&str, LibvirtSample)>) -> String {
+    let now = crate::clock::now_unix();
+    scrape(store_with(vms.into_iter().map(|(n, s)| (n, source(Some(s), Some(now)))).collect()))
+}
+
+#[test]
+fn reject_over_domain_memory_and_an_over_range_figure_the_host_figures_and_other_vms_stay() {
+    let mut p = crate::source::libvirt::memstats::Plausibility::default();
+    // available above the domain's 128 MiB; unused 1.8e19 bytes (incus#1686) in KiB.
+    let bad = checked(&mut p, recorded_memory(&[(5, 140_000), (4, 17_578_125_000_000_000)]));
+    let good = checked(&mut crate::source::libvirt::memstats::Plausibility::default(), recorded_memory(&[]));
+    let text = scrape_libvirt(vec![("a", bad), ("b", good)]);
+    let a = "{namespace=\"ns\",name=\"a\",node=\"node-1\"}";
+    let b = "{namespace=\"ns\",name=\"b\",node=\"node-1\"}";
+    for gone in ["kubevirt_vmi_memory_available_bytes", "kubevirt_vmi_memory_unused_bytes"] {
+        assert!(!text.contains(&format!("{gone}{a}")), "{gone}:\n{text}");
+        assert!(text.contains(&format!("{gone}{b}")), "{gone} of b:\n{text}");
+    }
+    assert!(text.contains(&format!("kubevirt_vmi_memory_usable_bytes{a} {}", 88_412 * 1024)), "{text}");
+    assert!(text.contains(&format!("kubevirt_vmi_memory_actual_balloon_bytes{a} {}", 131_072 * 1024)), "{text}");
+    assert!(
+        text.contains(&rejected_line("a", "kubevirt_vmi_memory_available_bytes", "over_domain_memory", 1)),
+        "{text}"
+    );
+    assert!(text.contains(&rejected_line("a", "kubevirt_vmi_memory_unused_bytes", "over_range", 1)), "{text}");
+    assert!(!text.contains("vmbridge_guest_values_rejected_total{namespace=\"ns\",name=\"b\""), "{text}");
+    // The raw value as libvirt gave it (KiB), the value and bound in bytes.
+    let shown = serde_json::to_value(&p.rejected).expect("serialises");
+    let r = shown["last"].as_array().and_then(|l| l.iter().find(|r| r["reason"] == "over_domain_memory").cloned());
+    let r = r.expect("shown");
+    assert_eq!(
+        (&r["raw"], &r["value"], &r["bound"]),
+        (&serde_json::json!(140_000), &serde_json::json!(143_360_000.0), &serde_json::json!(134_217_728.0))
+    );
+}
+
+#[test]
+fn reject_counter_backwards_unless_the_guest_rebooted_or_qemu_restarted() {
+    use crate::source::libvirt::memstats::Plausibility;
+    let mut p = Plausibility::default();
+    let with_cpu = |mut s: LibvirtSample, ns: u64| {
+        s.parsed.cpu_time_ns = Some(ns);
+        s
+    };
+    let first = checked(&mut p, with_cpu(recorded_memory(&[(1, 64), (2, 263), (3, 40_113)]), 10));
+    assert!(first.rejected.counts.is_empty());
+    // Major faults go back while minor faults and swap-out go on: impossible.
+    let s = checked(&mut p, with_cpu(recorded_memory(&[(1, 64), (2, 100), (3, 41_000)]), 20));
+    let text = scrape_libvirt(vec![("a", s)]);
+    let a = "{namespace=\"ns\",name=\"a\",node=\"node-1\"}";
+    assert!(!text.contains(&format!("kubevirt_vmi_memory_pgmajfault_total{a}")), "{text}");
+    assert!(text.contains(&format!("kubevirt_vmi_memory_pgminfault_total{a} 41000")), "{text}");
+    assert!(
+        text.contains(&rejected_line("a", "kubevirt_vmi_memory_pgmajfault_total", "counter_backwards", 1)),
+        "{text}"
+    );
+    // Still below the last accepted 263: withheld again, counted again (monotonic).
+    let s = checked(&mut p, with_cpu(recorded_memory(&[(1, 64), (2, 200), (3, 42_000)]), 30));
+    let text = scrape_libvirt(vec![("a", s)]);
+    assert!(
+        text.contains(&rejected_line("a", "kubevirt_vmi_memory_pgmajfault_total", "counter_backwards", 2)),
+        "{text}"
+    );
+    // Past it: exported again.
+    let s = checked(&mut p, with_cpu(recorded_memory(&[(1, 64), (2, 300), (3, 43_000)]), 40));
+    assert_eq!(s.parsed.memory.major_fault, Some(300));
+    // The guest rebooted: every counter above zero went back at once. Accepted, counted no more.
+    let s = checked(&mut p, with_cpu(recorded_memory(&[(1, 0), (2, 5), (3, 900)]), 50));
+    assert_eq!(
+        (s.parsed.memory.swap_out_kib, s.parsed.memory.major_fault, s.parsed.memory.minor_fault),
+        (Some(0), Some(5), Some(900))
+    );
+    assert_eq!(
+        p.rejected.count("kubevirt_vmi_memory_pgmajfault_total", crate::source::reject::Reason::CounterBackwards),
+        2
+    );
+    // QEMU restarted (its CPU time went back): one counter going back alone is accepted too.
+    let s = checked(&mut p, with_cpu(recorded_memory(&[(1, 0), (2, 1), (3, 2_000)]), 5));
+    assert_eq!(s.parsed.memory.major_fault, Some(1));
+    assert_eq!(p.rejected.counts.values().flat_map(|r| r.values()).sum::<u64>(), 2);
 }

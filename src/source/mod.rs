@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod events;
+pub mod reject;
 pub mod wire;
 
 mod registry;

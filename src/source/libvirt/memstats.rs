@@ -12,8 +12,12 @@
 //! the stamp. Until a step was seen, [`ASSUMED_PERIOD`] stands in.
 
 use serde::Serialize;
+use serde_json::Value;
 
 use super::stats::MemorySample;
+use super::families as c;
+use crate::model::metric::MetricDef;
+use crate::source::reject::{self, BYTES, COUNT, Context, MAX_BYTES, MAX_COUNT, Rejections, Rule, at_most, backwards, finite, memory, not_negative};
 
 /// Stats periods without a new report after which the figures are stale.
 pub const STALE_PERIODS: f64 = 3.0;
@@ -130,6 +134,116 @@ fn withhold(mem: &mut MemorySample) {
         *v = None;
     }
 }
+
+/// Checks the guest's memory figures against [`RULES`] after [`Freshness::judge`]:
+/// a figure above the domain's memory or past `i64::MAX` bytes, or a counter (swap, faults)
+/// below its last accepted value, is withheld for the poll and counted.
+///
+/// A counter may go back only with a reset: QEMU restarted (its CPU time, `cpu.time`, went
+/// back) or the guest rebooted (every counter last accepted above zero went back at once: a
+/// new kernel starts them all from zero). One counter going back while the others do not is
+/// impossible; it stays withheld until it passes its last accepted value again.
+#[derive(Debug, Clone, Default)]
+pub struct Plausibility {
+    /// The last accepted value of each counter in [`COUNTERS`] order, in exported units.
+    counters: [Option<f64>; 4],
+    /// QEMU's CPU time at the last poll, nanoseconds.
+    cpu_time_ns: Option<u64>,
+    /// Rejections since discovery.
+    pub rejected: Rejections,
+}
+
+/// The guest-reported counters, in [`Plausibility`]'s order, with their scale to exported units.
+const COUNTERS: [(&MetricDef, f64); 4] = [
+    (&c::MEMORY_SWAP_IN, 1024.0),
+    (&c::MEMORY_SWAP_OUT, 1024.0),
+    (&c::MEMORY_PGMAJFAULT, 1.0),
+    (&c::MEMORY_PGMINFAULT, 1.0),
+];
+
+impl Plausibility {
+    /// Withholds `mem`'s impossible guest figures and records them; `cpu_time_ns` is QEMU's.
+    pub fn check(&mut self, mem: &mut MemorySample, cpu_time_ns: Option<u64>) {
+        let mut out = Vec::new();
+        // The domain's memory: the most the host gives it, by any of its figures.
+        let domain = [mem.maximum_kib, mem.current_kib, mem.actual_balloon_kib].into_iter().flatten().max();
+        let within = Context { limit: domain.map(|k| k as f64 * 1024.0), previous: None };
+        for (def, v) in [
+            (&c::MEMORY_AVAILABLE, &mut mem.available_kib),
+            (&c::MEMORY_USABLE, &mut mem.usable_kib),
+            (&c::MEMORY_UNUSED, &mut mem.unused_kib),
+            (&c::MEMORY_CACHED, &mut mem.disk_caches_kib),
+        ] {
+            if let Some(raw) = *v {
+                if reject::check(&RULES, def, &Value::from(raw), 1024.0, within, None, &mut out).is_none() {
+                    *v = None;
+                }
+            }
+        }
+        let restarted = matches!((self.cpu_time_ns, cpu_time_ns), (Some(old), Some(new)) if new < old);
+        if cpu_time_ns.is_some() {
+            self.cpu_time_ns = cpu_time_ns;
+        }
+        let mut values = [&mut mem.swap_in_kib, &mut mem.swap_out_kib, &mut mem.major_fault, &mut mem.minor_fault];
+        let (mut back, mut held) = (0, 0);
+        for (i, v) in values.iter().enumerate() {
+            if let (Some(prev), Some(new)) = (self.counters[i], **v) {
+                if prev > 0.0 {
+                    if (new as f64) * COUNTERS[i].1 < prev { back += 1 } else { held += 1 }
+                }
+            }
+        }
+        if restarted || (back > 0 && held == 0) {
+            self.counters = [None; 4];
+        }
+        for (i, v) in values.iter_mut().enumerate() {
+            let Some(raw) = **v else { continue };
+            let (def, scale) = COUNTERS[i];
+            let since = Context { limit: None, previous: self.counters[i] };
+            match reject::check(&RULES, def, &Value::from(raw), scale, since, None, &mut out) {
+                Some(x) => self.counters[i] = Some(x),
+                None => **v = None,
+            }
+        }
+        self.rejected.record_all(out);
+    }
+}
+
+/// Every rule for libvirt's guest-reported figures, checked in this order for a family; the
+/// first that fails rejects the value.
+pub const RULES: [Rule; 28] = [
+    // The balloon driver's figures (libvirt memory statistics, KiB converted to bytes).
+    finite(&c::MEMORY_AVAILABLE),
+    not_negative(&c::MEMORY_AVAILABLE),
+    at_most(&c::MEMORY_AVAILABLE, MAX_BYTES, BYTES),
+    memory(&c::MEMORY_AVAILABLE),
+    finite(&c::MEMORY_USABLE),
+    not_negative(&c::MEMORY_USABLE),
+    at_most(&c::MEMORY_USABLE, MAX_BYTES, BYTES),
+    memory(&c::MEMORY_USABLE),
+    finite(&c::MEMORY_UNUSED),
+    not_negative(&c::MEMORY_UNUSED),
+    at_most(&c::MEMORY_UNUSED, MAX_BYTES, BYTES),
+    memory(&c::MEMORY_UNUSED),
+    finite(&c::MEMORY_CACHED),
+    not_negative(&c::MEMORY_CACHED),
+    at_most(&c::MEMORY_CACHED, MAX_BYTES, BYTES),
+    memory(&c::MEMORY_CACHED),
+    // The balloon driver's counters.
+    finite(&c::MEMORY_SWAP_IN),
+    at_most(&c::MEMORY_SWAP_IN, MAX_BYTES, BYTES),
+    backwards(&c::MEMORY_SWAP_IN),
+    finite(&c::MEMORY_SWAP_OUT),
+    at_most(&c::MEMORY_SWAP_OUT, MAX_BYTES, BYTES),
+    backwards(&c::MEMORY_SWAP_OUT),
+    finite(&c::MEMORY_PGMAJFAULT),
+    at_most(&c::MEMORY_PGMAJFAULT, MAX_COUNT, COUNT),
+    backwards(&c::MEMORY_PGMAJFAULT),
+    finite(&c::MEMORY_PGMINFAULT),
+    at_most(&c::MEMORY_PGMINFAULT, MAX_COUNT, COUNT),
+    backwards(&c::MEMORY_PGMINFAULT),
+];
+
 
 #[cfg(test)]
 mod tests {

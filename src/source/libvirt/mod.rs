@@ -55,6 +55,9 @@ pub struct LibvirtSample {
     /// Whether the guest's balloon statistics are current, and so exported
     /// (`vmbridge_guest_memory_stats`); `None` when not judged.
     pub guest_memory: Option<memstats::GuestMemoryStats>,
+    /// Impossible guest memory figures withheld since discovery: counts and the last raw
+    /// values (`vmbridge_guest_values_rejected_total`; raw values in KiB as libvirt gives them).
+    pub rejected: crate::source::reject::Rejections,
 }
 
 impl LibvirtSample {
@@ -77,6 +80,7 @@ impl LibvirtSample {
             partial_total: BTreeMap::new(),
             vcpu_idle_polls: 0,
             guest_memory: None,
+            rejected: Default::default(),
         }
     }
 }

@@ -153,6 +153,8 @@ pub struct LibvirtPoller {
     vcpu_time: VcpuProgress,
     /// The balloon statistics' last stamp and measured period.
     memory: super::memstats::Freshness,
+    /// The guest counters' last accepted values and the rejections since discovery.
+    plausible: super::memstats::Plausibility,
 }
 
 impl LibvirtPoller {
@@ -187,6 +189,7 @@ impl LibvirtPoller {
             batchable: false,
             vcpu_time: VcpuProgress::default(),
             memory: super::memstats::Freshness::default(),
+            plausible: super::memstats::Plausibility::default(),
         }
     }
 }
@@ -536,6 +539,9 @@ impl LibvirtPoller {
         sample.vcpu_idle_polls = self.vcpu_time.observe(&sample.parsed, vcpu_fresh);
         // Guest memory figures whose stamp stopped are withheld (the raw ones stay in `/debug`).
         sample.guest_memory = Some(self.memory.judge(&mut sample.parsed.memory, crate::clock::now_unix()));
+        // Then impossible ones (above the domain's memory, counters going back) are withheld.
+        self.plausible.check(&mut sample.parsed.memory, sample.parsed.cpu_time_ns);
+        sample.rejected = self.plausible.rejected.clone();
         sample.carried = merged.carried.into_iter().map(|(g, n)| (g.to_owned(), n)).collect();
         sample.partial_total = self.carry.partial_total().iter().map(|(g, n)| ((*g).to_owned(), *n)).collect();
         let now = tokio::time::Instant::now();

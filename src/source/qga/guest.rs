@@ -197,8 +197,9 @@ mod tests {
         let lim = GuestLimits { filesystems: 2, interfaces: 1, addresses: 2, ..Default::default() };
         let mut g = GuestData::default();
         let mut dropped = Dropped::new();
+        let mut r = crate::source::reject::Rejections::default();
         let fs: Vec<Value> = (0..5).map(|i| json!({"name": format!("vd{i}"), "mountpoint": format!("/m{i}"), "type": "ext4", "disk": [], "total-bytes": 10, "used-bytes": 5})).collect();
-        g.apply("guest-get-fsinfo", &Value::Array(fs), &lim, &mut dropped).expect("parses");
+        g.apply("guest-get-fsinfo", &Value::Array(fs), &lim, &mut dropped, &mut r).expect("parses");
         assert_eq!(g.filesystems.as_ref().map(Vec::len), Some(2));
         let ifs = json!([
             {"name": "eth0", "hardware-address": "52:54:00:00:00:01", "ip-addresses": [
@@ -207,7 +208,7 @@ mod tests {
                 {"ip-address": "fe80::1", "ip-address-type": "ipv6", "prefix": 64}]},
             {"name": "eth1"}
         ]);
-        g.apply("guest-network-get-interfaces", &ifs, &lim, &mut dropped).expect("parses");
+        g.apply("guest-network-get-interfaces", &ifs, &lim, &mut dropped, &mut r).expect("parses");
         assert_eq!(g.interfaces.as_ref().map(|i| i[0].addresses.len()), Some(2));
         assert_eq!(dropped, Dropped::from([("filesystem".into(), 3), ("interface".into(), 1), ("address".into(), 1)]));
     }
@@ -217,17 +218,23 @@ mod tests {
         let lim = GuestLimits::default();
         let mut g = GuestData::default();
         let mut d = Dropped::new();
+        let mut r = crate::source::reject::Rejections::default();
         for (cmd, v) in [
             ("guest-get-fsinfo", json!({"x": 1})),
             ("guest-get-fsinfo", json!([{"name": 1}])),
             ("guest-network-get-interfaces", json!("nope")),
             ("guest-get-vcpus", json!([{"logical-id": "x"}])),
             ("guest-get-cpustats", json!([{"type": "linux"}])),
-            ("guest-get-load", json!({"load1": "high"})),
             ("guest-info", json!(null)),
         ] {
-            assert!(g.apply(cmd, &v, &lim, &mut d).is_err(), "{cmd} accepted garbage");
+            assert!(g.apply(cmd, &v, &lim, &mut d, &mut r).is_err(), "{cmd} accepted garbage");
         }
+        // A load average that is not a number is a rejected value, not a garbage reply: the
+        // others of the reply stay.
+        g.apply("guest-get-load", &json!({"load1": "high", "load5": 1.0}), &lim, &mut d, &mut r).expect("parses");
+        assert_eq!(g.load.map(|l| (l.load1, l.load5, l.load15)), Some((None, Some(1.0), None)));
+        assert_eq!(r.count("kubevirt_vmi_guest_load_1m", crate::source::reject::Reason::NotFinite), 1);
+        assert!(g.apply("guest-get-load", &json!([1, 2]), &lim, &mut d, &mut r).is_err(), "a load list accepted");
     }
 
     #[test]
@@ -235,15 +242,16 @@ mod tests {
         let lim = GuestLimits::default();
         let mut g = GuestData::default();
         let mut d = Dropped::new();
+        let mut r = crate::source::reject::Rejections::default();
         let root = json!({"name": "vda1", "mountpoint": "/", "type": "ext4", "total-bytes": 10, "used-bytes": 5});
         let fs = json!([root, root, {"name": "vda1", "mountpoint": "/home", "type": "ext4"}]);
-        g.apply("guest-get-fsinfo", &fs, &lim, &mut d).expect("parses");
+        g.apply("guest-get-fsinfo", &fs, &lim, &mut d, &mut r).expect("parses");
         let mounts: Vec<&str> = g.filesystems.iter().flatten().map(|f| f.mountpoint.as_str()).collect();
         assert_eq!(mounts, ["/", "/home"]);
         // Two that differ only past the label cap clean to the same labels: also one.
         let long =
             |tail: &str| json!({"name": "vdb", "mountpoint": format!("/{}{tail}", "m".repeat(200)), "type": "xfs"});
-        g.apply("guest-get-fsinfo", &json!([long("a"), long("b")]), &lim, &mut d).expect("parses");
+        g.apply("guest-get-fsinfo", &json!([long("a"), long("b")]), &lim, &mut d, &mut r).expect("parses");
         assert_eq!(g.filesystems.as_ref().map(Vec::len), Some(1));
         let ifs = json!([
             {"name": "eth0", "ip-addresses": [
@@ -251,13 +259,13 @@ mod tests {
                 {"ip-address": "10.0.0.1", "ip-address-type": "ipv4", "prefix": 24}]},
             {"name": "eth0"}
         ]);
-        g.apply("guest-network-get-interfaces", &ifs, &lim, &mut d).expect("parses");
+        g.apply("guest-network-get-interfaces", &ifs, &lim, &mut d, &mut r).expect("parses");
         assert_eq!(g.interfaces.as_ref().map(|i| (i.len(), i[0].addresses.len())), Some((1, 1)));
         let disk = json!({"name": "vda", "major": 253, "minor": 0, "stats": {"read-ios": 1}});
-        g.apply("guest-get-diskstats", &json!([disk, disk]), &lim, &mut d).expect("parses");
+        g.apply("guest-get-diskstats", &json!([disk, disk]), &lim, &mut d, &mut r).expect("parses");
         assert_eq!(g.disks.as_ref().map(Vec::len), Some(1));
         let cpu = json!({"type": "linux", "cpu": 0, "user": 1, "idle": 2});
-        g.apply("guest-get-cpustats", &json!([cpu, cpu]), &lim, &mut d).expect("parses");
+        g.apply("guest-get-cpustats", &json!([cpu, cpu]), &lim, &mut d, &mut r).expect("parses");
         assert_eq!(g.cpus.as_ref().map(Vec::len), Some(1));
         assert_eq!(
             d,
@@ -278,10 +286,11 @@ mod tests {
         let lim = GuestLimits::default();
         let mut g = GuestData::default();
         let mut d = Dropped::new();
+        let mut r = crate::source::reject::Rejections::default();
         let fs: Vec<Value> = (0..64)
             .map(|i| json!({"name": format!("vd{i}"), "mountpoint": format!("/m{i}"), "type": "ext4"}))
             .collect();
-        g.apply("guest-get-fsinfo", &Value::Array(fs), &lim, &mut d).expect("parses");
+        g.apply("guest-get-fsinfo", &Value::Array(fs), &lim, &mut d, &mut r).expect("parses");
         let stats = json!({"rx-bytes": 1, "rx-packets": 1, "rx-errs": 0, "rx-dropped": 0, "tx-bytes": 1, "tx-packets": 1, "tx-errs": 0, "tx-dropped": 0});
         let ifs: Vec<Value> = (0..32)
             .map(|i| {
@@ -290,10 +299,10 @@ mod tests {
                 {"ip-address": format!("10.0.{i}.2"), "ip-address-type": "ipv4", "prefix": 24}]})
             })
             .collect();
-        g.apply("guest-network-get-interfaces", &Value::Array(ifs), &lim, &mut d).expect("parses");
+        g.apply("guest-network-get-interfaces", &Value::Array(ifs), &lim, &mut d, &mut r).expect("parses");
         let disks: Vec<Value> =
             (0..64).map(|i| json!({"name": format!("sd{i}"), "major": 8, "minor": i, "stats": {}})).collect();
-        g.apply("guest-get-diskstats", &Value::Array(disks), &lim, &mut d).expect("parses");
+        g.apply("guest-get-diskstats", &Value::Array(disks), &lim, &mut d, &mut r).expect("parses");
         let modes = ["user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal", "guest", "guestnice"];
         let cpus: Vec<Value> = (0..512)
             .map(|i| {
@@ -304,7 +313,7 @@ mod tests {
             })
             .collect();
         assert_eq!(d, Dropped::new(), "nothing dropped before the CPUs");
-        g.apply("guest-get-cpustats", &Value::Array(cpus), &lim, &mut d).expect("parses");
+        g.apply("guest-get-cpustats", &Value::Array(cpus), &lim, &mut d, &mut r).expect("parses");
         assert!(g.series() <= 2000, "{} series", g.series());
         // 128 + 32 x 8 + 64 addresses + 640 = 1,088 before the CPUs leave room for 91 of 512.
         assert_eq!(g.cpus.as_ref().map(Vec::len), Some(91));
@@ -320,6 +329,7 @@ mod tests {
             })),
             &lim,
             &mut d,
+            &mut r,
         )
         .expect("parses");
         assert_eq!(g.series(), before.series());

@@ -72,6 +72,9 @@ pub struct QgaSample {
     pub rtt_seconds: Option<f64>,
     /// The bounds the guest heartbeat is judged with (`[qga]`).
     pub heartbeat: crate::source::qga::poller::Bounds,
+    /// Impossible values left out since discovery: counts and the last raw values
+    /// (`vmbridge_guest_values_rejected_total`).
+    pub rejected: crate::source::reject::Rejections,
 }
 
 /// The guest-agent source.

@@ -118,8 +118,13 @@ impl QgaPoller {
                     by_key(key).filter(|c| !c.private.is_empty()).map(|c| super::commands::shown(c, &reply.value));
                 state.last_reply = Some(preview(redacted.as_ref().unwrap_or(&reply.value), 2048));
                 state.last_reply_bytes = Some(reply.bytes);
-                let applied =
-                    self.sample.data.apply(name, &reply.value, &self.settings.limits, &mut self.sample.dropped);
+                let applied = self.sample.data.apply(
+                    name,
+                    &reply.value,
+                    &self.settings.limits,
+                    &mut self.sample.dropped,
+                    &mut self.sample.rejected,
+                );
                 let state = self.sample.commands.entry(name.to_owned()).or_default();
                 match applied {
                     Ok(()) => {

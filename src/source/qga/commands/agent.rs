@@ -25,7 +25,7 @@ pub(super) const MEMORY_BLOCK_INFO: Command = Command {
     about: "memory block size",
     request: || AgentRequest::new(qga::guest_get_memory_block_info {}),
     period: secs(300),
-    parse: |g, reply, _, _| {
+    parse: |g, reply, _, _, _| {
         let m: qga::GuestMemoryBlockInfo = typed(reply)?;
         g.memory_block_size_bytes = Some(m.size);
         Ok(())
@@ -57,7 +57,7 @@ pub(super) const INFO: Command = Command {
     about: "capabilities",
     request: || AgentRequest::new(qga::guest_info {}),
     period: secs(300),
-    parse: |g, reply, lim, _| {
+    parse: |g, reply, lim, _, _| {
         let info: qga::GuestAgentInfo = typed(reply)?;
         g.agent_version = Some(label(&info.version, lim.label_bytes));
         Ok(())
@@ -77,3 +77,4 @@ pub(super) const INFO: Command = Command {
 
 // The protocol's own commands: no data, no period.
 allow_list!(qga::guest_sync, qga::guest_ping);
+

@@ -36,10 +36,15 @@ pub(super) const VCPUS: Command = Command {
     about: "vCPUs online",
     request: || AgentRequest::new(qga::guest_get_vcpus {}),
     period: secs(30),
-    parse: |g, reply, _, _| {
+    parse: |g, reply, _, _, rejected| {
         let cpus: Vec<qga::GuestLogicalProcessor> = typed(reply)?;
-        g.vcpus_total = Some(cpus.len() as u64);
-        g.vcpus_online = Some(cpus.iter().filter(|c| c.online).count() as u64);
+        let total = cpus.len() as u64;
+        let online = cpus.iter().filter(|c| c.online).count() as u64;
+        let ok = |def, n: u64, rejected: &mut Vec<Rejected>| {
+            reject::check(&super::RULES, def, &Value::from(n), 1.0, Context::default(), None, rejected).map(|_| n)
+        };
+        g.vcpus_total = ok(&GUEST_VCPUS, total, rejected);
+        g.vcpus_online = ok(&GUEST_VCPUS_ONLINE, online, rejected);
         Ok(())
     },
     families: &[&GUEST_VCPUS, &GUEST_VCPUS_ONLINE],
@@ -57,15 +62,18 @@ pub(super) const VCPUS: Command = Command {
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct GuestGetLoad {}
 
-/// Its reply.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
+/// Its reply (each average absent when missing or rejected).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 pub struct GuestLoadInfo {
     /// 1-minute load average.
-    pub load1: f64,
+    #[serde(default)]
+    pub load1: Option<f64>,
     /// 5-minute load average.
-    pub load5: f64,
+    #[serde(default)]
+    pub load5: Option<f64>,
     /// 15-minute load average.
-    pub load15: f64,
+    #[serde(default)]
+    pub load15: Option<f64>,
 }
 
 impl qapi::Command for GuestGetLoad {
@@ -115,15 +123,25 @@ pub(super) const LOAD: Command = Command {
     about: "load averages",
     request: || AgentRequest::new(GuestGetLoad {}),
     period: secs(15),
-    parse: |g, reply, _, _| {
-        g.load = Some(typed(reply)?);
+    // Read leniently, one average at a time: a NaN, negative or absurd one is left out, the
+    // others stay.
+    parse: |g, reply, _, _, rejected| {
+        let Value::Object(map) = reply else { return Err("load reply is not an object".into()) };
+        let mut load = |def, key: &str| {
+            reject::check(&super::RULES, def, map.get(key).unwrap_or(&Value::Null), 1.0, Context::default(), None, rejected)
+        };
+        g.load = Some(GuestLoadInfo {
+            load1: load(&GUEST_LOAD_1M, "load1"),
+            load5: load(&GUEST_LOAD_5M, "load5"),
+            load15: load(&GUEST_LOAD_15M, "load15"),
+        });
         Ok(())
     },
     families: &[&GUEST_LOAD_1M, &GUEST_LOAD_5M, &GUEST_LOAD_15M],
     encode: |enc, vms| {
-        per_vm(&mut start(enc, &GUEST_LOAD_1M)?, vms, |g| g.load.map(|l| l.load1))?;
-        per_vm(&mut start(enc, &GUEST_LOAD_5M)?, vms, |g| g.load.map(|l| l.load5))?;
-        per_vm(&mut start(enc, &GUEST_LOAD_15M)?, vms, |g| g.load.map(|l| l.load15))
+        per_vm(&mut start(enc, &GUEST_LOAD_1M)?, vms, |g| g.load.and_then(|l| l.load1))?;
+        per_vm(&mut start(enc, &GUEST_LOAD_5M)?, vms, |g| g.load.and_then(|l| l.load5))?;
+        per_vm(&mut start(enc, &GUEST_LOAD_15M)?, vms, |g| g.load.and_then(|l| l.load15))
     },
     private: &[],
 };
@@ -155,7 +173,7 @@ pub(super) const CPUSTATS: Command = Command {
     request: || AgentRequest::new(qga::guest_get_cpustats {}),
     period: secs(15),
     // Read leniently: only the Linux shape is known; other OS types are skipped, not fatal.
-    parse: |g, reply, lim, dropped| {
+    parse: |g, reply, lim, dropped, _| {
         let Value::Array(items) = reply else { return Err("cpustats reply is not a list".into()) };
         let mut out: Vec<CpuStats> = Vec::new();
         let mut left_out = 0;
@@ -199,3 +217,4 @@ pub(super) const CPUSTATS: Command = Command {
     },
     private: &[],
 };
+

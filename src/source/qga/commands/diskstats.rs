@@ -138,7 +138,7 @@ pub(super) const DISKSTATS: Command = Command {
     about: "guest disk counters",
     request: || AgentRequest::new(qga::guest_get_diskstats {}),
     period: secs(15),
-    parse: |g, reply, lim, dropped| {
+    parse: |g, reply, lim, dropped, _| {
         let disks: Vec<qga::GuestDiskStatsInfo> = typed(reply)?;
         let mut out: Vec<DiskStats> = Vec::new();
         let mut left_out = 0;
@@ -192,3 +192,4 @@ pub(super) const DISKSTATS: Command = Command {
     },
     private: &[],
 };
+

@@ -40,7 +40,7 @@ pub(super) const FSINFO: Command = Command {
     request: || AgentRequest::new(qga::guest_get_fsinfo {}),
     period: secs(30),
     // Read leniently: a newer agent may extend the disk-address enums.
-    parse: |g, reply, lim, dropped| {
+    parse: |g, reply, lim, dropped, rejected| {
         let Value::Array(items) = reply else { return Err("fsinfo reply is not a list".into()) };
         let max = lim.label_bytes;
         let mut out: Vec<Filesystem> = Vec::new();
@@ -60,14 +60,16 @@ pub(super) const FSINFO: Command = Command {
                 left_out += 1;
                 continue;
             }
-            let n = |k: &str| item.get(k).and_then(Value::as_u64);
-            out.push(Filesystem {
-                name,
-                mountpoint,
-                fstype,
-                total_bytes: n("total-bytes"),
-                used_bytes: n("used-bytes"),
-            });
+            // Impossible sizes are left out (the other values stay): negative, not a number,
+            // past i64::MAX, or used over the capacity the same entry gives.
+            let raw = |k: &str| item.get(k).unwrap_or(&Value::Null);
+            let at = Some(mountpoint.as_str());
+            let total = reject::check(&super::RULES, &FS_CAPACITY, raw("total-bytes"), 1.0, Context::default(), at, rejected);
+            let used =
+                reject::check(&super::RULES, &FS_USED, raw("used-bytes"), 1.0, Context { limit: total, previous: None }, at, rejected);
+            let total_bytes = total.and_then(|_| raw("total-bytes").as_u64());
+            let used_bytes = used.and_then(|_| raw("used-bytes").as_u64());
+            out.push(Filesystem { name, mountpoint, fstype, total_bytes, used_bytes });
         }
         count_drop(dropped, "filesystem", left_out);
         g.filesystems = Some(out);
@@ -92,3 +94,4 @@ pub(super) const FSINFO: Command = Command {
     },
     private: &[],
 };
+

@@ -25,7 +25,7 @@ pub(super) const USERS: Command = Command {
     about: "logged-in users",
     request: || AgentRequest::new(qga::guest_get_users {}),
     period: secs(30),
-    parse: |g, reply, _, _| {
+    parse: |g, reply, _, _, _| {
         let users: Vec<qga::GuestUser> = typed(reply)?;
         g.users = Some(users.len() as u64);
         Ok(())
@@ -57,7 +57,7 @@ pub(super) const OSINFO: Command = Command {
     about: "operating system",
     request: || AgentRequest::new(qga::guest_get_osinfo {}),
     period: secs(300),
-    parse: |g, reply, lim, _| {
+    parse: |g, reply, lim, _, _| {
         let o: qga::GuestOSInfo = typed(reply)?;
         let max = lim.label_bytes;
         g.os = Some(OsInfo {
@@ -110,7 +110,7 @@ pub(super) const TIMEZONE: Command = Command {
     about: "time zone offset",
     request: || AgentRequest::new(qga::guest_get_timezone {}),
     period: secs(300),
-    parse: |g, reply, _, _| {
+    parse: |g, reply, _, _, _| {
         let tz: qga::GuestTimezone = typed(reply)?;
         g.timezone_offset_seconds = Some(tz.offset);
         Ok(())
@@ -142,7 +142,7 @@ pub(super) const HOSTNAME: Command = Command {
     about: "host name",
     request: || AgentRequest::new(qga::guest_get_host_name {}),
     period: secs(300),
-    parse: |g, reply, lim, _| {
+    parse: |g, reply, lim, _, _| {
         let h: qga::GuestHostName = typed(reply)?;
         g.hostname = Some(label(&h.host_name, lim.label_bytes));
         Ok(())
@@ -159,3 +159,4 @@ pub(super) const HOSTNAME: Command = Command {
     },
     private: &[],
 };
+

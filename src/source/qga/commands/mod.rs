@@ -27,6 +27,10 @@ use super::{Qga, label};
 use crate::model::exposition::{Family, family as start, num};
 use crate::model::metric::{B, MetricDef, N, S, family};
 use crate::source::api::VmView;
+use crate::source::reject::{
+    self, BYTES, Context, MAX_BYTES, MAX_LOAD, MAX_VCPUS, Reason, Rejected, Rejections, Rule, Test, at_most, finite,
+    not_negative, rule,
+};
 
 mod agent;
 mod cpu;
@@ -36,12 +40,18 @@ mod identity;
 mod network;
 
 use agent::{INFO, MEMORY_BLOCK_INFO};
+pub use cpu::{GUEST_LOAD_1M, GUEST_LOAD_5M, GUEST_LOAD_15M, GUEST_VCPUS, GUEST_VCPUS_ONLINE};
 use cpu::{CPUSTATS, LOAD, VCPUS};
 pub use cpu::{GuestGetLoad, GuestLoadInfo};
 use diskstats::{DISK, DISKSTATS};
+pub use fsinfo::{FS_CAPACITY, FS_USED};
 use fsinfo::{FS, FSINFO};
 use identity::{HOSTNAME, OSINFO, TIMEZONE, USERS};
 use network::{NET, NETWORK};
+
+/// Applies a successful reply (the `return` value) to the VM's data, within the caps; items
+/// left out are counted in [`Dropped`], impossible values pushed to the `Vec<Rejected>`.
+pub type Parse = fn(&mut GuestData, &Value, &GuestLimits, &mut Dropped, &mut Vec<Rejected>) -> Result<(), String>;
 
 /// One polled guest-agent command.
 #[derive(Debug, Clone, Copy)]
@@ -54,8 +64,9 @@ pub struct Command {
     pub request: fn() -> AgentRequest,
     /// Its default period.
     pub period: Duration,
-    /// Applies a successful reply to the VM's data.
-    pub parse: fn(&mut GuestData, &Value, &GuestLimits, &mut Dropped) -> Result<(), String>,
+    /// Applies a successful reply to the VM's data; impossible values ([`crate::source::reject`])
+    /// are left out and pushed to the last argument.
+    pub parse: Parse,
     /// The families it feeds, in the order `encode` writes them.
     pub families: &'static [&'static MetricDef],
     /// Writes them.
@@ -143,16 +154,21 @@ pub struct GuestData {
 }
 
 impl GuestData {
-    /// Applies a successful reply of the command named `command` (its `return` value).
+    /// Applies a successful reply of the command named `command` (its `return` value). Its
+    /// impossible values are left out and recorded in `rejected` (only when the reply as a
+    /// whole was usable).
     pub fn apply(
         &mut self,
         command: &str,
         reply: &Value,
         lim: &GuestLimits,
         dropped: &mut Dropped,
+        rejected: &mut Rejections,
     ) -> Result<(), String> {
         let c = COMMANDS.iter().find(|c| c.name() == command).ok_or_else(|| format!("no parser for {command}"))?;
-        (c.parse)(self, reply, lim, dropped)?;
+        let mut pending = Vec::new();
+        (c.parse)(self, reply, lim, dropped, &mut pending)?;
+        rejected.record_all(pending);
         self.fit_series(lim.series, dropped);
         Ok(())
     }
@@ -218,6 +234,33 @@ fn ms(v: Option<u64>) -> Option<f64> {
 fn sectors(v: Option<u64>) -> Option<f64> {
     v.map(|v| v as f64 * 512.0)
 }
+
+/// Every rule for the agent's values, checked in this order for a family; the first that fails rejects the value.
+pub const RULES: [Rule; 20] = [
+    // guest-get-fsinfo
+    finite(&FS_CAPACITY),
+    not_negative(&FS_CAPACITY),
+    at_most(&FS_CAPACITY, MAX_BYTES, BYTES),
+    finite(&FS_USED),
+    not_negative(&FS_USED),
+    at_most(&FS_USED, MAX_BYTES, BYTES),
+    rule(&FS_USED, Reason::UsedOverCapacity, Test::AtMostLimit, "<= total-bytes of the same filesystem"),
+    // guest-get-load
+    finite(&GUEST_LOAD_1M),
+    not_negative(&GUEST_LOAD_1M),
+    at_most(&GUEST_LOAD_1M, MAX_LOAD, "<= 4194304 (PID_MAX_LIMIT: every task runnable)"),
+    finite(&GUEST_LOAD_5M),
+    not_negative(&GUEST_LOAD_5M),
+    at_most(&GUEST_LOAD_5M, MAX_LOAD, "<= 4194304 (PID_MAX_LIMIT: every task runnable)"),
+    finite(&GUEST_LOAD_15M),
+    not_negative(&GUEST_LOAD_15M),
+    at_most(&GUEST_LOAD_15M, MAX_LOAD, "<= 4194304 (PID_MAX_LIMIT: every task runnable)"),
+    // guest-get-vcpus (counted from the reply's list)
+    finite(&GUEST_VCPUS),
+    at_most(&GUEST_VCPUS, MAX_VCPUS, "<= 4096 (KVM_MAX_VCPUS)"),
+    finite(&GUEST_VCPUS_ONLINE),
+    at_most(&GUEST_VCPUS_ONLINE, MAX_VCPUS, "<= 4096 (KVM_MAX_VCPUS)"),
+];
 
 #[cfg(test)]
 mod tests {

@@ -125,7 +125,7 @@ pub(super) const NETWORK: Command = Command {
     about: "interfaces and IP addresses",
     request: || AgentRequest::new(qga::guest_network_get_interfaces {}),
     period: secs(30),
-    parse: |g, reply, lim, dropped| {
+    parse: |g, reply, lim, dropped, _| {
         let ifaces: Vec<qga::GuestNetworkInterface> = typed(reply)?;
         let max = lim.label_bytes;
         let mut budget = lim.addresses;
@@ -214,3 +214,4 @@ pub(super) const NETWORK: Command = Command {
     },
     private: &[],
 };
+
