@@ -114,7 +114,7 @@ family!(
     Bridge,
     "vmbridge",
     Vm,
-    "How long the last call of each polled guest-agent command (guest-info, guest-get-*) took, timed out or failed included; only commands vmbridge sends to this VM."
+    "Duration of the last call of each guest-agent command sent to this VM (guest-info, guest-get-*), timeouts and failures included."
 );
 
 /// The kinds of items a per-VM cap can leave out.
