@@ -35,7 +35,8 @@ pub struct QgaFileConfig {
     pub socket_pattern: Option<String>,
     /// Deadline per agent command. Default `5s`.
     pub timeout: Option<String>,
-    /// Largest agent reply accepted, in bytes; a larger one fails the poll. Default 1048576.
+    /// Largest agent reply accepted, in bytes; a larger one fails that call (the poll, when it is
+    /// the ping's or the agent answers no ping after it). Default 1048576.
     pub max_reply_bytes: Option<usize>,
     /// Poll period per command.
     #[serde(default)]
