@@ -7,7 +7,9 @@
 //! - a real qemu-ga under `--metrics-groups core,hypervisor,bridge`: no guest command at all,
 //!   only the ping and the capability probe;
 //! - a real qemu-ga under a small `[qga] max_calls_per_minute`: commands wait for the budget
-//!   (shown in `/debug`), the pings go on.
+//!   (shown in `/debug`), the pings go on;
+//! - the real guest through libvirt under `kubevirt-complement`: each command sent is timed,
+//!   fsinfo and load (virt-handler's families) are not sent.
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a failed expectation is the report
 #![allow(clippy::disallowed_methods)] // tests drive real processes (vmbridge, qemu-ga)
 
@@ -210,4 +212,62 @@ fn a_spent_budget_makes_commands_wait_while_the_pings_go_on() {
     assert_eq!(e.value("vmbridge_source_up", &[("name", "budget"), ("source", "qga")]), Some(1.0));
     assert!(e.value("vmbridge_guest_agent_rtt_seconds", &vm).is_some());
     eprintln!("/debug budget: {budget}");
+}
+
+/// On the real guest (`lab.sh add-guest`: Debian kernel, busybox, the real qemu-ga), through
+/// libvirt: under `kubevirt-complement`, whose selection exports neither the filesystem nor the
+/// load families (virt-handler's), fsinfo and load are never sent and have no duration; every
+/// command sent is timed, one series each.
+#[test]
+fn on_the_real_guest_each_command_sent_is_timed_and_the_complement_profile_sends_no_fsinfo() {
+    let _serial = serial();
+    let _watchdog = watchdog();
+    let name = "itc-guest";
+    let lab_sh = root().join("integration/lab.sh");
+    let _ = std::process::Command::new("bash").arg(&lab_sh).args(["destroy", name]).output();
+    let out = std::process::Command::new("bash").arg(&lab_sh).args(["add-guest", name]).output().expect("lab.sh");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        let _ = std::process::Command::new("bash").arg(&lab_sh).args(["destroy", name]).output();
+        assert!(stderr.contains("did not answer guest-ping within"), "add-guest failed: {stderr}");
+        eprintln!("SKIPPED the real-guest tier: the guest did not boot in time under TCG:\n{stderr}");
+        return;
+    }
+    let _dom = Domain { name: name.to_owned() };
+    let dir = scratch("cost-guest");
+    let cfg = dir.join("vmbridge.toml");
+    let mut toml = String::from("[poll]\ninterval = \"1s\"\n[qga]\ntimeout = \"3s\"\n[qga.periods]\n");
+    for k in QGA_PERIODS {
+        toml.push_str(&format!("{k} = \"1s\"\n"));
+    }
+    std::fs::write(&cfg, toml).expect("cfg");
+    let bridge = Bridge::start(&["--config", cfg.to_str().expect("utf-8"), "--metrics-profile", "kubevirt-complement"]);
+    let vm = [("name", name)];
+    let duration = |e: &Exposition, command: &str| {
+        e.value("vmbridge_guest_agent_command_duration_seconds", &[("name", name), ("command", command)])
+    };
+    bridge.wait_for(Duration::from_secs(60), "the real guest's commands timed", |e| {
+        duration(e, "guest-get-diskstats").is_some() && duration(e, "guest-get-osinfo").is_some()
+    });
+    // A few more polls, in each of which fsinfo would be due were it in use.
+    std::thread::sleep(Duration::from_secs(3));
+    let e = bridge.metrics();
+    assert_eq!(duration(&e, "guest-get-fsinfo"), None, "fsinfo is not sent under kubevirt-complement");
+    assert_eq!(e.value("kubevirt_vmi_filesystem_capacity_bytes", &vm), None);
+    let doc: Value = serde_json::from_str(&bridge.get(&format!("/debug/vms/default/{name}"), None).body).expect("json");
+    let commands = &doc["sources"]["qga"]["sample"]["commands"];
+    assert_eq!(commands["guest-get-fsinfo"]["deselected"], true, "{commands}");
+    assert_eq!(commands["guest-get-fsinfo"]["last_ok_at"], Value::Null, "never sent: {commands}");
+    assert_eq!(commands["guest-get-load"]["deselected"], true, "{commands}");
+    let sent = lines(&e, "vmbridge_guest_agent_command_duration_seconds", name);
+    // One series per command sent: every polled command but the two deselected (and load,
+    // which this qemu-ga may lack).
+    assert!(sent.len() >= 9 && sent.len() <= 10, "{sent:#?}");
+    for l in &sent {
+        assert!(!l.contains("guest-get-fsinfo") && !l.contains("guest-get-load"), "{l}");
+        eprintln!("{l}");
+    }
+    let rtt = lines(&e, "vmbridge_guest_agent_rtt_seconds", name);
+    assert_eq!(rtt.len(), 1, "the ping goes on: {rtt:?}");
+    eprintln!("{}", rtt[0]);
 }
