@@ -287,7 +287,9 @@ impl Poller for QgaPoller {
                     return Err(e);
                 }
                 // Only this command, or the agent? A ping tells; a dead agent fails the poll
-                // as before. Past a few such failures in one poll, the rest wait for the next.
+                // as before. (Through libvirt, a call still running in the blocking slot is
+                // waited for by the ping, so nothing is sent beside it.) Past a few such
+                // failures in one poll, the rest wait for the next.
                 transport_failures += 1;
                 if !self.ping(Some(e)).await? || transport_failures >= MAX_TRANSPORT_FAILURES {
                     break;
