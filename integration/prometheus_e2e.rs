@@ -859,8 +859,9 @@ const MASKED_VALUES: &[&str] = &[
     "vmbridge_source_last_success_timestamp_seconds",
     "vmbridge_source_poll_duration_seconds",
     "vmbridge_source_polls_total",
-    // The guest agent's ping round trip is measured.
+    // The guest agent's ping round trip and each command's call are measured.
     "vmbridge_guest_agent_rtt_seconds",
+    "vmbridge_guest_agent_command_duration_seconds",
     // How many scrapers are connected, and how many connections ended, depend on the test's
     // own polling.
     "vmbridge_http_connections",

@@ -517,7 +517,7 @@ impl FileConfig {
             check.err("http.reply_budget_bytes", "must be between 1048576 and 2147483648");
         }
         let selection = crate::model::metric::Selection { profile: self.metrics_profile.unwrap_or_default(), groups };
-        let qga = crate::source::qga::config::validate(&self.qga, &mut check);
+        let qga = crate::source::qga::config::validate(&self.qga, &mut check, interval, &selection);
         let qmp = crate::source::qmp::config::validate(&self.qmp, &mut check);
         let mut static_vms = Vec::new();
         for (i, v) in self.vms.iter().enumerate() {

@@ -192,6 +192,61 @@ pub fn hostile_agent(path: PathBuf, mode: Misbehaviour) -> HostileAgent {
     handle
 }
 
+/// Every request a scripted agent read: when, and its command name.
+pub type RequestLog = Arc<Mutex<Vec<(Instant, String)>>>;
+
+/// Requests of `command` in `log` read in `[from, to)`.
+pub fn count_between(log: &RequestLog, command: &str, from: Instant, to: Instant) -> usize {
+    let log = log.lock().unwrap_or_else(|e| e.into_inner());
+    log.iter().filter(|(t, c)| c == command && *t >= from && *t < to).count()
+}
+
+/// A scripted agent that answers like a small healthy one (`guest-get-fsinfo` and
+/// `guest-get-osinfo` enabled), except that its reply to `slow` comes `delay` late, which a
+/// real agent cannot be made to do for one command alone. Every request it reads is logged
+/// with its time; connections are served side by side, so a reply still being delayed on a
+/// connection vmbridge abandoned does not hold up the next one.
+pub fn delaying_agent(path: PathBuf, slow: &'static str, delay: Duration) -> RequestLog {
+    let listener = UnixListener::bind(&path).expect("bind");
+    let log: RequestLog = Arc::default();
+    let shared = log.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            let log = shared.clone();
+            std::thread::spawn(move || {
+                let mut w = conn.try_clone().expect("clone");
+                for line in BufReader::new(conn).lines() {
+                    let Ok(line) = line else { return };
+                    let Ok(req) = serde_json::from_str::<Value>(&line) else { continue };
+                    let cmd = req["execute"].as_str().unwrap_or_default().to_owned();
+                    log.lock().unwrap_or_else(|e| e.into_inner()).push((Instant::now(), cmd.clone()));
+                    let reply = match cmd.as_str() {
+                        "guest-sync" => json!({"return": req["arguments"]["id"]}),
+                        "guest-info" => json!({"return": {"version": "8.2.0", "supported_commands": [
+                            {"name": "guest-ping", "enabled": true, "success-response": true},
+                            {"name": "guest-get-fsinfo", "enabled": true, "success-response": true},
+                            {"name": "guest-get-osinfo", "enabled": true, "success-response": true}]}}),
+                        "guest-get-fsinfo" => json!({"return": [{"name": "vda1", "mountpoint": "/", "type": "ext4",
+                            "disk": [], "total-bytes": 1000, "used-bytes": 10}]}),
+                        "guest-get-osinfo" => json!({"return": {"id": "debian", "name": "Debian GNU/Linux",
+                            "version-id": "12", "kernel-release": "6.1.0", "machine": "x86_64"}}),
+                        "guest-ping" => json!({"return": {}}),
+                        _ => json!({"error": {"class": "CommandNotFound", "desc": "not scripted"}}),
+                    };
+                    if cmd == slow {
+                        std::thread::sleep(delay);
+                    }
+                    if writeln!(w, "{reply}").is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    log
+}
+
 /// Every `[qga.periods]` key.
 pub const QGA_PERIODS: [&str; 12] = [
     "info",

@@ -124,6 +124,9 @@ fn rich_guest() -> crate::source::qga::QgaSample {
     for (cmd, v) in replies {
         q.data.apply(cmd, &v, &lim, &mut q.dropped, &mut q.rejected).expect("fixture parses");
     }
+    // The last calls' durations of two commands sent (the others deselected or not yet due).
+    q.commands.entry("guest-info".into()).or_default().duration_seconds = Some(0.0015);
+    q.commands.entry("guest-get-fsinfo".into()).or_default().duration_seconds = Some(0.25);
     q
 }
 
@@ -248,6 +251,8 @@ fn every_declared_family_is_emitted() {
     ]);
     let lim = crate::source::qga::GuestLimits::default();
     guest.data.apply("guest-get-fsinfo", &fs, &lim, &mut guest.dropped, &mut guest.rejected).expect("parses");
+    // A command name outside the polled list (a corrupted sample) is never a label value.
+    guest.commands.entry("guest-exec".into()).or_default().duration_seconds = Some(9.0);
     let store = store_with_guest(vec![("a", Arc::new(libvirt))], Some(guest_source(guest)));
     // Its QEMU stopped: the stall reason is written.
     store.publish(&crate::store::VmKey::new("qemu:///system", "uuid-a"), SourceKind::Process, process_source("T"));
@@ -261,6 +266,16 @@ fn every_declared_family_is_emitted() {
             "family {name} declared but never emitted:\n{text}"
         );
     }
+    let durations: Vec<&str> =
+        text.lines().filter(|l| l.starts_with("vmbridge_guest_agent_command_duration_seconds{")).collect();
+    assert_eq!(
+        durations,
+        [
+            r#"vmbridge_guest_agent_command_duration_seconds{namespace="ns",name="a",node="node-1",command="guest-get-fsinfo"} 0.25"#,
+            r#"vmbridge_guest_agent_command_duration_seconds{namespace="ns",name="a",node="node-1",command="guest-info"} 0.0015"#,
+        ],
+        "one series per command sent, none for a name outside the list"
+    );
 }
 
 #[test]
@@ -685,7 +700,13 @@ fn health_stays_within_twelve_series_per_vm_and_shows_what_occurred() {
         Some(guest_source(rich_guest())),
     );
     let compact = VmCollector::new(store.clone(), "node-1".into(), Duration::from_secs(60)).render(Format::OpenMetrics);
-    let (heartbeat, lines): (Vec<&str>, Vec<&str>) = bridge_lines(&compact, "a")
+    let (durations, lines): (Vec<&str>, Vec<&str>) = bridge_lines(&compact, "a")
+        .into_iter()
+        .partition(|l| l.starts_with("vmbridge_guest_agent_command_duration_seconds{"));
+    // The guest agent's command durations: one per command sent, at most one per polled command.
+    assert_eq!(durations.len(), 2, "{durations:#?}");
+    assert!(durations.len() <= crate::source::qga::commands::COMMANDS.len());
+    let (heartbeat, lines): (Vec<&str>, Vec<&str>) = lines
         .into_iter()
         .partition(|l| l.starts_with("vmbridge_guest_heartbeat{") || l.starts_with("vmbridge_guest_agent_rtt"));
     // Four sources, three series each; plus the VM's one guest heartbeat state (the domain
@@ -739,8 +760,9 @@ fn health_stays_within_twelve_series_per_vm_and_shows_what_occurred() {
         + crate::model::ErrorKind::ALL.len()
         + crate::breaker::TransitionReason::ALL.len()
         + 1;
-    // Plus the guest agent's five dropped-item counters, and every heartbeat state.
-    assert_eq!(lines.len(), 4 * per_source + 5 + crate::heartbeat::Heartbeat::ALL.len(), "{lines:#?}");
+    // Plus the guest agent's five dropped-item counters, every heartbeat state, and the two
+    // command durations (only commands sent, detail or not).
+    assert_eq!(lines.len(), 4 * per_source + 5 + crate::heartbeat::Heartbeat::ALL.len() + 2, "{lines:#?}");
 }
 
 #[test]

@@ -35,7 +35,8 @@ pub struct QgaFileConfig {
     pub socket_pattern: Option<String>,
     /// Deadline per agent command. Default `5s`.
     pub timeout: Option<String>,
-    /// Largest agent reply accepted, in bytes; a larger one fails the poll. Default 1048576.
+    /// Largest agent reply accepted, in bytes; a larger one fails that call (the poll, when it is
+    /// the ping's or the agent answers no ping after it). Default 1048576.
     pub max_reply_bytes: Option<usize>,
     /// Poll period per command.
     #[serde(default)]
@@ -55,6 +56,11 @@ pub struct QgaFileConfig {
     /// also opt out itself, with `<vmbridge:agent xmlns:vmbridge="urn:vmbridge:1" poll="off"/>`
     /// in its metadata. Default none.
     pub exclude: Option<Vec<String>>,
+    /// Agent calls per VM per minute (pings, `guest-info` and every command); when spent, due
+    /// commands wait for a later poll, whose `guest-ping` goes first. Part of it is kept for
+    /// the ping of each `poll.interval`. Default: twice what the configured periods and
+    /// `poll.interval` take, at least 120.
+    pub max_calls_per_minute: Option<u32>,
 }
 
 /// `[qga.periods]`: a duration per command, keyed as in `commands::COMMANDS`.
@@ -128,20 +134,27 @@ impl QgaRuntime {
     }
 }
 
-/// Validates `[qga]`.
-pub fn validate(q: &QgaFileConfig, check: &mut Check) -> QgaRuntime {
+/// Validates `[qga]`; `interval` is `poll.interval` (a ping each), `selection` the families
+/// exported (a command feeding none is not sent).
+pub fn validate(
+    q: &QgaFileConfig,
+    check: &mut Check,
+    interval: Duration,
+    selection: &crate::model::metric::Selection,
+) -> QgaRuntime {
     let timeout = check.duration("qga.timeout", &q.timeout, Duration::from_secs(5));
     for key in q.periods.0.keys().filter(|k| by_key(k).is_none()) {
         let known: Vec<&str> = COMMANDS.iter().map(|c| c.key).collect();
         check.err(&format!("qga.periods.{key}"), format!("is not a polled command (known: {})", known.join(", ")));
     }
-    let periods = COMMANDS
+    let periods: BTreeMap<String, Duration> = COMMANDS
         .iter()
         .map(|c| {
             let field = format!("qga.periods.{}", c.key);
             (c.key.to_owned(), check.duration(&field, &q.periods.0.get(c.key).cloned(), c.period))
         })
         .collect();
+    let budget = budget(q.max_calls_per_minute, interval, &periods, check);
     let max_reply_bytes = q.max_reply_bytes.unwrap_or(1 << 20);
     if !(4096..=64 << 20).contains(&max_reply_bytes) {
         check.err("qga.max_reply_bytes", "must be between 4096 and 67108864");
@@ -193,7 +206,41 @@ pub fn validate(q: &QgaFileConfig, check: &mut Check) -> QgaRuntime {
         enabled: q.enabled.unwrap_or(true),
         transport,
         socket_pattern: q.socket_pattern.clone(),
-        poll: QgaSettings { timeout, max_reply_bytes, periods, limits, heartbeat },
+        poll: QgaSettings {
+            timeout,
+            max_reply_bytes,
+            periods,
+            limits,
+            heartbeat,
+            budget,
+            selection: selection.clone(),
+        },
         exclude,
     }
+}
+
+/// `qga.max_calls_per_minute`: by default twice what the periods need (at least 120); a set
+/// value must leave room beyond the pings.
+fn budget(
+    set: Option<u32>,
+    interval: Duration,
+    periods: &BTreeMap<String, Duration>,
+    check: &mut Check,
+) -> super::cost::BudgetSettings {
+    use super::cost::BudgetSettings;
+    let ping_reserve = BudgetSettings::pings_per_minute(interval);
+    let needed = BudgetSettings::needed(interval, periods.values().copied());
+    let max_calls_per_minute = set.unwrap_or_else(|| needed.saturating_mul(2).max(120));
+    if set.is_some() && !(ping_reserve.saturating_add(1)..=1_000_000).contains(&max_calls_per_minute) {
+        check.err(
+            "qga.max_calls_per_minute",
+            format!(
+                "must be between {} and 1000000: a guest-ping every poll.interval ({}) takes {ping_reserve} a minute, \
+                 and other commands need room beyond them (the configured periods take {needed})",
+                ping_reserve + 1,
+                humantime::format_duration(interval)
+            ),
+        );
+    }
+    BudgetSettings { max_calls_per_minute, ping_reserve }
 }

@@ -9,11 +9,14 @@
 //! - [`transport`]: through libvirt, or a direct socket over [`crate::source::wire`].
 //! - [`guest`]: the shapes of parsed replies and the per-VM caps.
 //! - [`poller`]: capability discovery (`guest-info`) and per-command periods.
+//! - [`cost`]: per-command back-off, the calls-per-minute budget, which commands the
+//!   selection needs.
 //! - [`config`]: the `[qga]` section.
 
 pub mod allow;
 pub mod commands;
 pub mod config;
+pub mod cost;
 pub mod guest;
 pub mod optout;
 pub mod poller;
@@ -27,8 +30,8 @@ pub use commands::GuestData;
 pub use guest::{Dropped, GuestLimits};
 
 use crate::model::exposition::family as start;
-use crate::model::metric::{MetricDef, N, family};
 use crate::model::label;
+use crate::model::metric::{MetricDef, N, S, family};
 use crate::source::SourceKind;
 use crate::source::api::Source;
 use crate::source::api::VmView;
@@ -52,6 +55,17 @@ pub struct CommandState {
     pub last_error: Option<String>,
     /// When it is next due, seconds since the Unix epoch.
     pub next_due_at: Option<f64>,
+    /// How long its last call took, in seconds, failed or not
+    /// (`vmbridge_guest_agent_command_duration_seconds`).
+    pub duration_seconds: Option<f64>,
+    /// Calls that failed (timeout, transport, error reply, unusable reply), since discovery.
+    pub failures_total: u64,
+    /// Failures in a row; 0 after a success.
+    pub consecutive_failures: u32,
+    /// While failing: how long it is backed off, in seconds (exponential from twice its period).
+    pub backoff_seconds: Option<f64>,
+    /// Not sent: every family it feeds is deselected (`--metrics-groups`, `--metrics-profile`).
+    pub deselected: bool,
 }
 
 /// The guest source's sample: parsed data plus the per-command view for `/debug`.
@@ -75,6 +89,8 @@ pub struct QgaSample {
     /// Impossible values left out since discovery: counts and the last raw values
     /// (`vmbridge_guest_values_rejected_total`).
     pub rejected: crate::source::reject::Rejections,
+    /// The calls-per-minute budget (`[qga] max_calls_per_minute`) and what waited for it.
+    pub budget: cost::BudgetView,
 }
 
 /// The guest-agent source.
@@ -91,6 +107,18 @@ family!(
     "vmbridge",
     Vm,
     "Guest items (filesystem, interface, address, disk, cpu) left out because a per-VM cap was reached since discovery. By default only kinds that occurred have a series; every kind with --health-detail."
+);
+
+family!(
+    GUEST_COMMAND_DURATION,
+    "vmbridge_guest_agent_command_duration",
+    Gauge,
+    S,
+    ["command"],
+    Bridge,
+    "vmbridge",
+    Vm,
+    "Duration of the last call of each guest-agent command sent to this VM (guest-info, guest-get-*), timeouts and failures included."
 );
 
 /// The kinds of items a per-VM cap can leave out.
@@ -141,6 +169,7 @@ impl Source for Qga {
     fn families() -> Vec<&'static MetricDef> {
         let mut out: Vec<&'static MetricDef> = commands::COMMANDS.iter().flat_map(|c| c.families).copied().collect();
         out.push(&GUEST_DROPPED);
+        out.push(&GUEST_COMMAND_DURATION);
         out
     }
 
@@ -159,6 +188,17 @@ impl Source for Qga {
                 let n = q.dropped.get(kind).copied().unwrap_or(0);
                 if vm.health_detail || n > 0 {
                     f.vm_sample(vm, &[("kind", kind)], Some(n as f64))?;
+                }
+            }
+        }
+        let mut f = start(enc, &GUEST_COMMAND_DURATION)?;
+        for vm in vms {
+            let Some(q) = vm.sample::<Qga>() else { continue };
+            // The fixed list of polled commands, not the sample's keys: bounded whatever it holds.
+            for c in commands::COMMANDS {
+                let name = c.name();
+                if let Some(d) = q.commands.get(name).and_then(|s| s.duration_seconds) {
+                    f.vm_sample(vm, &[("command", name)], Some(d))?;
                 }
             }
         }
