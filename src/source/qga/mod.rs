@@ -8,12 +8,14 @@
 //! - [`allow`]: the read-only allow-list, enforced by type.
 //! - [`transport`]: through libvirt, or a direct socket over [`crate::source::wire`].
 //! - [`guest`]: the shapes of parsed replies and the per-VM caps.
+//! - [`drives`]: guest filesystems joined to KubeVirt's `drive` through libvirt's disks.
 //! - [`poller`]: capability discovery (`guest-info`) and per-command periods.
 //! - [`config`]: the `[qga]` section.
 
 pub mod allow;
 pub mod commands;
 pub mod config;
+pub mod drives;
 pub mod guest;
 pub mod optout;
 pub mod poller;
