@@ -8,8 +8,9 @@
 //!   only the ping and the capability probe;
 //! - a real qemu-ga under a small `[qga] max_calls_per_minute`: commands wait for the budget
 //!   (shown in `/debug`), the pings go on;
-//! - the real guest through libvirt under `kubevirt-complement`: each command sent is timed,
-//!   fsinfo and load (virt-handler's families) are not sent.
+//! - the real guest through libvirt under `kubevirt-complement`: each command sent is timed;
+//!   load (virt-handler's families only) is not sent, fsinfo is (it also feeds vmbridge's
+//!   `vmbridge_guest_filesystem_drive_info`) while virt-handler's filesystem families stay out.
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a failed expectation is the report
 #![allow(clippy::disallowed_methods)] // tests drive real processes (vmbridge, qemu-ga)
 
@@ -215,11 +216,12 @@ fn a_spent_budget_makes_commands_wait_while_the_pings_go_on() {
 }
 
 /// On the real guest (`lab.sh add-guest`: Debian kernel, busybox, the real qemu-ga), through
-/// libvirt: under `kubevirt-complement`, whose selection exports neither the filesystem nor the
-/// load families (virt-handler's), fsinfo and load are never sent and have no duration; every
-/// command sent is timed, one series each.
+/// libvirt: under `kubevirt-complement`, whose selection exports neither KubeVirt's filesystem
+/// nor its load families (virt-handler's), load is never sent and has no duration, while fsinfo
+/// is sent for vmbridge's own `vmbridge_guest_filesystem_drive_info`; every command sent is
+/// timed, one series each.
 #[test]
-fn on_the_real_guest_each_command_sent_is_timed_and_the_complement_profile_sends_no_fsinfo() {
+fn on_the_real_guest_each_command_sent_is_timed_and_the_complement_profile_sends_no_load() {
     let _serial = serial();
     let _watchdog = watchdog();
     let name = "itc-guest";
@@ -249,22 +251,22 @@ fn on_the_real_guest_each_command_sent_is_timed_and_the_complement_profile_sends
     bridge.wait_for(Duration::from_secs(60), "the real guest's commands timed", |e| {
         duration(e, "guest-get-diskstats").is_some() && duration(e, "guest-get-osinfo").is_some()
     });
-    // A few more polls, in each of which fsinfo would be due were it in use.
+    // A few more polls, in each of which load would be due were it in use.
     std::thread::sleep(Duration::from_secs(3));
     let e = bridge.metrics();
-    assert_eq!(duration(&e, "guest-get-fsinfo"), None, "fsinfo is not sent under kubevirt-complement");
+    assert!(duration(&e, "guest-get-fsinfo").is_some(), "fsinfo feeds vmbridge's drive join");
+    assert_eq!(duration(&e, "guest-get-load"), None, "load is not sent under kubevirt-complement");
     assert_eq!(e.value("kubevirt_vmi_filesystem_capacity_bytes", &vm), None);
     let doc: Value = serde_json::from_str(&bridge.get(&format!("/debug/vms/default/{name}"), None).body).expect("json");
     let commands = &doc["sources"]["qga"]["sample"]["commands"];
-    assert_eq!(commands["guest-get-fsinfo"]["deselected"], true, "{commands}");
-    assert_eq!(commands["guest-get-fsinfo"]["last_ok_at"], Value::Null, "never sent: {commands}");
+    assert_eq!(commands["guest-get-fsinfo"]["deselected"], false, "{commands}");
     assert_eq!(commands["guest-get-load"]["deselected"], true, "{commands}");
+    assert_eq!(commands["guest-get-load"]["last_ok_at"], Value::Null, "never sent: {commands}");
     let sent = lines(&e, "vmbridge_guest_agent_command_duration_seconds", name);
-    // One series per command sent: every polled command but the two deselected (and load,
-    // which this qemu-ga may lack).
-    assert!(sent.len() >= 9 && sent.len() <= 10, "{sent:#?}");
+    // One series per command sent: every polled command but load, the one deselected.
+    assert_eq!(sent.len(), 11, "{sent:#?}");
     for l in &sent {
-        assert!(!l.contains("guest-get-fsinfo") && !l.contains("guest-get-load"), "{l}");
+        assert!(!l.contains("guest-get-load"), "{l}");
         eprintln!("{l}");
     }
     let rtt = lines(&e, "vmbridge_guest_agent_rtt_seconds", name);

@@ -388,3 +388,123 @@ fn guest_memory_figures_whose_stamp_stops_are_withheld() {
         state(e).as_deref() == Some("fresh") && e.value("kubevirt_vmi_memory_usable_bytes", &vm).is_some()
     });
 }
+
+/// A label set in PromQL's series notation.
+fn promql_series(name: &str, labels: &std::collections::BTreeMap<String, String>) -> String {
+    let esc = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+    let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{}\"", esc(v))).collect();
+    format!("{name}{{{}}}", inner.join(","))
+}
+
+/// Guest filesystems joined to their drives on the real guest: two more virtio disks with
+/// serials and KubeVirt user aliases (`lab.sh` VMB_GUEST_DRIVE_DISKS=1: ua-datadisk serial
+/// vmb-datadisk, ua-logdisk serial vmb-logdisk), which the guest's /init mounts by serial on
+/// /data and /logs. Each mount point's `vmbridge_guest_filesystem_drive_info` names its
+/// drive, `/debug` says how it matched, and the README's PromQL join, evaluated by
+/// Prometheus' own engine (`promtool test rules` over the scraped series), takes KubeVirt's
+/// filesystem family to `kubevirt_vmi_storage_*{drive}`.
+#[test]
+fn guest_filesystems_are_joined_to_their_kubevirt_drives() {
+    let _serial = serial();
+    let name = "itfsd-drives";
+    let Some((dom, _)) = boot_guest(name, &[("VMB_GUEST_DRIVE_DISKS", "1")], "filesystem-to-drive tier") else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("vmbridge-fsdrive-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let cfg = dir.join("vmbridge.toml");
+    std::fs::write(&cfg, "[poll]\ninterval = \"1s\"\n[qga.periods]\nfsinfo = \"1s\"\n").expect("cfg");
+    let bridge = Bridge::start(&["--config", cfg.to_str().unwrap()]);
+    let want = [("/data", "datadisk", "vmb-datadisk"), ("/logs", "logdisk", "vmb-logdisk")];
+    let joins = |e: &Exposition| -> Vec<Sample> {
+        e.find("vmbridge_guest_filesystem_drive_info", &[("name", name)]).into_iter().cloned().collect()
+    };
+    let (e, took) = bridge.wait_for(Duration::from_secs(60), "each mount point's drive", |e| {
+        want.iter().all(|(mp, _, _)| joins(e).iter().any(|s| s.labels["mount_point"] == *mp))
+    });
+    eprintln!("filesystems joined to drives {took:?} after vmbridge started");
+    let fsinfo = agent(name, "guest-get-fsinfo");
+    let joined = joins(&e);
+    assert_eq!(joined.len(), want.len(), "one series per mounted filesystem with a matched disk: {joined:?}");
+    for (mp, drive, serial) in want {
+        let s = joined.iter().find(|s| s.labels["mount_point"] == mp).expect("joined");
+        assert_eq!(s.labels["drive"], drive, "{mp} is on {drive}");
+        assert_eq!(s.value, 1.0);
+        // The agent's own word: the filesystem at `mp` is on the disk with that serial.
+        let fs = fsinfo.as_array().expect("list").iter().find(|f| f["mountpoint"] == mp).expect("mounted");
+        assert_eq!(fs["disk"][0]["serial"], serial, "{fs}");
+        assert_eq!(s.labels["disk_name"], fs["name"].as_str().expect("name"));
+        // The drive exists in the storage families too (KubeVirt's `drive` from the alias).
+        let read = e.value("kubevirt_vmi_storage_read_traffic_bytes_total", &[("name", name), ("drive", drive)]);
+        assert!(read.is_some(), "no kubevirt_vmi_storage_read_traffic_bytes_total{{drive={drive:?}}}");
+    }
+    for line in e.text.lines().filter(|l| {
+        l.contains(&format!("name=\"{name}\""))
+            && (l.starts_with("vmbridge_guest_filesystem_drive_info")
+                || l.starts_with("kubevirt_vmi_filesystem_used_bytes")
+                || l.starts_with("kubevirt_vmi_storage_read_traffic_bytes_total"))
+    }) {
+        eprintln!("{line}");
+    }
+
+    // /debug says how each filesystem was joined.
+    let doc: Value = serde_json::from_str(&bridge.get(&format!("/debug/vms/default/{name}"), None).body).expect("json");
+    let drives = doc["filesystem_drives"].as_array().expect("filesystem_drives");
+    for (mp, drive, _) in want {
+        let d = drives.iter().find(|d| d["mount_point"] == mp).expect("in /debug");
+        assert_eq!((d["drive"].as_str(), d["matched_by"].as_str()), (Some(drive), Some("serial")), "{d}");
+    }
+
+    // The README's join, evaluated by Prometheus' engine over this scrape's series.
+    let families = [
+        "kubevirt_vmi_filesystem_used_bytes",
+        "vmbridge_guest_filesystem_drive_info",
+        "kubevirt_vmi_storage_read_traffic_bytes_total",
+    ];
+    let mut input = String::new();
+    for f in families {
+        for s in e.find(f, &[("name", name)]) {
+            input.push_str(&format!(
+                "      - series: '{}'\n        values: '{}'\n",
+                promql_series(f, &s.labels),
+                s.value
+            ));
+        }
+    }
+    let mut expected = String::new();
+    for s in e.find("kubevirt_vmi_filesystem_used_bytes", &[("name", name)]) {
+        let Some(j) = joined.iter().find(|j| j.labels["mount_point"] == s.labels["mount_point"]) else { continue };
+        let mut labels = s.labels.clone();
+        labels.insert("drive".into(), j.labels["drive"].clone());
+        expected.push_str(&format!(
+            "          - labels: '{}'\n            value: {}\n",
+            promql_series("", &labels),
+            s.value
+        ));
+    }
+    assert_eq!(expected.matches("labels:").count(), want.len(), "{expected}");
+    let query = "(kubevirt_vmi_filesystem_used_bytes * on(namespace, name, disk_name, mount_point) group_left(drive) \
+                 vmbridge_guest_filesystem_drive_info) and on(namespace, name, drive) \
+                 kubevirt_vmi_storage_read_traffic_bytes_total";
+    let rules = dir.join("join_test.yml");
+    std::fs::write(
+        &rules,
+        format!(
+            "rule_files: []\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n{input}\
+             \x20   promql_expr_test:\n      - expr: '{query}'\n        eval_time: 0m\n        exp_samples:\n{expected}"
+        ),
+    )
+    .expect("rules");
+    let out =
+        Command::new("promtool").args(["test", "rules"]).arg(&rules).output().expect("promtool (Prometheus' tools)");
+    assert!(
+        out.status.success(),
+        "the join failed:\n{}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(&rules).unwrap_or_default()
+    );
+    eprintln!("PromQL join (promtool): {query}\n{expected}");
+    drop(dom);
+    let _ = std::fs::remove_dir_all(&dir);
+}

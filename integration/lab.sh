@@ -46,7 +46,10 @@
 # 2 s (VMB_GUEST_STATS_PERIOD), extra kernel words VMB_GUEST_CMDLINE, direct kernel boot
 # of LABDIR/guest/{kernel,initramfs.cpio.gz}, vda = an ext4 data
 # disk, and a real agent on the channel; VMB_GUEST_BOOT_TIMEOUT (default 90 s) bounds
-# the wait for guest-ping.
+# the wait for guest-ping. VMB_GUEST_DRIVE_DISKS=1: two more virtio disks with serials and
+# KubeVirt user aliases (ua-datadisk serial vmb-datadisk, ua-logdisk serial vmb-logdisk),
+# each a small ext4 image made on the host; the guest's /init mounts them by serial on
+# /data and /logs (the filesystem-to-drive join's test).
 set -euo pipefail
 
 readonly URI="qemu:///system"
@@ -67,6 +70,7 @@ readonly GUEST_BOOT_TIMEOUT="${VMB_GUEST_BOOT_TIMEOUT:-90}"
 # vmb.agent_stop_after=20), and the balloon stats period (0: the guest never refreshes them).
 readonly GUEST_CMDLINE="${VMB_GUEST_CMDLINE:-}"
 readonly GUEST_STATS_PERIOD="${VMB_GUEST_STATS_PERIOD:-2}"
+readonly GUEST_DRIVE_DISKS="${VMB_GUEST_DRIVE_DISKS:-0}"
 GUEST_BUILD="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/guest/build.sh"
 readonly GUEST_BUILD
 readonly DEFAULT_PREFIX="lab_vm-"
@@ -471,6 +475,7 @@ write_guest_domain_xml() { # NAME -> path of xml
       <target dev='vda' bus='virtio'/>
       <alias name='ua-rootdisk'/>
     </disk>
+$(guest_drive_disks "$dir")
     <interface type='ethernet'>
       <model type='virtio'/>
       <alias name='ua-default'/>
@@ -662,6 +667,32 @@ wait_agent() { # NAME T0
         'BEGIN {printf "lab: %s: boot-to-agent %.1f s (virsh create to first guest-ping answer)\n", n, b - a}' >&2
 }
 
+# VMB_GUEST_DRIVE_DISKS=1: the <disk> elements of datadisk (vdb) and logdisk (vdc), each a
+# fresh 16 MiB ext4 image in DIR carrying a <serial> and a KubeVirt user alias, as
+# virt-launcher writes a VMI's PVC disks.
+guest_drive_disks() { # DIR
+    [[ "$GUEST_DRIVE_DISKS" == 1 ]] || return 0
+    local dir=$1 disk target
+    for disk in datadisk:vdb logdisk:vdc; do
+        target=${disk#*:}
+        disk=${disk%:*}
+        if [[ ! -f "$dir/$disk.raw" ]]; then
+            truncate -s 16M "$dir/$disk.raw.tmp"
+            mke2fs -q -F -t ext4 -L "$disk" "$dir/$disk.raw.tmp" >&2 || die "mke2fs failed for $disk"
+            mv -f "$dir/$disk.raw.tmp" "$dir/$disk.raw"
+        fi
+        cat <<XML
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source file='$dir/$disk.raw'/>
+      <target dev='$target' bus='virtio'/>
+      <serial>vmb-$disk</serial>
+      <alias name='ua-$disk'/>
+    </disk>
+XML
+    done
+}
+
 # VMB_GUEST_ERROR_DISK=1: add:guest gets a second disk whose every read fails (a blkdebug
 # rule over a small raw image), so tests can provoke real guest block I/O errors.
 guest_extra_args() {
@@ -689,6 +720,7 @@ cmd_add_guest() {
     init_state
     [[ "$GUEST_BOOT_TIMEOUT" =~ ^[0-9]+$ ]] || die "VMB_GUEST_BOOT_TIMEOUT must be whole seconds"
     [[ "$GUEST_STATS_PERIOD" =~ ^[0-9]+$ ]] || die "VMB_GUEST_STATS_PERIOD must be whole seconds"
+    [[ "$GUEST_DRIVE_DISKS" =~ ^[01]$ ]] || die "VMB_GUEST_DRIVE_DISKS must be 0 or 1"
     [[ "$GUEST_CMDLINE" =~ ^[A-Za-z0-9._=/\ -]*$ ]] || die "VMB_GUEST_CMDLINE: letters, digits, . _ = / - and spaces only"
     local paths
     paths=$(VMB_LAB_DIR="$LAB_DIR" bash "$GUEST_BUILD") || die "guest image build failed ($GUEST_BUILD)"

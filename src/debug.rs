@@ -75,6 +75,9 @@ pub struct DebugVm {
     pub stall: Option<crate::stall::Stall>,
     /// Whether the guest is alive (`vmbridge_guest_heartbeat`), the data's age not judged.
     pub heartbeat: crate::heartbeat::Pulse,
+    /// Each guest filesystem's KubeVirt drive, or why it has none
+    /// (`vmbridge_guest_filesystem_drive_info`), from the last samples whatever their age.
+    pub filesystem_drives: Vec<crate::source::qga::drives::FsDrive>,
     /// The VM's full snapshot.
     #[serde(flatten)]
     pub vm: VmSnapshot,
@@ -139,6 +142,18 @@ pub fn index(store: &Store, node: &str) -> DebugIndex {
     }
 }
 
+/// The filesystem-to-drive join of `vm`'s last guest and libvirt samples.
+fn filesystem_drives(vm: &VmSnapshot) -> Vec<crate::source::qga::drives::FsDrive> {
+    use crate::source::api::Source;
+    use crate::source::{libvirt::Libvirt, qga::Qga};
+    let last = |kind| vm.sources.get(&kind).and_then(|s| s.sample.as_deref());
+    let Some(fs) = last(SourceKind::Qga).and_then(Qga::sample).and_then(|q| q.data.filesystems.as_deref()) else {
+        return Vec::new();
+    };
+    let blocks = last(SourceKind::Libvirt).and_then(Libvirt::sample).map(|l| l.parsed.blocks.as_slice());
+    crate::source::qga::drives::report(fs, blocks.unwrap_or_default())
+}
+
 /// Builds one VM's document.
 pub fn vm(store: &Store, node: &str, id: &VmId) -> Option<DebugVm> {
     let now = now_unix();
@@ -148,6 +163,7 @@ pub fn vm(store: &Store, node: &str, id: &VmId) -> Option<DebugVm> {
         data_age_seconds: ages(&vm, now),
         stall: crate::stall::of(&vm, now, f64::INFINITY),
         heartbeat: crate::heartbeat::of(&vm, now, f64::INFINITY),
+        filesystem_drives: filesystem_drives(&vm),
         vm: (*vm).clone(),
     })
 }

@@ -39,8 +39,10 @@
 //! 6. The sources, one folder (or file) each: [`source::libvirt`], [`source::qga`] (each
 //!    guest-agent command in its family's file under `qga::commands`), [`source::qmp`],
 //!    [`source::process`]. Each declares its settings, families, poller and encoder, and
-//!    imports only the layers above and the libvirt connection; the one sideways import is
-//!    QMP naming disks by libvirt's labels (`source::libvirt::drive_label`).
+//!    imports only the layers above and the libvirt connection; the sideways imports are
+//!    QMP naming disks by libvirt's labels (`source::libvirt::drive_label`) and the guest
+//!    source joining its filesystems to libvirt's disks (`source::qga::drives` reads
+//!    `source::libvirt::stats::BlockSample`); libvirt imports neither.
 //! 7. Judges over several sources' samples: [`stall`] (why a VM is stuck) and [`heartbeat`]
 //!    (whether its guest is alive). Import the sources' samples, never their internals.
 //! 8. [`collector`]: `events` and `bridge` (the event, migration and vmbridge families), then

@@ -5,14 +5,16 @@
 #
 # Idempotent: installs missing apt packages, rebuilds only when an input changed or an
 # output is missing. Output: ${VMB_LAB_DIR:-/var/lib/vmbridge-lab}/guest/{kernel,
-# initramfs.cpio.gz}; stdout: the two paths, one per line. Log on stderr.
+# initramfs.cpio.gz} (VMB_GUEST_OUT: another directory, so worktrees sharing one lab
+# with different inits do not rebuild each other's image); stdout: the two paths, one per
+# line. Log on stderr.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=integration/apt.sh
 . "$HERE/../apt.sh"
 LAB_DIR="${VMB_LAB_DIR:-/var/lib/vmbridge-lab}"
-OUT="$LAB_DIR/guest"
+OUT="${VMB_GUEST_OUT:-$LAB_DIR/guest}"
 KERNEL="$OUT/kernel"
 INITRD="$OUT/initramfs.cpio.gz"
 STAMP="$OUT/inputs.sha256"

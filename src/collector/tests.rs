@@ -90,7 +90,8 @@ fn rich_guest() -> crate::source::qga::QgaSample {
         ("guest-info", json!({"version": "9.1.0", "supported_commands": []})),
         (
             "guest-get-fsinfo",
-            json!([{"name": "vda1", "mountpoint": "/", "type": "ext4", "disk": [], "total-bytes": 1000, "used-bytes": 400}]),
+            json!([{"name": "vda1", "mountpoint": "/", "type": "ext4", "disk": [{"serial": "pvc-root", "bus-type": "virtio"}],
+                "total-bytes": 1000, "used-bytes": 400}]),
         ),
         (
             "guest-network-get-interfaces",
@@ -228,11 +229,47 @@ fn value(text: &str, series_prefix: &str) -> f64 {
     line.rsplit(' ').next().and_then(|v| v.parse().ok()).expect("numeric value")
 }
 
+/// vda as KubeVirt names it (`ua-rootdisk`), with serial `pvc-root`.
+fn rootdisk_with_serial() -> crate::source::libvirt::aliases::Aliases {
+    crate::source::libvirt::aliases::Aliases::parse(
+        "<domain><devices><disk><target dev='vda' bus='virtio'/><serial>pvc-root</serial>\
+         <alias name='ua-rootdisk'/></disk></devices></domain>",
+    )
+}
+
+#[test]
+fn guest_filesystems_are_joined_to_their_drive_by_a_family_of_their_own() {
+    let mut sample = LibvirtSample::new(rich_params(), rich_memory());
+    let store_of = |sample: LibvirtSample| {
+        store_with_guest(
+            vec![("a", source(Some(sample), Some(crate::clock::now_unix())))],
+            Some(guest_source(rich_guest())),
+        )
+    };
+    let text = scrape(store_of(sample.clone()));
+    assert!(!text.contains("vmbridge_guest_filesystem_drive_info{"), "no libvirt serial, no join:\n{text}");
+    sample.parsed.apply_aliases(&rootdisk_with_serial(), crate::source::libvirt::aliases::DeviceLabels::Auto);
+    let text = scrape(store_of(sample));
+    let join = r#"vmbridge_guest_filesystem_drive_info{namespace="ns",name="a",node="node-1",mount_point="/",disk_name="vda1",drive="rootdisk"} 1"#;
+    assert!(text.lines().any(|l| l.starts_with(join)), "{text}");
+    // KubeVirt's filesystem families keep KubeVirt's labels; the storage ones carry the drive.
+    let used = r#"kubevirt_vmi_filesystem_used_bytes{namespace="ns",name="a",node="node-1",disk_name="vda1",mount_point="/",file_system_type="ext4"} 400"#;
+    assert!(text.lines().any(|l| l.starts_with(used)), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("kubevirt_vmi_storage_read_traffic_bytes_total{")
+                && l.contains(r#"drive="rootdisk""#)),
+        "{text}"
+    );
+}
+
 #[test]
 fn every_declared_family_is_emitted() {
     let mut sample = LibvirtSample::new(rich_params(), rich_memory());
     sample.partial_total.insert("block".into(), 1);
     sample.parsed.cpu_affinity = Some(2);
+    // Its disk carries the serial the guest reports: the filesystem is joined to its drive.
+    sample.parsed.apply_aliases(&rootdisk_with_serial(), crate::source::libvirt::aliases::DeviceLabels::Auto);
     sample.guest_memory = Some(crate::source::libvirt::memstats::GuestMemoryStats {
         state: crate::source::libvirt::memstats::MemoryStatsState::Fresh,
         period_seconds: 2.0,
@@ -246,7 +283,8 @@ fn every_declared_family_is_emitted() {
     // One impossible value (a second filesystem's used over its capacity): the rejection
     // counter is written.
     let fs = serde_json::json!([
-        {"name": "vda1", "mountpoint": "/", "type": "ext4", "disk": [], "total-bytes": 1000, "used-bytes": 400},
+        {"name": "vda1", "mountpoint": "/", "type": "ext4", "disk": [{"serial": "pvc-root", "bus-type": "virtio"}],
+            "total-bytes": 1000, "used-bytes": 400},
         {"name": "vdb", "mountpoint": "/data", "type": "ext4", "disk": [], "total-bytes": 1000, "used-bytes": 4000}
     ]);
     let lim = crate::source::qga::GuestLimits::default();
@@ -588,6 +626,7 @@ fn drive_and_interface_labels_are_kubevirts_alias_names_in_every_family() {
     let aliases = Aliases {
         disks: [("vda".to_owned(), "ua-rootdisk".to_owned())].into(),
         nets: [("vnet\"0\\\n".to_owned(), "ua-default".to_owned())].into(),
+        ..Default::default()
     };
     sample.parsed.apply_aliases(&aliases, DeviceLabels::Auto);
     // QEMU names the disk by its device id, or by the QOM path of its backend.
@@ -851,8 +890,7 @@ fn a_publish_encodes_only_its_sources_part_and_matches_a_cold_full_encode_byte_f
             }
         }
         let mut s = LibvirtSample::new(params, rich_memory());
-        let aliases =
-            Aliases { disks: [("vda".to_owned(), "ua-rootdisk".to_owned())].into(), nets: Default::default() };
+        let aliases = Aliases { disks: [("vda".to_owned(), "ua-rootdisk".to_owned())].into(), ..Default::default() };
         s.parsed.apply_aliases(&aliases, labels);
         source(Some(s), Some(now()))
     };

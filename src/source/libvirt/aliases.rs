@@ -4,6 +4,10 @@
 //! the tap device), so the aliases are read from the domain XML (`virDomainGetXMLDesc`
 //! without secure flags: read-only, no secrets) once per VM and again whenever the set of
 //! devices in the stats changes (a hot-plug).
+//!
+//! The same read gives what identifies each disk to its guest (its `<serial>`, its PCI
+//! `<address>`, its bus and drive address): the guest agent names a filesystem's disk by
+//! those, and the guest source joins its filesystems to KubeVirt's `drive` through them.
 
 use std::collections::BTreeMap;
 
@@ -26,6 +30,90 @@ pub struct Aliases {
     pub disks: BTreeMap<String, String>,
     /// Interface target (`vnet0`, `tap0`) → alias (`ua-default`, `net0`).
     pub nets: BTreeMap<String, String>,
+    /// Disk target (`vda`) → what the guest can see of the disk.
+    pub disk_ids: BTreeMap<String, DiskIdentity>,
+}
+
+/// What identifies a disk to its guest, from the domain XML (all of it the definer's).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+pub struct DiskIdentity {
+    /// `<serial>`: what the guest reads as the disk's serial (virtio-blk shows it the first
+    /// 20 bytes).
+    pub serial: Option<String>,
+    /// `<target bus=…>`: `virtio`, `scsi`, `sata`, `ide`, `usb`.
+    pub bus: Option<String>,
+    /// `<address type='pci' …/>`: the disk's own PCI function (a virtio-blk disk).
+    pub pci: Option<PciAddress>,
+    /// `<address type='drive' …/>`: its place on a SCSI, SATA or IDE controller.
+    pub drive: Option<DriveAddress>,
+}
+
+/// A PCI address (`domain:bus:slot.function`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+pub struct PciAddress {
+    /// PCI domain.
+    pub domain: u32,
+    /// Bus number.
+    pub bus: u32,
+    /// Slot.
+    pub slot: u32,
+    /// Function.
+    pub function: u32,
+}
+
+/// A disk's place on its controller (`<address type='drive' controller bus target unit/>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+pub struct DriveAddress {
+    /// Controller index.
+    pub controller: u32,
+    /// Bus (SCSI channel).
+    pub bus: u32,
+    /// Target (SCSI id).
+    pub target: u32,
+    /// Unit (SCSI LUN).
+    pub unit: u32,
+}
+
+/// A libvirt address number: `0x1f` or `31`.
+fn number(s: &str) -> Option<u32> {
+    let s = s.trim();
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16).ok(),
+        None => s.parse().ok(),
+    }
+}
+
+impl DiskIdentity {
+    /// Reads one `<disk>` element's identity.
+    fn parse(disk: roxmltree::Node<'_, '_>) -> DiskIdentity {
+        let child = |tag: &str| disk.children().find(|n| n.has_tag_name(tag));
+        let serial = child("serial").and_then(|n| n.text()).map(str::trim).filter(|s| !s.is_empty());
+        let bus = child("target").and_then(|n| n.attribute("bus"));
+        let address = child("address");
+        let num = |name: &str| address.and_then(|a| number(a.attribute(name).unwrap_or("0")));
+        let pci = address.filter(|a| a.attribute("type") == Some("pci")).and_then(|_| {
+            Some(PciAddress {
+                domain: num("domain")?,
+                bus: num("bus")?,
+                slot: num("slot")?,
+                function: num("function")?,
+            })
+        });
+        let drive = address.filter(|a| a.attribute("type") == Some("drive")).and_then(|_| {
+            Some(DriveAddress {
+                controller: num("controller")?,
+                bus: num("bus")?,
+                target: num("target")?,
+                unit: num("unit")?,
+            })
+        });
+        DiskIdentity {
+            serial: serial.map(|s| crate::model::label(s, MAX_ALIAS)),
+            bus: bus.map(|b| crate::model::label(b, MAX_ALIAS)),
+            pci,
+            drive,
+        }
+    }
 }
 
 /// Longest alias kept; libvirt's are short, and the XML is the definer's.
@@ -50,9 +138,14 @@ impl Aliases {
             let attr = |tag: &str, name: &str| {
                 dev.children().find(|n| n.has_tag_name(tag)).and_then(|n| n.attribute(name)).map(str::to_owned)
             };
-            if let (Some(target), Some(alias)) = (attr("target", "dev"), attr("alias", "name")) {
+            let Some(target) = attr("target", "dev") else { continue };
+            let target = crate::model::label(&target, MAX_ALIAS);
+            if dev.has_tag_name("disk") && out.disk_ids.len() < MAX_DEVICES {
+                out.disk_ids.insert(target.clone(), DiskIdentity::parse(dev));
+            }
+            if let Some(alias) = attr("alias", "name") {
                 if map.len() < MAX_DEVICES {
-                    map.insert(crate::model::label(&target, MAX_ALIAS), crate::model::label(&alias, MAX_ALIAS));
+                    map.insert(target, crate::model::label(&alias, MAX_ALIAS));
                 }
             }
         }
@@ -111,6 +204,31 @@ mod tests {
         assert_eq!(a.disks.get("sda"), None, "a disk without an alias has none");
         assert_eq!(a.nets.get("tap0").map(String::as_str), Some("ua-default"));
         assert_eq!(a.nets.len(), 1, "serial ports are not interfaces");
+    }
+
+    #[test]
+    fn disk_identities_come_from_the_recorded_lab_domain() {
+        // `lab.sh add-guest` with VMB_GUEST_DRIVE_DISKS=1, as libvirt 9 dumped it.
+        let a = Aliases::parse(include_str!("../../../integration/fixtures/guest-drives-domain.xml"));
+        let pci = |bus| Some(PciAddress { domain: 0, bus, slot: 0, function: 0 });
+        let id = |serial: Option<&str>, bus| DiskIdentity {
+            serial: serial.map(Into::into),
+            bus: Some("virtio".into()),
+            pci: pci(bus),
+            drive: None,
+        };
+        assert_eq!(a.disk_ids["vda"], id(None, 4));
+        assert_eq!(a.disk_ids["vdb"], id(Some("vmb-datadisk"), 5));
+        assert_eq!(a.disk_ids["vdc"], id(Some("vmb-logdisk"), 6));
+        assert_eq!(a.disks["vdc"], "ua-logdisk");
+        // A SCSI disk's drive address; decimal and hex numbers alike; a disk without an
+        // alias still has its identity.
+        let scsi = "<domain><devices><disk device='cdrom'><target dev='sdb' bus='scsi'/>\
+            <address type='drive' controller='1' bus='0' target='0x2' unit='3'/></disk></devices></domain>";
+        let a = Aliases::parse(scsi);
+        assert_eq!(a.disk_ids["sdb"].drive, Some(DriveAddress { controller: 1, bus: 0, target: 2, unit: 3 }));
+        assert_eq!(a.disk_ids["sdb"].bus.as_deref(), Some("scsi"));
+        assert!(a.disks.is_empty());
     }
 
     #[test]

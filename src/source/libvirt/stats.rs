@@ -183,6 +183,9 @@ pub struct BlockSample {
     pub label: String,
     /// Source path on the host, if any (not exported as a label: paths are unbounded).
     pub path: Option<String>,
+    /// What identifies the disk to its guest (serial, PCI or drive address), from the
+    /// domain XML: how a guest filesystem is joined to its `drive`.
+    pub identity: super::aliases::DiskIdentity,
     /// Read requests.
     pub rd_reqs: Option<u64>,
     /// Bytes read.
@@ -265,6 +268,7 @@ impl DomainSample {
         }
         for b in &mut self.blocks {
             b.alias = aliases.disks.get(&b.name).cloned();
+            b.identity = aliases.disk_ids.get(&b.name).cloned().unwrap_or_default();
             b.label = super::aliases::label(b.alias.as_deref(), &b.name, mode);
         }
     }

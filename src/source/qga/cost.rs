@@ -219,10 +219,12 @@ mod tests {
         let used: Vec<&str> = COMMANDS.iter().filter(|c| in_use(c, &no_guest)).map(|c| c.key).collect();
         // The capability probe only: every other command feeds guest families alone.
         assert_eq!(used, ["info"]);
-        // The complement profile drops virt-handler's copies: its filesystem and load families.
+        // The complement profile drops virt-handler's copies: its load families (so no
+        // guest-get-load), while guest-get-fsinfo still feeds vmbridge's own
+        // vmbridge_guest_filesystem_drive_info.
         let complement = Selection { profile: crate::model::metric::Profile::KubevirtComplement, ..all };
-        let fsinfo = by_key("fsinfo").expect("fsinfo");
-        assert!(!in_use(fsinfo, &complement));
+        assert!(!in_use(by_key("load").expect("load"), &complement));
+        assert!(in_use(by_key("fsinfo").expect("fsinfo"), &complement));
         assert!(in_use(by_key("diskstats").expect("diskstats"), &complement));
     }
 

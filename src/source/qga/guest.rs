@@ -58,6 +58,55 @@ pub struct Filesystem {
     pub total_bytes: Option<u64>,
     /// Used bytes.
     pub used_bytes: Option<u64>,
+    /// The disks under it, as the agent names them (at most [`MAX_FS_DISKS`]).
+    pub disks: Vec<GuestDisk>,
+    /// Whether the agent named more disks than were kept (the join to a drive then refuses).
+    pub more_disks: bool,
+}
+
+/// Most disks kept per filesystem (a RAID or volume group over more is not joined to a drive).
+pub const MAX_FS_DISKS: usize = 8;
+
+/// One disk under a guest filesystem (`guest-get-fsinfo` `disk`): how the guest sees its
+/// address. Every field is the guest's word; numbers outside `u32` are dropped.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+pub struct GuestDisk {
+    /// `serial` (from udev's `ID_SERIAL`).
+    pub serial: Option<String>,
+    /// `bus-type` (`virtio`, `scsi`, `sata`, `ide`, …).
+    pub bus_type: Option<String>,
+    /// `pci-controller` as `[domain, bus, slot, function]`: the disk's own function for
+    /// virtio-blk, its controller's otherwise.
+    pub pci: Option<[u32; 4]>,
+    /// `bus` (SCSI channel).
+    pub bus: Option<u32>,
+    /// `target` (SCSI id).
+    pub target: Option<u32>,
+    /// `unit` (SCSI LUN).
+    pub unit: Option<u32>,
+    /// `dev` (`/dev/vdb`): shown, never matched (the guest kernel's names need not be libvirt's targets).
+    pub dev: Option<String>,
+}
+
+impl GuestDisk {
+    /// Reads one `disk` entry; anything not of the expected shape is left out.
+    pub(super) fn parse(v: &Value, max: usize) -> GuestDisk {
+        let s =
+            |k: &str| v.get(k).and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty()).map(|s| label(s, max));
+        let n = |v: &Value, k: &str| v.get(k).and_then(Value::as_u64).and_then(|n| u32::try_from(n).ok());
+        let pci = v
+            .get("pci-controller")
+            .and_then(|p| Some([n(p, "domain")?, n(p, "bus")?, n(p, "slot")?, n(p, "function")?]));
+        GuestDisk {
+            serial: s("serial"),
+            bus_type: s("bus-type"),
+            pci,
+            bus: n(v, "bus"),
+            target: n(v, "target"),
+            unit: n(v, "unit"),
+            dev: s("dev"),
+        }
+    }
 }
 
 /// One IP address.
@@ -315,9 +364,10 @@ mod tests {
         assert_eq!(d, Dropped::new(), "nothing dropped before the CPUs");
         g.apply("guest-get-cpustats", &Value::Array(cpus), &lim, &mut d, &mut r).expect("parses");
         assert!(g.series() <= 2000, "{} series", g.series());
-        // 128 + 32 x 8 + 64 addresses + 640 = 1,088 before the CPUs leave room for 91 of 512.
-        assert_eq!(g.cpus.as_ref().map(Vec::len), Some(91));
-        assert_eq!(d, Dropped::from([("cpu".into(), 421)]));
+        // 192 (64 x capacity, used, drive) + 32 x 8 + 64 addresses + 640 = 1,152 before the
+        // CPUs leave room for 84 of 512.
+        assert_eq!(g.cpus.as_ref().map(Vec::len), Some(84));
+        assert_eq!(d, Dropped::from([("cpu".into(), 428)]));
         // Applied again, the same reply keeps the same series.
         let before = g.clone();
         g.apply(

@@ -8,6 +8,7 @@
 //! - [`allow`]: the read-only allow-list, enforced by type.
 //! - [`transport`]: through libvirt, or a direct socket over [`crate::source::wire`].
 //! - [`guest`]: the shapes of parsed replies and the per-VM caps.
+//! - [`drives`]: guest filesystems joined to KubeVirt's `drive` through libvirt's disks.
 //! - [`poller`]: capability discovery (`guest-info`) and per-command periods.
 //! - [`cost`]: per-command back-off, the calls-per-minute budget, which commands the
 //!   selection needs.
@@ -17,6 +18,7 @@ pub mod allow;
 pub mod commands;
 pub mod config;
 pub mod cost;
+pub mod drives;
 pub mod guest;
 pub mod optout;
 pub mod poller;

@@ -1,7 +1,10 @@
-//! `guest-get-fsinfo`: filesystem capacity and use per mount point.
+//! `guest-get-fsinfo`: filesystem capacity and use per mount point, and each filesystem's
+//! KubeVirt drive (joined through libvirt's disks: `qga::drives`).
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
+use crate::source::libvirt::Libvirt;
+use crate::source::qga::drives::drive_of;
 
 // ---------------------------------------------------------------------------------------------
 // guest-get-fsinfo: filesystem capacity and use per mount point.
@@ -29,6 +32,18 @@ family!(
     "qga guest-get-fsinfo used-bytes",
     Vm,
     "Used disk space of the file system."
+);
+
+family!(
+    FS_DRIVE,
+    "vmbridge_guest_filesystem_drive",
+    Info,
+    N,
+    ["mount_point", "disk_name", "drive"],
+    Guest,
+    "qga guest-get-fsinfo disk matched to libvirt's <disk> by serial, else PCI address (virtio), else bus/target/unit",
+    Vm,
+    "The drive holding all of the file system's disks; the value is always 1."
 );
 
 type FsField = fn(&Filesystem) -> Option<u64>;
@@ -69,13 +84,22 @@ pub(super) const FSINFO: Command = Command {
                 reject::check(&super::RULES, &FS_USED, raw("used-bytes"), 1.0, Context { limit: total, previous: None }, at, rejected);
             let total_bytes = total.and_then(|_| raw("total-bytes").as_u64());
             let used_bytes = used.and_then(|_| raw("used-bytes").as_u64());
-            out.push(Filesystem { name, mountpoint, fstype, total_bytes, used_bytes });
+            let disks = item.get("disk").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+            out.push(Filesystem {
+                name,
+                mountpoint,
+                fstype,
+                total_bytes,
+                used_bytes,
+                disks: disks.iter().take(MAX_FS_DISKS).map(|d| GuestDisk::parse(d, max)).collect(),
+                more_disks: disks.len() > MAX_FS_DISKS,
+            });
         }
         count_drop(dropped, "filesystem", left_out);
         g.filesystems = Some(out);
         Ok(())
     },
-    families: &[&FS_CAPACITY, &FS_USED],
+    families: &[&FS_CAPACITY, &FS_USED, &FS_DRIVE],
     encode: |enc, vms| {
         for (def, get) in FS {
             let mut f = start(enc, def)?;
@@ -88,6 +112,23 @@ pub(super) const FSINFO: Command = Command {
                     ];
                     f.vm_sample(vm, &labels, num(get(fs)))?;
                 }
+            }
+        }
+        let mut f = start(enc, &FS_DRIVE)?;
+        for vm in vms {
+            let Some(filesystems) = data(vm).and_then(|g| g.filesystems.as_deref()) else { continue };
+            let blocks = vm.sample::<Libvirt>().map(|l| l.parsed.blocks.as_slice()).unwrap_or_default();
+            // Two filesystems differing only in type would be one series twice: the first is kept.
+            let mut written: Vec<(&str, &str)> = Vec::new();
+            for fs in filesystems {
+                let Ok((disk, _)) = drive_of(fs, blocks) else { continue };
+                if written.contains(&(fs.mountpoint.as_str(), fs.name.as_str())) {
+                    continue;
+                }
+                written.push((&fs.mountpoint, &fs.name));
+                let labels =
+                    [("mount_point", fs.mountpoint.as_str()), ("disk_name", &fs.name), ("drive", disk.label())];
+                f.vm_sample(vm, &labels, Some(1.0))?;
             }
         }
         Ok(())

@@ -20,8 +20,8 @@ use serde_json::Value;
 
 use super::allow::{AgentRequest, allow_list};
 use super::guest::{
-    Address, CpuStats, DiskStats, Dropped, Filesystem, GuestLimits, Interface, InterfaceStats, OsInfo, count_drop,
-    opt_label, typed,
+    Address, CpuStats, DiskStats, Dropped, Filesystem, GuestDisk, GuestLimits, Interface, InterfaceStats, MAX_FS_DISKS,
+    OsInfo, count_drop, opt_label, typed,
 };
 use super::{Qga, label};
 use crate::model::exposition::{Family, family as start, num};
@@ -173,10 +173,10 @@ impl GuestData {
         Ok(())
     }
 
-    /// Series the item lists add: per filesystem 2, per interface 8 (with counters) and 1
+    /// Series the item lists add: per filesystem 3 (capacity, used, drive), per interface 8 (with counters) and 1
     /// per address, per disk 10, per CPU one per mode.
     pub fn series(&self) -> usize {
-        let fs = self.filesystems.as_ref().map_or(0, |f| f.len() * FS.len());
+        let fs = self.filesystems.as_ref().map_or(0, |f| f.len() * (FS.len() + 1));
         let ifs = self
             .interfaces
             .as_ref()
