@@ -15,24 +15,30 @@ use crate::model::metric::{Group, Kind, MetricDef, Selection};
 use crate::source::SourceKind;
 use crate::source::api::{Source, Visit};
 
+/// The families the sources of `kinds` declare, in that order.
+fn declared_by(kinds: impl Iterator<Item = SourceKind>) -> Vec<&'static MetricDef> {
+    struct Collect(Vec<&'static MetricDef>);
+    impl Visit for Collect {
+        fn visit<S: Source>(&mut self) {
+            self.0.extend(S::families());
+        }
+    }
+    let mut c = Collect(Vec::new());
+    for kind in kinds {
+        crate::source::visit(kind, &mut c);
+    }
+    c.0
+}
+
 /// Every family, in exposition order: each source's (in [`SourceKind::ALL`] order), the
 /// event and migration families, then vmbridge's own.
 pub fn all() -> &'static [&'static MetricDef] {
     static ALL: std::sync::LazyLock<Vec<&'static MetricDef>> = std::sync::LazyLock::new(|| {
-        struct Collect(Vec<&'static MetricDef>);
-        impl Visit for Collect {
-            fn visit<S: Source>(&mut self) {
-                self.0.extend(S::families());
-            }
-        }
-        let mut c = Collect(Vec::new());
-        for kind in SourceKind::ALL {
-            crate::source::visit(kind, &mut c);
-        }
-        c.0.extend(events::FAMILIES);
-        c.0.extend(bridge::BRIDGE);
-        c.0.push(&bridge::BUILD_INFO);
-        c.0
+        let mut all = declared_by(SourceKind::ALL.into_iter());
+        all.extend(events::FAMILIES);
+        all.extend(bridge::BRIDGE);
+        all.push(&bridge::BUILD_INFO);
+        all
     });
     &ALL
 }
@@ -41,17 +47,8 @@ pub fn all() -> &'static [&'static MetricDef] {
 /// only under a condition (a test source). `docs/METRICS.md` and `--list-metrics` list these.
 pub fn documented() -> &'static [&'static MetricDef] {
     static DOCUMENTED: std::sync::LazyLock<Vec<&'static MetricDef>> = std::sync::LazyLock::new(|| {
-        struct Collect(Vec<&'static MetricDef>);
-        impl Visit for Collect {
-            fn visit<S: Source>(&mut self) {
-                self.0.extend(S::families());
-            }
-        }
-        let mut conditional = Collect(Vec::new());
-        for kind in SourceKind::ALL.into_iter().filter(|k| k.conditional()) {
-            crate::source::visit(kind, &mut conditional);
-        }
-        all().iter().copied().filter(|d| !conditional.0.iter().any(|c| c.name == d.name)).collect()
+        let conditional = declared_by(SourceKind::ALL.into_iter().filter(|k| k.conditional()));
+        all().iter().copied().filter(|d| !conditional.iter().any(|c| c.name == d.name)).collect()
     });
     &DOCUMENTED
 }
