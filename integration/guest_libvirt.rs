@@ -254,6 +254,14 @@ fn guest_block_io_errors_are_counted_exactly() {
 }
 
 /// The VM's current guest heartbeat state, if written.
+/// The exposition's lines of `family` for VM `name`, as the closing notes quote them.
+fn show(e: &Exposition, family: &str, name: &str) {
+    let vm = format!("name=\"{name}\"");
+    for l in e.text.lines().filter(|l| l.starts_with(family) && l.contains(&vm)) {
+        eprintln!("  {l}");
+    }
+}
+
 fn heartbeat(e: &Exposition, name: &str) -> Option<String> {
     let states: Vec<String> = e
         .find("vmbridge_guest_heartbeat", &[("name", name)])
@@ -293,6 +301,8 @@ fn guest_heartbeat_follows_a_silent_agent_and_a_stopped_qemu() {
     let rtt = e.value("vmbridge_guest_agent_rtt_seconds", &vm).expect("a round-trip time while ok");
     assert!(rtt > 0.0 && rtt < 2.0, "rtt {rtt} within the 2 s command deadline");
     eprintln!("ok {took:?} after vmbridge started; vmbridge_guest_agent_rtt_seconds {rtt}");
+    show(&e, "vmbridge_guest_heartbeat", name);
+    show(&e, "vmbridge_guest_agent_rtt_seconds", name);
 
     // QEMU stopped: the host cannot vouch for the guest. Never ok once it left ok.
     dom.stop();
@@ -300,6 +310,7 @@ fn guest_heartbeat_follows_a_silent_agent_and_a_stopped_qemu() {
         matches!(heartbeat(e, name).as_deref(), Some("unknown" | "guest_stalled"))
     });
     eprintln!("QEMU stopped: {:?} after {took:?}", heartbeat(&e, name));
+    show(&e, "vmbridge_guest_heartbeat", name);
     let mut seen = Vec::new();
     for _ in 0..10 {
         std::thread::sleep(Duration::from_millis(500));
@@ -325,6 +336,7 @@ fn guest_heartbeat_follows_a_silent_agent_and_a_stopped_qemu() {
         s.as_deref() == Some("agent_silent")
     });
     eprintln!("agent_silent {took:?} later, {:?} after boot", booted.elapsed());
+    show(&e, "vmbridge_guest_heartbeat", name);
     assert_eq!(e.value("vmbridge_guest_agent_rtt_seconds", &vm), None, "no round-trip time for a silent agent");
     let console = std::fs::read_to_string(format!("/var/lib/vmbridge-lab/vms/{name}/console.log")).unwrap_or_default();
     assert!(console.contains("stopped qemu-ga (SIGSTOP)"), "the guest says it stopped its agent:\n{console}");
@@ -353,6 +365,8 @@ fn guest_memory_figures_whose_stamp_stops_are_withheld() {
     let (e, took) = bridge.wait_for(Duration::from_secs(60), "fresh guest memory figures", |e| {
         state(e).as_deref() == Some("fresh") && e.value("kubevirt_vmi_memory_usable_bytes", &vm).is_some()
     });
+    show(&e, "vmbridge_guest_memory_stats", name);
+    show(&e, "kubevirt_vmi_memory_usable_bytes", name);
     eprintln!(
         "fresh after {took:?}: usable {:?}, last update {:?}",
         e.value("kubevirt_vmi_memory_usable_bytes", &vm),
@@ -368,6 +382,8 @@ fn guest_memory_figures_whose_stamp_stops_are_withheld() {
     let (e, took) = bridge
         .wait_for(Duration::from_secs(60), "stale guest memory figures", |e| state(e).as_deref() == Some("stale"));
     eprintln!("stale {took:?} after the period was set to 0");
+    show(&e, "vmbridge_guest_memory_stats", name);
+    show(&e, "kubevirt_vmi_memory_actual_balloon_bytes", name);
     for gone in [
         "kubevirt_vmi_memory_usable_bytes",
         "kubevirt_vmi_memory_available_bytes",
