@@ -26,20 +26,7 @@ use serde_json::Value;
 /// A config polling one static VM `cost/<name>` at `socket` every second, with `qga` lines
 /// added to `[qga]` and every period in `periods`.
 fn config(dir: &Path, name: &str, socket: &Path, qga: &str, periods: &[(&str, &str)]) -> PathBuf {
-    let mut toml = format!(
-        "[libvirt]\nuris = []\n[poll]\ninterval = \"1s\"\ntimeout = \"1s\"\nretry_delay = \"100ms\"\n\
-         [breaker]\nbackoff_min = \"500ms\"\nbackoff_max = \"2s\"\n[qga]\n{qga}\n[qga.periods]\n"
-    );
-    for (k, v) in periods {
-        toml.push_str(&format!("{k} = \"{v}\"\n"));
-    }
-    toml.push_str(&format!(
-        "[[vms]]\nnamespace = \"cost\"\nname = \"{name}\"\nqga_socket = \"{}\"\n",
-        socket.display()
-    ));
-    let path = dir.join("vmbridge.toml");
-    std::fs::write(&path, toml).expect("config");
-    path
+    vms_config(dir, &[], &[("cost", name, socket)], qga, periods, "")
 }
 
 fn debug(bridge: &Bridge, name: &str) -> Value {
@@ -196,12 +183,13 @@ fn a_spent_budget_makes_commands_wait_while_the_pings_go_on() {
     let e = bridge.metrics();
     let doc = debug(&bridge, "budget");
     let read = commands_read(&log);
-    // Well inside one minute of the first request: the whole log is one budget window.
-    assert!(started.elapsed() < Duration::from_secs(55), "took {:?}", started.elapsed());
+    // The budget is 70 calls in any 60 s: over the whole log (about 14 s when all is well,
+    // longer on a slow machine) at most 70 per started minute.
+    let minutes = (started.elapsed().as_secs_f64() / 60.0).ceil().max(1.0) as usize;
     let calls = read.iter().filter(|c| *c != "guest-sync").count();
     let pings = read.iter().filter(|c| *c == "guest-ping").count();
     eprintln!("qemu-ga read {calls} calls ({pings} pings) in {:?}", started.elapsed());
-    assert!(calls <= 70, "{calls} calls in under a minute, budget 70: {read:?}");
+    assert!(calls <= 70 * minutes, "{calls} calls in {minutes} started minute(s), budget 70 a minute: {read:?}");
     assert!(pings >= 10, "the ping of every 1 s poll goes on: {pings}");
     assert!(calls - pings <= 10, "commands beyond the pings' reserve: {}", calls - pings);
     let budget = &doc["sources"]["qga"]["sample"]["budget"];

@@ -266,14 +266,29 @@ pub const QGA_PERIODS: [&str; 12] = [
 /// Writes a vmbridge config polling everything every second: the given libvirt URIs, static
 /// guest-agent VMs `(namespace, name, socket)`, and `extra` TOML; returns its path.
 pub fn qga_config(dir: &Path, uris: &[&str], vms: &[(&str, &str, &Path)], extra: &str) -> PathBuf {
+    let every_second: Vec<(&str, &str)> = QGA_PERIODS.iter().map(|k| (*k, "1s")).collect();
+    vms_config(dir, uris, vms, "timeout = \"1s\"", &every_second, extra)
+}
+
+/// Writes a vmbridge config with 1 s polls and a fast breaker: the given libvirt URIs, static
+/// guest-agent VMs `(namespace, name, socket)`, the `[qga]` keys `qga`, the command periods
+/// `periods` (`[qga.periods]`), and `extra` TOML; returns its path.
+pub fn vms_config(
+    dir: &Path,
+    uris: &[&str],
+    vms: &[(&str, &str, &Path)],
+    qga: &str,
+    periods: &[(&str, &str)],
+    extra: &str,
+) -> PathBuf {
     let uris: Vec<String> = uris.iter().map(|u| format!("\"{u}\"")).collect();
     let mut toml = format!(
         "[libvirt]\nuris = [{}]\n[poll]\ninterval = \"1s\"\ntimeout = \"1s\"\nretry_delay = \"100ms\"\n\
-         [breaker]\nbackoff_min = \"500ms\"\nbackoff_max = \"2s\"\n[qga]\ntimeout = \"1s\"\n[qga.periods]\n",
+         [breaker]\nbackoff_min = \"500ms\"\nbackoff_max = \"2s\"\n[qga]\n{qga}\n[qga.periods]\n",
         uris.join(", ")
     );
-    for k in QGA_PERIODS {
-        toml.push_str(&format!("{k} = \"1s\"\n"));
+    for (k, v) in periods {
+        toml.push_str(&format!("{k} = \"{v}\"\n"));
     }
     toml.push_str(extra);
     for (ns, name, sock) in vms {
