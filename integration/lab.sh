@@ -81,7 +81,7 @@ readonly MARKER_NS="urn:vmbridge:lab"
 # shellcheck source=integration/apt.sh
 . "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/apt.sh"
 readonly PACKAGES=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev
-    pkg-config qemu-system-x86 qemu-utils qemu-guest-agent)
+    pkg-config qemu-system-x86 qemu-utils qemu-guest-agent e2fsprogs)
 
 log() { printf 'lab: %s\n' "$*" >&2; }
 die() { printf 'lab: ERROR: %s\n' "$*" >&2; exit 1; }
