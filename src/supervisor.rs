@@ -22,7 +22,9 @@ use crate::store::{ErrorRecord, SourceSnapshot, Store, VmKey, VmSnapshot};
 use crate::vm::{DomainNaming, VmId};
 
 /// A poll in flight: owned by the task, kept across missed deadlines (never a second one).
-type PollFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<SourceSample, PollError>> + Send>>;
+/// Its sample comes out already in its `Arc`: a `SourceSample` held by value in the task's
+/// loop would be kept in the task's state between polls.
+type PollFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Arc<SourceSample>, PollError>> + Send>>;
 
 /// Extra time the supervisor gives a poll past the poller's own [`Poller::deadline`], so a
 /// poller that times out its own calls reports that (with its message) first.
@@ -102,7 +104,7 @@ async fn poll_loop<P: Poller>(
         snap.polls_total += 1;
         let (fut, started, counted) = in_flight.get_or_insert_with(|| {
             let p = poller.clone();
-            let fut: PollFuture = Box::pin(async move { p.lock_owned().await.poll().await });
+            let fut: PollFuture = Box::pin(async move { p.lock_owned().await.poll().await.map(Arc::new) });
             (fut, Instant::now(), false)
         });
         let waited = tokio::select! {
@@ -158,7 +160,7 @@ async fn poll_loop<P: Poller>(
             }
             Ok(sample) => {
                 snap.monitor = None;
-                snap.sample = Some(Arc::new(sample));
+                snap.sample = Some(sample);
                 let now = now_unix();
                 snap.effective_interval_seconds = snap.last_success_at.map(|t| now - t);
                 snap.last_success_at = Some(now);
