@@ -8,9 +8,11 @@ Three systems on the same real lab, side by side:
 
 Subcommands (called by scale.sh; see `scale.py SUBCOMMAND --help`):
   collectd-conf   write a minimal collectd.conf (virt + write_prometheus on a loopback port)
-  wait-ready      wait until the given systems report every lab VM
-  phase           one measured phase; appends one JSON line to --out (healthy, with --catalogue:
-                  also each system's series per VM by family group, from its last scrape)
+  wait-ready      wait until the given systems report every lab VM (with --out: record the
+                  seconds from each system's start, or what it did if not within --timeout)
+  phase           one measured phase; appends one JSON line to --out (healthy: each system
+                  scraped plain and with Accept-Encoding: gzip; with --catalogue also each
+                  system's series per VM by family group, from its last scrape)
   facts           machine facts as JSON
   render          write the scale section of docs/benchmarks.md (between markers)
   splice-compare  re-render benches/compare.sh's section from saved results into its block
@@ -59,6 +61,12 @@ def main():
     p.add_argument("--prefix", default="scale-")
     p.add_argument("--n", type=int, required=True)
     p.add_argument("--timeout", type=float, default=240)
+    p.add_argument("--mode", default="boot", choices=["boot", "halted", "paused"],
+                   help="how the lab's domains run (VMB_LAB_MODE of integration/lab.sh)")
+    p.add_argument("--not-run", help="why the systems of the three not given with --sys were not started "
+                   "at this size (recorded with the results)")
+    p.add_argument("--out", help="append the seconds until each system was ready (or what it did) as one "
+                   "JSON line (phase \"ready\") to this file")
 
     p = sub.add_parser("phase")
     p.add_argument("--sys", action="append", required=True)
@@ -79,7 +87,13 @@ def main():
                    "series per VM by family group are recorded for every scraped system")
     p.add_argument("--kubevirt",
                    help="integration/fixtures/kubevirt-virt-handler-metrics.tsv (virt-handler's families)")
-    p.add_argument("--expo-dir", help="healthy phase: keep each system's last exposition here (SYSTEM-N.txt)")
+    p.add_argument("--expo-dir", help="healthy phase: keep each system's last exposition here (SYSTEM-MODE-N.txt)")
+    p.add_argument("--poll", type=float, default=5.0,
+                   help="vmbridge's poll interval, seconds (for its libvirt calls per VM per cycle)")
+    p.add_argument("--mode", default="boot", choices=["boot", "halted", "paused"],
+                   help="how the lab's domains run (VMB_LAB_MODE of integration/lab.sh)")
+    p.add_argument("--not-run", help="why the systems of the three not given with --sys were not started "
+                   "at this size (recorded with the results)")
     p.add_argument("--out", required=True)
 
     p = sub.add_parser("facts")
@@ -89,6 +103,8 @@ def main():
     p.add_argument("--prefix", default="scale-")
     p.add_argument("--n", type=int, required=True)
     p.add_argument("--lab-up-s", type=int, default=None)
+    p.add_argument("--mode", default="boot", choices=["boot", "halted", "paused"],
+                   help="how the lab's domains run (VMB_LAB_MODE of integration/lab.sh)")
 
     p = sub.add_parser("render")
     p.add_argument("--facts", required=True)

@@ -5,12 +5,18 @@
 # 10/100/1000 VMs (cargo bench --bench scrape_path); writes the scale section of
 # docs/benchmarks.md and docs/scrape-latency.png, in one invocation.
 #
-# Usage: benches/scale.sh [N ...]            (as root; default: 20 100)
-#   250 was tried on 2026-12-03: 2 cores do not hold 250 running lab VMs (about 1 % of a core
-#   each; load average 114, no system ready within 240 s), see docs/benchmarks.md.
-#   N ...   lab sizes, ascending, 1..999; the lab grows from one N to the next with the
-#           same prefix (lab.sh up creates at most 99; the rest are added one by one with
-#           lab.sh add: PREFIX100, PREFIX101, ...).
+# Usage: benches/scale.sh [N[:MODE] ...]     (as root; default: 20 100)
+#   e.g. benches/scale.sh 20:boot 100:boot 20:halted 100:halted 250:paused 500:paused
+#   250 boot was tried on 2026-12-03: 2 cores do not hold 250 booting lab VMs (about 1 % of a
+#   core each; load average 114, no system ready within 240 s), see docs/benchmarks.md.
+#   N       lab size 1..999; MODE how its domains run (integration/lab.sh VMB_LAB_MODE):
+#           boot (default; a plain N means N:boot), halted (vCPU halted at once) or paused
+#           (never runs). Sizes ascend within a run of one mode and the lab grows from one N
+#           to the next with the same prefix (lab.sh up creates at most 500; the rest are
+#           added one by one with lab.sh add: PREFIX501, ...); when the mode changes the lab
+#           is destroyed and the next mode's is built from scratch.
+#   paused  collectd's virt plugin skips paused domains: only vmbridge runs, in the healthy
+#           and control A phases; the peers are recorded as not run.
 # Environment:
 #   SCALE_SCRAPES (30)        scrapes of each system per phase
 #   SCALE_INTERVAL (1)        seconds between scrapes of one system
@@ -25,8 +31,11 @@
 #   SCALE_SKIP_SYNTHETIC (0)  1: do not run cargo bench (keep the table from SCALE_RESULTS)
 #   SCALE_RENDER_ONLY (0)     1: only re-render the section and the plot from SCALE_RESULTS
 #
-# Per N: start all three on free loopback ports, wait until each reports every lab VM, then
-#   healthy    all three scraped; each system's last exposition is kept and its lab-VM series
+# Per N: start all three on free loopback ports, wait until each reports every lab VM (the
+#   seconds from each one's start are recorded; one not ready within 240 s is recorded as
+#   what it did and measured anyway), then
+#   healthy    all three scraped, K times plain and K times with Accept-Encoding: gzip
+#              (interleaved); each system's last exposition is kept and its lab-VM series
 #              are counted per VM by family group (vmbridge: the group `vmbridge --list-metrics`
 #              gives each family, plus the subset KubeVirt's virt-handler exports too, from
 #              integration/fixtures/kubevirt-virt-handler-metrics.tsv; the peers: by name)
@@ -72,11 +81,21 @@ usage() {
 [[ "${1:-}" == -h || "${1:-}" == --help ]] && usage
 SIZES=("$@")
 [[ ${#SIZES[@]} -gt 0 ]] || SIZES=(20 100)
+NS=()    # per size: N
+MODES=() # per size: boot, halted or paused
 prev=0
-for n in "${SIZES[@]}"; do
-    [[ "$n" =~ ^[0-9]+$ && "$n" -ge 1 && "$n" -le 999 ]] || die "N must be an integer 1..999, got '$n'"
-    [[ "$n" -gt "$prev" ]] || die "sizes must be strictly ascending (the lab only grows): ${SIZES[*]}"
+prev_mode=""
+for spec in "${SIZES[@]}"; do
+    [[ "$spec" =~ ^([0-9]+)(:(boot|halted|paused))?$ ]] || die "size must be N or N:MODE (MODE boot, halted or paused), got '$spec'"
+    n=${BASH_REMATCH[1]}
+    mode=${BASH_REMATCH[3]:-boot}
+    [[ "$n" -ge 1 && "$n" -le 999 ]] || die "N must be an integer 1..999, got '$n'"
+    [[ "$mode" != "$prev_mode" ]] && prev=0
+    [[ "$n" -gt "$prev" ]] || die "sizes must be strictly ascending within a mode (its lab only grows): ${SIZES[*]}"
     prev=$n
+    prev_mode=$mode
+    NS+=("$n")
+    MODES+=("$mode")
 done
 [[ "$K" =~ ^[0-9]+$ && "$K" -ge 1 ]] || die "SCALE_SCRAPES must be a positive integer"
 [[ "$POLL" =~ ^[0-9]+$ && "$POLL" -ge 1 ]] || die "SCALE_POLL must be whole seconds"
@@ -225,7 +244,7 @@ wait_port() { # PID HOSTPORT NAME
 
 free_port() { python3 "$CPY" free-port; }
 
-start_collectd() { # N
+start_collectd() { # TAG
     local port
     port=$(free_port)
     CD="127.0.0.1:$port"
@@ -236,18 +255,18 @@ start_collectd() { # N
     wait_port "$CD_PID" "$CD" collectd
 }
 
-lab_grow() { # N: grow the PREFIX lab to N domains
-    local n=$1 up=$1 i name have
-    [[ $up -gt 99 ]] && up=99
-    "$LAB" up "$up" "$PREFIX" >"$WORK/lab-up-$n.log" 2>&1 ||
-        { tail -n 20 "$WORK/lab-up-$n.log" >&2; die "lab.sh up $up $PREFIX failed"; }
-    [[ $n -gt 99 ]] || return 0
+lab_grow() { # N TAG: grow the PREFIX lab to N domains (mode: VMB_LAB_MODE, exported)
+    local n=$1 tag=$2 up=$1 i name have
+    [[ $up -gt 500 ]] && up=500
+    "$LAB" up "$up" "$PREFIX" >"$WORK/lab-up-$tag.log" 2>&1 ||
+        { tail -n 20 "$WORK/lab-up-$tag.log" >&2; die "lab.sh up $up $PREFIX failed"; }
+    [[ $n -gt 500 ]] || return 0
     have=$("$LAB" list 2>/dev/null || true) # once: each lab.sh list runs virsh and a grep per domain
-    for ((i = 100; i <= n; i++)); do
+    for ((i = 501; i <= n; i++)); do
         name="$PREFIX$i" # what lab.sh up's printf '%s%02d' and scale.py's lab_names give for i >= 100
         if grep -qxF -- "$name" <<<"$have"; then continue; fi
-        "$LAB" add "$name" >>"$WORK/lab-up-$n.log" 2>&1 ||
-            { tail -n 20 "$WORK/lab-up-$n.log" >&2; die "lab.sh add $name failed (the machine held $((i - 1)) VMs)"; }
+        "$LAB" add "$name" >>"$WORK/lab-up-$tag.log" 2>&1 ||
+            { tail -n 20 "$WORK/lab-up-$tag.log" >&2; die "lab.sh add $name failed (the machine held $((i - 1)) VMs)"; }
     done
 }
 
@@ -256,54 +275,82 @@ LABFACTS="$WORK/lab.jsonl"
 : >"$RESULTS"
 : >"$LABFACTS"
 
-for N in "${SIZES[@]}"; do
-    log "lab: grow to $N ${PREFIX}* domains"
+# lab.sh list prints the running domains it created, as `virsh list --name` names them: the
+# active ones, paused included, so one count serves every mode.
+count_lab() { "$LAB" list 2>/dev/null | grep -c "^${PREFIX}" || true; }
+
+readonly NOT_RUN_PAUSED="paused: collectd skips paused domains; the exporter was not run"
+lab_mode=""
+for idx in "${!NS[@]}"; do
+    N=${NS[$idx]}
+    MODE=${MODES[$idx]}
+    TAG="$MODE-$N" # file names: the same N may be run in two modes
+    if [[ -n "$lab_mode" && "$MODE" != "$lab_mode" ]]; then
+        log "lab: mode $lab_mode -> $MODE: destroying the $lab_mode lab ($LAB down $PREFIX)"
+        "$LAB" down "$PREFIX" >"$WORK/lab-down-$TAG.log" 2>&1 || die "lab down $PREFIX failed, see $WORK/lab-down-$TAG.log"
+        left=$(count_lab)
+        [[ "$left" -eq 0 ]] || die "$left ${PREFIX}* domains left after lab.sh down"
+    fi
+    lab_mode=$MODE
+    export VMB_LAB_MODE=$MODE
+    log "lab: grow to $N ${PREFIX}* domains ($MODE)"
     LAB_TOUCHED=1
     t_lab=$SECONDS
-    lab_grow "$N"
+    lab_grow "$N" "$TAG"
     lab_s=$((SECONDS - t_lab))
-    running=$("$LAB" list | grep -c "^${PREFIX}" || true)
-    [[ "$running" -eq "$N" ]] || die "expected $N running ${PREFIX}* domains, found $running"
-    python3 "$PY" lab-facts --prefix "$PREFIX" --n "$N" --lab-up-s "$lab_s" >>"$LABFACTS"
+    running=$(count_lab)
+    [[ "$running" -eq "$N" ]] || die "expected $N active ($MODE) ${PREFIX}* domains, found $running"
+    python3 "$PY" lab-facts --prefix "$PREFIX" --n "$N" --mode "$MODE" --lab-up-s "$lab_s" >>"$LABFACTS"
     LIBVIRTD_PID=$(pgrep -x -o libvirtd || true)
     [[ -n "$LIBVIRTD_PID" ]] || die "libvirtd is not running after lab up"
 
     VMB="127.0.0.1:$(free_port)"
-    EXP="127.0.0.1:$(free_port)"
-    log "N=$N: starting vmbridge on $VMB, prometheus-libvirt-exporter on $EXP and collectd"
     # No debug listener: its fixed default port (9978) may be taken by another vmbridge.
     "$VMB_BIN" --listen "$VMB" --debug-listen off --libvirt-uri "$URI" --poll-interval "${POLL}s" \
-        --node-name scale >"$WORK/vmbridge-$N.log" 2>&1 &
+        --node-name scale >"$WORK/vmbridge-$TAG.log" 2>&1 &
     VMB_PID=$!
-    "$EXPORTER" --web.listen-address="$EXP" --libvirt.uri="$URI" >"$WORK/exporter-$N.log" 2>&1 &
-    EXP_PID=$!
-    wait_port "$VMB_PID" "$VMB" vmbridge
-    wait_port "$EXP_PID" "$EXP" exporter
-    start_collectd "$N"
-    log "N=$N: collectd on $CD"
-
     S_VMB="vmbridge=$VMB:$VMB_PID"
-    S_EXP="exporter=$EXP:$EXP_PID"
-    python3 "$PY" wait-ready --prefix "$PREFIX" --n "$N" --sys "$S_VMB" --sys "$S_EXP" --sys "collectd=$CD:$CD_PID"
-
-    common=(--prefix "$PREFIX" --n "$N" --lab "$LAB" --libvirtd-pid "$LIBVIRTD_PID" --k "$K"
+    common=(--prefix "$PREFIX" --n "$N" --mode "$MODE" --lab "$LAB" --libvirtd-pid "$LIBVIRTD_PID" --k "$K"
         --interval "$INTERVAL" --timeout "$TIMEOUT" --stop-wait "$STOP_WAIT" --probe-timeout "$PROBE_TIMEOUT"
-        --out "$RESULTS")
-    python3 "$PY" phase "${common[@]}" --phase healthy --sys "$S_VMB" --sys "$S_EXP" --sys "collectd=$CD:$CD_PID" \
-        --scrape vmbridge,exporter,collectd --catalogue "$WORK/catalogue.txt" --kubevirt "$KUBEVIRT_TSV" \
-        --expo-dir "$WORK/expo"
-
+        --poll "$POLL" --out "$RESULTS")
+    healthy_extra=(--catalogue "$WORK/catalogue.txt" --kubevirt "$KUBEVIRT_TSV" --expo-dir "$WORK/expo")
     VICTIM=$(printf '%s%02d' "$PREFIX" $(((N + 1) / 2)))
-    stop_collectd
-    python3 "$PY" phase "${common[@]}" --phase stopped-alone --victim "$VICTIM" --sys "$S_VMB" --sys "$S_EXP" \
-        --scrape vmbridge
 
-    start_collectd "$N"
-    python3 "$PY" wait-ready --prefix "$PREFIX" --n "$N" --sys "$S_VMB" --sys "collectd=$CD:$CD_PID"
-    python3 "$PY" phase "${common[@]}" --phase stopped-bg --victim "$VICTIM" --sys "$S_VMB" --sys "$S_EXP" \
-        --sys "collectd=$CD:$CD_PID" --scrape vmbridge,collectd
-    python3 "$PY" phase "${common[@]}" --phase stopped --victim "$VICTIM" --sys "$S_VMB" --sys "$S_EXP" \
-        --sys "collectd=$CD:$CD_PID" --scrape vmbridge,exporter,collectd
+    if [[ "$MODE" == paused ]]; then
+        log "N=$N ($MODE): starting vmbridge alone on $VMB ($NOT_RUN_PAUSED)"
+        wait_port "$VMB_PID" "$VMB" vmbridge
+        python3 "$PY" wait-ready --prefix "$PREFIX" --n "$N" --mode "$MODE" --sys "$S_VMB" \
+            --not-run "$NOT_RUN_PAUSED" --out "$RESULTS"
+        python3 "$PY" phase "${common[@]}" --phase healthy --sys "$S_VMB" --scrape vmbridge \
+            --not-run "$NOT_RUN_PAUSED" "${healthy_extra[@]}"
+        python3 "$PY" phase "${common[@]}" --phase stopped-alone --victim "$VICTIM" --sys "$S_VMB" \
+            --scrape vmbridge --not-run "$NOT_RUN_PAUSED"
+    else
+        EXP="127.0.0.1:$(free_port)"
+        log "N=$N ($MODE): starting vmbridge on $VMB, prometheus-libvirt-exporter on $EXP and collectd"
+        "$EXPORTER" --web.listen-address="$EXP" --libvirt.uri="$URI" >"$WORK/exporter-$TAG.log" 2>&1 &
+        EXP_PID=$!
+        wait_port "$VMB_PID" "$VMB" vmbridge
+        wait_port "$EXP_PID" "$EXP" exporter
+        start_collectd "$TAG"
+        log "N=$N ($MODE): collectd on $CD"
+        S_EXP="exporter=$EXP:$EXP_PID"
+        python3 "$PY" wait-ready --prefix "$PREFIX" --n "$N" --mode "$MODE" --sys "$S_VMB" --sys "$S_EXP" \
+            --sys "collectd=$CD:$CD_PID" --out "$RESULTS"
+        python3 "$PY" phase "${common[@]}" --phase healthy --sys "$S_VMB" --sys "$S_EXP" --sys "collectd=$CD:$CD_PID" \
+            --scrape vmbridge,exporter,collectd "${healthy_extra[@]}"
+
+        stop_collectd
+        python3 "$PY" phase "${common[@]}" --phase stopped-alone --victim "$VICTIM" --sys "$S_VMB" --sys "$S_EXP" \
+            --scrape vmbridge
+
+        start_collectd "$TAG"
+        python3 "$PY" wait-ready --prefix "$PREFIX" --n "$N" --mode "$MODE" --sys "$S_VMB" --sys "collectd=$CD:$CD_PID"
+        python3 "$PY" phase "${common[@]}" --phase stopped-bg --victim "$VICTIM" --sys "$S_VMB" --sys "$S_EXP" \
+            --sys "collectd=$CD:$CD_PID" --scrape vmbridge,collectd
+        python3 "$PY" phase "${common[@]}" --phase stopped --victim "$VICTIM" --sys "$S_VMB" --sys "$S_EXP" \
+            --sys "collectd=$CD:$CD_PID" --scrape vmbridge,exporter,collectd
+    fi
     "$LAB" cont-vm "$VICTIM" >/dev/null 2>&1 || true # idempotent; the phase already did it
     VICTIM=""
     stop_all
@@ -326,10 +373,11 @@ cp "$WORK/facts.json" "$RESULTS" "$LABFACTS" "$WORK/catalogue.txt" "$RESULTS_DIR
 # Logs the report cites: exporter and collectd logs whole, vmbridge's warnings and errors only.
 rm -rf "$RESULTS_DIR/logs"
 mkdir -p "$RESULTS_DIR/logs"
-for N in "${SIZES[@]}"; do
-    cp "$WORK/exporter-$N.log" "$WORK/collectd-$N.log" "$RESULTS_DIR/logs/" 2>/dev/null || true
-    sed 's/\x1b\[[0-9;]*m//g' "$WORK/vmbridge-$N.log" 2>/dev/null | grep -E ' (WARN|ERROR) ' \
-        >"$RESULTS_DIR/logs/vmbridge-$N.warn.log" || true
+for idx in "${!NS[@]}"; do
+    TAG="${MODES[$idx]}-${NS[$idx]}"
+    cp "$WORK/exporter-$TAG.log" "$WORK/collectd-$TAG.log" "$RESULTS_DIR/logs/" 2>/dev/null || true
+    sed 's/\x1b\[[0-9;]*m//g' "$WORK/vmbridge-$TAG.log" 2>/dev/null | grep -E ' (WARN|ERROR) ' \
+        >"$RESULTS_DIR/logs/vmbridge-$TAG.warn.log" || true
 done
 [[ -f "$SYNTH" ]] && cp "$SYNTH" "$RESULTS_DIR/scrape_path.json"
 printf '%s\n%s\n' "$CMD" "$((RUNTIME_S / 60)) min $((RUNTIME_S % 60)) s" >"$RESULTS_DIR/run.txt"

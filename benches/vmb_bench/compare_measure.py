@@ -26,7 +26,7 @@ def die(msg):
 
 
 def state_vmbridge(vmb, prefix, n, timeout=5.0):
-    dt, status, body = http_get(vmb, "/metrics", timeout)
+    dt, status, body, _ = http_get(vmb, "/metrics", timeout)
     if status != 200:
         return None
     return parse_vmbridge(body.decode("utf-8", "replace"), prefix)
@@ -41,7 +41,7 @@ def cmd_wait_ready(a):
         check_alive(a.vmb_pid, "vmbridge")
         check_alive(a.exp_pid, "prometheus-libvirt-exporter")
         if not ready:
-            _, st, _ = http_get(a.vmb, "/readyz", 5.0)
+            _, st, _, _ = http_get(a.vmb, "/readyz", 5.0)
             ready = st == 200
             last = f"vmbridge /readyz: {st}"
         if ready and not vmb_ok:
@@ -51,7 +51,7 @@ def cmd_wait_ready(a):
                 vmb_ok = want <= p["vms"] and want <= up
                 last = f"vmbridge: {len(want & p['vms'])}/{a.n} lab VMs with data, {len(want & up)} up"
         if not exp_ok:
-            _, st, body = http_get(a.exp, "/metrics", 10.0)
+            _, st, body, _ = http_get(a.exp, "/metrics", 10.0)
             if st == 200:
                 p = parse_exporter(body.decode("utf-8", "replace"), a.prefix)
                 exp_ok = want <= p["vms"]
@@ -73,7 +73,7 @@ def wait_flagged(a, victim, t_stop):
     while True:
         el = time.monotonic() - t_stop
         if t_flag is None or t_open is None:
-            _, st, body = http_get(a.vmb, "/metrics", 5.0)
+            _, st, body, _ = http_get(a.vmb, "/metrics", 5.0)
             if st == 200:
                 text = body.decode("utf-8", "replace")
                 p = parse_vmbridge(text, a.prefix)
@@ -111,7 +111,7 @@ def wait_recovered(a, want, victim):
             if want <= ups:
                 t_vmb = time.monotonic() - t0
         if t_exp is None:
-            _, st, body = http_get(a.exp, "/metrics", 10.0)
+            _, st, body, _ = http_get(a.exp, "/metrics", 10.0)
             if st == 200 and want <= parse_exporter(body.decode("utf-8", "replace"), a.prefix)["vms"]:
                 t_exp = time.monotonic() - t0
         if t_vmb is not None and t_exp is not None:
@@ -148,7 +148,7 @@ def cmd_phase(a):
 
     def one(system, i):
         t_send = time.monotonic()
-        dt, status, body = http_get(targets[system], "/metrics", a.timeout)
+        dt, status, body, _ = http_get(targets[system], "/metrics", a.timeout)
         results[system][i] = (dt, status, body, t_send)
 
     sampler = PoolSampler()

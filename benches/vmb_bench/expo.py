@@ -86,6 +86,16 @@ def parse_exporter(text, prefix):
     }
 
 
+ENDPOINT_CALLS_RE = re.compile(r"^vmbridge_endpoint_calls_total(?:\{[^}]*\})? (\S+)", re.M)
+
+
+def endpoint_calls(text):
+    """Sum of vmbridge_endpoint_calls_total over all its label sets (libvirt round trips the
+    pollers made), None if the body has none."""
+    vals = [float(v) for v in ENDPOINT_CALLS_RE.findall(text)]
+    return sum(vals) if vals else None
+
+
 def series_lines(text):
     return [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
 

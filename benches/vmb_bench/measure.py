@@ -7,6 +7,7 @@ Imports the standard library, expo (to parse a scrape) and fmt (messages) only. 
 messages keep the prefix `compare.py:`, the script these helpers lived in before the split.
 """
 
+import gzip
 import http.client
 import os
 import re
@@ -25,19 +26,25 @@ def die(msg):
     fail("compare.py", msg)
 
 
-def http_get(url_hostport, path, timeout):
-    """GET http://HOSTPORT/PATH. Returns (latency_s, status, body).
+def http_get(url_hostport, path, timeout, headers=None):
+    """GET http://HOSTPORT/PATH with optional request headers (a dict).
+    Returns (latency_s, status, body, response_headers).
 
     status is an int HTTP status, "timeout" or "error: ...". A scrape that takes
-    `timeout` seconds or longer counts as timed out and its latency is `timeout`.
+    `timeout` seconds or longer counts as timed out and its latency is `timeout`. body is
+    the body as received (still compressed if the server compressed it: the bytes on the
+    wire, without HTTP framing); response_headers maps lower-cased header names to values
+    ({} without an answer). `decoded` gives the uncompressed body.
     """
     host, port = url_hostport.rsplit(":", 1)
     t0 = time.perf_counter()
     conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
     body = b""
+    hdrs = {}
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers=headers or {})
         resp = conn.getresponse()
+        hdrs = {k.lower(): v for k, v in resp.getheaders()}
         body = resp.read()
         status = resp.status
         dt = time.perf_counter() - t0
@@ -51,7 +58,14 @@ def http_get(url_hostport, path, timeout):
         conn.close()
     if dt >= timeout:
         dt, status = timeout, "timeout"
-    return dt, status, body
+    return dt, status, body, hdrs
+
+
+def decoded(body, hdrs):
+    """The body of an http_get answer, gunzipped if its Content-Encoding is gzip."""
+    if hdrs.get("content-encoding", "").strip().lower() == "gzip" and body:
+        return gzip.decompress(body)
+    return body
 
 
 def lab_names(prefix, n):
@@ -64,6 +78,25 @@ def cpu_ticks(pid):
     fields = s[s.rindex(")") + 2 :].split()
     # fields[0] is field 3 (state); utime is field 14, stime field 15
     return int(fields[11]) + int(fields[12])
+
+
+def threads(pid):
+    """The process's thread count (`Threads:` of /proc/PID/status), None if not found."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    return None
+
+
+def started_s_ago(pid):
+    """Seconds since the process started (/proc/PID/stat starttime against /proc/uptime)."""
+    with open(f"/proc/{pid}/stat") as f:
+        s = f.read()
+    start_ticks = int(s[s.rindex(")") + 2 :].split()[19])  # field 22, starttime
+    with open("/proc/uptime") as f:
+        up = float(f.read().split()[0])
+    return up - start_ticks / CLK_TCK
 
 
 def rss_mb(pid):
@@ -167,7 +200,7 @@ def qemu_rss_mb(prefix):
 
 
 def scrape_state(system, addr, prefix, timeout=10.0):
-    dt, st, body = http_get(addr, "/metrics", timeout)
+    dt, st, body, _ = http_get(addr, "/metrics", timeout)
     if st != 200:
         return None
     return parse(system, body.decode("utf-8", "replace"), prefix)

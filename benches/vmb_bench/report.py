@@ -1,6 +1,6 @@
 """Report plumbing shared by scale.py's and compare.py's reports: the systems' display
 names, docs/benchmarks.md's title and generated-block markers and the splicing of a block,
-phase names, the collectd.conf text (quoted in the report, written by collectd-conf) and
+phase names, the (mode, N) keys of a run and their labels, the collectd.conf text (quoted in the report, written by collectd-conf) and
 splice-compare (compare.py's report, headings one level down, into its block).
 
 Imports fmt only (splice-compare runs benches/compare.py as a subprocess).
@@ -41,8 +41,26 @@ def synth_sizes(synth):
     return sorted({x["n"] for x in (synth or {}).get("results") or [] if "n" in x})
 
 
+def run_keys(rows):
+    """The (mode, N) of each lab size in the order run (results without a mode: boot)."""
+    out = []
+    for r in rows:
+        key = (r.get("mode") or "boot", r["n"])
+        if key not in out:
+            out.append(key)
+    return out
+
+
+def run_labeler(keys):
+    """label((mode, N)): "N" when every size ran in boot mode (as before modes), else "N mode"."""
+    plain = all(m == "boot" for m, _ in keys)
+    return lambda key: str(key[1]) if plain else f"{key[1]} {key[0]}"
+
+
 def phase_name(r):
     v = r.get("victim")
+    if r["phase"] == "stopped-alone" and "exporter" not in (r.get("running") or ["exporter"]):
+        return f"control A: {v} stopped, vmbridge alone (the peers not run)"
     return {
         "healthy": "healthy",
         "stopped-alone": f"control A: {v} stopped, only vmbridge running and scraped (+ idle exporter)",

@@ -1,8 +1,9 @@
 """The computed parts of scale.sh's report besides its tables: the series-per-VM-by-group
-table, the goals, "what this run shows", the log evidence and "what went wrong", all derived
+table, "what this run shows", the log evidence and "what went wrong", all derived
 from the results so they cannot drift from the tables.
 
-Imports report, stats, expo (constants only) and fmt.
+Imports report, stats, expo (constants only) and fmt. The main table and the goals are
+scale_summary's.
 """
 
 import json
@@ -12,17 +13,18 @@ import re
 from .expo import GROUP_COLS, SYSTEMS
 from .fmt import fmt_bytes, fmt_lat, fmt_num, fmt_pv, fmt_t, opt
 from .report import BENCHES, LABEL, dig, phase_name, synth_sizes
-from .stats import back_count, back_while_stopped, load_range, near
+from .stats import back_count, back_while_stopped, load_range
 
 
-def group_table(rows, ns, healthy, synth):
+def group_table(rows, runs, lbl, healthy, synth):
     """Series per VM by family group, per N and system (healthy phase), with the rules."""
     out = ["### Series per VM by family group (real lab, healthy)", ""]
     out.append("| N | system | " + " | ".join(GROUP_COLS) + " | total |")
     out.append("|---:|---|" + "---:|" * (len(GROUP_COLS) + 1))
     have = False
-    for n in ns:
-        r = healthy.get(n)
+    for key in runs:
+        n = key[1]
+        r = healthy.get(key)
         if not r:
             continue
         entries = []
@@ -40,7 +42,7 @@ def group_table(rows, ns, healthy, synth):
                 have = True
                 total = sum(d.values())
             cells = ["—"] * len(GROUP_COLS) if d is None else [fmt_pv(d.get(g, 0.0)) for g in GROUP_COLS]
-            out.append(f"| {n} | {label} | {' | '.join(cells)} | {opt(fmt_pv, total)} |")
+            out.append(f"| {lbl(key)} | {label} | {' | '.join(cells)} | {opt(fmt_pv, total)} |")
     out.append("")
     if not have:
         out.append(
@@ -65,9 +67,9 @@ def group_table(rows, ns, healthy, synth):
         "*hypervisor*; anything else → *other*."
     )
     def families(s):
-        """(N, {group: families}) of the largest N whose healthy phase classified system s."""
-        return next(((n, dig(healthy.get(n), "systems", s, "series_group_families")) for n in reversed(ns)
-                     if dig(healthy.get(n), "systems", s, "series_group_families")), (None, None))
+        """(size label, {group: families}) of the last size whose healthy phase classified system s."""
+        return next(((lbl(key), dig(healthy.get(key), "systems", s, "series_group_families")) for key in reversed(runs)
+                     if dig(healthy.get(key), "systems", s, "series_group_families")), (None, None))
 
     parts = []
     for s, strip in (("exporter", "libvirt_domain_"), ("collectd", "collectd_virt_")):
@@ -99,37 +101,13 @@ def group_table(rows, ns, healthy, synth):
     return out
 
 
-def goals(rows, ns, healthy, facts, a):
-    """The issue's goals at 100 VMs (or the N closest to it), healthy phase: vmbridge's CPU at most
-    collectd's (same poll interval), vmbridge's RSS at most 20 MB + 50 KiB per VM; and the load."""
+def machine_load(rows, runs, lbl, facts):
+    """The machine's load over the run (the goals are the goals table's, scale_summary)."""
     out = []
-    n = near(ns, 100)
-    r = healthy.get(n)
-    at = f"{n} VMs" + ("" if n == 100 else " (the size closest to 100)")
-    if r:
-        cpu, rss = r.get("cpu_s_per_min") or {}, r.get("rss_mb") or {}
-        v, c = cpu.get("vmbridge"), cpu.get("collectd")
-        if v is not None and c is not None:
-            out.append(
-                f"- Goal, CPU at {at}, healthy: vmbridge ≤ collectd, both polling every {a.poll_seconds:g} s and "
-                f"scraped once per {r['interval_s']:g} s — **{'met' if v <= c else 'missed'}**: vmbridge "
-                f"{v:.2f} CPU s/min, collectd {c:.2f} CPU s/min"
-                + (f" (vmbridge {v / c:.2f}× collectd's)" if c > 0 else "") + "."
-            )
-        else:
-            out.append(f"- Goal, CPU at {at}: not measured (vmbridge's or collectd's CPU missing).")
-        m = rss.get("vmbridge")
-        goal = 20 + 50 * n / 1024
-        if m is not None:
-            out.append(
-                f"- Goal, memory at {at}, healthy: vmbridge RSS ≤ 20 MB + 50 KiB × {n} = {goal:.1f} MB — "
-                f"**{'met' if m <= goal else 'missed'}**: {m:.1f} MB "
-                f"({'under' if m <= goal else 'over'} by {abs(goal - m):.1f} MB; MB = MiB here, from `VmRSS`)."
-            )
     lo, hi = load_range(rows)
     if lo is not None:
         per = ", ".join(
-            f"N={r['n']} {fmt_num(r.get('loadavg_start'), 1)} → {fmt_num(r.get('loadavg_end'), 1)}"
+            f"N={lbl((r['mode'], r['n']))} {fmt_num(r.get('loadavg_start'), 1)} → {fmt_num(r.get('loadavg_end'), 1)}"
             for r in rows if r["phase"] == "healthy")
         out.append(
             f"- Machine load during the run: 1-min load average {lo:.1f} to {hi:.1f} on "
@@ -139,35 +117,36 @@ def goals(rows, ns, healthy, facts, a):
     return out
 
 
-def findings(rows, ns, k, timeout, synth, healthy, facts, a):
-    out = goals(rows, ns, healthy, facts, a)
+def findings(rows, runs, lbl, k, timeout, synth, healthy, facts, a):
+    out = machine_load(rows, runs, lbl, facts)
 
-    def hx(n, s):
-        r = healthy.get(n)
+    def hx(key, s):
+        r = healthy.get(key)
         return r["systems"].get(s) if r else None
 
     def spv(x, n):
         return opt(lambda v: f"{v / n:.0f}", x.get("series_lab_median"))
 
-    for n in ns:
-        v, e, c = hx(n, "vmbridge"), hx(n, "exporter"), hx(n, "collectd")
+    for key in runs:
+        n = key[1]
+        v, e, c = hx(key, "vmbridge"), hx(key, "exporter"), hx(key, "collectd")
         if not (v and e and c):
             continue
         out.append(
-            f"- N={n}, healthy: scrape p50 vmbridge {fmt_lat(v['p50_s'], timeout)}, collectd "
+            f"- N={lbl(key)}, healthy: scrape p50 vmbridge {fmt_lat(v['p50_s'], timeout)}, collectd "
             f"{fmt_lat(c['p50_s'], timeout)}, exporter {fmt_lat(e['p50_s'], timeout)} "
             f"(p99 {fmt_lat(v['p99_s'], timeout)} / {fmt_lat(c['p99_s'], timeout)} / "
             f"{fmt_lat(e['p99_s'], timeout)}); series per VM {spv(v, n)} / {spv(c, n)} / {spv(e, n)}; "
             f"exporter scrapes OK {e['ok']}/{k}."
         )
-    for n in ns:
-        r = next((x for x in rows if x["n"] == n and x["phase"] == "stopped"), None)
-        rb = next((x for x in rows if x["n"] == n and x["phase"] == "stopped-bg"), None)
-        ra = next((x for x in rows if x["n"] == n and x["phase"] == "stopped-alone"), None)
+    for key in runs:
+        n = key[1]
+        r, rb, ra = (next((x for x in rows if (x["mode"], x["n"]) == key and x["phase"] == ph), None)
+                     for ph in ("stopped", "stopped-bg", "stopped-alone"))
         if not r:
             continue
         v, e, c = (r["systems"].get(s) for s in SYSTEMS)
-        parts = [f"- N={n}, one VM stopped:"]
+        parts = [f"- N={lbl(key)}, one VM stopped:"]
         if v:
             parts.append(
                 f"vmbridge answered {v['ok']}/{k} scrapes with {v['vms_min']}–{v['vms_max']} of {n} VMs "
@@ -208,24 +187,28 @@ def findings(rows, ns, k, timeout, synth, healthy, facts, a):
             va = ra["systems"]["vmbridge"]
             pool = r["libvirtd_pool"]
             out.append(
-                f"- N={n}, shared libvirtd: healthy VMs with vmbridge `source_up 1` (worst scrape): "
+                f"- N={lbl(key)}, shared libvirtd: healthy VMs with vmbridge `source_up 1` (worst scrape): "
                 f"{va['healthy_up_min']} of {n - 1} in control A, "
                 + (f"{rb['systems']['vmbridge']['healthy_up_min']} of {n - 1} in control B, " if rb else "")
                 + f"{v['healthy_up_min']} of {n - 1} with all three; libvirtd workers min free "
                 f"{pool['min_free_workers']} of {pool['max_workers']}, max queue {pool['max_queue_depth']} "
                 f"(control A: {ra['libvirtd_pool']['min_free_workers']} free, queue {ra['libvirtd_pool']['max_queue_depth']})."
             )
-    big, small = healthy.get(max(ns)), healthy.get(min(ns))
-    if big and small and max(ns) > min(ns):
-        d = max(ns) - min(ns)
+    for mode in dict.fromkeys(m for m, _ in runs):
+        keys = [key for key in runs if key[0] == mode]
+        big, small = healthy.get(keys[-1]), healthy.get(keys[0])
+        d = keys[-1][1] - keys[0][1]
+        if not (big and small and d > 0):
+            continue
         parts = []
         for s_ in SYSTEMS:
             r1, r0 = big["rss_mb"].get(s_), small["rss_mb"].get(s_)
             c = big["cpu_s_per_min"].get(s_)
             if r1 is None or r0 is None or c is None:
                 continue
-            parts.append(f"{LABEL[s_]} {r1:.1f} MB ({(r1 - r0) * 1024 / d:+.0f} KiB per added VM), {c:.2f} CPU s/min")
-        out.append(f"- Memory and CPU at {max(ns)} VMs (healthy): " + "; ".join(parts) + ".")
+            parts.append(f"{LABEL[s_]} {r1:.1f} MB ({(r1 - r0) * 1024 / d:+.0f} KiB per added VM from "
+                         f"{keys[0][1]}), {c:.2f} CPU s/min")
+        out.append(f"- Memory and CPU at {lbl(keys[-1])} VMs (healthy): " + "; ".join(parts) + ".")
     sns = synth_sizes(synth)
     if synth and sns:
         by = {(x.get("profile"), x.get("n")): x for x in synth["results"]}
@@ -252,12 +235,13 @@ def findings(rows, ns, k, timeout, synth, healthy, facts, a):
                 + (f". With full guest-agent data: {opt(fmt_t, q3.get('scrape_p50_s'))}, "
                    f"{opt(fmt_bytes, q3.get('prometheus_bytes'))}." if q3 else ".")
             )
-            big = healthy.get(max(ns))
+            bigkey = max(runs, key=lambda key: key[1])
+            big = healthy.get(bigkey)
             vb = big["systems"].get("vmbridge") if big else None
             if vb and vb.get("bytes_median"):
-                bytes_real = vb["bytes_median"] / max(ns)
+                bytes_real = vb["bytes_median"] / bigkey[1]
                 out.append(
-                    f"- Real vs synthetic: at {max(ns)} real VMs vmbridge's body is {fmt_bytes(vb['bytes_median'])} "
+                    f"- Real vs synthetic: at {lbl(bigkey)} real VMs vmbridge's body is {fmt_bytes(vb['bytes_median'])} "
                     f"({fmt_bytes(bytes_real)} per VM; the lab VMs have 1 vCPU, 1 disk, no guest agent) and the "
                     f"client-side scrape p50 {fmt_lat(vb['p50_s'], timeout)} includes HTTP, the Python client "
                     "and a loaded 2-core machine; the synthetic numbers are the scrape path alone (concatenating "
@@ -269,17 +253,26 @@ def findings(rows, ns, k, timeout, synth, healthy, facts, a):
 LOCK_RE = re.compile(r"cannot acquire state change lock \(held by monitor=([A-Za-z]+)\)")
 
 
-def log_evidence(logdir, ns):
-    """Per N: libvirt job-lock timeouts in the exporter's and collectd's logs (with the call
+def log_path(logdir, key, stem, ext=".log"):
+    """The log of one size: STEM-MODE-N.EXT, or STEM-N.EXT of a run from before modes (boot)."""
+    mode, n = key
+    for name in (f"{stem}-{mode}-{n}{ext}",) + ((f"{stem}-{n}{ext}",) if mode == "boot" else ()):
+        if os.path.exists(os.path.join(logdir, name)):
+            return os.path.join(logdir, name)
+    return None
+
+
+def log_evidence(logdir, runs, lbl):
+    """Per size: libvirt job-lock timeouts in the exporter's and collectd's logs (with the call
     that held the lock) and vmbridge's warnings, as plain statements."""
     out = []
     if not logdir or not os.path.isdir(logdir):
         return out
-    for n in ns:
+    for key in runs:
         parts = []
-        for system, fname in (("exporter", f"exporter-{n}.log"), ("collectd", f"collectd-{n}.log")):
-            path = os.path.join(logdir, fname)
-            if not os.path.exists(path):
+        for system in ("exporter", "collectd"):
+            path = log_path(logdir, key, system)
+            if path is None:
                 continue
             held = {}
             for ln in open(path, errors="replace"):
@@ -291,44 +284,55 @@ def log_evidence(logdir, ns):
                     f"{LABEL[system]} logged "
                     + ", ".join(f"{v}× `cannot acquire state change lock (held by monitor={k})`" for k, v in held.items())
                 )
-        path = os.path.join(logdir, f"vmbridge-{n}.warn.log")
-        if os.path.exists(path):
+        path = log_path(logdir, key, "vmbridge", ".warn.log")
+        if path:
             kinds = {}
             for ln in open(path, errors="replace"):
                 m = re.search(r"(WARN|ERROR) \S+: (.*?)(?: uri=| error=|$)", ln)
                 e = re.search(r"error=(.*)$", ln)
-                key = (m.group(2) if m else ln.strip()[:60]) + (
+                kind = (m.group(2) if m else ln.strip()[:60]) + (
                     f": {re.sub(r'[0-9.]+s$', 'N s', e.group(1).strip())}" if e else "")
-                kinds[key] = kinds.get(key, 0) + 1
+                kinds[kind] = kinds.get(kind, 0) + 1
             if kinds:
                 parts.append("vmbridge warned " + "; ".join(f"{v}× `{k}`" for k, v in kinds.items()))
             else:
                 parts.append("vmbridge logged no warning")
         if parts:
-            out.append(f"N={n}: " + "; ".join(parts) + ".")
+            out.append(f"N={lbl(key)}: " + "; ".join(parts) + ".")
     return out
 
 
-def problems(rows, ns, labs, facts, a):
+def problems(rows, ready, runs, lbl, labs, facts, a):
     out = []
-    for n in ns:
+    for d in ready:
+        for s, v in (d.get("ready_s") or {}).items():
+            if isinstance(v, str):
+                out.append(f"N={lbl((d['mode'], d['n']))}: {LABEL[s]} {v}; it was measured anyway.")
+    for r in rows:
+        key = (r["mode"], r["n"])
+        for s in r.get("dead_at_start") or []:
+            out.append(f"N={lbl(key)}, {phase_name(r)}: {LABEL[s]} was not running at the start of the phase.")
+        for s in r.get("died") or []:
+            out.append(f"N={lbl(key)}, {phase_name(r)}: {LABEL[s]} exited during the phase.")
+    for key in runs:
+        n = key[1]
         for r in rows:
-            if r["n"] != n:
+            if (r["mode"], r["n"]) != key:
                 continue
             for s, rec in r.get("recovery_s", {}).items():
                 if rec is None:
                     out.append(
-                        f"N={n}, {phase_name(r)}: {LABEL[s]} did not report every lab VM within "
+                        f"N={lbl(key)}, {phase_name(r)}: {LABEL[s]} did not report every lab VM within "
                         f"{a.recover_timeout:g} s after the SIGCONT; the next phase started anyway."
                     )
             v = r["systems"].get("vmbridge")
             if v and v["ok"] < r["k"]:
-                out.append(f"N={n}, {phase_name(r)}: vmbridge answered only {v['ok']}/{r['k']} scrapes.")
+                out.append(f"N={lbl(key)}, {phase_name(r)}: vmbridge answered only {v['ok']}/{r['k']} scrapes.")
     for r in rows:
         if r.get("foreign_domains_stopped"):
             hit = [s for s, x in r["systems"].items() if x["timeouts"]]
             out.append(
-                f"N={r['n']}, {phase_name(r)}: another tenant's VM was SIGSTOPped during the phase "
+                f"N={lbl((r['mode'], r['n']))}, {phase_name(r)}: another tenant's VM was SIGSTOPped during the phase "
                 f"({', '.join(r['foreign_domains_stopped'])}, not ours)"
                 + (f"; scrapes that timed out ({', '.join(LABEL[s] for s in hit)}) may be due to it" if hit else "")
                 + "."
@@ -337,7 +341,8 @@ def problems(rows, ns, labs, facts, a):
             if r["phase"] == "healthy" and "exporter" in hit and os.path.exists(cmp_path):
                 for x in open(cmp_path):
                     c = json.loads(x) if x.strip() else None
-                    if c and c["n"] == r["n"] and c["phase"] == "healthy" and "exporter" in c["systems"]:
+                    if (c and c["n"] == r["n"] and r["mode"] == "boot" and c["phase"] == "healthy"
+                            and "exporter" in c["systems"]):
                         e = c["systems"]["exporter"]
                         out[-1] = out[-1][:-1] + (
                             f"; the undisturbed `compare.sh` run below measured the exporter at {r['n']} VMs at p50 "
@@ -348,13 +353,14 @@ def problems(rows, ns, labs, facts, a):
             for s, x in r["systems"].items():
                 if x["timeouts"]:
                     out.append(
-                        f"N={r['n']}, healthy: {LABEL[s]} timed out in {x['timeouts']} of {r['k']} scrapes with no "
+                        f"N={lbl((r['mode'], r['n']))}, healthy: {LABEL[s]} timed out in {x['timeouts']} of {r['k']} scrapes with no "
                         "SIGSTOPped VM seen on the machine."
                     )
-    for n in ns:
-        d = labs.get(n)
+    for key in runs:
+        n = key[1]
+        d = labs.get(key)
         if d and d["qemu_processes"] < n:
-            out.append(f"N={n}: only {d['qemu_processes']} lab QEMU processes were found.")
+            out.append(f"N={lbl(key)}: only {d['qemu_processes']} lab QEMU processes were found.")
     out.append(
         f"p99 with {rows[0]['k']} scrapes per phase is the slowest scrape, not a stable tail estimate; "
         f"the phases were kept short (the whole run took {a.runtime})."

@@ -13,7 +13,16 @@ import sys
 import threading
 import time
 
-from .expo import GROUP_COLS, SYSTEMS, load_catalogue, load_kubevirt, parse, parse_vmbridge, series_groups
+from .expo import (
+    GROUP_COLS,
+    SYSTEMS,
+    endpoint_calls,
+    load_catalogue,
+    load_kubevirt,
+    parse,
+    parse_vmbridge,
+    series_groups,
+)
 from .fmt import fail, fmt_lat, fmt_num, say
 from .measure import (
     CLK_TCK,
@@ -21,6 +30,7 @@ from .measure import (
     PoolSampler,
     Watcher,
     cpu_ticks,
+    decoded,
     http_get,
     lab_names,
     loadavg,
@@ -30,6 +40,8 @@ from .measure import (
     run_lab,
     scrape_state,
     sh,
+    started_s_ago,
+    threads as thread_count,
 )
 from .stats import pct_nearest_rank, per_vm, timeline_marks
 
@@ -67,31 +79,62 @@ def all_reported(system, addr, prefix, want):
     return want <= p["vms"], f"{len(want & p['vms'])} with data"
 
 
+def not_run(a, systems):
+    """{system: why} for the systems of SYSTEMS not started at this size (--not-run WHY)."""
+    if not getattr(a, "not_run", None):
+        return {}
+    return {s: a.not_run for s in SYSTEMS if s not in systems}
+
+
 def cmd_wait_ready(a):
+    """Wait until each system reports every lab VM. With --out, append one JSON line: per
+    system the seconds from its start until it did, or what it did instead (a system not
+    ready within --timeout is recorded, not fatal: the run goes on and the phases measure it)."""
     systems = parse_sys(a.sys)
     want = set(lab_names(a.prefix, a.n))
     deadline = time.monotonic() + a.timeout
     pending = set(systems)
     last = {}
+    ready = {}
     t0 = time.monotonic()
     while pending and time.monotonic() < deadline:
         for s in sorted(pending):
-            if not alive(systems[s]["pid"]):
-                die(f"{s} (pid {systems[s]['pid']}) is not running")
+            pid = systems[s]["pid"]
+            if not alive(pid):
+                ready[s] = f"exited (pid {pid}) before reporting every lab VM; last seen: {last.get(s)}"
+                log(f"WARNING: {s}: {ready[s]}")
+                pending.discard(s)
+                continue
             if s == "vmbridge":
-                _, st, _ = http_get(systems[s]["addr"], "/readyz", 5.0)
+                _, st, _, _ = http_get(systems[s]["addr"], "/readyz", 5.0)
                 if st != 200:
                     last[s] = f"/readyz {st}"
                     continue
             ok, what = all_reported(s, systems[s]["addr"], a.prefix, want)
             last[s] = what
             if ok:
-                log(f"{s}: all {a.n} lab VMs after {time.monotonic() - t0:.0f} s")
+                try:
+                    ready[s] = round(started_s_ago(pid), 1)
+                except (OSError, ValueError, IndexError):
+                    ready[s] = round(time.monotonic() - t0, 1)
+                log(f"{s}: all {a.n} lab VMs after {time.monotonic() - t0:.0f} s of waiting, "
+                    f"{ready[s]:.0f} s after its start")
                 pending.discard(s)
         if pending:
             time.sleep(1.0)
-    if pending:
-        die(f"not ready after {a.timeout:.0f} s: " + "; ".join(f"{s}: {last.get(s)}" for s in sorted(pending)))
+    for s in sorted(pending):
+        ready[s] = f"not ready after {a.timeout:.0f} s: {last.get(s) or 'no answer'}"
+        log(f"WARNING: {s}: {ready[s]}; the run goes on")
+    if a.out:
+        nr = not_run(a, systems)
+        rec = {"phase": "ready", "n": a.n, "mode": a.mode, "timeout_s": a.timeout,
+               "ready_s": {s: ready.get(s) for s in SYSTEMS if s in systems or s in nr}}
+        for s in nr:
+            rec["ready_s"][s] = None
+        if nr:
+            rec["not_run"] = nr
+        with open(a.out, "a") as f:
+            f.write(json.dumps(rec) + "\n")
 
 
 def wait_flagged(vmb, prefix, victim, t_stop, stop_wait):
@@ -99,7 +142,7 @@ def wait_flagged(vmb, prefix, victim, t_stop, stop_wait):
     while True:
         el = time.monotonic() - t_stop
         if t_flag is None or t_open is None:
-            _, st, body = http_get(vmb, "/metrics", 5.0)
+            _, st, body, _ = http_get(vmb, "/metrics", 5.0)
             if st == 200:
                 text = body.decode("utf-8", "replace")
                 p = parse_vmbridge(text, prefix)
@@ -145,9 +188,9 @@ def cmd_phase(a):
     for s in scraped:
         if s not in systems:
             die(f"--scrape {s} but no --sys {s}")
-    for s, info in systems.items():
-        if not alive(info["pid"]):
-            die(f"{s} (pid {info['pid']}) is not running")
+    dead_at_start = sorted(s for s, info in systems.items() if not alive(info["pid"]))
+    for s in dead_at_start:
+        log(f"WARNING: {s} (pid {systems[s]['pid']}) is not running; its scrapes are recorded as they fail")
     want = set(lab_names(a.prefix, a.n))
     victim = a.victim
     healthy_want = want - ({victim} if victim else set())
@@ -179,18 +222,23 @@ def cmd_phase(a):
     pids = {s: systems[s]["pid"] for s in systems}
     if a.libvirtd_pid:
         pids["libvirtd"] = a.libvirtd_pid
-    results = {s: [None] * a.k for s in scraped}
+    # The healthy phase scrapes each system K times plain and K times with the header
+    # Prometheus always sends; the stopped phases plain only.
+    variants = {"plain": None}
+    if a.phase == "healthy":
+        variants["gzip"] = {"Accept-Encoding": "gzip"}
+    results = {(s, v): [None] * a.k for v in variants for s in scraped}
 
-    def one(system, i):
+    def one(system, variant, i):
         t_send = time.monotonic()
-        dt, status, body = http_get(systems[system]["addr"], "/metrics", a.timeout)
-        results[system][i] = (dt, status, body, t_send)
+        dt, status, body, hdrs = http_get(systems[system]["addr"], "/metrics", a.timeout, variants[variant])
+        results[(system, variant)][i] = (dt, status, body, t_send, hdrs)
 
     probe = {}
 
     def long_probe():
         t_send = time.monotonic()
-        dt, status, body = http_get(systems["exporter"]["addr"], "/metrics", a.probe_timeout)
+        dt, status, body, _ = http_get(systems["exporter"]["addr"], "/metrics", a.probe_timeout)
         t_done = time.monotonic()
         vms = None
         if status == 200:
@@ -207,23 +255,25 @@ def cmd_phase(a):
             ticks0[name] = cpu_ticks(pid)
         except OSError:
             pass
-    log(f"phase {a.phase} N={a.n}: {a.k} scrapes of {', '.join(scraped)}, 1 every {a.interval:g} s each")
+    log(f"phase {a.phase} N={a.n} ({a.mode}): {a.k} scrapes of {', '.join(scraped)} "
+        f"({' and '.join(variants)}), 1 every {a.interval:g} s each")
     t0 = time.monotonic()
     probe_th = None
     if victim and "exporter" in scraped and a.probe_timeout > 0:
         probe_th = threading.Thread(target=long_probe, daemon=True)
         probe_th.start()
-    threads = []
+    slots = [(system, v) for v in variants for system in scraped]
+    workers = []
     for i in range(a.k):
-        for j, system in enumerate(scraped):
-            due = t0 + i * a.interval + j * a.interval / len(scraped)
+        for j, (system, variant) in enumerate(slots):
+            due = t0 + i * a.interval + j * a.interval / len(slots)
             delay = due - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            th = threading.Thread(target=one, args=(system, i), daemon=True)
+            th = threading.Thread(target=one, args=(system, variant, i), daemon=True)
             th.start()
-            threads.append(th)
-    for th in threads:
+            workers.append(th)
+    for th in workers:
         th.join(a.timeout + 30)
     wall = time.monotonic() - t0
     cpu = {}
@@ -233,18 +283,19 @@ def cmd_phase(a):
                 cpu[name] = (cpu_ticks(pid) - ticks0[name]) / CLK_TCK / wall * 60.0
             except OSError:
                 cpu[name] = None
-    rss = {}
+    rss, nthreads = {}, {}
     for name in systems:
         try:
             rss[name] = rss_mb(pids[name])
+            nthreads[name] = thread_count(pids[name])
         except OSError:
-            rss[name] = None
+            rss[name] = nthreads[name] = None
     sampler.stop.set()
     foreign.stop.set()
     load1 = loadavg()
-    for s, info in systems.items():
-        if not alive(info["pid"]):
-            die(f"{s} (pid {info['pid']}) died during the phase")
+    died = sorted(s for s, info in systems.items() if s not in dead_at_start and not alive(info["pid"]))
+    for s in died:
+        log(f"WARNING: {s} (pid {systems[s]['pid']}) died during the phase")
 
     recovery = {}
     t_cont = None
@@ -260,6 +311,7 @@ def cmd_phase(a):
 
     summary = {
         "n": a.n,
+        "mode": a.mode,
         "phase": a.phase,
         "victim": victim,
         "scraped": scraped,
@@ -288,8 +340,15 @@ def cmd_phase(a):
         "foreign_domains_stopped": sorted(foreign.stopped),
         "cpu_s_per_min": {s: cpu.get(s) for s in systems},
         "rss_mb": {s: rss.get(s) for s in systems},
+        "threads": {s: nthreads.get(s) for s in systems},
+        "poll_s": a.poll,
+        "libvirt_calls": libvirt_calls(results, a),
         "systems": {},
     }
+    if dead_at_start or died:
+        summary["dead_at_start"], summary["died"] = dead_at_start, died
+    if not_run(a, systems):
+        summary["not_run"] = not_run(a, systems)
     if probe:
         summary["exporter_probe"] = {
             "timeout_s": a.probe_timeout,
@@ -307,10 +366,10 @@ def cmd_phase(a):
         first_drop = None
         healthy_missing_max = 0
         last_text = None
-        for r in results[system]:
+        for r in results[(system, "plain")]:
             if r is None:
-                r = (a.timeout, "timeout", b"", None)
-            dt, status, body, t_send = r
+                r = (a.timeout, "timeout", b"", None, {})
+            dt, status, body, t_send, hdrs = r
             lat.append(dt)
             statuses[str(status)] = statuses.get(str(status), 0) + 1
             if status != 200:
@@ -318,7 +377,7 @@ def cmd_phase(a):
                 if t_stop is not None and t_send is not None:
                     timeline.append((round(t_send - t_stop, 2), 0))
                 continue
-            text = body.decode("utf-8", "replace")
+            text = decoded(body, hdrs).decode("utf-8", "replace")
             last_text = text
             p = parse(system, text, a.prefix)
             got = p["vms"] & want
@@ -365,11 +424,13 @@ def cmd_phase(a):
             "latencies_s": lat,
         }
         s = summary["systems"][system]
+        if "gzip" in variants:
+            s["gzip"] = gzip_summary(system, results[(system, "gzip")], a, want)
         if catalogue is not None and last_text is not None:
             # The last answered scrape of the phase, kept (--expo-dir) and classified.
             if a.expo_dir:
                 os.makedirs(a.expo_dir, exist_ok=True)
-                with open(os.path.join(a.expo_dir, f"{system}-{a.n}.txt"), "w") as f:
+                with open(os.path.join(a.expo_dir, f"{system}-{a.mode}-{a.n}.txt"), "w") as f:
                     f.write(last_text)
             sg = series_groups(system, last_text, want, catalogue, kubevirt)
             s["series_by_group"] = sg["counts"]
@@ -388,14 +449,89 @@ def cmd_phase(a):
         log(
             f"  {system}: p50 {fmt_lat(s['p50_s'], a.timeout)}, p99 {fmt_lat(s['p99_s'], a.timeout)}, "
             f"ok {s['ok']}/{a.k}, VMs {s['vms_min']}-{s['vms_max']}/{a.n}, series {s['series_lab_median']}, "
-            f"CPU {fmt_num(cpu.get(system))} s/min, RSS {fmt_num(rss.get(system), 1)} MB"
+            f"CPU {fmt_num(cpu.get(system))} s/min, RSS {fmt_num(rss.get(system), 1)} MB, "
+            f"{nthreads.get(system)} threads"
+            + (f"; gzip p50 {fmt_lat(s['gzip']['p50_s'], a.timeout)}, p99 {fmt_lat(s['gzip']['p99_s'], a.timeout)}, "
+               f"{s['gzip']['bytes_median']} bytes (plain {s['bytes_median']}), "
+               f"{'compressed' if s['gzip']['compressed'] else 'NOT compressed'}" if "gzip" in s else "")
             + (f", below all at +{first_below:.0f} s, 0 at +{first_zero:.0f} s after SIGSTOP"
                if victim and first_below is not None and first_zero is not None else "")
         )
+    lc = summary["libvirt_calls"]
+    if lc and lc.get("per_vm_per_cycle") is not None:
+        log(f"  vmbridge: {lc['per_vm_per_cycle']:.2f} libvirt calls per VM per {a.poll:g} s cycle "
+            f"({lc['calls']:.0f} calls in {lc['elapsed_s']:.0f} s)")
     if probe:
         log(f"  exporter long probe: {probe['status']} after {probe['latency_s']:.1f} s")
     with open(a.out, "a") as f:
         f.write(json.dumps(summary) + "\n")
+
+
+def gzip_summary(system, rs, a, want):
+    """The gzip scrapes of one system: latencies, bytes on the wire, whether it compressed."""
+    lat, nbytes, plain_bytes, vms, statuses, compressed = [], [], [], [], {}, 0
+    for r in rs:
+        dt, status, body, _, hdrs = r if r is not None else (a.timeout, "timeout", b"", None, {})
+        lat.append(dt)
+        statuses[str(status)] = statuses.get(str(status), 0) + 1
+        if status != 200:
+            continue
+        nbytes.append(len(body))
+        if hdrs.get("content-encoding", "").strip().lower() == "gzip":
+            compressed += 1
+        try:
+            raw = decoded(body, hdrs)
+        except (OSError, EOFError, ValueError):  # a corrupt gzip body counts as answered, no VMs
+            raw = b""
+        plain_bytes.append(len(raw))
+        vms.append(len(parse(system, raw.decode("utf-8", "replace"), a.prefix)["vms"] & want))
+    ok = statuses.get("200", 0)
+    return {
+        "ok": ok,
+        "timeouts": statuses.get("timeout", 0),
+        "statuses": statuses,
+        "p50_s": statistics.median(lat),
+        "p99_s": pct_nearest_rank(lat, 99),
+        "min_s": min(lat),
+        "max_s": max(lat),
+        "bytes_median": statistics.median(nbytes) if nbytes else None,
+        "decoded_bytes_median": statistics.median(plain_bytes) if plain_bytes else None,
+        "compressed_answers": compressed,
+        "compressed": bool(ok) and compressed == ok,
+        "vms_min": min(vms) if vms else 0,
+        "vms_max": max(vms) if vms else 0,
+        "latencies_s": lat,
+    }
+
+
+def libvirt_calls(results, a):
+    """vmbridge's libvirt round trips per VM per poll cycle over the phase: the sum of
+    vmbridge_endpoint_calls_total at its first and last answered scrape (either variant)."""
+    pts = []
+    for (system, _), rs in results.items():
+        if system != "vmbridge":
+            continue
+        for r in rs:
+            if r is None or r[1] != 200 or r[3] is None:
+                continue
+            try:
+                c = endpoint_calls(decoded(r[2], r[4]).decode("utf-8", "replace"))
+            except (OSError, EOFError, ValueError):
+                c = None
+            if c is not None:
+                pts.append((r[3], c))
+    if len(pts) < 2:
+        return {"calls": None, "elapsed_s": None, "per_vm_per_cycle": None, "scrapes": len(pts)}
+    pts.sort()
+    (t0, c0), (t1, c1) = pts[0], pts[-1]
+    cycles = (t1 - t0) / a.poll if a.poll else 0
+    return {
+        "calls": c1 - c0,
+        "elapsed_s": t1 - t0,
+        "cycles": cycles,
+        "per_vm_per_cycle": (c1 - c0) / a.n / cycles if cycles > 0 and a.n else None,
+        "scrapes": len(pts),
+    }
 
 
 def cmd_facts(a):
@@ -431,6 +567,7 @@ def cmd_lab_facts(a):
     total, count = qemu_rss_mb(a.prefix)
     print(json.dumps({
         "n": a.n,
+        "mode": a.mode,
         "qemu_processes": count,
         "qemu_rss_mb_total": round(total, 1),
         "qemu_rss_mb_per_vm": round(total / count, 1) if count else None,

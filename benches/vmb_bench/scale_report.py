@@ -2,7 +2,7 @@
 (lab size, machine, healthy and stopped-VM tables, the synthetic scrape path, findings, log
 evidence, method, problems, details and raw latencies).
 
-Imports report, scale_findings, stats, expo (constants only) and fmt.
+Imports report, scale_findings, scale_summary, stats, expo (constants only) and fmt.
 """
 
 import json
@@ -10,8 +10,9 @@ import os
 
 from .expo import SYSTEMS
 from .fmt import and_list, fail, fmt_bytes, fmt_lat, fmt_num, fmt_s, fmt_t, opt, say
-from .report import BEGIN, END, LABEL, collectd_conf_text, dig, phase_name, splice, synth_sizes
+from .report import BEGIN, END, LABEL, collectd_conf_text, dig, phase_name, run_keys, run_labeler, splice, synth_sizes
 from .scale_findings import findings, group_table, log_evidence, problems
+from .scale_summary import goals_table, main_table
 from .stats import back_count, back_while_stopped, load_range
 
 
@@ -27,12 +28,16 @@ def render_scale(a):
     with open(a.facts) as f:
         facts = json.load(f)
     rows = [json.loads(x) for x in open(a.results) if x.strip()]
+    for r in rows:
+        r["mode"] = r.get("mode") or "boot"  # results from before modes: every lab booted
+    ready = [r for r in rows if r["phase"] == "ready"]
+    rows = [r for r in rows if r["phase"] != "ready"]
     labs = {}
     if a.lab_facts and os.path.exists(a.lab_facts):
         for x in open(a.lab_facts):
             if x.strip():
                 d = json.loads(x)
-                labs[d["n"]] = d
+                labs[(d.get("mode") or "boot", d["n"])] = d
     synth = None
     if a.synthetic and os.path.exists(a.synthetic):
         with open(a.synthetic) as f:
@@ -40,16 +45,18 @@ def render_scale(a):
     if not rows:
         die("no results")
     timeout = rows[0]["timeout_s"]
-    ns = sorted({r["n"] for r in rows})
+    runs = run_keys(rows + ready)  # (mode, N) in the order run
+    lbl = run_labeler(runs)
+    modes = list(dict.fromkeys(m for m, _ in runs))
     k = rows[0]["k"]
 
-    def row(n, phase):
-        return next((r for r in rows if r["n"] == n and r["phase"] == phase), None)
+    def row(key, phase):
+        return next((r for r in rows if (r["mode"], r["n"]) == key and r["phase"] == phase), None)
 
     L = []
     sns = synth_sizes(synth)
     L.append(
-        f"## Scale: {and_list(ns)} real VMs, three systems side by side"
+        f"## Scale: {and_list(lbl(key) for key in runs)} real VMs, three systems side by side"
         + (f", plus {sns[-1]:,} synthetic" if sns else "") + " (`benches/scale.sh`)"
     )
     L.append("")
@@ -58,6 +65,8 @@ def render_scale(a):
         f"time {a.runtime} (lab creation and the synthetic benchmark included, teardown not)."
     )
     L.append("")
+    L.extend(main_table(rows, ready, runs, lbl, timeout))
+    L.extend(goals_table(rows, runs, lbl, synth, timeout))
     L.append("Regenerate (as root, on a machine where `integration/lab.sh` works; it creates and destroys only "
              "its own `scale-*` domains):")
     L.append("")
@@ -68,18 +77,23 @@ def render_scale(a):
     L.append("")
     L.append("![scrape latency vs VM count](scrape-latency.png)")
     L.append("")
-    maxn = max(ns)
-    lf = labs.get(maxn, {})
+    maxkey = max(runs, key=lambda key: key[1])
+    maxn = maxkey[1]
+    lf = labs.get(maxkey, {})
     L.append("### How many VMs")
     L.append("")
     L.append(
-        f"- Real lab: {', '.join(str(n) for n in ns)} VMs (`scale-01` … `scale-{maxn:02d}`), all running under the "
-        f"machine's one `libvirtd`. At {maxn} VMs the lab's QEMU processes held "
+        f"- Real lab: {', '.join(lbl(key) for key in runs)} VMs (`scale-01` … `scale-{maxn:02d}`), all under the "
+        f"machine's one `libvirtd`"
+        + (" (mode: how the domains run, `VMB_LAB_MODE` of `integration/lab.sh`: *boot* loops in SeaBIOS, "
+           "*halted* halts its vCPU at once, *paused* never runs; the lab is rebuilt when the mode changes)"
+           if modes != ["boot"] else "")
+        + f". At {lbl(maxkey)} VMs the lab's QEMU processes held "
         f"{fmt_num(lf.get('qemu_rss_mb_total'), 0)} MB RSS in total "
         f"({fmt_num(lf.get('qemu_rss_mb_per_vm'), 1)} MB per VM) and {lf.get('mem_available_gib', 'n/a')} GiB "
         "stayed available: memory was not the limit. "
-        + ("`integration/lab.sh up` stops at 99 domains, so VMs 100 and above are added one by one with "
-           "`lab.sh add` (same domain XML)." if maxn > 99 else "")
+        + ("`integration/lab.sh up` stops at 500 domains, so VMs 501 and above are added one by one with "
+           "`lab.sh add` (same domain XML)." if maxn > 500 else "")
     )
     if sns:
         L.append(
@@ -118,10 +132,12 @@ def render_scale(a):
         "| VMs with data | CPU s/min | CPU per cycle | RSS MB | RSS per VM (marginal) |"
     )
     L.append("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    healthy = {n: row(n, "healthy") for n in ns}
-    base_n = ns[0]
-    for n in ns:
-        r = healthy[n]
+    healthy = {key: row(key, "healthy") for key in runs}
+    for key in runs:
+        mode, n = key
+        base = next(b for b in runs if b[0] == mode)  # the mode's first size
+        base_n = base[1]
+        r = healthy[key]
         if not r:
             continue
         for s in SYSTEMS:
@@ -136,11 +152,11 @@ def render_scale(a):
             per_cycle = (cpu / cycles) if (cpu is not None and cycles) else None
             rss = r["rss_mb"].get(s)
             marg = "—"
-            b = healthy.get(base_n)
+            b = healthy.get(base)
             if n != base_n and b and b["rss_mb"].get(s) is not None and rss is not None:
                 marg = f"{(rss - b['rss_mb'][s]) * 1024 / (n - base_n):.0f} KiB"
             L.append(
-                f"| {n} | {LABEL[s]} | {fmt_lat(x['p50_s'], timeout)} | {fmt_lat(x['p99_s'], timeout)} "
+                f"| {lbl(key)} | {LABEL[s]} | {fmt_lat(x['p50_s'], timeout)} | {fmt_lat(x['p99_s'], timeout)} "
                 f"| {fmt_num(x['series_lab_median'], 0)} "
                 f"| {fmt_num(x['series_lab_median'] / n if x['series_lab_median'] else None, 1)} "
                 f"| {fmt_bytes(x['bytes_median'])} | {x['vms_min']}"
@@ -157,11 +173,11 @@ def render_scale(a):
         f"vmbridge and collectd collect every {a.poll_seconds:g} s in the background "
         f"({60 / a.poll_seconds:g} cycles/min), the exporter collects once per scrape; vmbridge's and "
         f"collectd's figure also includes serving {a.poll_seconds / rows[0]['interval_s']:g} scrapes per cycle "
-        f"(one every {rows[0]['interval_s']:g} s). *RSS per VM (marginal)*: (RSS at N − RSS at "
-        f"{base_n}) / (N − {base_n})."
+        f"(one every {rows[0]['interval_s']:g} s; results with gzip scrapes: two, plain and gzip). "
+        f"*RSS per VM (marginal)*: (RSS at N − RSS at the mode's first size) / (N − that size)."
     )
     L.append("")
-    L.extend(group_table(rows, ns, healthy, synth))
+    L.extend(group_table(rows, runs, lbl, healthy, synth))
 
     # ---- one VM stopped
     L.append("### Real lab, one VM stopped (SIGSTOP of its QEMU)")
@@ -171,9 +187,10 @@ def render_scale(a):
         "| data gone after SIGSTOP: fewer than all / none | back after SIGCONT | CPU s/min | RSS MB |"
     )
     L.append("|---:|---|---|---:|---:|---:|---:|---|---:|---:|---:|")
-    for n in ns:
+    for key in runs:
+        n = key[1]
         for ph in ("stopped-alone", "stopped-bg", "stopped"):
-            r = row(n, ph)
+            r = row(key, ph)
             if not r:
                 continue
             for s in SYSTEMS:
@@ -191,7 +208,7 @@ def render_scale(a):
                     gone += f"; back at +{bw:.0f} s, still stopped ({back_count(x)} of {n} VMs)"
                 rec = r["recovery_s"].get(s)
                 L.append(
-                    f"| {n} | {phase_name(r)} | {LABEL[s]} | {ok} | {fmt_lat(x['p50_s'], timeout)} "
+                    f"| {lbl(key)} | {phase_name(r)} | {LABEL[s]} | {ok} | {fmt_lat(x['p50_s'], timeout)} "
                     f"| {fmt_lat(x['p99_s'], timeout)} | {x['vms_min']}–{x['vms_max']} / {n} | {gone} "
                     f"| {fmt_s(rec) if rec is not None else 'not within ' + str(int(a.recover_timeout)) + ' s'} "
                     f"| {fmt_num(r['cpu_s_per_min'].get(s))} | {fmt_num(r['rss_mb'].get(s), 1)} |"
@@ -300,10 +317,10 @@ def render_scale(a):
     # ---- findings
     L.append("### What this run shows")
     L.append("")
-    L.extend(findings(rows, ns, k, timeout, synth, healthy, facts, a))
+    L.extend(findings(rows, runs, lbl, k, timeout, synth, healthy, facts, a))
     L.append("")
 
-    ev = log_evidence(a.logs, ns)
+    ev = log_evidence(a.logs, runs, lbl)
     if ev:
         L.append(
             "Log evidence (from `benches/results/scale/logs`, whole run per N; `held by` names the libvirt call "
@@ -360,7 +377,7 @@ def render_scale(a):
     # ---- problems
     L.append("### What went wrong or could not be measured")
     L.append("")
-    for p in problems(rows, ns, labs, facts, a):
+    for p in problems(rows, ready, runs, lbl, labs, facts, a):
         L.append(f"- {p}")
     L.append("")
 
@@ -396,7 +413,7 @@ def render_scale(a):
                 prc = f"{pr['status']} after {pr['latency_s']:.0f} s"
         la = f"{fmt_num(r['loadavg_start'], 1)} → {fmt_num(r['loadavg_end'], 1)}"
         L.append(
-            f"| {r['n']} | {phase_name(r)} | {la} | {fmt_num(r['libvirtd_cpu_s_per_min'])} | {pc} | {flag} "
+            f"| {lbl((r['mode'], r['n']))} | {phase_name(r)} | {la} | {fmt_num(r['libvirtd_cpu_s_per_min'])} | {pc} | {flag} "
             f"| {up} | {v.get('healthy_missing_max')} of {hv} | {prc} "
             f"| {r.get('foreign_domains_max', 'n/a')}"
             + (f"; stopped: {', '.join(r['foreign_domains_stopped'])}" if r.get("foreign_domains_stopped") else "")
@@ -407,10 +424,11 @@ def render_scale(a):
         L.append("| N | lab QEMU processes | their RSS total | per VM | MemAvailable "
                  "| lab growth (`lab.sh up` + `add`) |")
         L.append("|---:|---:|---:|---:|---:|---:|")
-        for n in sorted(labs):
-            d = labs[n]
+        # every size run, then any the lab reached without a measured phase (a run that stopped there)
+        for key in [key for key in runs if key in labs] + [key for key in labs if key not in runs]:
+            d = labs[key]
             L.append(
-                f"| {n} | {d['qemu_processes']} | {fmt_num(d['qemu_rss_mb_total'], 0)} MB "
+                f"| {lbl(key)} | {d['qemu_processes']} | {fmt_num(d['qemu_rss_mb_total'], 0)} MB "
                 f"| {fmt_num(d['qemu_rss_mb_per_vm'], 1)} MB | {d['mem_available_gib']} GiB | {d['lab_up_s']} s |"
             )
         L.append("")
@@ -418,7 +436,10 @@ def render_scale(a):
     L.append("")
     for r in rows:
         for s, x in r["systems"].items():
-            L.append(f"- N={r['n']}, {phase_name(r)}, {LABEL[s]}: " + " ".join(f"{v:.4f}" for v in x["latencies_s"]))
+            L.append(f"- N={lbl((r['mode'], r['n']))}, {phase_name(r)}, {LABEL[s]}: "
+                     + " ".join(f"{v:.4f}" for v in x["latencies_s"]))
+            if x.get("gzip"):
+                L.append(f"  - with `Accept-Encoding: gzip`: " + " ".join(f"{v:.4f}" for v in x["gzip"]["latencies_s"]))
             if s == "collectd" and x.get("timeline"):
                 L.append(
                     f"  - lab VMs with data, (s after SIGSTOP: VMs): "
