@@ -1,7 +1,8 @@
 """Report plumbing shared by scale.py's and compare.py's reports: the systems' display
 names, docs/benchmarks.md's title and generated-block markers and the splicing of a block,
-phase names, the (mode, N) keys of a run and their labels, the collectd.conf text (quoted in the report, written by collectd-conf) and
-splice-compare (compare.py's report, headings one level down, into its block).
+phase names, the (mode, N) keys of a scale run and their labels, the collectd.conf text
+(quoted in the report, written by collectd-conf) and splice-compare (compare.py's report,
+headings one level down, into its block).
 
 Imports fmt only (splice-compare runs benches/compare.py as a subprocess).
 """

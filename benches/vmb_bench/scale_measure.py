@@ -101,7 +101,7 @@ def cmd_wait_ready(a):
         for s in sorted(pending):
             pid = systems[s]["pid"]
             if not alive(pid):
-                ready[s] = f"exited (pid {pid}) before reporting every lab VM; last seen: {last.get(s)}"
+                ready[s] = f"exited (pid {pid}) before reporting every lab VM" + (f"; last seen: {last[s]}" if last.get(s) else "")
                 log(f"WARNING: {s}: {ready[s]}")
                 pending.discard(s)
                 continue
@@ -461,6 +461,8 @@ def cmd_phase(a):
     if lc and lc.get("per_vm_per_cycle") is not None:
         log(f"  vmbridge: {lc['per_vm_per_cycle']:.2f} libvirt calls per VM per {a.poll:g} s cycle "
             f"({lc['calls']:.0f} calls in {lc['elapsed_s']:.0f} s)")
+    elif lc:
+        log(f"  vmbridge: libvirt calls per VM per cycle not computed: {lc.get('why')} ({lc.get('cycles') or 0:.1f})")
     if probe:
         log(f"  exporter long probe: {probe['status']} after {probe['latency_s']:.1f} s")
     with open(a.out, "a") as f:
@@ -504,6 +506,9 @@ def gzip_summary(system, rs, a, want):
     }
 
 
+MIN_CYCLES = 3  # poll cycles a phase's scrapes must span for vmbridge's calls per VM per cycle
+
+
 def libvirt_calls(results, a):
     """vmbridge's libvirt round trips per VM per poll cycle over the phase: the sum of
     vmbridge_endpoint_calls_total at its first and last answered scrape (either variant)."""
@@ -521,16 +526,22 @@ def libvirt_calls(results, a):
             if c is not None:
                 pts.append((r[3], c))
     if len(pts) < 2:
-        return {"calls": None, "elapsed_s": None, "per_vm_per_cycle": None, "scrapes": len(pts)}
+        return {"calls": None, "elapsed_s": None, "per_vm_per_cycle": None, "scrapes": len(pts),
+                "why": "fewer than two answered scrapes with the counter"}
     pts.sort()
     (t0, c0), (t1, c1) = pts[0], pts[-1]
     cycles = (t1 - t0) / a.poll if a.poll else 0
+    # The counter grows in bursts, once per poll cycle: over fewer than MIN_CYCLES cycles the
+    # quotient is mostly the phase's alignment with the cycles, so it is not given.
+    short = cycles < MIN_CYCLES
     return {
         "calls": c1 - c0,
         "elapsed_s": t1 - t0,
         "cycles": cycles,
-        "per_vm_per_cycle": (c1 - c0) / a.n / cycles if cycles > 0 and a.n else None,
+        "per_vm_per_cycle": None if short or not a.n else (c1 - c0) / a.n / cycles,
         "scrapes": len(pts),
+        **({"why": f"the phase's scrapes spanned fewer than {MIN_CYCLES} of vmbridge's poll cycles"}
+           if short else {}),
     }
 
 

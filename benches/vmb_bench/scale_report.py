@@ -334,9 +334,10 @@ def render_scale(a):
     L.append("### Method")
     L.append("")
     L.append(
-        "- Lab: `integration/lab.sh up N scale-` (TCG, q35, 32 MiB, 1 vCPU, virtio disk and NIC, balloon "
-        "with 5 s stats, no guest OS; `up` creates at most 99, so `scale-100` and above are added one by one "
-        "with `lab.sh add`); the lab grows from one N to the next."
+        "- Lab: `VMB_LAB_MODE=MODE integration/lab.sh up N scale-` (TCG, q35, 32 MiB, 1 vCPU, virtio disk and "
+        "NIC, balloon with 5 s stats, no guest OS; `up` creates at most 500, the rest are added one by one "
+        "with `lab.sh add`); within a mode the lab grows from one N to the next, and when the mode changes "
+        "it is destroyed (`lab.sh down scale-`) and the next mode's lab is built from scratch."
     )
     L.append(
         f"- Per N all three start fresh on free loopback ports: `vmbridge --listen 127.0.0.1:P "
@@ -356,8 +357,16 @@ def render_scale(a):
         "`ExtraStats`; collectd's cache drops a value not updated for `Timeout` (default 2) intervals.)"
     )
     L.append(
-        "- Order per N: healthy (all three scraped) → collectd stopped → control A → collectd restarted "
-        "and ready → control B → all three with the VM stopped. Each stopped phase SIGSTOPs the same "
+        "- Readiness: after the start, each system is scraped once a second until one scrape has data for "
+        "every lab VM (at most 240 s; a system not ready by then is recorded as such and measured anyway); "
+        "the seconds are counted from the process's start (`/proc/PID/stat`)."
+    )
+    L.append(
+        "- Order per N: healthy (all three scraped, each K times plain and K times with "
+        "`Accept-Encoding: gzip`, interleaved; a gzip answer is decompressed before it is parsed) → "
+        "collectd stopped → control A → collectd restarted and ready → control B → all three with the VM "
+        "stopped. Paused labs: collectd's virt plugin skips paused domains, so only vmbridge runs, in the "
+        "healthy phase and control A. Each stopped phase SIGSTOPs the same "
         "middle VM, starts scraping once vmbridge shows it `source_up 0` and at least "
         f"{a.stop_wait:g} s have passed, then SIGCONTs it and waits until every running system reports "
         "every lab VM again."

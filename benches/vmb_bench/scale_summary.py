@@ -72,7 +72,7 @@ def main_table(rows, ready, runs, label, timeout):
         vms = label(key)
         why = (r or d or {}).get("not_run") or {}
         if why:
-            vms += notes.mark(" ".join(dict.fromkeys(why.values())))
+            vms += notes.mark(" ".join(dict.fromkeys(why.values())) + ".")
         if r is not None and "threads" not in r:
             vms += notes.mark("These results predate the gzip scrapes, the thread counts and the libvirt call "
                               "count: those cells are empty.")
@@ -83,23 +83,39 @@ def main_table(rows, ready, runs, label, timeout):
         ratio = (f"{cpu['vmbridge'] / cpu['collectd']:.2f}×"
                  if cpu.get("vmbridge") is not None and cpu.get("collectd") else "—")
 
-        def gz(field, fmt):
-            return lambda s, x: None if not x.get("gzip") else fmt(x["gzip"].get(field))
-
         def gz_bytes(s, x):
             z = x.get("gzip")
             if not z:
                 return None
             b = fmt_bytes(z.get("bytes_median"))
-            return b + (notes.mark(f"{LABEL[s]} did not compress (no `Content-Encoding: gzip` in its answer)")
-                        if not z.get("compressed") else "")
+            return b + (notes.mark(f"{LABEL[s]} did not compress (no `Content-Encoding: gzip` in its answer).")
+                        if z.get("ok") and not z.get("compressed") else "")
 
         lat = lambda v: fmt_lat(v, timeout)  # noqa: E731
+
+        def answered(field, variant):
+            """The latency, marked when some scrapes failed (their latency is the failure's)."""
+            def cell(s, x):
+                y = x if variant == "plain" else x.get("gzip")
+                if not y:
+                    return None
+                v = lat(y[field])
+                if y["ok"] < r["k"]:
+                    bad = ", ".join(f"{c}× {st}" for st, c in y["statuses"].items() if st != "200")
+                    v += notes.mark(f"{label(key)}, {LABEL[s]}, {variant}: {y['ok']} of {r['k']} scrapes "
+                                    f"answered ({bad}); a failed scrape counts with the time it took to fail, "
+                                    f"a timed-out one as {timeout:g} s.")
+                return v
+            return cell
+
         calls = dig(r, "libvirt_calls", "per_vm_per_cycle")
         callc = ("—" if "libvirt_calls" not in r else fmt_num(calls)) + notes.mark(
             "prometheus-libvirt-exporter and collectd count no libvirt calls (not instrumented); vmbridge: "
             "increase of `vmbridge_endpoint_calls_total` (all label sets) from its first to its last scrape "
-            "of the phase ÷ VMs ÷ poll cycles in between.")
+            "of the phase ÷ VMs ÷ poll cycles in between. The counter grows once per cycle, so over the "
+            "phase's few cycles the quotient can be off by one cycle's calls.")
+        if calls is None and dig(r, "libvirt_calls", "why"):
+            callc += notes.mark(f"Not computed: {r['libvirt_calls']['why']}.")
         if d is None:
             rd = "not recorded" + notes.mark("The results of this size predate the readiness record.")
         else:
@@ -107,7 +123,7 @@ def main_table(rows, ready, runs, label, timeout):
             for s in ORDER:
                 v = (d.get("ready_s") or {}).get(s)
                 if isinstance(v, (int, float)):
-                    parts.append(f"{v:.0f} s")
+                    parts.append(f"{v:.0f} s" if v >= 10 else f"{v:.1f} s")
                 elif v:
                     parts.append("not ready" + notes.mark(f"{label(key)}, {LABEL[s]}: {v}."))
                 else:
@@ -115,8 +131,8 @@ def main_table(rows, ready, runs, label, timeout):
             rd = " / ".join(parts)
         out.append(
             f"| {vms} | {_proc(r, 'cpu_s_per_min', fmt_num)} | {ratio} "
-            f"| {_cells(r, lambda s, x: lat(x['p50_s']))} | {_cells(r, lambda s, x: lat(x['p99_s']))} "
-            f"| {_cells(r, gz('p50_s', lat))} | {_cells(r, gz('p99_s', lat))} "
+            f"| {_cells(r, answered('p50_s', 'plain'))} | {_cells(r, answered('p99_s', 'plain'))} "
+            f"| {_cells(r, answered('p50_s', 'gzip'))} | {_cells(r, answered('p99_s', 'gzip'))} "
             f"| {_cells(r, lambda s, x: fmt_bytes(x.get('bytes_median')))} | {_cells(r, gz_bytes)} "
             f"| {_proc(r, 'rss_mb', lambda v: f'{v:.1f}')} | {_proc(r, 'threads', lambda v: f'{v:d}')} "
             f"| {callc} "
