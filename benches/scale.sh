@@ -255,19 +255,31 @@ start_collectd() { # TAG
     wait_port "$CD_PID" "$CD" collectd
 }
 
-lab_grow() { # N TAG: grow the PREFIX lab to N domains (mode: VMB_LAB_MODE, exported)
+LAB_WHY=""
+lab_grow() { # N TAG: grow the PREFIX lab to N domains (mode: VMB_LAB_MODE, exported); 1 + LAB_WHY if not
     local n=$1 tag=$2 up=$1 i name have
     [[ $up -gt 500 ]] && up=500
-    "$LAB" up "$up" "$PREFIX" >"$WORK/lab-up-$tag.log" 2>&1 ||
-        { tail -n 20 "$WORK/lab-up-$tag.log" >&2; die "lab.sh up $up $PREFIX failed"; }
+    if ! "$LAB" up "$up" "$PREFIX" >"$WORK/lab-up-$tag.log" 2>&1; then
+        tail -n 20 "$WORK/lab-up-$tag.log" >&2
+        LAB_WHY="lab.sh up $up failed: $(grep -m1 -i 'error\|die\|failed' "$WORK/lab-up-$tag.log" | tr -d '"\\\000-\037' | cut -c1-200)"
+        return 1
+    fi
     [[ $n -gt 500 ]] || return 0
     have=$("$LAB" list 2>/dev/null || true) # once: each lab.sh list runs virsh and a grep per domain
     for ((i = 501; i <= n; i++)); do
         name="$PREFIX$i" # what lab.sh up's printf '%s%02d' and scale.py's lab_names give for i >= 100
         if grep -qxF -- "$name" <<<"$have"; then continue; fi
-        "$LAB" add "$name" >>"$WORK/lab-up-$tag.log" 2>&1 ||
-            { tail -n 20 "$WORK/lab-up-$tag.log" >&2; die "lab.sh add $name failed (the machine held $((i - 1)) VMs)"; }
+        if ! "$LAB" add "$name" >>"$WORK/lab-up-$tag.log" 2>&1; then
+            tail -n 20 "$WORK/lab-up-$tag.log" >&2
+            LAB_WHY="lab.sh add $name failed (the machine held $((i - 1)) VMs)"
+            return 1
+        fi
     done
+}
+
+lab_failed() { # N MODE WHY: record a size the lab could not reach; the run goes on with the next mode
+    log "WARNING: N=$1 ($2): $3; no phase at this size"
+    printf '{"phase": "lab-failed", "n": %d, "mode": "%s", "why": "%s"}\n' "$1" "$2" "$3" >>"$RESULTS"
 }
 
 RESULTS="$WORK/results.jsonl"
@@ -281,10 +293,15 @@ count_lab() { "$LAB" list 2>/dev/null | grep -c "^${PREFIX}" || true; }
 
 readonly NOT_RUN_PAUSED="paused: collectd skips paused domains; the exporter was not run"
 lab_mode=""
+failed_mode="" # the mode whose lab could not grow: its larger sizes are recorded as not reached
 for idx in "${!NS[@]}"; do
     N=${NS[$idx]}
     MODE=${MODES[$idx]}
     TAG="$MODE-$N" # file names: the same N may be run in two modes
+    if [[ "$MODE" == "$lab_mode" && "$MODE" == "$failed_mode" ]]; then
+        lab_failed "$N" "$MODE" "not tried: the $MODE lab did not reach a smaller size"
+        continue
+    fi
     if [[ -n "$lab_mode" && "$MODE" != "$lab_mode" ]]; then
         log "lab: mode $lab_mode -> $MODE: destroying the $lab_mode lab ($LAB down $PREFIX)"
         "$LAB" down "$PREFIX" >"$WORK/lab-down-$TAG.log" 2>&1 || die "lab down $PREFIX failed, see $WORK/lab-down-$TAG.log"
@@ -296,10 +313,19 @@ for idx in "${!NS[@]}"; do
     log "lab: grow to $N ${PREFIX}* domains ($MODE)"
     LAB_TOUCHED=1
     t_lab=$SECONDS
-    lab_grow "$N" "$TAG"
+    failed_mode=""
+    if ! lab_grow "$N" "$TAG"; then
+        lab_failed "$N" "$MODE" "$LAB_WHY"
+        failed_mode=$MODE
+        continue
+    fi
     lab_s=$((SECONDS - t_lab))
     running=$(count_lab)
-    [[ "$running" -eq "$N" ]] || die "expected $N active ($MODE) ${PREFIX}* domains, found $running"
+    if [[ "$running" -ne "$N" ]]; then
+        lab_failed "$N" "$MODE" "expected $N active ${PREFIX}* domains after lab.sh up, found $running"
+        failed_mode=$MODE
+        continue
+    fi
     python3 "$PY" lab-facts --prefix "$PREFIX" --n "$N" --mode "$MODE" --lab-up-s "$lab_s" >>"$LABFACTS"
     LIBVIRTD_PID=$(pgrep -x -o libvirtd || true)
     [[ -n "$LIBVIRTD_PID" ]] || die "libvirtd is not running after lab up"

@@ -506,7 +506,7 @@ def gzip_summary(system, rs, a, want):
     }
 
 
-MIN_CYCLES = 3  # poll cycles a phase's scrapes must span for vmbridge's calls per VM per cycle
+MIN_CYCLES = 2  # poll cycles a phase's scrapes must span for vmbridge's calls per VM per cycle
 
 
 def libvirt_calls(results, a):

@@ -31,7 +31,8 @@ def render_scale(a):
     for r in rows:
         r["mode"] = r.get("mode") or "boot"  # results from before modes: every lab booted
     ready = [r for r in rows if r["phase"] == "ready"]
-    rows = [r for r in rows if r["phase"] != "ready"]
+    failed = [r for r in rows if r["phase"] == "lab-failed"]  # sizes the lab did not reach
+    rows = [r for r in rows if r["phase"] not in ("ready", "lab-failed")]
     labs = {}
     if a.lab_facts and os.path.exists(a.lab_facts):
         for x in open(a.lab_facts):
@@ -45,7 +46,7 @@ def render_scale(a):
     if not rows:
         die("no results")
     timeout = rows[0]["timeout_s"]
-    runs = run_keys(rows + ready)  # (mode, N) in the order run
+    runs = run_keys(rows + ready)  # (mode, N) in the order run, each with measured phases
     lbl = run_labeler(runs)
     modes = list(dict.fromkeys(m for m, _ in runs))
     k = rows[0]["k"]
@@ -65,8 +66,8 @@ def render_scale(a):
         f"time {a.runtime} (lab creation and the synthetic benchmark included, teardown not)."
     )
     L.append("")
-    L.extend(main_table(rows, ready, runs, lbl, timeout))
-    L.extend(goals_table(rows, runs, lbl, synth, timeout))
+    L.extend(main_table(rows, ready, failed, runs, lbl, timeout))
+    L.extend(goals_table(rows, runs, failed, lbl, synth, timeout))
     L.append("Regenerate (as root, on a machine where `integration/lab.sh` works; it creates and destroys only "
              "its own `scale-*` domains):")
     L.append("")
@@ -386,6 +387,8 @@ def render_scale(a):
     # ---- problems
     L.append("### What went wrong or could not be measured")
     L.append("")
+    for d in failed:
+        L.append(f"- N={d['n']} {d['mode']}: the lab did not reach this size ({d['why']}); nothing was measured there.")
     for p in problems(rows, ready, runs, lbl, labs, facts, a):
         L.append(f"- {p}")
     L.append("")
