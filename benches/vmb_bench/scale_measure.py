@@ -460,7 +460,7 @@ def cmd_phase(a):
     lc = summary["libvirt_calls"]
     if lc and lc.get("per_vm_per_cycle") is not None:
         log(f"  vmbridge: {lc['per_vm_per_cycle']:.2f} libvirt calls per VM per {a.poll:g} s cycle "
-            f"({lc['calls']:.0f} calls in {lc['elapsed_s']:.0f} s)")
+            f"({lc['calls']:.0f} calls in {lc['elapsed_s']:.0f} s, {lc['domains'] or a.n:.0f} domains polled)")
     elif lc:
         log(f"  vmbridge: libvirt calls per VM per cycle not computed: {lc.get('why')} ({lc.get('cycles') or 0:.1f})")
     if probe:
@@ -511,8 +511,11 @@ MIN_CYCLES = 2  # poll cycles a phase's scrapes must span for vmbridge's calls p
 
 def libvirt_calls(results, a):
     """vmbridge's libvirt round trips per VM per poll cycle over the phase: the sum of
-    vmbridge_endpoint_calls_total at its first and last answered scrape (either variant)."""
+    vmbridge_endpoint_calls_total at its first and last answered scrape (either variant), per
+    domain vmbridge polls (vmbridge_endpoint_domains at the last scrape: the lab's and any other
+    tenant's on the same libvirtd; the lab size if the gauge is missing)."""
     pts = []
+    domains = None
     for (system, _), rs in results.items():
         if system != "vmbridge":
             continue
@@ -520,16 +523,18 @@ def libvirt_calls(results, a):
             if r is None or r[1] != 200 or r[3] is None:
                 continue
             try:
-                c = endpoint_calls(decoded(r[2], r[4]).decode("utf-8", "replace"))
+                text = decoded(r[2], r[4]).decode("utf-8", "replace")
             except (OSError, EOFError, ValueError):
-                c = None
+                continue
+            c = endpoint_calls(text)
             if c is not None:
-                pts.append((r[3], c))
+                pts.append((r[3], c, parse_vmbridge(text, a.prefix)["endpoint_domains"]))
     if len(pts) < 2:
         return {"calls": None, "elapsed_s": None, "per_vm_per_cycle": None, "scrapes": len(pts),
                 "why": "fewer than two answered scrapes with the counter"}
     pts.sort()
-    (t0, c0), (t1, c1) = pts[0], pts[-1]
+    (t0, c0, _), (t1, c1, domains) = pts[0], pts[-1]
+    per = domains or a.n
     cycles = (t1 - t0) / a.poll if a.poll else 0
     # The counter grows in bursts, once per poll cycle: over fewer than MIN_CYCLES cycles the
     # quotient is mostly the phase's alignment with the cycles, so it is not given.
@@ -538,7 +543,8 @@ def libvirt_calls(results, a):
         "calls": c1 - c0,
         "elapsed_s": t1 - t0,
         "cycles": cycles,
-        "per_vm_per_cycle": None if short or not a.n else (c1 - c0) / a.n / cycles,
+        "domains": domains,
+        "per_vm_per_cycle": None if short or not per else (c1 - c0) / per / cycles,
         "scrapes": len(pts),
         **({"why": f"the phase's scrapes spanned fewer than {MIN_CYCLES} of vmbridge's poll cycles"}
            if short else {}),
