@@ -512,10 +512,9 @@ MIN_CYCLES = 2  # poll cycles a phase's scrapes must span for vmbridge's calls p
 def libvirt_calls(results, a):
     """vmbridge's libvirt round trips per VM per poll cycle over the phase: the sum of
     vmbridge_endpoint_calls_total at its first and last answered scrape (either variant), per
-    domain vmbridge polls (vmbridge_endpoint_domains at the last scrape: the lab's and any other
-    tenant's on the same libvirtd; the lab size if the gauge is missing)."""
+    domain vmbridge polls (vmbridge_endpoint_domains, median over the scrapes: the lab's and any
+    other tenant's on the same libvirtd; the lab size if the gauge is missing)."""
     pts = []
-    domains = None
     for (system, _), rs in results.items():
         if system != "vmbridge":
             continue
@@ -533,7 +532,9 @@ def libvirt_calls(results, a):
         return {"calls": None, "elapsed_s": None, "per_vm_per_cycle": None, "scrapes": len(pts),
                 "why": "fewer than two answered scrapes with the counter"}
     pts.sort()
-    (t0, c0, _), (t1, c1, domains) = pts[0], pts[-1]
+    (t0, c0, _), (t1, c1, _) = pts[0], pts[-1]
+    seen = [d for _, _, d in pts if d is not None]
+    domains = statistics.median(seen) if seen else None
     per = domains or a.n
     cycles = (t1 - t0) / a.poll if a.poll else 0
     # The counter grows in bursts, once per poll cycle: over fewer than MIN_CYCLES cycles the

@@ -112,7 +112,7 @@ def main_table(rows, ready, failed, runs, label, timeout):
         callc = ("—" if "libvirt_calls" not in r else fmt_num(calls)) + notes.mark(
             "prometheus-libvirt-exporter and collectd count no libvirt calls (not instrumented); vmbridge: "
             "increase of `vmbridge_endpoint_calls_total` (all label sets) from its first to its last scrape "
-            "of the phase ÷ the domains it polls (`vmbridge_endpoint_domains`: the lab's plus any other "
+            "of the phase ÷ the domains it polls (`vmbridge_endpoint_domains`, median of the phase: the lab's plus any other "
             "tenant's on the same libvirtd) ÷ poll cycles in between. The counter grows once per cycle, so "
             "over the phase's few cycles the quotient can be off by one cycle's calls; at a few VMs the "
             "per-daemon calls (listing) weigh in.")
