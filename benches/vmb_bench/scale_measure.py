@@ -54,6 +54,19 @@ def die(msg):
     fail("scale.py", msg)
 
 
+def latency_stats(statuses, lat):
+    """Answer counts and latency summary of one system's scrapes in a phase."""
+    return {
+        "ok": statuses.get("200", 0),
+        "timeouts": statuses.get("timeout", 0),
+        "statuses": statuses,
+        "p50_s": statistics.median(lat),
+        "p99_s": pct_nearest_rank(lat, 99),
+        "min_s": min(lat),
+        "max_s": max(lat),
+    }
+
+
 def parse_sys(specs):
     out = {}
     for s in specs:
@@ -402,13 +415,7 @@ def cmd_phase(a):
         timeline.sort()
         first_below, first_zero, back_while_stopped = timeline_marks(timeline, len(healthy_want))
         summary["systems"][system] = {
-            "ok": statuses.get("200", 0),
-            "timeouts": statuses.get("timeout", 0),
-            "statuses": statuses,
-            "p50_s": statistics.median(lat),
-            "p99_s": pct_nearest_rank(lat, 99),
-            "min_s": min(lat),
-            "max_s": max(lat),
+            **latency_stats(statuses, lat),
             "vms_min": min(vms_per),
             "vms_max": max(vms_per),
             "series_lab_median": statistics.median(lab_series) if lab_series else None,
@@ -489,13 +496,7 @@ def gzip_summary(system, rs, a, want):
         vms.append(len(parse(system, raw.decode("utf-8", "replace"), a.prefix)["vms"] & want))
     ok = statuses.get("200", 0)
     return {
-        "ok": ok,
-        "timeouts": statuses.get("timeout", 0),
-        "statuses": statuses,
-        "p50_s": statistics.median(lat),
-        "p99_s": pct_nearest_rank(lat, 99),
-        "min_s": min(lat),
-        "max_s": max(lat),
+        **latency_stats(statuses, lat),
         "bytes_median": statistics.median(nbytes) if nbytes else None,
         "decoded_bytes_median": statistics.median(plain_bytes) if plain_bytes else None,
         "compressed_answers": compressed,
